@@ -1,0 +1,533 @@
+#include "sg/bus.h"
+#include "sg/log.h"
+#include "sg/map.h"
+#include "sg/metrics.h"
+#include "sg/rconn.h"
+#include "sg/util.h"
+
+#include <event2/event.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define SUBSCRIBE_BATCH 512 /* channels per SUBSCRIBE when re-subscribing */
+
+/* A channel local peers need. The entry lives while it is referenced or a
+ * SUBSCRIBE/UNSUBSCRIBE for it is unanswered, so crossing commands for the
+ * same channel never confuse its state. */
+typedef struct chan {
+    uint32_t refs;
+    uint32_t inflight;  /* SUBSCRIBE/UNSUBSCRIBE sent, not yet acknowledged */
+    bool confirmed;     /* Redis acknowledged our last SUBSCRIBE and nothing is in flight */
+} chan;
+
+struct sg_bus {
+    struct event_base *base;
+    sg_bus_handlers h;
+    sg_log *log;
+    sg_metrics *metrics;
+    char *url, *sentinels, *master_name, *node_id;
+    int64_t timeout_ms;
+    /* parsed target */
+    char host[256];
+    int port;
+    char user[128], pass[256];
+    int db;
+    char sha[SG_SCRIPT_COUNT][41];
+    sg_rconn *cmd, *sub, *sentinel;
+    struct event *retry;
+    int attempts;
+    bool available;
+    bool was_available; /* a reconnect after this is "fresh" */
+    size_t sentinel_idx;
+    sg_map chans;
+};
+
+static void schedule_connect(sg_bus *b);
+
+static void log_redis(sg_bus *b, int level, const char *event, const char *why)
+{
+    if (sg_log_begin(b->log, level, event)) {
+        sg_log_str(b->log, "host", b->host);
+        sg_log_int(b->log, "port", b->port);
+        if (why)
+            sg_log_str(b->log, "reason", why);
+        sg_log_end(b->log);
+    }
+}
+
+static void set_available(sg_bus *b)
+{
+    bool now = sg_rconn_is_up(b->cmd) && sg_rconn_is_up(b->sub);
+    if (now == b->available)
+        return;
+    b->available = now;
+    b->metrics->redis_connected = now;
+    bool fresh = now && b->was_available;
+    if (now) {
+        b->was_available = true;
+        b->attempts = 0;
+        log_redis(b, SG_LOG_INFO, "redis.connect", NULL);
+    }
+    if (b->h.on_available)
+        b->h.on_available(b->h.ud, now, fresh);
+}
+
+/* Sends SUBSCRIBE for every referenced channel (after the subscriber
+ * connection came up) in batches. */
+static void resubscribe_all(sg_bus *b)
+{
+    const char *argv[SUBSCRIBE_BATCH + 1];
+    int argc = 0;
+    argv[argc++] = "SUBSCRIBE";
+    size_t i;
+    for (sg_map_entry *e = sg_map_first(&b->chans, &i); e; e = sg_map_next(&b->chans, &i, e)) {
+        chan *c = e->value;
+        c->inflight = 0;
+        c->confirmed = false;
+        if (!c->refs)
+            continue;
+        c->inflight = 1;
+        argv[argc++] = e->key;
+        if (argc == SUBSCRIBE_BATCH + 1) {
+            sg_rconn_sendv(b->sub, NULL, 0, argc, argv);
+            argc = 1;
+        }
+    }
+    if (argc > 1)
+        sg_rconn_sendv(b->sub, NULL, 0, argc, argv);
+    /* Entries nobody references any more are dropped now that nothing is in flight. */
+    for (;;) {
+        bool removed = false;
+        for (sg_map_entry *e = sg_map_first(&b->chans, &i); e; e = sg_map_next(&b->chans, &i, e)) {
+            chan *c = e->value;
+            if (!c->refs) {
+                free(sg_map_del(&b->chans, e->key, e->klen));
+                removed = true;
+                break;
+            }
+        }
+        if (!removed)
+            break;
+    }
+}
+
+static void load_scripts(sg_bus *b)
+{
+    for (size_t i = 0; i < SG_SCRIPT_COUNT; i++) {
+        const char *argv[3] = {"SCRIPT", "LOAD", sg_script_sources[i].text};
+        size_t lens[3] = {6, 4, sg_script_sources[i].len};
+        sg_rconn_send(b->cmd, 3, argv, lens, NULL, 0);
+    }
+}
+
+static void on_conn_state(void *ud, sg_rconn *c, bool up, const char *err)
+{
+    sg_bus *b = ud;
+    if (up) {
+        if (c == b->cmd)
+            load_scripts(b); /* EVALSHA after SCRIPT LOAD on one connection cannot miss */
+        else
+            resubscribe_all(b);
+        set_available(b);
+        return;
+    }
+    /* Either connection lost: drop both and start over, so the pair is
+     * always against the same server (a failover must not split them). */
+    bool was = b->available;
+    if (was) {
+        b->metrics->redis_reconnects++;
+        log_redis(b, SG_LOG_WARN, "redis.disconnect", err);
+    }
+    if (c == b->cmd && sg_rconn_is_up(b->sub))
+        sg_rconn_close(b->sub, "peer connection lost");
+    else if (c == b->sub && sg_rconn_is_up(b->cmd))
+        sg_rconn_close(b->cmd, "peer connection lost");
+    set_available(b);
+    schedule_connect(b);
+}
+
+static void on_push(void *ud, redisReply *r)
+{
+    sg_bus *b = ud;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 || r->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    const char *kind = r->element[0]->str;
+    redisReply *ch = r->element[1];
+    if (ch->type != REDIS_REPLY_STRING)
+        return;
+    if (strcmp(kind, "message") == 0) {
+        redisReply *pl = r->element[2];
+        if (pl->type == REDIS_REPLY_STRING && b->h.on_message)
+            b->h.on_message(b->h.ud, ch->str, ch->len, pl->str, pl->len);
+        return;
+    }
+    bool is_sub = strcmp(kind, "subscribe") == 0;
+    if (!is_sub && strcmp(kind, "unsubscribe") != 0)
+        return;
+    chan *c = sg_map_get(&b->chans, ch->str, ch->len);
+    if (!c)
+        return;
+    if (c->inflight)
+        c->inflight--;
+    if (c->inflight)
+        return;
+    if (!c->refs) {
+        free(sg_map_del(&b->chans, ch->str, ch->len));
+        return;
+    }
+    if (is_sub && !c->confirmed) {
+        c->confirmed = true;
+        if (b->h.on_subscribed)
+            b->h.on_subscribed(b->h.ud, ch->str, ch->len);
+    }
+}
+
+static void on_latency(void *ud, double ms)
+{
+    sg_bus *b = ud;
+    sg_hist_observe(&b->metrics->redis_latency, ms);
+}
+
+static void on_reply(void *ud, uint64_t tag, redisReply *r)
+{
+    sg_bus *b = ud;
+    if (b->h.on_reply)
+        b->h.on_reply(b->h.ud, tag, r);
+}
+
+static int connect_pair(sg_bus *b)
+{
+    char db[16];
+    snprintf(db, sizeof db, "%d", b->db);
+    const char *auth1[] = {"AUTH", b->pass, NULL};
+    const char *auth2[] = {"AUTH", b->user, b->pass, NULL};
+    const char *sel[] = {"SELECT", db, NULL};
+    const char *cname_cmd[] = {"CLIENT", "SETNAME", "signal-gateway-cmd", NULL};
+    const char *cname_sub[] = {"CLIENT", "SETNAME", "signal-gateway-sub", NULL};
+    const char *const *init[5];
+    for (int which = 0; which < 2; which++) {
+        int n = 0;
+        if (b->pass[0])
+            init[n++] = b->user[0] ? auth2 : auth1;
+        if (which == 0 && b->db)
+            init[n++] = sel;
+        init[n++] = which == 0 ? cname_cmd : cname_sub;
+        init[n] = NULL;
+        sg_rconn *c = which == 0 ? b->cmd : b->sub;
+        if (sg_rconn_connect(c, b->host, b->port, init) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Sentinel: ask each sentinel in turn for the master's address. */
+static void on_sentinel_reply(void *ud, uint64_t tag, redisReply *r)
+{
+    sg_bus *b = ud;
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+        r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING) {
+        sg_strlcpy(b->host, r->element[0]->str, sizeof b->host);
+        b->port = atoi(r->element[1]->str);
+        sg_rconn_close(b->sentinel, "done");
+        if (connect_pair(b) < 0)
+            schedule_connect(b);
+        return;
+    }
+    sg_rconn_close(b->sentinel, "no master");
+    b->sentinel_idx++;
+    schedule_connect(b);
+}
+
+static void on_sentinel_state(void *ud, sg_rconn *c, bool up, const char *err)
+{
+    sg_bus *b = ud;
+    if (up) {
+        const char *argv[] = {"SENTINEL", "get-master-addr-by-name", b->master_name};
+        if (sg_rconn_sendv(c, on_sentinel_reply, 0, 3, argv) < 0)
+            sg_rconn_close(c, "send failed");
+        return;
+    }
+    /* "done" and "no master" were handled by the reply; anything else means
+     * this sentinel is unreachable: try the next one. */
+    if (err && strcmp(err, "done") != 0 && strcmp(err, "no master") != 0) {
+        b->sentinel_idx++;
+        schedule_connect(b);
+    }
+}
+
+static bool nth_sentinel(const char *list, size_t idx, char *host, size_t hostlen, int *port)
+{
+    size_t count = 1;
+    for (const char *p = list; *p; p++)
+        count += *p == ',';
+    idx %= count;
+    const char *p = list;
+    while (idx--)
+        p = strchr(p, ',') + 1;
+    const char *e = strchr(p, ',');
+    size_t n = e ? (size_t)(e - p) : strlen(p);
+    char item[300];
+    if (n >= sizeof item)
+        return false;
+    memcpy(item, p, n);
+    item[n] = '\0';
+    char *colon = strrchr(item, ':');
+    if (!colon)
+        return false;
+    *colon = '\0';
+    sg_strlcpy(host, item, hostlen);
+    *port = atoi(colon + 1);
+    return *port > 0;
+}
+
+static void do_connect(evutil_socket_t fd, short what, void *arg)
+{
+    sg_bus *b = arg;
+    if (sg_rconn_is_up(b->cmd) || sg_rconn_is_up(b->sub))
+        return;
+    b->attempts++;
+    if (b->sentinels) {
+        char host[256];
+        int port;
+        if (!nth_sentinel(b->sentinels, b->sentinel_idx, host, sizeof host, &port) ||
+            sg_rconn_connect(b->sentinel, host, port, NULL) < 0) {
+            b->sentinel_idx++;
+            schedule_connect(b);
+        }
+        return;
+    }
+    if (connect_pair(b) < 0)
+        schedule_connect(b);
+}
+
+static void schedule_connect(sg_bus *b)
+{
+    if (evtimer_pending(b->retry, NULL))
+        return;
+    /* Capped exponential backoff with jitter: many gateways reconnecting to a
+     * restarted Redis must not arrive in one wave. */
+    int64_t ms = BACKOFF_MIN_MS;
+    for (int i = 1; i < b->attempts && ms < BACKOFF_MAX_MS; i++)
+        ms *= 2;
+    if (ms > BACKOFF_MAX_MS)
+        ms = BACKOFF_MAX_MS;
+    uint32_t r;
+    sg_random_bytes(&r, sizeof r);
+    ms = ms / 2 + (int64_t)(r % (uint32_t)(ms / 2 + 1));
+    if (b->attempts == 0)
+        ms = 0;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(b->retry, &tv);
+}
+
+sg_bus *sg_bus_new(struct event_base *base, const sg_bus_config *cfg, const sg_bus_handlers *h,
+                   sg_log *log, sg_metrics *metrics)
+{
+    sg_bus *b = sg_xcalloc(1, sizeof *b);
+    b->base = base;
+    b->h = *h;
+    b->log = log;
+    b->metrics = metrics;
+    b->url = sg_xstrdup(cfg->redis_url);
+    b->sentinels = cfg->sentinels ? sg_xstrdup(cfg->sentinels) : NULL;
+    b->master_name = sg_xstrdup(cfg->master_name ? cfg->master_name : "mymaster");
+    b->node_id = sg_xstrdup(cfg->node_id);
+    b->timeout_ms = cfg->timeout_ms;
+    sg_map_init(&b->chans);
+    for (size_t i = 0; i < SG_SCRIPT_COUNT; i++) {
+        uint8_t d[SHA_DIGEST_LENGTH];
+        SHA1((const uint8_t *)sg_script_sources[i].text, sg_script_sources[i].len, d);
+        sg_hex(b->sha[i], d, sizeof d);
+    }
+    sg_rconn_opts o = {.timeout_ms = cfg->timeout_ms, .on_state = on_conn_state,
+                       .on_latency = on_latency, .ud = b};
+    b->cmd = sg_rconn_new(base, &o);
+    o.pubsub = true;
+    o.on_push = on_push;
+    o.on_latency = NULL;
+    o.timeout_ms = 0;
+    b->sub = sg_rconn_new(base, &o);
+    sg_rconn_opts so = {.timeout_ms = cfg->timeout_ms, .on_state = on_sentinel_state, .ud = b};
+    b->sentinel = sg_rconn_new(base, &so);
+    b->retry = evtimer_new(base, do_connect, b);
+    (void)on_reply;
+    return b;
+}
+
+/* redis://[[user]:password@]host[:port][/db] */
+static int parse_url(sg_bus *b, char *err, size_t errlen)
+{
+    const char *p = b->url + strlen("redis://");
+    const char *at = strrchr(p, '@');
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        if (!colon) {
+            snprintf(err, errlen, "redis URL: credentials must be [user]:password@");
+            return -1;
+        }
+        size_t ul = (size_t)(colon - p), pl = (size_t)(at - colon - 1);
+        if (ul >= sizeof b->user || pl >= sizeof b->pass) {
+            snprintf(err, errlen, "redis URL: credentials too long");
+            return -1;
+        }
+        memcpy(b->user, p, ul);
+        b->user[ul] = '\0';
+        memcpy(b->pass, colon + 1, pl);
+        b->pass[pl] = '\0';
+        p = at + 1;
+    }
+    const char *slash = strchr(p, '/');
+    size_t hl = slash ? (size_t)(slash - p) : strlen(p);
+    char hp[300];
+    if (hl == 0 || hl >= sizeof hp) {
+        snprintf(err, errlen, "redis URL: missing host");
+        return -1;
+    }
+    memcpy(hp, p, hl);
+    hp[hl] = '\0';
+    b->port = 6379;
+    char *colon = strrchr(hp, ':');
+    if (hp[0] == '[') {
+        char *rb = strchr(hp, ']');
+        if (!rb) {
+            snprintf(err, errlen, "redis URL: bad IPv6 host");
+            return -1;
+        }
+        *rb = '\0';
+        sg_strlcpy(b->host, hp + 1, sizeof b->host);
+        if (rb[1] == ':')
+            b->port = atoi(rb + 2);
+    } else {
+        if (colon) {
+            *colon = '\0';
+            b->port = atoi(colon + 1);
+        }
+        sg_strlcpy(b->host, hp, sizeof b->host);
+    }
+    if (b->port <= 0 || b->port > 65535) {
+        snprintf(err, errlen, "redis URL: bad port");
+        return -1;
+    }
+    b->db = slash && slash[1] ? atoi(slash + 1) : 0;
+    if (b->db < 0 || b->db > 1000) {
+        snprintf(err, errlen, "redis URL: bad database number");
+        return -1;
+    }
+    return 0;
+}
+
+int sg_bus_start(sg_bus *b, char *err, size_t errlen)
+{
+    if (parse_url(b, err, errlen) < 0)
+        return -1;
+    b->attempts = 0;
+    schedule_connect(b);
+    return 0;
+}
+
+void sg_bus_free(sg_bus *b)
+{
+    if (!b)
+        return;
+    event_free(b->retry);
+    sg_rconn_free(b->cmd);
+    sg_rconn_free(b->sub);
+    sg_rconn_free(b->sentinel);
+    size_t i;
+    for (sg_map_entry *e = sg_map_first(&b->chans, &i); e; e = sg_map_next(&b->chans, &i, e))
+        free(e->value);
+    sg_map_free(&b->chans);
+    free(b->url);
+    free(b->sentinels);
+    free(b->master_name);
+    free(b->node_id);
+    free(b);
+}
+
+bool sg_bus_available(const sg_bus *b) { return b->available; }
+
+bool sg_bus_busy(const sg_bus *b) { return sg_rconn_pending(b->cmd) > 0; }
+
+#define MAX_EVAL_ARGS 64
+
+int sg_bus_eval(sg_bus *b, sg_script_id s, const char *room, int argc, const char **argv,
+                const size_t *lens, uint64_t tag)
+{
+    if (!b->available || argc > MAX_EVAL_ARGS)
+        return -1;
+    char keys[4][SG_ROOM_KEY_MAX];
+    static const char *suffix[4] = {"peers", "leases", "buckets", "acl"};
+    const char *av[MAX_EVAL_ARGS + 7];
+    size_t al[MAX_EVAL_ARGS + 7];
+    int n = 0;
+    av[n] = "EVALSHA"; al[n++] = 7;
+    av[n] = b->sha[s]; al[n++] = 40;
+    av[n] = "4"; al[n++] = 1;
+    for (int i = 0; i < 4; i++) {
+        int kl = snprintf(keys[i], sizeof keys[i], "room:{%s}:%s", room, suffix[i]);
+        av[n] = keys[i];
+        al[n++] = (size_t)kl;
+    }
+    for (int i = 0; i < argc; i++) {
+        av[n] = argv[i];
+        al[n++] = lens ? lens[i] : strlen(argv[i]);
+    }
+    return sg_rconn_send(b->cmd, n, av, al, on_reply, tag);
+}
+
+int sg_bus_command(sg_bus *b, int argc, const char **argv, const size_t *lens, uint64_t tag)
+{
+    if (!b->available)
+        return -1;
+    return sg_rconn_send(b->cmd, argc, argv, lens, on_reply, tag);
+}
+
+bool sg_bus_subscribe(sg_bus *b, const char *channel)
+{
+    size_t n = strlen(channel);
+    chan *c = sg_map_get(&b->chans, channel, n);
+    if (!c) {
+        c = sg_xcalloc(1, sizeof *c);
+        sg_map_put(&b->chans, channel, n, c);
+    }
+    if (c->refs++ > 0 && (c->confirmed || c->inflight))
+        return c->confirmed;
+    /* First reference, or the entry was waiting for its UNSUBSCRIBE ack. */
+    c->confirmed = false;
+    if (sg_rconn_is_up(b->sub)) {
+        const char *argv[] = {"SUBSCRIBE", channel};
+        if (sg_rconn_sendv(b->sub, NULL, 0, 2, argv) == 0)
+            c->inflight++;
+    }
+    return false;
+}
+
+void sg_bus_unsubscribe(sg_bus *b, const char *channel)
+{
+    size_t n = strlen(channel);
+    chan *c = sg_map_get(&b->chans, channel, n);
+    if (!c || !c->refs)
+        return;
+    if (--c->refs)
+        return;
+    c->confirmed = false;
+    if (sg_rconn_is_up(b->sub)) {
+        const char *argv[] = {"UNSUBSCRIBE", channel};
+        if (sg_rconn_sendv(b->sub, NULL, 0, 2, argv) == 0) {
+            c->inflight++;
+            return;
+        }
+    }
+    if (!c->inflight)
+        free(sg_map_del(&b->chans, channel, n));
+}
+
+bool sg_bus_subscribed(const sg_bus *b, const char *channel)
+{
+    chan *c = sg_map_get(&b->chans, channel, strlen(channel));
+    return c && c->confirmed;
+}

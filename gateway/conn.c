@@ -1,0 +1,693 @@
+#include "sg/conn.h"
+#include "sg/http_upgrade.h"
+#include "sg/server.h"
+#include "sg/session.h"
+#include "sg/static_files.h"
+#include "sg/util.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <openssl/sha.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { PHASE_HANDSHAKE = 1, PHASE_PING, PHASE_PONG, PHASE_CLOSE_WAIT };
+
+#define CLOSE_WAIT_MS 2000   /* how long we wait for the client's close frame */
+#define HTTP_LINGER_MS 1000  /* how long a refused handshake's response may take to flush */
+#define WARN_INTERVAL_MS 1000
+#define FLOOD_CLOSE_MS 10000 /* continuous excess before close 1008 (PROTOCOL.md §5) */
+
+static void on_read(struct bufferevent *bev, void *arg);
+static void on_event(struct bufferevent *bev, short what, void *arg);
+static void on_timer(evutil_socket_t fd, short what, void *arg);
+
+static int ws_on_text(void *ud, const uint8_t *data, size_t len);
+static int ws_on_ping(void *ud, const uint8_t *data, size_t len);
+static int ws_on_pong(void *ud, const uint8_t *data, size_t len);
+static int ws_on_close(void *ud, uint16_t code, const uint8_t *reason, size_t len);
+static int ws_on_frame(void *ud, uint8_t opcode, uint64_t len);
+
+static const sg_ws_callbacks WS_CB = {
+    .on_text = ws_on_text, .on_ping = ws_on_ping, .on_pong = ws_on_pong,
+    .on_close = ws_on_close, .on_frame = ws_on_frame,
+};
+
+static void arm(sg_conn *c, int phase, int64_t ms)
+{
+    if (ms < 0)
+        ms = 0;
+    c->timer_phase = (uint8_t)phase;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(c->timer, &tv);
+}
+
+void sg_conn_accept(sg_server *s, int fd, const char *ip)
+{
+    sg_conn *c = sg_xcalloc(1, sizeof *c);
+    c->srv = s;
+    c->id = ++s->next_conn_id;
+    sg_strlcpy(c->ip, ip, sizeof c->ip);
+    c->opened_ms = sg_now_mono_ms();
+    if (s->ssl) {
+        SSL *ssl = SSL_new(s->ssl);
+        c->bev = bufferevent_openssl_socket_new(s->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        c->tls = true;
+    } else {
+        c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    }
+    if (!c->bev) {
+        evutil_closesocket(fd);
+        free(c);
+        return;
+    }
+    bufferevent_setcb(c->bev, on_read, NULL, on_event, c);
+    /* Never read more of a handshake than the cap allows (+1 to see it overrun). */
+    bufferevent_setwatermark(c->bev, EV_READ, 0, (size_t)s->cfg->max_header_bytes + 1);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    c->timer = evtimer_new(s->base, on_timer, c);
+    arm(c, PHASE_HANDSHAKE, s->cfg->handshake_timeout_ms);
+    sg_map_put_u64(&s->conns, c->id, c);
+    if (s->cfg->max_connections_per_ip) {
+        uintptr_t n = (uintptr_t)sg_map_get(&s->ip_counts, c->ip, strlen(c->ip));
+        sg_map_put(&s->ip_counts, c->ip, strlen(c->ip), (void *)(n + 1));
+    }
+}
+
+static void log_close(sg_conn *c, const char *why)
+{
+    sg_server *s = c->srv;
+    if (c->state < SG_CONN_OPEN)
+        return;
+    if (sg_log_begin(s->log, SG_LOG_INFO, "ws.close")) {
+        sg_log_int(s->log, "conn", (int64_t)c->id);
+        sg_log_int(s->log, "code", c->close_code ? c->close_code : SG_WS_CLOSE_ABNORMAL);
+        sg_log_str(s->log, "reason", why);
+        sg_log_int(s->log, "duration_ms", (int64_t)(sg_now_mono_ms() - c->opened_ms));
+        sg_log_end(s->log);
+    }
+    char code[8];
+    snprintf(code, sizeof code, "%u", c->close_code ? c->close_code : SG_WS_CLOSE_ABNORMAL);
+    /* Close codes are a small known set; label values must be literals. */
+    static const char *known[] = {"1000", "1001", "1002", "1003", "1006", "1007", "1008", "1009", "1011"};
+    const char *label = "other";
+    for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+        if (strcmp(known[i], code) == 0)
+            label = known[i];
+    sg_metrics_inc(&s->metrics.closes, label);
+}
+
+/* Leaves the rooms once, when the connection stops being usable. */
+static void end_session(sg_conn *c)
+{
+    if (c->state != SG_CONN_OPEN)
+        return;
+    if (!c->leave_reason)
+        c->leave_reason = "disconnect";
+    sg_session_on_close(c);
+}
+
+void sg_conn_abort(sg_conn *c, const char *why)
+{
+    if (c->state == SG_CONN_DEAD)
+        return;
+    sg_server *s = c->srv;
+    end_session(c);
+    log_close(c, why);
+    if (c->state >= SG_CONN_OPEN)
+        s->metrics.ws_connections--;
+    c->state = SG_CONN_DEAD;
+    evtimer_del(c->timer);
+    /* bufferevent_free is safe inside its own callbacks: libevent defers it. */
+    bufferevent_free(c->bev);
+    c->bev = NULL;
+    sg_map_del_u64(&s->conns, c->id);
+    if (s->cfg->max_connections_per_ip) {
+        uintptr_t n = (uintptr_t)sg_map_get(&s->ip_counts, c->ip, strlen(c->ip));
+        if (n <= 1)
+            sg_map_del(&s->ip_counts, c->ip, strlen(c->ip));
+        else
+            sg_map_put(&s->ip_counts, c->ip, strlen(c->ip), (void *)(n - 1));
+    }
+    sg_server_defer_free(s, c);
+}
+
+void sg_conn_free(sg_conn *c)
+{
+    if (c->timer)
+        event_free(c->timer);
+    sg_ws_parser_reset(&c->ws);
+    sg_claims_clear(&c->claims);
+    free(c->rooms);
+    free(c);
+}
+
+static void on_drained_abort(struct bufferevent *bev, void *arg)
+{
+    sg_conn *c = arg;
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        sg_conn_abort(c, c->close_rcvd ? "closed" : "refused");
+}
+
+/* Writes data and ends the connection once it has left the buffer. */
+static void flush_then_abort(sg_conn *c)
+{
+    bufferevent_disable(c->bev, EV_READ);
+    bufferevent_setcb(c->bev, NULL, on_drained_abort, on_event, c);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        sg_conn_abort(c, c->close_rcvd ? "closed" : "refused");
+}
+
+static bool write_frame(sg_conn *c, uint8_t opcode, const void *data, size_t len)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (evbuffer_get_length(out) > (size_t)c->srv->cfg->max_output_bytes) {
+        /* A client that stops reading is cut loose rather than allowed to
+         * grow this node's memory. */
+        c->srv->metrics.output_buffer_closes++;
+        sg_metrics_inc(&c->srv->metrics.caps, "output_buffer");
+        c->close_code = SG_WS_CLOSE_POLICY;
+        sg_conn_abort(c, "output buffer over its cap");
+        return false;
+    }
+    uint8_t hdr[10];
+    size_t hl = sg_ws_frame_header(hdr, opcode, len);
+    evbuffer_add(out, hdr, hl);
+    evbuffer_add(out, data, len);
+    return true;
+}
+
+bool sg_conn_send_text(sg_conn *c, const char *data, size_t len)
+{
+    if (c->state != SG_CONN_OPEN)
+        return false;
+    return write_frame(c, SG_WS_OP_TEXT, data, len);
+}
+
+void sg_conn_close(sg_conn *c, uint16_t code, const char *reason)
+{
+    if (c->state != SG_CONN_OPEN)
+        return;
+    if (!c->leave_reason)
+        c->leave_reason = code == SG_WS_CLOSE_GOING_AWAY && c->srv->draining ? "shutdown" : "disconnect";
+    end_session(c);
+    uint8_t payload[125];
+    size_t n = sg_ws_close_payload(payload, code, reason);
+    if (!write_frame(c, SG_WS_OP_CLOSE, payload, n))
+        return;
+    c->close_code = code;
+    c->state = SG_CONN_CLOSING;
+    int64_t wait = CLOSE_WAIT_MS;
+    if (c->srv->draining && c->srv->cfg->drain_ms < wait)
+        wait = c->srv->cfg->drain_ms;
+    arm(c, PHASE_CLOSE_WAIT, wait);
+}
+
+/* ---- handshake ------------------------------------------------------- */
+
+static void refuse(sg_conn *c, int status, const char *code, const char *message, const char *extra)
+{
+    sg_server *s = c->srv;
+    sg_buf b;
+    sg_buf_init(&b);
+    sg_http_error_response(&b, status, code, message, extra);
+    bufferevent_write(c->bev, b.data, b.len);
+    sg_buf_free(&b);
+    char label[24];
+    snprintf(label, sizeof label, "%d", status);
+    static const char *known[] = {"400", "401", "403", "404", "426", "503"};
+    const char *l = "other";
+    for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+        if (strcmp(known[i], label) == 0)
+            l = known[i];
+    sg_metrics_inc(&s->metrics.handshakes, l);
+    c->state = SG_CONN_HTTP_CLOSING;
+    arm(c, PHASE_CLOSE_WAIT, HTTP_LINGER_MS);
+    flush_then_abort(c);
+}
+
+static void auth_failure(sg_conn *c, const char *reason, const char *message, bool token_present)
+{
+    sg_server *s = c->srv;
+    sg_metrics_inc(&s->metrics.auth_failures, reason);
+    if (sg_log_begin(s->log, SG_LOG_INFO, "ws.auth_failure")) {
+        sg_log_int(s->log, "conn", (int64_t)c->id);
+        sg_log_str(s->log, "reason", reason);
+        sg_log_end(s->log);
+    }
+    char extra[160];
+    if (token_present) {
+        snprintf(extra, sizeof extra,
+                 "WWW-Authenticate: Bearer error=\"invalid_token\", error_description=\"%s\"\r\n", reason);
+    } else {
+        snprintf(extra, sizeof extra, "WWW-Authenticate: Bearer\r\n");
+    }
+    refuse(c, 401, "unauthorized", message, extra);
+}
+
+static bool over_ip_cap(sg_conn *c)
+{
+    const sg_config *cfg = c->srv->cfg;
+    if (!cfg->max_connections_per_ip)
+        return false;
+    uintptr_t n = (uintptr_t)sg_map_get(&c->srv->ip_counts, c->ip, strlen(c->ip));
+    return n > (uintptr_t)cfg->max_connections_per_ip;
+}
+
+/* When the socket peer is a trusted proxy, the client address is the last
+ * X-Forwarded-For entry that proxy appended. The per-IP count moves to it. */
+static void apply_forwarded_for(sg_conn *c, const sg_upgrade *up)
+{
+    const sg_config *cfg = c->srv->cfg;
+    if (!cfg->max_connections_per_ip || !cfg->trusted_proxies || !up->forwarded_for.n)
+        return;
+    bool trusted = false;
+    const char *p = cfg->trusted_proxies;
+    size_t iplen = strlen(c->ip);
+    while (*p) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        while (n && *p == ' ') { p++; n--; }
+        while (n && p[n - 1] == ' ') n--;
+        if (n == iplen && memcmp(p, c->ip, n) == 0)
+            trusted = true;
+        if (!e)
+            break;
+        p = e + 1;
+    }
+    if (!trusted)
+        return;
+    const char *xff = up->forwarded_for.p;
+    size_t n = up->forwarded_for.n;
+    const char *last = memrchr(xff, ',', n);
+    const char *start = last ? last + 1 : xff;
+    size_t len = (size_t)(xff + n - start);
+    while (len && *start == ' ') { start++; len--; }
+    while (len && start[len - 1] == ' ') len--;
+    if (!len || len >= sizeof c->ip)
+        return;
+    sg_map *m = &c->srv->ip_counts;
+    uintptr_t old = (uintptr_t)sg_map_get(m, c->ip, iplen);
+    if (old <= 1)
+        sg_map_del(m, c->ip, iplen);
+    else
+        sg_map_put(m, c->ip, iplen, (void *)(old - 1));
+    memcpy(c->ip, start, len);
+    c->ip[len] = '\0';
+    uintptr_t cur = (uintptr_t)sg_map_get(m, c->ip, len);
+    sg_map_put(m, c->ip, len, (void *)(cur + 1));
+}
+
+static void open_ws(sg_conn *c, const sg_upgrade *up, size_t head_len);
+
+static void handle_handshake(sg_conn *c)
+{
+    sg_server *s = c->srv;
+    const sg_config *cfg = s->cfg;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t len = evbuffer_get_length(in);
+    size_t cap = (size_t)cfg->max_header_bytes;
+    size_t take = len < cap + 1 ? len : cap + 1;
+    const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)take);
+    sg_http_request req;
+    int rc = sg_http_parse_request(p, take, cap, &req);
+    if (rc == SG_HTTP_INCOMPLETE)
+        return;
+    if (rc == SG_HTTP_TOO_LARGE) {
+        sg_metrics_inc(&s->metrics.caps, "header_bytes");
+        refuse(c, 400, "bad_request", "request head over the size cap", NULL);
+        return;
+    }
+    if (rc < 0) {
+        refuse(c, 400, "bad_request", "malformed HTTP request", NULL);
+        return;
+    }
+    size_t head_len = (size_t)rc;
+    if (!(req.path.n == 3 && memcmp(req.path.p, "/ws", 3) == 0)) {
+        if (cfg->static_dir && sg_static_serve(c->bev, cfg->static_dir, &req)) {
+            sg_metrics_inc(&s->metrics.handshakes, "static");
+            c->state = SG_CONN_HTTP_CLOSING;
+            arm(c, PHASE_CLOSE_WAIT, 10000);
+            flush_then_abort(c);
+            return;
+        }
+        refuse(c, 404, "not_found", "no such path; the WebSocket endpoint is /ws", NULL);
+        return;
+    }
+    if (s->draining) {
+        refuse(c, 503, "unavailable", "node is draining", "Retry-After: 1\r\n");
+        return;
+    }
+    if (s->metrics.ws_connections >= cfg->max_connections) {
+        sg_metrics_inc(&s->metrics.caps, "max_connections");
+        refuse(c, 503, "unavailable", "node is at its connection cap", "Retry-After: 1\r\n");
+        return;
+    }
+    if (!sg_bus_available(s->bus)) {
+        refuse(c, 503, "unavailable", "Redis is unreachable", "Retry-After: 1\r\n");
+        return;
+    }
+    sg_upgrade_policy pol = {.path = "/ws", .allowed_origins = (const char *const *)cfg->origins,
+                             .n_allowed_origins = cfg->norigins};
+    if (!cfg->norigins)
+        pol.allowed_origins = NULL;
+    sg_upgrade up;
+    char *token = sg_xmalloc(SG_TOKEN_MAX + 1);
+    sg_upgrade_check(&req, &pol, &up, token);
+    if (up.status) {
+        free(token);
+        refuse(c, up.status, up.code, up.message, NULL);
+        return;
+    }
+    apply_forwarded_for(c, &up);
+    if (over_ip_cap(c)) {
+        free(token);
+        sg_metrics_inc(&s->metrics.caps, "max_connections_per_ip");
+        refuse(c, 503, "unavailable", "too many connections from this address", "Retry-After: 5\r\n");
+        return;
+    }
+    if (up.token_source == SG_TOKEN_NONE) {
+        free(token);
+        auth_failure(c, "missing", up.message ? up.message
+                                            : "no token: send Authorization: Bearer, a bearer. subprotocol or access_token",
+                     false);
+        return;
+    }
+    if (up.token_malformed) {
+        free(token);
+        auth_failure(c, "malformed", up.message ? up.message : "token is malformed", true);
+        return;
+    }
+    sg_auth_failure fail;
+    int64_t now_s = (int64_t)(sg_now_wall_ms() / 1000);
+    if (sg_auth_verify(s->auth, token, up.token_len, now_s, &c->claims, &fail) < 0) {
+        free(token);
+        auth_failure(c, fail.reason, fail.message, true);
+        return;
+    }
+    free(token);
+    if (up.traceparent.n && up.traceparent.n < sizeof c->traceparent) {
+        memcpy(c->traceparent, up.traceparent.p, up.traceparent.n);
+        c->traceparent[up.traceparent.n] = '\0';
+    }
+    open_ws(c, &up, head_len);
+}
+
+static void open_ws(sg_conn *c, const sg_upgrade *up, size_t head_len)
+{
+    sg_server *s = c->srv;
+    const sg_config *cfg = s->cfg;
+    sg_buf b;
+    sg_buf_init(&b);
+    sg_http_upgrade_response(&b, up);
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    /* The response is written before the request head leaves the input,
+     * because up's strings point into it. */
+    bufferevent_write(c->bev, b.data, b.len);
+    sg_buf_free(&b);
+    evbuffer_drain(in, head_len);
+
+    uint8_t d[SHA256_DIGEST_LENGTH];
+    SHA256((const uint8_t *)c->claims.sub, strlen(c->claims.sub), d);
+    sg_hex(c->subhash, d, sizeof d);
+    sg_log_hash(s->log, c->claims.sub, c->user);
+
+    c->state = SG_CONN_OPEN;
+    c->opened_ms = c->last_rx_ms = sg_now_mono_ms();
+    c->frames = (sg_bucket){cfg->rate_conn_frames.burst, c->opened_ms};
+    c->bytes = (sg_bucket){cfg->rate_conn_bytes.burst, c->opened_ms};
+    sg_ws_parser_init(&c->ws, &WS_CB, c, (size_t)cfg->max_message_bytes);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+    s->metrics.ws_connections++;
+    sg_metrics_inc(&s->metrics.handshakes, "101");
+    if (sg_log_begin(s->log, SG_LOG_INFO, "ws.connect")) {
+        sg_log_int(s->log, "conn", (int64_t)c->id);
+        sg_log_str(s->log, "tls", c->tls ? "true" : "false");
+        sg_log_end(s->log);
+    }
+    if (sg_log_begin(s->log, SG_LOG_INFO, "ws.auth_success")) {
+        sg_log_int(s->log, "conn", (int64_t)c->id);
+        sg_log_str(s->log, "user", c->user);
+        sg_log_end(s->log);
+    }
+    int64_t first = cfg->ping_interval_ms;
+    if (cfg->join_timeout_ms && cfg->join_timeout_ms < first)
+        first = cfg->join_timeout_ms;
+    arm(c, PHASE_PING, first);
+}
+
+/* ---- frames ---------------------------------------------------------- */
+
+static void refill(sg_bucket *b, const sg_rate *r, uint64_t now)
+{
+    b->tokens += (double)(now - b->last_ms) * r->rate / 1000.0;
+    if (b->tokens > r->burst)
+        b->tokens = r->burst;
+    b->last_ms = now;
+}
+
+/* The local guard: frames and bytes per connection, before Redis. Returns
+ * true when the message may pass. */
+static bool local_admit(sg_conn *c, size_t len, uint32_t frames)
+{
+    const sg_config *cfg = c->srv->cfg;
+    uint64_t now = sg_now_mono_ms();
+    bool ok = true;
+    if (cfg->rate_conn_frames.rate > 0) {
+        refill(&c->frames, &cfg->rate_conn_frames, now);
+        ok = c->frames.tokens >= frames;
+    }
+    if (ok && cfg->rate_conn_bytes.rate > 0) {
+        refill(&c->bytes, &cfg->rate_conn_bytes, now);
+        ok = c->bytes.tokens >= (double)len;
+    }
+    if (ok) {
+        if (cfg->rate_conn_frames.rate > 0)
+            c->frames.tokens -= frames;
+        if (cfg->rate_conn_bytes.rate > 0)
+            c->bytes.tokens -= (double)len;
+        if (c->last_drop_ms && now - c->last_drop_ms > WARN_INTERVAL_MS)
+            c->over_since_ms = 0;
+        return true;
+    }
+    /* Excess that goes on for FLOOD_CLOSE_MS (drops at least once a second) closes the connection. */
+    if (!c->over_since_ms || now - c->last_drop_ms > WARN_INTERVAL_MS)
+        c->over_since_ms = now;
+    c->last_drop_ms = now;
+    return false;
+}
+
+static void rate_warning(sg_conn *c, const char *scope)
+{
+    sg_server *s = c->srv;
+    uint64_t now = sg_now_mono_ms();
+    sg_metrics_inc(&s->metrics.ratelimit_drops, scope);
+    c->dropped_since_warn++;
+    if (c->warn_ms && now - c->warn_ms < WARN_INTERVAL_MS)
+        return;
+    if (sg_log_begin(s->log, SG_LOG_INFO, "ratelimit.drop")) {
+        sg_log_int(s->log, "conn", (int64_t)c->id);
+        sg_log_str(s->log, "scope", scope);
+        sg_log_int(s->log, "dropped", (int64_t)c->dropped_since_warn);
+        sg_log_end(s->log);
+    }
+    c->warn_ms = now;
+    c->dropped_since_warn = 0;
+    sg_session_error(c, "rate_limited", "over this connection's message rate; messages are being dropped",
+                     NULL, NULL);
+}
+
+static int ws_on_frame(void *ud, uint8_t opcode, uint64_t len)
+{
+    sg_conn *c = ud;
+    if (opcode == SG_WS_OP_TEXT || opcode == SG_WS_OP_CONT)
+        c->msg_frames++;
+    return 0;
+}
+
+static int ws_on_text(void *ud, const uint8_t *data, size_t len)
+{
+    sg_conn *c = ud;
+    uint32_t frames = c->msg_frames ? c->msg_frames : 1;
+    c->msg_frames = 0;
+    if (c->state != SG_CONN_OPEN)
+        return 0; /* after our close frame, only the client's close matters */
+    if (!local_admit(c, len, frames)) {
+        rate_warning(c, "connection");
+        if (c->state == SG_CONN_OPEN && sg_now_mono_ms() - c->over_since_ms >= FLOOD_CLOSE_MS) {
+            sg_metrics_inc(&c->srv->metrics.caps, "flood");
+            sg_conn_close(c, SG_WS_CLOSE_POLICY, "message rate over the limit for too long");
+        }
+        return c->state == SG_CONN_OPEN ? 0 : 1;
+    }
+    sg_session_on_text(c, (const char *)data, len, sg_now_wall_us());
+    return c->state == SG_CONN_OPEN ? 0 : 1;
+}
+
+static int ws_on_ping(void *ud, const uint8_t *data, size_t len)
+{
+    sg_conn *c = ud;
+    if (c->state == SG_CONN_OPEN)
+        write_frame(c, SG_WS_OP_PONG, data, len);
+    return c->state >= SG_CONN_DEAD;
+}
+
+static int ws_on_pong(void *ud, const uint8_t *data, size_t len)
+{
+    sg_conn *c = ud;
+    c->ping_outstanding = false;
+    return 0;
+}
+
+static int ws_on_close(void *ud, uint16_t code, const uint8_t *reason, size_t len)
+{
+    sg_conn *c = ud;
+    c->close_rcvd = true;
+    if (c->state == SG_CONN_OPEN) {
+        /* Echo the client's code (RFC 6455 §5.5.1), then close TCP. */
+        uint16_t echo = code == SG_WS_CLOSE_NO_STATUS ? SG_WS_CLOSE_NORMAL : code;
+        c->leave_reason = "disconnect";
+        c->close_code = echo;
+        end_session(c);
+        uint8_t payload[125];
+        size_t n = sg_ws_close_payload(payload, echo, "");
+        write_frame(c, SG_WS_OP_CLOSE, payload, n);
+        if (c->state == SG_CONN_DEAD)
+            return 1;
+        c->state = SG_CONN_CLOSING;
+    }
+    flush_then_abort(c);
+    return 1;
+}
+
+static void protocol_violation(sg_conn *c, int code)
+{
+    static const struct { int code; const char *reason; } R[] = {
+        {SG_WS_CLOSE_PROTOCOL, "protocol error"},
+        {SG_WS_CLOSE_UNSUPPORTED, "binary messages are not accepted"},
+        {SG_WS_CLOSE_INVALID_DATA, "invalid UTF-8"},
+        {SG_WS_CLOSE_TOO_BIG, "message too large"},
+    };
+    const char *reason = "protocol error";
+    for (size_t i = 0; i < sizeof R / sizeof *R; i++)
+        if (R[i].code == code)
+            reason = R[i].reason;
+    if (code == SG_WS_CLOSE_TOO_BIG) {
+        sg_metrics_inc(&c->srv->metrics.caps, "message_bytes");
+        sg_session_error(c, "payload_too_large", "message over the maximum size", NULL, NULL);
+    }
+    sg_conn_close(c, (uint16_t)code, reason);
+}
+
+static void read_frames(sg_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    while ((c->state == SG_CONN_OPEN || c->state == SG_CONN_CLOSING) && evbuffer_get_length(in)) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+            break;
+        int rc = sg_ws_parser_feed(&c->ws, v.iov_base, v.iov_len);
+        if (c->state == SG_CONN_DEAD)
+            return; /* the bufferevent is gone */
+        evbuffer_drain(in, v.iov_len);
+        if (rc == SG_WS_STOPPED)
+            break;
+        if (rc > 0) {
+            if (c->state == SG_CONN_OPEN)
+                protocol_violation(c, rc);
+            else
+                sg_conn_abort(c, "protocol error while closing");
+            return;
+        }
+    }
+    if (c->state == SG_CONN_CLOSING && c->close_rcvd)
+        return;
+    if (c->state != SG_CONN_OPEN && c->state != SG_CONN_CLOSING && c->bev)
+        evbuffer_drain(in, evbuffer_get_length(in));
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    sg_conn *c = arg;
+    switch (c->state) {
+    case SG_CONN_HANDSHAKE:
+        handle_handshake(c);
+        if (c->state == SG_CONN_OPEN && evbuffer_get_length(bufferevent_get_input(bev)))
+            read_frames(c);
+        break;
+    case SG_CONN_OPEN:
+    case SG_CONN_CLOSING:
+        c->last_rx_ms = sg_now_mono_ms();
+        read_frames(c);
+        break;
+    default:
+        evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+    }
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    sg_conn *c = arg;
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        if (c->state == SG_CONN_HANDSHAKE && c->tls && (what & BEV_EVENT_ERROR))
+            sg_metrics_inc(&c->srv->metrics.handshakes, "tls_error");
+        sg_conn_abort(c, (what & BEV_EVENT_EOF) ? "eof" : "socket error");
+    }
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    sg_conn *c = arg;
+    sg_server *s = c->srv;
+    const sg_config *cfg = s->cfg;
+    uint64_t now = sg_now_mono_ms();
+    switch (c->timer_phase) {
+    case PHASE_HANDSHAKE:
+        sg_metrics_inc(&s->metrics.caps, "handshake_timeout");
+        sg_conn_abort(c, "handshake timeout");
+        return;
+    case PHASE_PING:
+        if (cfg->join_timeout_ms && !c->ever_joined &&
+            now - c->opened_ms >= (uint64_t)cfg->join_timeout_ms) {
+            sg_metrics_inc(&s->metrics.caps, "join_timeout");
+            sg_conn_close(c, SG_WS_CLOSE_POLICY, "no join in time");
+            return;
+        }
+        if (now - c->opened_ms < (uint64_t)cfg->ping_interval_ms && !c->ping_sent_ms) {
+            /* Woke for the join deadline only. */
+            arm(c, PHASE_PING, cfg->ping_interval_ms - (int64_t)(now - c->opened_ms));
+            return;
+        }
+        c->ping_sent_ms = now;
+        c->ping_outstanding = true;
+        write_frame(c, SG_WS_OP_PING, "", 0);
+        if (c->state == SG_CONN_OPEN)
+            arm(c, PHASE_PONG, cfg->pong_timeout_ms);
+        return;
+    case PHASE_PONG:
+        if (c->last_rx_ms >= c->ping_sent_ms && !c->ping_outstanding) {
+            arm(c, PHASE_PING, cfg->ping_interval_ms - cfg->pong_timeout_ms);
+            return;
+        }
+        if (c->last_rx_ms > c->ping_sent_ms) {
+            /* Sent something else but no pong yet: anything counts as alive. */
+            arm(c, PHASE_PING, cfg->ping_interval_ms - cfg->pong_timeout_ms);
+            return;
+        }
+        c->leave_reason = "timeout";
+        c->close_code = SG_WS_CLOSE_GOING_AWAY;
+        sg_metrics_inc(&s->metrics.caps, "pong_timeout");
+        end_session(c);
+        sg_conn_abort(c, "pong timeout");
+        return;
+    case PHASE_CLOSE_WAIT:
+    default:
+        sg_conn_abort(c, c->state == SG_CONN_HTTP_CLOSING ? "refused" : "close timeout");
+        return;
+    }
+}

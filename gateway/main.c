@@ -1,0 +1,116 @@
+/* signal-gateway: arguments, configuration, the event loop and signals.
+ * Everything else lives in the modules under gateway/. */
+#include "sg/auth.h"
+#include "sg/config.h"
+#include "sg/log.h"
+#include "sg/server.h"
+
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+extern char **environ;
+
+/* signal-gateway token --sub NAME --room ROOM [--room ROOM2] [--ttl S]:
+ * prints an HS256 development token signed with the configured secret. */
+static int cmd_token(int argc, char **argv)
+{
+    const char *sub = NULL;
+    const char *rooms[64];
+    size_t nrooms = 0;
+    long ttl = 3600;
+    int first_cfg = argc; /* remaining flags are configuration */
+    char **cfg_argv = calloc((size_t)argc + 1, sizeof *cfg_argv);
+    int cfg_argc = 0;
+    cfg_argv[cfg_argc++] = argv[0];
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--sub") == 0 && i + 1 < argc)
+            sub = argv[++i];
+        else if (strcmp(argv[i], "--room") == 0 && i + 1 < argc && nrooms < 64)
+            rooms[nrooms++] = argv[++i];
+        else if (strcmp(argv[i], "--ttl") == 0 && i + 1 < argc)
+            ttl = strtol(argv[++i], NULL, 10);
+        else
+            cfg_argv[cfg_argc++] = argv[i];
+    }
+    (void)first_cfg;
+    sg_config cfg;
+    char err[512] = "";
+    int rc = sg_config_load(&cfg, cfg_argc, cfg_argv, 1, environ, err, sizeof err, stderr);
+    free(cfg_argv);
+    if (rc != 0) {
+        if (rc < 0)
+            fprintf(stderr, "signal-gateway token: %s\n", err);
+        return rc < 0 ? 2 : 0;
+    }
+    if (!sub || ttl <= 0 || strcmp(cfg.jwt_alg, "HS256") != 0) {
+        fprintf(stderr, "usage: signal-gateway token --sub NAME --room ROOM [--room ROOM2] [--ttl SECONDS]\n"
+                        "(needs SIGNAL_JWT_SECRET / --jwt-secret; HS256 only)\n");
+        sg_config_free(&cfg);
+        return 2;
+    }
+    char *tok = sg_auth_mint_hs256(cfg.jwt_secret, sub, rooms, nrooms, (int64_t)time(NULL), ttl,
+                                   cfg.jwt_issuer, cfg.jwt_audience);
+    sg_config_free(&cfg);
+    if (!tok) {
+        fprintf(stderr, "signal-gateway token: signing failed\n");
+        return 1;
+    }
+    printf("%s\n", tok);
+    free(tok);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "token") == 0)
+        return cmd_token(argc, argv);
+    signal(SIGPIPE, SIG_IGN);
+    sg_config cfg;
+    char err[512] = "";
+    int rc = sg_config_load(&cfg, argc, argv, 1, environ, err, sizeof err, stdout);
+    if (rc > 0)
+        return 0;
+    if (rc < 0) {
+        fprintf(stderr, "signal-gateway: %s\n", err);
+        return 2;
+    }
+    sg_log *log = sg_log_new(cfg.node_id, cfg.log_level_num, cfg.log_hash_key);
+    struct event_config *ec = event_config_new();
+    event_config_set_flag(ec, EVENT_BASE_FLAG_PRECISE_TIMER);
+    struct event_base *base = event_base_new_with_config(ec);
+    event_config_free(ec);
+    sg_server *srv = sg_server_new(base, &cfg, log, err, sizeof err);
+    if (!srv) {
+        if (sg_log_begin(log, SG_LOG_ERROR, "server.start_failed")) {
+            sg_log_str(log, "error", err);
+            sg_log_end(log);
+        }
+        sg_log_free(log);
+        fprintf(stderr, "signal-gateway: %s\n", err);
+        event_base_free(base);
+        sg_config_free(&cfg);
+        return 1;
+    }
+    sg_log_attach(log, base);
+    if (sg_log_begin(log, SG_LOG_INFO, "server.start")) {
+        sg_log_str(log, "listen", cfg.listen);
+        sg_log_str(log, "admin", cfg.admin_listen);
+        sg_log_str(log, "tls", cfg.tls_cert ? "true" : "false");
+        sg_log_str(log, "jwt_alg", cfg.jwt_alg);
+        sg_log_end(log);
+    }
+    event_base_dispatch(base);
+    if (sg_log_begin(log, SG_LOG_INFO, "server.stop")) {
+        sg_log_int(log, "connections", (int64_t)srv->conns.count);
+        sg_log_end(log);
+    }
+    sg_server_free(srv);
+    sg_log_free(log);
+    event_base_free(base);
+    sg_config_free(&cfg);
+    return 0;
+}

@@ -1,0 +1,295 @@
+#include "sg/rconn.h"
+#include "sg/util.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+typedef struct pending {
+    sg_rconn_reply_cb cb;
+    uint64_t tag;
+    uint64_t sent_ms;
+} pending;
+
+struct sg_rconn {
+    struct event_base *base;
+    sg_rconn_opts o;
+    struct bufferevent *bev;
+    redisReader *reader;
+    struct event *timer;
+    pending *q; /* ring of unanswered commands */
+    size_t qcap, qhead, qlen;
+    size_t init_left; /* init replies still expected */
+    bool up;
+    bool in_cb;
+    bool close_wanted;
+    char close_why[128];
+};
+
+static void q_push(sg_rconn *c, sg_rconn_reply_cb cb, uint64_t tag)
+{
+    if (c->qlen == c->qcap) {
+        size_t ncap = c->qcap ? c->qcap * 2 : 64;
+        pending *nq = sg_xmalloc(ncap * sizeof *nq);
+        for (size_t i = 0; i < c->qlen; i++)
+            nq[i] = c->q[(c->qhead + i) % c->qcap];
+        free(c->q);
+        c->q = nq;
+        c->qcap = ncap;
+        c->qhead = 0;
+    }
+    c->q[(c->qhead + c->qlen) % c->qcap] = (pending){cb, tag, sg_now_mono_ms()};
+    c->qlen++;
+}
+
+static pending q_pop(sg_rconn *c)
+{
+    pending p = c->q[c->qhead];
+    c->qhead = (c->qhead + 1) % c->qcap;
+    c->qlen--;
+    return p;
+}
+
+sg_rconn *sg_rconn_new(struct event_base *base, const sg_rconn_opts *opts)
+{
+    sg_rconn *c = sg_xcalloc(1, sizeof *c);
+    c->base = base;
+    c->o = *opts;
+    if (!c->o.max_pending)
+        c->o.max_pending = 1u << 20;
+    return c;
+}
+
+/* Fails every pending command with NULL. Commands sent by those callbacks
+ * fail at once (the connection is already down). */
+static void fail_pending(sg_rconn *c)
+{
+    while (c->qlen) {
+        pending p = q_pop(c);
+        if (p.cb)
+            p.cb(c->o.ud, p.tag, NULL);
+    }
+}
+
+static void teardown(sg_rconn *c)
+{
+    if (c->bev) {
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+    }
+    if (c->reader) {
+        redisReaderFree(c->reader);
+        c->reader = NULL;
+    }
+    if (c->timer) {
+        event_free(c->timer);
+        c->timer = NULL;
+    }
+    c->up = false;
+    c->init_left = 0;
+}
+
+static void drop(sg_rconn *c, const char *why)
+{
+    if (c->in_cb) {
+        c->close_wanted = true;
+        sg_strlcpy(c->close_why, why, sizeof c->close_why);
+        return;
+    }
+    bool had = c->bev != NULL;
+    teardown(c);
+    c->in_cb = true;
+    fail_pending(c);
+    c->in_cb = false;
+    if (had && c->o.on_state)
+        c->o.on_state(c->o.ud, c, false, why);
+}
+
+void sg_rconn_close(sg_rconn *c, const char *why) { drop(c, why ? why : "closed"); }
+
+void sg_rconn_free(sg_rconn *c)
+{
+    if (!c)
+        return;
+    teardown(c);
+    c->in_cb = true;
+    fail_pending(c);
+    free(c->q);
+    free(c);
+}
+
+bool sg_rconn_is_up(const sg_rconn *c) { return c->up; }
+size_t sg_rconn_pending(const sg_rconn *c) { return c->qlen; }
+
+static void handle_reply(sg_rconn *c, redisReply *r)
+{
+    if (c->init_left) {
+        pending p = q_pop(c);
+        (void)p;
+        c->init_left--;
+        if (r->type == REDIS_REPLY_ERROR) {
+            char why[160];
+            snprintf(why, sizeof why, "init command failed: %.120s", r->str);
+            drop(c, why);
+            return;
+        }
+        if (!c->init_left) {
+            c->up = true;
+            if (c->o.on_state)
+                c->o.on_state(c->o.ud, c, true, NULL);
+        }
+        return;
+    }
+    if (c->o.pubsub) {
+        if (c->o.on_push)
+            c->o.on_push(c->o.ud, r);
+        return;
+    }
+    if (!c->qlen) {
+        drop(c, "reply without a command");
+        return;
+    }
+    pending p = q_pop(c);
+    if (c->o.on_latency)
+        c->o.on_latency(c->o.ud, (double)(sg_now_mono_ms() - p.sent_ms));
+    if (p.cb)
+        p.cb(c->o.ud, p.tag, r);
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    sg_rconn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    c->in_cb = true;
+    while (evbuffer_get_length(in) && !c->close_wanted) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+            break;
+        if (redisReaderFeed(c->reader, v.iov_base, v.iov_len) != REDIS_OK) {
+            c->close_wanted = true;
+            sg_strlcpy(c->close_why, "reader error", sizeof c->close_why);
+            break;
+        }
+        evbuffer_drain(in, v.iov_len);
+        for (;;) {
+            void *reply = NULL;
+            if (redisReaderGetReply(c->reader, &reply) != REDIS_OK) {
+                c->close_wanted = true;
+                sg_strlcpy(c->close_why, "protocol error", sizeof c->close_why);
+                break;
+            }
+            if (!reply)
+                break;
+            handle_reply(c, reply);
+            freeReplyObject(reply);
+            if (c->close_wanted)
+                break;
+        }
+    }
+    c->in_cb = false;
+    if (c->close_wanted) {
+        c->close_wanted = false;
+        drop(c, c->close_why);
+    }
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    sg_rconn *c = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        int fd = bufferevent_getfd(bev);
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+        if (!c->init_left) {
+            c->up = true;
+            if (c->o.on_state)
+                c->o.on_state(c->o.ud, c, true, NULL);
+        }
+        return;
+    }
+    char why[128];
+    if (what & BEV_EVENT_EOF)
+        snprintf(why, sizeof why, "connection closed by Redis");
+    else
+        snprintf(why, sizeof why, "%s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    drop(c, why);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    sg_rconn *c = arg;
+    if (c->qlen && c->o.timeout_ms &&
+        sg_now_mono_ms() - c->q[c->qhead].sent_ms > (uint64_t)c->o.timeout_ms)
+        drop(c, "command timed out");
+}
+
+static void write_cmd(sg_rconn *c, int argc, const char **argv, const size_t *lens)
+{
+    char *cmd = NULL;
+    int n = redisFormatCommandArgv(&cmd, argc, argv, lens);
+    if (n > 0)
+        bufferevent_write(c->bev, cmd, (size_t)n);
+    free(cmd);
+}
+
+int sg_rconn_connect(sg_rconn *c, const char *host, int port, const char *const *const *init)
+{
+    teardown(c);
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    /* Blocking resolution happens only on (re)connect; Redis is usually an
+     * IP or a name the local resolver answers at once. */
+    if (getaddrinfo(host, ps, &hints, &res) != 0 || !res)
+        return -1;
+    c->bev = bufferevent_socket_new(c->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    c->reader = redisReaderCreate();
+    bufferevent_setcb(c->bev, on_read, NULL, on_event, c);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    int rc = bufferevent_socket_connect(c->bev, res->ai_addr, (int)res->ai_addrlen);
+    freeaddrinfo(res);
+    if (rc < 0) {
+        teardown(c);
+        return -1;
+    }
+    c->timer = event_new(c->base, -1, EV_PERSIST, on_timer, c);
+    struct timeval tv = {0, 200 * 1000};
+    event_add(c->timer, &tv);
+    /* Init commands are queued before anything else; "up" waits for them. */
+    for (size_t i = 0; init && init[i]; i++) {
+        int argc = 0;
+        while (init[i][argc])
+            argc++;
+        write_cmd(c, argc, (const char **)init[i], NULL);
+        q_push(c, NULL, 0);
+        c->init_left++;
+    }
+    return 0;
+}
+
+int sg_rconn_send(sg_rconn *c, int argc, const char **argv, const size_t *lens,
+                  sg_rconn_reply_cb cb, uint64_t tag)
+{
+    if (!c->up || !c->bev || c->close_wanted || c->qlen >= c->o.max_pending)
+        return -1;
+    write_cmd(c, argc, argv, lens);
+    if (!c->o.pubsub)
+        q_push(c, cb, tag);
+    return 0;
+}
+
+int sg_rconn_sendv(sg_rconn *c, sg_rconn_reply_cb cb, uint64_t tag, int argc, const char **argv)
+{
+    return sg_rconn_send(c, argc, argv, NULL, cb, tag);
+}

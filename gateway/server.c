@@ -1,0 +1,476 @@
+#include "sg/server.h"
+#include "sg/conn.h"
+#include "sg/session.h"
+#include "sg/util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/listener.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define LEASE_TICK_MS 100
+#define DRAIN_TICK_MS 50
+
+static int resolve_listen(const char *hostport, struct sockaddr_storage *ss, socklen_t *len)
+{
+    char host[256];
+    int port;
+    if (!sg_split_hostport(hostport, host, sizeof host, &port))
+        return -1;
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        *len = sizeof *v4;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *v6;
+        return 0;
+    }
+    return -1;
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+    sg_server *s = arg;
+    char ip[64] = "";
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, ip, sizeof ip);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, ip, sizeof ip);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    sg_conn_accept(s, fd, ip);
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    sg_server *s = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    /* EMFILE and friends: keep serving the connections we have. */
+    if (sg_log_begin(s->log, SG_LOG_WARN, "ws.accept_error")) {
+        sg_log_str(s->log, "error", evutil_socket_error_to_string(err));
+        sg_log_end(s->log);
+    }
+    sg_metrics_inc(&s->metrics.caps, "accept_error");
+}
+
+/* ---- admin ----------------------------------------------------------- */
+
+static void reply_text(struct evhttp_request *req, int code, const char *reason, const char *ctype,
+                       const char *body, size_t len)
+{
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add(b, body, len);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
+    evhttp_send_reply(req, code, reason, b);
+    evbuffer_free(b);
+}
+
+static void on_admin(struct evhttp_request *req, void *arg)
+{
+    sg_server *s = arg;
+    const char *uri = evhttp_request_get_uri(req);
+    const char *q = strchr(uri, '?');
+    size_t n = q ? (size_t)(q - uri) : strlen(uri);
+    if (n == 8 && memcmp(uri, "/metrics", 8) == 0) {
+        s->metrics.log_dropped = sg_log_dropped(s->log);
+        sg_buf b;
+        sg_buf_init(&b);
+        sg_metrics_render(&s->metrics, &b);
+        reply_text(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
+        sg_buf_free(&b);
+        return;
+    }
+    if (n == 8 && memcmp(uri, "/healthz", 8) == 0) {
+        reply_text(req, 200, "OK", "application/json", "{\"status\":\"ok\"}\n", 16);
+        return;
+    }
+    if (n == 7 && memcmp(uri, "/readyz", 7) == 0) {
+        char body[160];
+        bool redis = sg_bus_available(s->bus);
+        bool ready = redis && !s->draining;
+        int len = snprintf(body, sizeof body, "{\"ready\":%s,\"redis\":%s,\"draining\":%s}\n",
+                           ready ? "true" : "false", redis ? "true" : "false",
+                           s->draining ? "true" : "false");
+        reply_text(req, ready ? 200 : 503, ready ? "OK" : "Service Unavailable", "application/json",
+                   body, (size_t)len);
+        return;
+    }
+    reply_text(req, 404, "Not Found", "text/plain", "not found\n", 10);
+}
+
+/* ---- deferred frees, leases, drain ----------------------------------- */
+
+static void on_reaper(evutil_socket_t fd, short what, void *arg)
+{
+    sg_server *s = arg;
+    while (s->dead) {
+        sg_conn *c = s->dead;
+        s->dead = c->next_dead;
+        sg_conn_free(c);
+    }
+}
+
+void sg_server_defer_free(sg_server *s, sg_conn *c)
+{
+    c->next_dead = s->dead;
+    s->dead = c;
+    event_active(s->reaper, EV_TIMEOUT, 0);
+}
+
+sg_conn *sg_server_conn(sg_server *s, uint64_t id) { return sg_map_get_u64(&s->conns, id); }
+
+void sg_server_room_add(sg_server *s, const char *room, uint64_t conn, const char *peer, uint64_t joined_at_ms)
+{
+    size_t n = strlen(room);
+    sg_local_room *lr = sg_map_get(&s->rooms, room, n);
+    if (!lr) {
+        lr = sg_xcalloc(1, sizeof *lr);
+        sg_map_put(&s->rooms, room, n, lr);
+    }
+    if (lr->n == lr->cap) {
+        lr->cap = lr->cap ? lr->cap * 2 : 2;
+        lr->m = sg_xrealloc(lr->m, lr->cap * sizeof *lr->m);
+    }
+    sg_local_member *m = &lr->m[lr->n++];
+    m->conn = conn;
+    sg_strlcpy(m->peer, peer, sizeof m->peer);
+    m->joined_at_ms = joined_at_ms;
+}
+
+void sg_server_room_remove(sg_server *s, const char *room, uint64_t conn, const char *peer)
+{
+    size_t n = strlen(room);
+    sg_local_room *lr = sg_map_get(&s->rooms, room, n);
+    if (!lr)
+        return;
+    for (size_t i = 0; i < lr->n; i++)
+        if (lr->m[i].conn == conn && strcmp(lr->m[i].peer, peer) == 0) {
+            lr->m[i] = lr->m[--lr->n];
+            break;
+        }
+    if (!lr->n) {
+        sg_map_del(&s->rooms, room, n);
+        free(lr->m);
+        free(lr);
+    }
+}
+
+static void on_lease_tick(evutil_socket_t fd, short what, void *arg)
+{
+    sg_session_refresh_leases(arg);
+}
+
+static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
+{
+    sg_server *s = arg;
+    static const struct timeval tick = {0, DRAIN_TICK_MS * 1000};
+    (void)tick;
+    /* Done when every client is gone and every leave has reached Redis. */
+    if (s->conns.count == 0 && !sg_bus_busy(s->bus)) {
+        event_base_loopexit(s->base, NULL);
+        return;
+    }
+}
+
+static void on_drain_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    sg_server *s = arg;
+    if (sg_log_begin(s->log, SG_LOG_WARN, "server.drain_timeout")) {
+        sg_log_int(s->log, "connections", (int64_t)s->conns.count);
+        sg_log_end(s->log);
+    }
+    event_base_loopexit(s->base, NULL);
+}
+
+void sg_server_drain(sg_server *s)
+{
+    if (s->draining)
+        return;
+    s->draining = true;
+    s->metrics.draining = 1;
+    if (sg_log_begin(s->log, SG_LOG_INFO, "server.drain")) {
+        sg_log_int(s->log, "connections", (int64_t)s->conns.count);
+        sg_log_int(s->log, "drain_ms", s->cfg->drain_ms);
+        sg_log_end(s->log);
+    }
+    /* Collect ids first: closing changes the registry. */
+    size_t n = s->conns.count, k = 0, i;
+    uint64_t *ids = sg_xmalloc((n ? n : 1) * sizeof *ids);
+    for (sg_map_entry *e = sg_map_first(&s->conns, &i); e && k < n; e = sg_map_next(&s->conns, &i, e))
+        ids[k++] = ((sg_conn *)e->value)->id;
+    for (size_t j = 0; j < k; j++) {
+        sg_conn *c = sg_server_conn(s, ids[j]);
+        if (!c)
+            continue;
+        if (c->state == SG_CONN_OPEN) {
+            c->leave_reason = "shutdown";
+            sg_conn_close(c, SG_WS_CLOSE_GOING_AWAY, "server shutting down");
+        } else if (c->state == SG_CONN_HANDSHAKE) {
+            sg_conn_abort(c, "draining");
+        }
+    }
+    free(ids);
+    struct timeval dl = {s->cfg->drain_ms / 1000, (s->cfg->drain_ms % 1000) * 1000};
+    event_add(s->drain_timer, &dl);
+    struct event *tick = event_new(s->base, -1, EV_PERSIST, on_drain_tick, s);
+    struct timeval tv = {0, DRAIN_TICK_MS * 1000};
+    event_add(tick, &tv);
+    s->drain_tick = tick;
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    sg_server *s = arg;
+    if (sig == SIGHUP) {
+        if (sg_log_begin(s->log, SG_LOG_INFO, "server.sighup"))
+            sg_log_end(s->log);
+        return;
+    }
+    sg_server_drain(s);
+}
+
+/* ---- bus glue -------------------------------------------------------- */
+
+static void on_bus_available(void *ud, bool available, bool fresh)
+{
+    sg_server *s = ud;
+    if (available && fresh)
+        sg_session_reassert(s, true);
+}
+
+/* ---- lifecycle ------------------------------------------------------- */
+
+static SSL_CTX *make_ssl(const sg_config *cfg, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx)
+        goto fail;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    /* Idle connections keep no TLS read/write buffers. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1) {
+        snprintf(err, errlen, "SIGNAL_TLS_CERT: cannot load %s", cfg->tls_cert);
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        snprintf(err, errlen, "SIGNAL_TLS_KEY: cannot load %s or it does not match the certificate",
+                 cfg->tls_key);
+        goto fail;
+    }
+    return ctx;
+fail:
+    if (!err[0])
+        snprintf(err, errlen, "TLS setup failed");
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+static char *read_file(const char *path, size_t max, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = sg_xmalloc(max + 1);
+    size_t n = fread(buf, 1, max + 1, f);
+    fclose(f);
+    if (n > max) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    if (len)
+        *len = n;
+    return buf;
+}
+
+sg_auth *sg_server_load_auth(const sg_config *cfg, char *err, size_t errlen)
+{
+    sg_auth_config ac = {0};
+    ac.alg = strcmp(cfg->jwt_alg, "RS256") == 0 ? SG_ALG_RS256
+             : strcmp(cfg->jwt_alg, "ES256") == 0 ? SG_ALG_ES256 : SG_ALG_HS256;
+    ac.secret = cfg->jwt_secret;
+    ac.issuer = cfg->jwt_issuer;
+    ac.audience = cfg->jwt_audience;
+    ac.leeway_s = cfg->jwt_leeway_s;
+    const char *why = NULL;
+    sg_auth *a = NULL;
+    char *pem = NULL;
+    if (cfg->jwt_jwks_file && ac.alg != SG_ALG_HS256) {
+        size_t n = 0;
+        char *jwks = read_file(cfg->jwt_jwks_file, 1 << 20, &n);
+        if (!jwks) {
+            snprintf(err, errlen, "SIGNAL_JWT_JWKS_FILE: cannot read %s", cfg->jwt_jwks_file);
+            return NULL;
+        }
+        a = sg_auth_new_jwks(jwks, n, &ac, &why);
+        free(jwks);
+    } else {
+        if (ac.alg != SG_ALG_HS256) {
+            pem = read_file(cfg->jwt_public_key, 1 << 16, NULL);
+            if (!pem) {
+                snprintf(err, errlen, "SIGNAL_JWT_PUBLIC_KEY: cannot read %s", cfg->jwt_public_key);
+                return NULL;
+            }
+            ac.public_key_pem = pem;
+        }
+        a = sg_auth_new(&ac, &why);
+    }
+    free(pem);
+    if (!a)
+        snprintf(err, errlen, "JWT configuration: %s", why ? why : "unusable");
+    return a;
+}
+
+sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *log, char *err, size_t errlen)
+{
+    sg_server *s = sg_xcalloc(1, sizeof *s);
+    s->base = base;
+    s->cfg = cfg;
+    s->log = log;
+    sg_metrics_init(&s->metrics);
+    sg_map_init(&s->conns);
+    sg_map_init(&s->ip_counts);
+    sg_map_init(&s->rooms);
+    sg_map_init(&s->waiters);
+    sg_msg_init(&s->msg);
+    sg_buf_init(&s->scratch);
+    snprintf(s->holder_prefix, sizeof s->holder_prefix, "%s#", cfg->node_id);
+    uint8_t rnd[6];
+    sg_random_bytes(rnd, sizeof rnd);
+    char hex[13];
+    sg_hex(hex, rnd, sizeof rnd);
+    snprintf(s->cid_prefix, sizeof s->cid_prefix, "s.%s.", hex);
+
+    s->auth = sg_server_load_auth(cfg, err, errlen);
+    if (!s->auth)
+        goto fail;
+    if (cfg->tls_cert && !(s->ssl = make_ssl(cfg, err, errlen)))
+        goto fail;
+
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    if (resolve_listen(cfg->listen, &ss, &sl) < 0) {
+        snprintf(err, errlen, "SIGNAL_LISTEN: '%s' needs a numeric IPv4/IPv6 address", cfg->listen);
+        goto fail;
+    }
+    s->listener = evconnlistener_new_bind(base, on_accept, s,
+                                          LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+                                          4096, (struct sockaddr *)&ss, (int)sl);
+    if (!s->listener) {
+        snprintf(err, errlen, "SIGNAL_LISTEN: cannot listen on %s: %s", cfg->listen, strerror(errno));
+        goto fail;
+    }
+    evconnlistener_set_error_cb(s->listener, on_accept_error);
+
+    char host[256];
+    int port;
+    sg_split_hostport(cfg->admin_listen, host, sizeof host, &port);
+    s->admin = evhttp_new(base);
+    evhttp_set_gencb(s->admin, on_admin, s);
+    evhttp_set_allowed_methods(s->admin, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+    evhttp_set_max_headers_size(s->admin, 8192);
+    evhttp_set_max_body_size(s->admin, 0);
+    evhttp_set_timeout(s->admin, 10);
+    if (evhttp_bind_socket(s->admin, host, (uint16_t)port) != 0) {
+        snprintf(err, errlen, "SIGNAL_ADMIN_LISTEN: cannot listen on %s", cfg->admin_listen);
+        goto fail;
+    }
+
+    sg_bus_config bc = {.redis_url = cfg->redis_url, .sentinels = cfg->redis_sentinels,
+                        .master_name = cfg->redis_master_name, .node_id = cfg->node_id,
+                        .timeout_ms = cfg->redis_timeout_ms};
+    sg_bus_handlers h = {.on_available = on_bus_available, .on_message = sg_session_on_message,
+                         .on_subscribed = sg_session_on_subscribed, .on_reply = sg_session_on_reply,
+                         .ud = s};
+    s->bus = sg_bus_new(base, &bc, &h, log, &s->metrics);
+    if (sg_bus_start(s->bus, err, errlen) < 0)
+        goto fail;
+
+    s->reaper = event_new(base, -1, 0, on_reaper, s);
+    s->lease_timer = event_new(base, -1, EV_PERSIST, on_lease_tick, s);
+    struct timeval lt = {0, LEASE_TICK_MS * 1000};
+    event_add(s->lease_timer, &lt);
+    s->drain_timer = evtimer_new(base, on_drain_deadline, s);
+    s->sig_term = evsignal_new(base, SIGTERM, on_signal, s);
+    s->sig_int = evsignal_new(base, SIGINT, on_signal, s);
+    s->sig_hup = evsignal_new(base, SIGHUP, on_signal, s);
+    event_add(s->sig_term, NULL);
+    event_add(s->sig_int, NULL);
+    event_add(s->sig_hup, NULL);
+    return s;
+fail:
+    sg_server_free(s);
+    return NULL;
+}
+
+void sg_server_free(sg_server *s)
+{
+    if (!s)
+        return;
+    size_t i;
+    /* Remaining connections (drain timed out): drop them without a word. */
+    for (;;) {
+        sg_map_entry *e = sg_map_first(&s->conns, &i);
+        if (!e)
+            break;
+        sg_conn *c = e->value;
+        c->leave_reason = "shutdown";
+        sg_conn_abort(c, "exit");
+    }
+    on_reaper(-1, 0, s);
+    if (s->listener)
+        evconnlistener_free(s->listener);
+    if (s->admin)
+        evhttp_free(s->admin);
+    sg_bus_free(s->bus);
+    for (sg_map_entry *e = sg_map_first(&s->rooms, &i); e; e = sg_map_next(&s->rooms, &i, e)) {
+        sg_local_room *lr = e->value;
+        free(lr->m);
+        free(lr);
+    }
+    for (sg_map_entry *e = sg_map_first(&s->waiters, &i); e; e = sg_map_next(&s->waiters, &i, e)) {
+        sg_waitlist *w = e->value;
+        free(w->conns);
+        free(w);
+    }
+    sg_map_free(&s->rooms);
+    sg_map_free(&s->waiters);
+    sg_map_free(&s->conns);
+    sg_map_free(&s->ip_counts);
+    while (s->op_free) {
+        struct sg_op *op = s->op_free;
+        s->op_free = *(struct sg_op **)op;
+        free(op);
+    }
+    sg_msg_clear(&s->msg);
+    sg_buf_free(&s->msg.inner);
+    sg_buf_free(&s->scratch);
+    struct event *evs[] = {s->reaper, s->lease_timer, s->drain_timer, s->drain_tick,
+                           s->sig_term, s->sig_int, s->sig_hup};
+    for (size_t k = 0; k < sizeof evs / sizeof *evs; k++)
+        if (evs[k])
+            event_free(evs[k]);
+    if (s->ssl)
+        SSL_CTX_free(s->ssl);
+    sg_auth_free(s->auth);
+    free(s);
+}

@@ -1,0 +1,732 @@
+#include "sg/session.h"
+#include "sg/conn.h"
+#include "sg/proto.h"
+#include "sg/server.h"
+#include "sg/util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { OP_JOIN = 1, OP_LEAVE, OP_RELAY, OP_REFRESH };
+
+/* The context of one Redis call. The reply finds its connection by id. */
+typedef struct sg_op {
+    struct sg_op *next_free;
+    uint8_t kind;
+    uint8_t mtype;          /* sg_msg_type of a relay */
+    bool reply_left;        /* OP_LEAVE answers the client with "left" */
+    uint64_t conn_id;
+    uint64_t t0_us;
+    char room[SG_ROOM_MAX + 1];
+    char peer[SG_PEER_LEN + 1];
+    char to[SG_PEER_LEN + 1];
+    char cid[SG_CID_MAX + 1];
+} sg_op;
+
+static sg_op *op_new(sg_server *s, uint8_t kind, uint64_t conn_id)
+{
+    sg_op *op = s->op_free;
+    if (op)
+        s->op_free = op->next_free;
+    else
+        op = sg_xmalloc(sizeof *op);
+    memset(op, 0, offsetof(sg_op, room));
+    op->room[0] = op->peer[0] = op->to[0] = op->cid[0] = '\0';
+    op->kind = kind;
+    op->conn_id = conn_id;
+    return op;
+}
+
+static void op_free(sg_server *s, sg_op *op)
+{
+    op->next_free = s->op_free;
+    s->op_free = op;
+}
+
+static void channel_name(char out[SG_CHANNEL_MAX], const char *room, const char *peer)
+{
+    snprintf(out, SG_CHANNEL_MAX, "room:{%s}:peer:%s", room, peer);
+}
+
+static size_t holder_of(const sg_server *s, uint64_t conn_id, char *out, size_t cap)
+{
+    int n = snprintf(out, cap, "%s%llu", s->holder_prefix, (unsigned long long)conn_id);
+    return n > 0 ? (size_t)n : 0;
+}
+
+void sg_session_error(sg_conn *c, const char *code, const char *message, const char *cid, const char *room)
+{
+    sg_server *s = c->srv;
+    sg_metrics_inc(&s->metrics.errors, code);
+    sg_buf b;
+    char stack[512];
+    /* Errors are small: build them on the stack-backed buffer when possible. */
+    sg_buf_init(&b);
+    sg_proto_encode_error(&b, code, message, cid, room);
+    if (b.len < sizeof stack) {
+        memcpy(stack, b.data, b.len);
+        sg_conn_send_text(c, stack, b.len);
+    } else {
+        sg_conn_send_text(c, b.data, b.len);
+    }
+    sg_buf_free(&b);
+}
+
+static sg_membership *find_room(sg_conn *c, const char *room)
+{
+    for (uint32_t i = 0; i < c->nrooms; i++)
+        if (strcmp(c->rooms[i].room, room) == 0)
+            return &c->rooms[i];
+    return NULL;
+}
+
+static void remove_room(sg_conn *c, sg_membership *m)
+{
+    uint32_t i = (uint32_t)(m - c->rooms);
+    c->rooms[i] = c->rooms[--c->nrooms];
+}
+
+/* Drops the local side of a membership: the lease index, the gauge and the
+ * channel reference. The Redis side is the caller's business. */
+static void release_membership(sg_conn *c, sg_membership *m)
+{
+    sg_server *s = c->srv;
+    if (m->state == SG_MEM_JOINED) {
+        sg_server_room_remove(s, m->room, c->id, m->peer);
+        s->metrics.room_members--;
+    }
+    char ch[SG_CHANNEL_MAX];
+    channel_name(ch, m->room, m->peer);
+    sg_bus_unsubscribe(s->bus, ch); /* every membership took one reference at join */
+    remove_room(c, m);
+}
+
+/* ---- join ------------------------------------------------------------ */
+
+static void send_join(sg_conn *c, sg_membership *m)
+{
+    sg_server *s = c->srv;
+    const sg_config *cfg = s->cfg;
+    char holder[96], maxp[24], lease[24], ttl[24];
+    holder_of(s, c->id, holder, sizeof holder);
+    snprintf(maxp, sizeof maxp, "%lld", (long long)cfg->room_max_peers);
+    snprintf(lease, sizeof lease, "%lld", (long long)cfg->lease_ms);
+    snprintf(ttl, sizeof ttl, "%lld", (long long)cfg->lease_ms * 3);
+    const char *argv[] = {m->room, m->peer, holder, cfg->node_id, c->subhash, c->claims.sub,
+                          sg_claims_room_allowed(&c->claims, m->room) ? "1" : "0", maxp, lease, ttl};
+    sg_op *op = op_new(s, OP_JOIN, c->id);
+    strcpy(op->room, m->room);
+    strcpy(op->peer, m->peer);
+    strcpy(op->cid, m->cid);
+    op->t0_us = sg_now_wall_us();
+    if (sg_bus_eval(s->bus, SG_SCRIPT_JOIN, m->room, 10, argv, NULL, (uint64_t)(uintptr_t)op) < 0) {
+        op_free(s, op);
+        char room[SG_ROOM_MAX + 1], cid[SG_CID_MAX + 1];
+        strcpy(room, m->room);
+        strcpy(cid, m->cid);
+        release_membership(c, m);
+        sg_session_error(c, "unavailable", "Redis is unreachable", cid[0] ? cid : NULL, room);
+        return;
+    }
+    m->state = SG_MEM_JOINING;
+}
+
+static void wait_for_subscription(sg_server *s, const char *ch, uint64_t conn)
+{
+    size_t n = strlen(ch);
+    sg_waitlist *w = sg_map_get(&s->waiters, ch, n);
+    if (!w) {
+        w = sg_xcalloc(1, sizeof *w);
+        sg_map_put(&s->waiters, ch, n, w);
+    }
+    if (w->n == w->cap) {
+        w->cap = w->cap ? w->cap * 2 : 2;
+        w->conns = sg_xrealloc(w->conns, w->cap * sizeof *w->conns);
+    }
+    w->conns[w->n++] = conn;
+}
+
+void sg_session_on_subscribed(void *srv, const char *channel, size_t chlen)
+{
+    sg_server *s = srv;
+    sg_waitlist *w = sg_map_del(&s->waiters, channel, chlen);
+    if (!w)
+        return;
+    for (size_t i = 0; i < w->n; i++) {
+        sg_conn *c = sg_server_conn(s, w->conns[i]);
+        if (!c || c->state != SG_CONN_OPEN)
+            continue;
+        for (uint32_t j = 0; j < c->nrooms; j++) {
+            sg_membership *m = &c->rooms[j];
+            char ch[SG_CHANNEL_MAX];
+            channel_name(ch, m->room, m->peer);
+            if (m->state == SG_MEM_SUBSCRIBING && strlen(ch) == chlen && memcmp(ch, channel, chlen) == 0) {
+                send_join(c, m);
+                break;
+            }
+        }
+    }
+    free(w->conns);
+    free(w);
+}
+
+static void handle_join(sg_conn *c, const sg_msg *msg)
+{
+    sg_server *s = c->srv;
+    const char *cid = msg->has_cid ? msg->cid : NULL;
+    sg_membership *m = find_room(c, msg->room);
+    if (m) {
+        if (strcmp(m->peer, msg->peer) != 0) {
+            sg_session_error(c, "bad_request", "this connection is in the room with another peerId", cid, msg->room);
+            return;
+        }
+        strcpy(m->cid, msg->cid);
+        if (m->state != SG_MEM_SUBSCRIBING)
+            send_join(c, m); /* idempotent in Redis: answers joined, broadcasts nothing */
+        return;
+    }
+    if (c->nrooms >= (uint32_t)s->cfg->rooms_per_connection) {
+        sg_session_error(c, "too_many_rooms", "this connection is in as many rooms as allowed", cid, msg->room);
+        return;
+    }
+    if (!c->rooms)
+        c->rooms = sg_xcalloc((size_t)s->cfg->rooms_per_connection, sizeof *c->rooms);
+    m = &c->rooms[c->nrooms++];
+    memset(m, 0, sizeof *m);
+    strcpy(m->room, msg->room);
+    strcpy(m->peer, msg->peer);
+    strcpy(m->cid, msg->cid);
+    m->state = SG_MEM_SUBSCRIBING;
+    /* Subscribe first and join once Redis confirms, so no relay published
+     * right after the join can miss this node. */
+    char ch[SG_CHANNEL_MAX];
+    channel_name(ch, m->room, m->peer);
+    if (sg_bus_subscribe(s->bus, ch))
+        send_join(c, m);
+    else
+        wait_for_subscription(s, ch, c->id);
+}
+
+static void send_joined(sg_conn *c, const sg_membership *m, const redisReply *r, const char *cid)
+{
+    sg_buf b;
+    sg_buf_init(&b);
+    sg_buf_printf(&b, "{\"type\":\"joined\",\"roomId\":\"%s\",\"peerId\":\"%s\",\"peers\":[", m->room, m->peer);
+    for (size_t i = 1; i < r->elements; i++) {
+        const redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_STRING)
+            continue;
+        if (i > 1)
+            sg_buf_putc(&b, ',');
+        sg_buf_json_str(&b, e->str, e->len);
+    }
+    sg_buf_putc(&b, ']');
+    if (cid && *cid)
+        sg_buf_printf(&b, ",\"correlationId\":\"%s\"", cid);
+    sg_buf_putc(&b, '}');
+    sg_conn_send_text(c, b.data, b.len);
+    sg_buf_free(&b);
+}
+
+static void issue_leave(sg_server *s, uint64_t conn_id, const char *room, const char *peer,
+                        const char *reason, bool reply, const char *cid)
+{
+    char holder[96];
+    holder_of(s, conn_id, holder, sizeof holder);
+    const char *argv[] = {room, peer, holder, reason};
+    sg_op *op = op_new(s, OP_LEAVE, conn_id);
+    strcpy(op->room, room);
+    strcpy(op->peer, peer);
+    if (cid)
+        strcpy(op->cid, cid);
+    op->reply_left = reply;
+    if (sg_bus_eval(s->bus, SG_SCRIPT_LEAVE, room, 4, argv, NULL, (uint64_t)(uintptr_t)op) < 0) {
+        /* Redis is away: the lease will expire and room-mates get "timeout". */
+        op_free(s, op);
+        if (reply) {
+            sg_conn *c = sg_server_conn(s, conn_id);
+            if (c)
+                sg_session_error(c, "unavailable", "Redis is unreachable", cid, room);
+        }
+    }
+}
+
+static void on_join_reply(sg_server *s, sg_op *op, redisReply *r)
+{
+    sg_conn *c = sg_server_conn(s, op->conn_id);
+    sg_membership *m = c ? find_room(c, op->room) : NULL;
+    if (m && (strcmp(m->peer, op->peer) != 0 || m->state == SG_MEM_SUBSCRIBING))
+        m = NULL;
+    bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+              r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "error") != 0;
+    if (!m) {
+        /* The connection left or went while the join was in flight: undo it
+         * in Redis if it happened (the script only removes our own record). */
+        if (ok)
+            issue_leave(s, op->conn_id, op->room, op->peer, "disconnect", false, NULL);
+        return;
+    }
+    const char *cid = op->cid[0] ? op->cid : NULL;
+    if (!ok) {
+        const char *code = "unavailable";
+        const char *msg = "Redis did not answer";
+        if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[1]->type == REDIS_REPLY_STRING) {
+            static const struct { const char *code, *msg; } E[] = {
+                {"forbidden", "the token does not allow this room"},
+                {"room_full", "the room is full"},
+                {"peer_id_taken", "peerId is held by another user"},
+            };
+            code = "internal";
+            msg = "unexpected script reply";
+            for (size_t i = 0; i < sizeof E / sizeof *E; i++)
+                if (strcmp(r->element[1]->str, E[i].code) == 0) {
+                    code = E[i].code;
+                    msg = E[i].msg;
+                }
+        } else if (r && r->type == REDIS_REPLY_ERROR) {
+            code = "internal";
+            msg = "script error";
+            if (sg_log_begin(s->log, SG_LOG_ERROR, "redis.script_error")) {
+                sg_log_str(s->log, "script", "join");
+                sg_log_strn(s->log, "error", r->str, r->len);
+                sg_log_end(s->log);
+            }
+        }
+        char room[SG_ROOM_MAX + 1];
+        strcpy(room, m->room);
+        release_membership(c, m);
+        sg_session_error(c, code, msg, cid, room);
+        return;
+    }
+    const char *status = r->element[0]->str;
+    if (m->state != SG_MEM_JOINED) {
+        m->state = SG_MEM_JOINED;
+        m->joined_at_ms = sg_now_wall_ms();
+        sg_server_room_add(s, m->room, c->id, m->peer, m->joined_at_ms);
+        s->metrics.room_members++;
+        c->ever_joined = true;
+        if (sg_log_begin(s->log, SG_LOG_INFO, "room.join")) {
+            sg_log_int(s->log, "conn", (int64_t)c->id);
+            sg_log_str(s->log, "room", m->room);
+            sg_log_str(s->log, "peer", m->peer);
+            sg_log_str(s->log, "user", c->user);
+            sg_log_str(s->log, "status", status);
+            if (cid)
+                sg_log_str(s->log, "correlationId", cid);
+            sg_log_int(s->log, "peers", (int64_t)r->elements - 1);
+            sg_log_dbl(s->log, "duration_ms", (double)(sg_now_wall_us() - op->t0_us) / 1000.0);
+            sg_log_end(s->log);
+        }
+    }
+    send_joined(c, m, r, cid);
+}
+
+/* ---- leave ----------------------------------------------------------- */
+
+static void send_left(sg_conn *c, const char *room, const char *peer, const char *cid)
+{
+    char buf[SG_ROOM_MAX + SG_PEER_LEN + SG_CID_MAX + 96];
+    int n;
+    if (cid && *cid)
+        n = snprintf(buf, sizeof buf, "{\"type\":\"left\",\"roomId\":\"%s\",\"peerId\":\"%s\",\"correlationId\":\"%s\"}",
+                     room, peer, cid);
+    else
+        n = snprintf(buf, sizeof buf, "{\"type\":\"left\",\"roomId\":\"%s\",\"peerId\":\"%s\"}", room, peer);
+    sg_conn_send_text(c, buf, (size_t)n);
+}
+
+static void handle_leave(sg_conn *c, const sg_msg *msg)
+{
+    sg_server *s = c->srv;
+    const char *cid = msg->has_cid ? msg->cid : NULL;
+    sg_membership *m = find_room(c, msg->room);
+    if (!m || strcmp(m->peer, msg->peer) != 0) {
+        /* Not in the room (as that peer): nothing to do, nothing broadcast. */
+        send_left(c, msg->room, msg->peer, cid);
+        return;
+    }
+    bool in_redis = m->state != SG_MEM_SUBSCRIBING;
+    if (sg_log_begin(s->log, SG_LOG_INFO, "room.leave")) {
+        sg_log_int(s->log, "conn", (int64_t)c->id);
+        sg_log_str(s->log, "room", m->room);
+        sg_log_str(s->log, "peer", m->peer);
+        sg_log_str(s->log, "reason", "leave");
+        if (cid)
+            sg_log_str(s->log, "correlationId", cid);
+        sg_log_end(s->log);
+    }
+    release_membership(c, m);
+    if (in_redis)
+        issue_leave(s, c->id, msg->room, msg->peer, "leave", true, cid);
+    else
+        send_left(c, msg->room, msg->peer, cid);
+}
+
+static void on_leave_reply(sg_server *s, sg_op *op, redisReply *r)
+{
+    if (!op->reply_left)
+        return;
+    sg_conn *c = sg_server_conn(s, op->conn_id);
+    if (!c)
+        return;
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        sg_session_error(c, "unavailable", "Redis did not answer", op->cid[0] ? op->cid : NULL, op->room);
+        return;
+    }
+    send_left(c, op->room, op->peer, op->cid);
+}
+
+void sg_session_on_close(sg_conn *c)
+{
+    sg_server *s = c->srv;
+    while (c->nrooms) {
+        sg_membership *m = &c->rooms[c->nrooms - 1];
+        char room[SG_ROOM_MAX + 1], peer[SG_PEER_LEN + 1];
+        strcpy(room, m->room);
+        strcpy(peer, m->peer);
+        bool in_redis = m->state != SG_MEM_SUBSCRIBING;
+        if (sg_log_begin(s->log, SG_LOG_INFO, "room.leave")) {
+            sg_log_int(s->log, "conn", (int64_t)c->id);
+            sg_log_str(s->log, "room", room);
+            sg_log_str(s->log, "peer", peer);
+            sg_log_str(s->log, "reason", c->leave_reason);
+            sg_log_end(s->log);
+        }
+        release_membership(c, m);
+        if (in_redis)
+            issue_leave(s, c->id, room, peer, c->leave_reason, false, NULL);
+    }
+}
+
+/* ---- relay ----------------------------------------------------------- */
+
+static void handle_relay(sg_conn *c, sg_msg *msg, uint64_t arrival_us)
+{
+    sg_server *s = c->srv;
+    const sg_config *cfg = s->cfg;
+    const char *cid = msg->has_cid ? msg->cid : NULL;
+    sg_membership *m = find_room(c, msg->room);
+    if (!m || m->state == SG_MEM_SUBSCRIBING) {
+        sg_session_error(c, "not_joined", "join the room before relaying", cid, msg->room);
+        return;
+    }
+    if (strcmp(m->peer, msg->from) != 0) {
+        sg_session_error(c, "forbidden", "from is not this connection's peerId in the room", cid, msg->room);
+        return;
+    }
+    sg_op *op = op_new(s, OP_RELAY, c->id);
+    strcpy(op->room, msg->room);
+    strcpy(op->peer, msg->from);
+    strcpy(op->to, msg->to);
+    op->mtype = (uint8_t)msg->type;
+    op->t0_us = arrival_us;
+    if (cid)
+        strcpy(op->cid, cid);
+    else
+        snprintf(op->cid, sizeof op->cid, "%s%llx", s->cid_prefix, (unsigned long long)++s->cid_counter);
+
+    /* The frame the target gets: built once here, forwarded as is. */
+    sg_buf *f = &s->scratch;
+    sg_buf_reset(f);
+    sg_buf_puts(f, "{\"type\":\"relay\",\"inner\":");
+    sg_buf_append(f, msg->inner.data, msg->inner.len);
+    sg_buf_printf(f, ",\"correlationId\":\"%s\"}", op->cid);
+
+    char holder[96], ts[24], rates[6][32], ttl[24];
+    size_t hl = holder_of(s, c->id, holder, sizeof holder);
+    snprintf(ts, sizeof ts, "%llu", (unsigned long long)arrival_us);
+    const sg_rate *rs[3] = {&cfg->rate_peer, &cfg->rate_candidate, &cfg->rate_room};
+    for (int i = 0; i < 3; i++) {
+        snprintf(rates[2 * i], sizeof rates[0], "%.6g", rs[i]->rate);
+        snprintf(rates[2 * i + 1], sizeof rates[0], "%.6g", rs[i]->burst);
+    }
+    snprintf(ttl, sizeof ttl, "%lld", (long long)cfg->lease_ms * 3);
+    const char *tp = c->traceparent[0] ? c->traceparent : "-";
+    const char *kind = sg_msg_type_name(msg->type);
+    const char *argv[] = {msg->room, msg->from, msg->to, holder, kind, ts, tp, f->data,
+                          rates[0], rates[1], rates[2], rates[3], rates[4], rates[5], ttl};
+    size_t lens[15];
+    for (int i = 0; i < 15; i++)
+        lens[i] = strlen(argv[i]);
+    lens[3] = hl;
+    lens[7] = f->len;
+    if (sg_bus_eval(s->bus, SG_SCRIPT_RELAY, msg->room, 15, argv, lens, (uint64_t)(uintptr_t)op) < 0) {
+        op_free(s, op);
+        sg_session_error(c, "unavailable", "Redis is unreachable", cid, msg->room);
+    }
+}
+
+static void on_relay_reply(sg_server *s, sg_op *op, redisReply *r)
+{
+    sg_conn *c = sg_server_conn(s, op->conn_id);
+    if (!c)
+        return;
+    const char *kind = sg_msg_type_name((sg_msg_type)op->mtype);
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_STRING) {
+        if (r && r->type == REDIS_REPLY_ERROR && sg_log_begin(s->log, SG_LOG_ERROR, "redis.script_error")) {
+            sg_log_str(s->log, "script", "relay");
+            sg_log_strn(s->log, "error", r->str, r->len);
+            sg_log_end(s->log);
+        }
+        sg_session_error(c, r ? "internal" : "unavailable", r ? "script error" : "Redis did not answer",
+                         op->cid, op->room);
+        return;
+    }
+    const char *status = r->element[0]->str;
+    if (strcmp(status, "ok") == 0) {
+        if (sg_log_begin(s->log, SG_LOG_INFO, op->mtype == SG_MSG_OFFER    ? "relay.offer"
+                                              : op->mtype == SG_MSG_ANSWER ? "relay.answer"
+                                                                           : "relay.candidate")) {
+            sg_log_int(s->log, "conn", (int64_t)c->id);
+            sg_log_str(s->log, "room", op->room);
+            sg_log_str(s->log, "from", op->peer);
+            sg_log_str(s->log, "to", op->to);
+            sg_log_str(s->log, "correlationId", op->cid);
+            sg_log_end(s->log);
+        }
+        return;
+    }
+    const char *arg = r->elements >= 2 && r->element[1]->type == REDIS_REPLY_STRING ? r->element[1]->str : "";
+    if (strcmp(status, "rate_limited") == 0) {
+        static const char *scopes[] = {"room", "peer", "candidate"};
+        const char *scope = "peer";
+        for (size_t i = 0; i < 3; i++)
+            if (strcmp(arg, scopes[i]) == 0)
+                scope = scopes[i];
+        sg_metrics_inc(&s->metrics.ratelimit_drops, scope);
+        uint64_t now = sg_now_mono_ms();
+        c->dropped_since_warn++;
+        /* Candidates over the limit: at most one warning a second. */
+        if (op->mtype == SG_MSG_CANDIDATE && c->warn_ms && now - c->warn_ms < 1000)
+            return;
+        if (sg_log_begin(s->log, SG_LOG_INFO, "ratelimit.drop")) {
+            sg_log_int(s->log, "conn", (int64_t)c->id);
+            sg_log_str(s->log, "scope", scope);
+            sg_log_str(s->log, "room", op->room);
+            sg_log_str(s->log, "type", kind);
+            sg_log_int(s->log, "dropped", (int64_t)c->dropped_since_warn);
+            sg_log_end(s->log);
+        }
+        c->warn_ms = now;
+        c->dropped_since_warn = 0;
+        char msg[96];
+        snprintf(msg, sizeof msg, "over the %s rate limit; %s dropped", scope, kind);
+        sg_session_error(c, "rate_limited", msg, op->cid, op->room);
+        return;
+    }
+    static const struct { const char *code, *msg; } E[] = {
+        {"not_joined", "this connection is not in the room"},
+        {"peer_not_found", "to is not another member of the room"},
+        {"peer_unreachable", "no gateway holds the target any more"},
+    };
+    for (size_t i = 0; i < sizeof E / sizeof *E; i++)
+        if (strcmp(arg, E[i].code) == 0) {
+            sg_session_error(c, E[i].code, E[i].msg, op->cid, op->room);
+            return;
+        }
+    sg_session_error(c, "internal", "unexpected script reply", op->cid, op->room);
+}
+
+/* ---- messages from Redis --------------------------------------------- */
+
+/* "<holder>\t<kind>\t<ts_us>\t<traceparent>\t<seq>\n<frame>" */
+void sg_session_on_message(void *srv, const char *channel, size_t chlen, const char *payload, size_t len)
+{
+    sg_server *s = srv;
+    const char *nl = memchr(payload, '\n', len < 512 ? len : 512);
+    if (!nl)
+        return;
+    size_t pl = strlen(s->holder_prefix);
+    if ((size_t)(nl - payload) <= pl || memcmp(payload, s->holder_prefix, pl) != 0)
+        return; /* another node's connection */
+    const char *p = payload + pl;
+    uint64_t id = 0;
+    while (p < nl && *p >= '0' && *p <= '9')
+        id = id * 10 + (uint64_t)(*p++ - '0');
+    if (p + 2 >= nl || *p != '\t')
+        return;
+    char kind = p[1];
+    p += 2;
+    uint64_t ts_us = 0;
+    if (*p == '\t')
+        for (p++; p < nl && *p >= '0' && *p <= '9'; p++)
+            ts_us = ts_us * 10 + (uint64_t)(*p - '0');
+    sg_conn *c = sg_server_conn(s, id);
+    if (!c || c->state != SG_CONN_OPEN)
+        return;
+    const char *frame = nl + 1;
+    size_t flen = len - (size_t)(frame - payload);
+    if (kind == 'x') {
+        /* Our peerId went to a newer connection of the same user: forget the
+         * room locally without a leave (the record is the new holder's). */
+        char room[SG_ROOM_MAX + 1];
+        const char *open = memchr(channel, '{', chlen);
+        const char *close = open ? memchr(open, '}', chlen - (size_t)(open - channel)) : NULL;
+        if (!open || !close || (size_t)(close - open - 1) > SG_ROOM_MAX)
+            return;
+        memcpy(room, open + 1, (size_t)(close - open - 1));
+        room[close - open - 1] = '\0';
+        sg_membership *m = find_room(c, room);
+        if (m) {
+            if (sg_log_begin(s->log, SG_LOG_INFO, "room.leave")) {
+                sg_log_int(s->log, "conn", (int64_t)c->id);
+                sg_log_str(s->log, "room", room);
+                sg_log_str(s->log, "peer", m->peer);
+                sg_log_str(s->log, "reason", "replaced");
+                sg_log_end(s->log);
+            }
+            release_membership(c, m);
+        }
+        sg_metrics_inc(&s->metrics.errors, "replaced");
+    }
+    if (!sg_conn_send_text(c, frame, flen))
+        return;
+    if (kind == 'r') {
+        s->metrics.relays_delivered++;
+        uint64_t now = sg_now_wall_us();
+        if (ts_us && now >= ts_us)
+            sg_hist_observe(&s->metrics.relay_latency, (double)(now - ts_us) / 1000.0);
+    }
+}
+
+/* ---- leases ---------------------------------------------------------- */
+
+static void refresh_room(sg_server *s, const char *room, const sg_local_room *lr, bool silent)
+{
+    const sg_config *cfg = s->cfg;
+    size_t argc = 5 + 4 * lr->n;
+    const char **argv = sg_xmalloc(argc * sizeof *argv);
+    char (*strs)[96] = sg_xmalloc(lr->n * 2 * sizeof *strs);
+    char lease[24], ttl[24];
+    snprintf(lease, sizeof lease, "%lld", (long long)cfg->lease_ms);
+    snprintf(ttl, sizeof ttl, "%lld", (long long)cfg->lease_ms * 3);
+    argv[0] = room;
+    argv[1] = silent ? "1" : "0";
+    argv[2] = lease;
+    argv[3] = ttl;
+    argv[4] = cfg->node_id;
+    size_t n = 5;
+    for (size_t i = 0; i < lr->n; i++) {
+        sg_conn *c = sg_server_conn(s, lr->m[i].conn);
+        if (!c)
+            continue;
+        holder_of(s, c->id, strs[2 * i], sizeof strs[0]);
+        snprintf(strs[2 * i + 1], sizeof strs[0], "%llu", (unsigned long long)lr->m[i].joined_at_ms);
+        argv[n++] = lr->m[i].peer;
+        argv[n++] = strs[2 * i];
+        argv[n++] = c->subhash;
+        argv[n++] = strs[2 * i + 1];
+    }
+    if (n > 5 && n <= 64) {
+        sg_op *op = op_new(s, OP_REFRESH, 0);
+        strcpy(op->room, room);
+        if (sg_bus_eval(s->bus, SG_SCRIPT_REFRESH, room, (int)n, argv, NULL, (uint64_t)(uintptr_t)op) < 0)
+            op_free(s, op);
+    }
+    free(strs);
+    free(argv);
+}
+
+void sg_session_refresh_leases(sg_server *s)
+{
+    /* Incremental: each tick renews a slice, so every room is renewed once
+     * per lease/3 without a burst of script calls. */
+    size_t total = s->rooms.count;
+    if (!total || !sg_bus_available(s->bus))
+        return;
+    int64_t period = s->cfg->lease_ms / 3;
+    int64_t tick = 100;
+    size_t per_tick = (size_t)((int64_t)total * tick / (period > tick ? period : tick)) + 1;
+    size_t done = 0;
+    while (done < per_tick) {
+        if (s->lease_cursor >= s->rooms.nbuckets)
+            s->lease_cursor = 0;
+        sg_map_entry *e = s->rooms.buckets[s->lease_cursor++];
+        for (; e; e = e->next, done++)
+            refresh_room(s, e->key, e->value, false);
+        if (s->lease_cursor >= s->rooms.nbuckets && done == 0)
+            break;
+        if (s->lease_cursor >= s->rooms.nbuckets)
+            break;
+    }
+}
+
+void sg_session_reassert(sg_server *s, bool silent)
+{
+    size_t i;
+    for (sg_map_entry *e = sg_map_first(&s->rooms, &i); e; e = sg_map_next(&s->rooms, &i, e))
+        refresh_room(s, e->key, e->value, silent);
+}
+
+static void on_refresh_reply(sg_server *s, sg_op *op, redisReply *r)
+{
+    if (!r || r->type != REDIS_REPLY_ARRAY)
+        return;
+    /* Peers taken over elsewhere: the 'x' message normally told us already. */
+    for (size_t i = 0; i < r->elements; i++) {
+        if (r->element[i]->type != REDIS_REPLY_STRING)
+            continue;
+        sg_local_room *lr = sg_map_get(&s->rooms, op->room, strlen(op->room));
+        if (!lr)
+            return;
+        for (size_t j = 0; j < lr->n; j++) {
+            if (strcmp(lr->m[j].peer, r->element[i]->str) != 0)
+                continue;
+            sg_conn *c = sg_server_conn(s, lr->m[j].conn);
+            sg_membership *m = c ? find_room(c, op->room) : NULL;
+            if (m) {
+                release_membership(c, m);
+                sg_session_error(c, "replaced", "peerId taken over by a newer connection of the same user",
+                                 NULL, op->room);
+            }
+            break;
+        }
+    }
+}
+
+void sg_session_on_reply(void *srv, uint64_t tag, redisReply *r)
+{
+    sg_server *s = srv;
+    sg_op *op = (sg_op *)(uintptr_t)tag;
+    switch (op->kind) {
+    case OP_JOIN: on_join_reply(s, op, r); break;
+    case OP_LEAVE: on_leave_reply(s, op, r); break;
+    case OP_RELAY: on_relay_reply(s, op, r); break;
+    case OP_REFRESH: on_refresh_reply(s, op, r); break;
+    }
+    op_free(s, op);
+}
+
+/* ---- entry ----------------------------------------------------------- */
+
+void sg_session_on_text(sg_conn *c, const char *text, size_t len, uint64_t arrival_us)
+{
+    sg_server *s = c->srv;
+    sg_msg *msg = &s->msg;
+    sg_msg_clear(msg);
+    sg_proto_error err;
+    if (sg_proto_decode(text, len, msg, &err) < 0) {
+        sg_metrics_inc(&s->metrics.messages, "invalid");
+        sg_session_error(c, err.code, err.message, err.has_cid ? err.cid : NULL, err.has_room ? err.room : NULL);
+        return;
+    }
+    sg_metrics_inc(&s->metrics.messages, sg_msg_type_name(msg->type));
+    if (!sg_bus_available(s->bus)) {
+        sg_session_error(c, "unavailable", "Redis is unreachable; try again shortly",
+                         msg->has_cid ? msg->cid : NULL, msg->room);
+        return;
+    }
+    switch (msg->type) {
+    case SG_MSG_JOIN: handle_join(c, msg); break;
+    case SG_MSG_LEAVE: handle_leave(c, msg); break;
+    case SG_MSG_OFFER:
+    case SG_MSG_ANSWER:
+    case SG_MSG_CANDIDATE: handle_relay(c, msg, arrival_us); break;
+    case SG_MSG_RESUME:
+        sg_session_error(c, "resume_failed", "resumption is not available on this node; join afresh",
+                         msg->has_cid ? msg->cid : NULL, msg->room);
+        break;
+    default: break;
+    }
+}

@@ -1,0 +1,121 @@
+#include "sg/static_files.h"
+#include "sg/buf.h"
+#include "sg/util.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+bool sg_static_resolve(const char *path, size_t n, char *out, size_t cap)
+{
+    if (n == 0 || path[0] != '/' || n >= cap - 16)
+        return false;
+    size_t o = 0;
+    size_t i = 1;
+    while (i <= n) {
+        size_t j = i;
+        while (j < n && path[j] != '/')
+            j++;
+        size_t seg = j - i;
+        const char *sp = path + i;
+        if (seg == 2 && sp[0] == '.' && sp[1] == '.')
+            return false;
+        for (size_t k = 0; k < seg; k++) {
+            char ch = sp[k];
+            if (ch == '\0' || ch == '\\' || ch == '%' || (unsigned char)ch < 0x20)
+                return false;
+        }
+        if (seg && !(seg == 1 && sp[0] == '.')) {
+            if (o)
+                out[o++] = '/';
+            memcpy(out + o, sp, seg);
+            o += seg;
+        }
+        i = j + 1;
+    }
+    out[o] = '\0';
+    if (o == 0 || path[n - 1] == '/') {
+        const char *idx = o ? "/index.html" : "index.html";
+        memcpy(out + o, idx, strlen(idx) + 1);
+    }
+    return true;
+}
+
+static const char *content_type(const char *p)
+{
+    static const struct { const char *ext, *type; } T[] = {
+        {".html", "text/html; charset=utf-8"}, {".js", "text/javascript; charset=utf-8"},
+        {".mjs", "text/javascript; charset=utf-8"}, {".css", "text/css; charset=utf-8"},
+        {".json", "application/json"}, {".png", "image/png"}, {".svg", "image/svg+xml"},
+        {".ico", "image/x-icon"}, {".txt", "text/plain; charset=utf-8"},
+    };
+    const char *dot = strrchr(p, '.');
+    if (dot)
+        for (size_t i = 0; i < sizeof T / sizeof *T; i++)
+            if (strcmp(dot, T[i].ext) == 0)
+                return T[i].type;
+    return "application/octet-stream";
+}
+
+static void simple(struct bufferevent *bev, int status, const char *reason)
+{
+    char buf[256];
+    int n = snprintf(buf, sizeof buf,
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n%s\n",
+                     status, reason, strlen(reason) + 1, reason);
+    bufferevent_write(bev, buf, (size_t)n);
+}
+
+bool sg_static_serve(struct bufferevent *bev, const char *root, const sg_http_request *req)
+{
+    bool head = req->method.n == 4 && memcmp(req->method.p, "HEAD", 4) == 0;
+    if (!head && !(req->method.n == 3 && memcmp(req->method.p, "GET", 3) == 0)) {
+        simple(bev, 405, "Method Not Allowed");
+        return true;
+    }
+    char rel[1024];
+    if (!sg_static_resolve(req->path.p, req->path.n, rel, sizeof rel)) {
+        simple(bev, 404, "Not Found");
+        return true;
+    }
+    char full[1400];
+    snprintf(full, sizeof full, "%s/%s", root, rel);
+    int fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        /* A directory without the trailing slash: send the browser there, so
+         * relative imports resolve. */
+        close(fd);
+        char loc[1200];
+        int n = snprintf(loc, sizeof loc,
+                         "HTTP/1.1 301 Moved Permanently\r\nLocation: %.*s/\r\nContent-Length: 0\r\n"
+                         "Connection: close\r\n\r\n",
+                         (int)req->path.n, req->path.p);
+        bufferevent_write(bev, loc, (size_t)n);
+        return true;
+    }
+    if (fd < 0 || !S_ISREG(st.st_mode) || st.st_size > SG_STATIC_MAX_FILE) {
+        if (fd >= 0)
+            close(fd);
+        simple(bev, 404, "Not Found");
+        return true;
+    }
+    char hdr[512];
+    int n = snprintf(hdr, sizeof hdr,
+                     "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %lld\r\n"
+                     "Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n"
+                     "Connection: close\r\n\r\n",
+                     content_type(rel), (long long)st.st_size);
+    struct evbuffer *out = bufferevent_get_output(bev);
+    evbuffer_add(out, hdr, (size_t)n);
+    if (!head && st.st_size > 0)
+        evbuffer_add_file(out, fd, 0, st.st_size); /* takes the fd */
+    else
+        close(fd);
+    return true;
+}

@@ -1,0 +1,82 @@
+/* conn: one client connection's transport: the bounded HTTP upgrade, the
+ * RFC 6455 frame layer, heartbeats, local rate limits and the output bound.
+ * It is the only user of the connection's bufferevent. Messages that pass
+ * go to session.h; session.h writes back through sg_conn_send_text. */
+#ifndef SG_CONN_H
+#define SG_CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sg/auth.h"
+#include "sg/proto.h"
+#include "sg/ws_frame.h"
+
+struct bufferevent;
+struct event;
+struct sg_server;
+
+enum { SG_CONN_HANDSHAKE = 0, SG_CONN_HTTP_CLOSING, SG_CONN_OPEN, SG_CONN_CLOSING, SG_CONN_DEAD };
+
+enum { SG_MEM_SUBSCRIBING = 1, SG_MEM_JOINING, SG_MEM_JOINED, SG_MEM_LEAVING };
+
+/* One room this connection is in (or joining). */
+typedef struct sg_membership {
+    char room[SG_ROOM_MAX + 1];
+    char peer[SG_PEER_LEN + 1];
+    char cid[SG_CID_MAX + 1]; /* of the join awaiting its reply */
+    uint8_t state;
+    uint64_t joined_at_ms;
+} sg_membership;
+
+typedef struct sg_bucket {
+    double tokens;
+    uint64_t last_ms;
+} sg_bucket;
+
+typedef struct sg_conn {
+    uint64_t id;
+    struct sg_server *srv;
+    struct sg_conn *next_dead;
+    struct bufferevent *bev;
+    struct event *timer;
+    uint8_t state;
+    uint8_t timer_phase;   /* what the timer is waiting for */
+    bool tls;
+    bool close_rcvd;       /* the client's close frame arrived */
+    bool ping_outstanding;
+    bool drop_message;     /* the message being received is over the local rate limit */
+    uint16_t close_code;   /* the code we sent or received, for logs and leave reasons */
+    const char *leave_reason; /* peer_left reason when the connection goes */
+    sg_ws_parser ws;
+    uint32_t msg_frames;   /* frames of the message in progress */
+    uint64_t opened_ms, last_rx_ms, ping_sent_ms;
+    sg_bucket frames, bytes;
+    uint64_t warn_ms, over_since_ms, last_drop_ms;
+    uint64_t dropped_since_warn;
+    /* identity from the token */
+    sg_claims claims;
+    char subhash[65];      /* SHA-256 of sub: compared in Redis for same-user takeover */
+    char user[17];         /* keyed hash of sub for logs */
+    char ip[64];           /* for the per-IP cap only; never logged */
+    char traceparent[56];
+    sg_membership *rooms;  /* cfg->rooms_per_connection slots, allocated on first join */
+    uint32_t nrooms;
+    bool ever_joined;
+} sg_conn;
+
+/* Accepts a socket (plain or TLS per server config). */
+void sg_conn_accept(struct sg_server *s, int fd, const char *ip);
+
+/* Sends one text message. Returns false (and closes the connection) when the
+ * output bound would be exceeded. */
+bool sg_conn_send_text(sg_conn *c, const char *data, size_t len);
+/* Sends a close frame with code and reason, then waits for the client's. */
+void sg_conn_close(sg_conn *c, uint16_t code, const char *reason);
+/* Ends the connection now (no close handshake), e.g. a dead peer. */
+void sg_conn_abort(sg_conn *c, const char *why);
+/* Frees the struct (called by the server's deferred free). */
+void sg_conn_free(sg_conn *c);
+
+#endif

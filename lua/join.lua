@@ -1,0 +1,44 @@
+-- join: ARGV room, peer, holder, node, subhash, sub, claim_ok, max_peers, lease_ms, ttl_ms
+-- Returns {"joined"|"rejoined"|"takeover", peer...} or {"error", code}.
+local peer, holder, node, subhash, sub = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local claim_ok, max_peers = ARGV[7] == '1', tonumber(ARGV[8])
+local lease_ms, ttl_ms = tonumber(ARGV[9]), tonumber(ARGV[10])
+
+-- The token's rooms claim, or the application's acl set, must allow the room.
+if not claim_ok and redis.call('SISMEMBER', KEYS[4], sub) == 0 then
+  return {'error', 'forbidden'}
+end
+
+local now = now_ms()
+reap(now, nil)
+
+local cur = redis.call('HGET', K_PEERS, peer)
+local status = 'joined'
+if cur then
+  local rec = cjson.decode(cur)
+  if rec.conn == holder then
+    -- Idempotent: the same connection joined again; nothing is broadcast.
+    redis.call('ZADD', K_LEASES, now + lease_ms, peer)
+    touch(ttl_ms)
+    local out = member_list(peer)
+    table.insert(out, 1, 'rejoined')
+    return out
+  end
+  if rec.sub ~= subhash then
+    return {'error', 'peer_id_taken'}
+  end
+  -- Same user on a new connection: it takes the place over.
+  redis.call('PUBLISH', channel(peer), envelope(rec.conn, 'x',
+    '{"type":"error","code":"replaced","message":"peerId taken over by a newer connection of the same user","roomId":"' .. ROOM .. '"}'))
+  status = 'takeover'
+elseif redis.call('HLEN', K_PEERS) >= max_peers then
+  return {'error', 'room_full'}
+end
+
+redis.call('HSET', K_PEERS, peer, cjson.encode({node = node, conn = holder, sub = subhash, joinedAt = now}))
+redis.call('ZADD', K_LEASES, now + lease_ms, peer)
+broadcast(peer, peer_joined_frame(peer))
+touch(ttl_ms)
+local out = member_list(peer)
+table.insert(out, 1, status)
+return out

@@ -1,0 +1,54 @@
+-- relay: ARGV room, from, to, holder, kind, ts_us, traceparent, frame,
+--        peer_rate, peer_burst, cand_rate, cand_burst, room_rate, room_burst, ttl_ms
+-- Checks membership, takes tokens from the room, peer and (for candidates)
+-- candidate buckets in one step, and publishes to the target's channel.
+-- Returns {"ok"} or {"error", code} or {"rate_limited", scope}.
+local from, to, holder, kind = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local ts, tp, frame = ARGV[6], ARGV[7], ARGV[8]
+local ttl_ms = tonumber(ARGV[15])
+
+local cur = redis.call('HGET', K_PEERS, from)
+if not cur or cjson.decode(cur).conn ~= holder then
+  return {'error', 'not_joined'}
+end
+local target = (to ~= from) and redis.call('HGET', K_PEERS, to)
+if not target then
+  return {'error', 'peer_not_found'}
+end
+
+-- Token buckets: "tokens ts_ms" per field. A bucket with rate 0 is off.
+local now = now_ms()
+local function level(field, rate, burst)
+  local v = redis.call('HGET', K_BUCKETS, field)
+  if not v then return burst end
+  local tokens, last = string.match(v, '^(%S+) (%S+)$')
+  tokens = tonumber(tokens) + (now - tonumber(last)) * rate / 1000
+  if tokens > burst then tokens = burst end
+  return tokens
+end
+local buckets = {
+  {'r', tonumber(ARGV[13]), tonumber(ARGV[14]), 'room'},
+  {'p:' .. from, tonumber(ARGV[9]), tonumber(ARGV[10]), 'peer'},
+}
+if kind == 'candidate' then
+  buckets[3] = {'c:' .. from, tonumber(ARGV[11]), tonumber(ARGV[12]), 'candidate'}
+end
+local levels = {}
+for i, b in ipairs(buckets) do
+  if b[2] > 0 then
+    levels[i] = level(b[1], b[2], b[3])
+    if levels[i] < 1 then return {'rate_limited', b[4]} end
+  end
+end
+for i, b in ipairs(buckets) do
+  if levels[i] then
+    redis.call('HSET', K_BUCKETS, b[1], string.format('%.3f %d', levels[i] - 1, now))
+  end
+end
+redis.call('PEXPIRE', K_BUCKETS, ttl_ms)
+
+local msg = cjson.decode(target).conn .. '\tr\t' .. ts .. '\t' .. tp .. '\t0\n' .. frame
+if redis.call('PUBLISH', channel(to), msg) == 0 then
+  return {'error', 'peer_unreachable'}
+end
+return {'ok'}

@@ -1,0 +1,109 @@
+/* libFuzzer driver for http_upgrade: parses the input as a request head,
+ * runs the handshake checks under two policies and builds the response a
+ * connection would send. Besides memory errors (ASan/UBSan) it traps on
+ * broken invariants: a complete head must end in CRLFCRLF, parse again to the
+ * same length and be incomplete one byte shorter; every parsed string must
+ * lie inside the head; the token must fit and be NUL-terminated; and a
+ * response's Content-Length must match its body. */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sg/http_upgrade.h"
+
+#define MAX_HEAD 8192
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        if (!(cond))                                                                  \
+            __builtin_trap();                                                         \
+    } while (0)
+
+static void check_in(sg_str s, const char *buf, size_t n)
+{
+    CHECK(s.n == 0 || (s.p >= buf && s.n <= n && (size_t)(s.p - buf) <= n - s.n));
+}
+
+static void check_response(const sg_buf *b)
+{
+    const char *sep = strstr(b->data, "\r\n\r\n");
+    CHECK(sep != NULL);
+    const char *cl = strstr(b->data, "\r\nContent-Length: ");
+    CHECK(cl != NULL && cl < sep);
+    size_t body = b->len - (size_t)(sep + 4 - b->data);
+    CHECK(strtoul(cl + 18, NULL, 10) == body);
+}
+
+static void run_check(const sg_http_request *req, const sg_upgrade_policy *pol, const char *buf, size_t head)
+{
+    static const char *const kHint = "WWW-Authenticate: Bearer\r\n";
+    char token[SG_TOKEN_MAX + 1];
+    sg_upgrade up;
+    sg_upgrade_check(req, pol, &up, token);
+    check_in(up.key, buf, head);
+    check_in(up.origin, buf, head);
+    check_in(up.traceparent, buf, head);
+    check_in(up.forwarded_for, buf, head);
+    CHECK(up.token_len <= SG_TOKEN_MAX && strlen(token) == up.token_len);
+    CHECK(!up.token_malformed || up.token_len == 0);
+
+    sg_buf b;
+    sg_buf_init(&b);
+    if (up.status == 0) {
+        CHECK(up.key.n == 24);
+        sg_http_upgrade_response(&b, &up);
+        CHECK(strstr(b.data, "bearer.") == NULL);
+        if (up.token_source == SG_TOKEN_NONE || up.token_malformed) {
+            sg_buf_reset(&b);
+            sg_http_error_response(&b, 401, "unauthorized", up.message, kHint);
+            check_response(&b);
+        }
+    } else {
+        CHECK(up.code != NULL && up.message != NULL);
+        sg_http_error_response(&b, up.status, up.code, up.message, NULL);
+        check_response(&b);
+    }
+    sg_buf_free(&b);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    const char *buf = (const char *)data;
+    sg_http_request req;
+    int rc = sg_http_parse_request(buf, size, MAX_HEAD, &req);
+    if (rc == SG_HTTP_INCOMPLETE) {
+        CHECK(size <= MAX_HEAD);
+        return 0;
+    }
+    if (rc < 0) {
+        CHECK(rc == SG_HTTP_MALFORMED || rc == SG_HTTP_TOO_LARGE);
+        return 0;
+    }
+
+    size_t head = (size_t)rc;
+    CHECK(head >= 4 && head <= size && head <= MAX_HEAD);
+    CHECK(memcmp(buf + head - 4, "\r\n\r\n", 4) == 0);
+    CHECK(req.nheaders <= SG_HTTP_MAX_HEADERS);
+    check_in(req.method, buf, head);
+    check_in(req.target, buf, head);
+    check_in(req.path, buf, head);
+    check_in(req.query, buf, head);
+    for (size_t i = 0; i < req.nheaders; i++) {
+        CHECK(req.headers[i].name.n > 0);
+        check_in(req.headers[i].name, buf, head);
+        check_in(req.headers[i].value, buf, head);
+    }
+
+    /* Growing-buffer consistency: the head alone, and one byte less. */
+    sg_http_request again;
+    CHECK(sg_http_parse_request(buf, head, MAX_HEAD, &again) == rc);
+    CHECK(sg_http_parse_request(buf, head - 1, MAX_HEAD, &again) == SG_HTTP_INCOMPLETE);
+
+    static const char *const origins[] = {"https://app.example", "http://localhost:3000/"};
+    const sg_upgrade_policy any = {.path = "/ws"};
+    const sg_upgrade_policy listed = {.path = "/ws", .allowed_origins = origins, .n_allowed_origins = 2};
+    run_check(&req, &any, buf, head);
+    run_check(&req, &listed, buf, head);
+    return 0;
+}

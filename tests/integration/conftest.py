@@ -1,0 +1,386 @@
+"""Fixtures of the black-box integration suite: a real redis-server and real
+signal-gateway processes on free loopback ports, all stopped by pid at the end
+of each test (SIGTERM, then SIGKILL after a bound).
+
+Gateway binary: $SG_GATEWAY_BIN, default <repo>/build/signal-gateway.
+"""
+
+import datetime
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+import sg_helpers as h
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "ThreadSanitizer", "SUMMARY: UndefinedBehaviorSanitizer")
+
+
+def _stop_process(proc, term_timeout):
+    """SIGTERM, wait, SIGKILL. Returns the exit status."""
+    if proc.poll() is not None:
+        return proc.returncode
+    try:
+        proc.send_signal(signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        return proc.wait(timeout=term_timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------
+# Redis
+
+
+class RedisServer:
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+        self.proc = None
+        self.port = None
+        self._clients = []
+
+    def start(self):
+        last = ""
+        for attempt in range(5):
+            port = h.free_port()
+            log = self.tmp_path / f"redis-{port}.log"
+            logf = open(log, "wb")
+            proc = subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", h.HOST, "--save", "",
+                 "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no",
+                 "--dir", str(self.tmp_path)],
+                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            logf.close()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    c = h.RedisClient(port, timeout=1)
+                    ok = c("PING") == "PONG"
+                    c.close()
+                    if ok:
+                        self.proc, self.port = proc, port
+                        return self
+                except (OSError, h.RedisError):
+                    pass
+                time.sleep(0.02)
+            _stop_process(proc, 3)
+            last = log.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"redis-server did not start: {last}")
+
+    @property
+    def url(self):
+        return f"redis://{h.HOST}:{self.port}/0"
+
+    def client(self):
+        c = h.RedisClient(self.port)
+        self._clients.append(c)
+        return c
+
+    def __call__(self, *args):
+        """One command on a fresh connection (cheap, and safe across tests)."""
+        c = h.RedisClient(self.port)
+        try:
+            return c(*args)
+        finally:
+            c.close()
+
+    def keys(self, pattern="*"):
+        return sorted(self("KEYS", pattern))
+
+    def room_keys(self, room):
+        return sorted(k for k in self("KEYS", "*") if room in k)
+
+    def hgetall(self, key):
+        flat = self("HGETALL", key)
+        return dict(zip(flat[0::2], flat[1::2]))
+
+    def subscribers(self, channel):
+        c = h.RedisClient(self.port)
+        try:
+            return c.subscribers(channel)
+        finally:
+            c.close()
+
+    def stop(self):
+        for c in self._clients:
+            c.close()
+        if self.proc is not None:
+            _stop_process(self.proc, 5)
+
+
+@pytest.fixture
+def redis(tmp_path):
+    r = RedisServer(tmp_path).start()
+    yield r
+    r.stop()
+
+
+# --------------------------------------------------------------------------
+# Gateways
+
+
+class Gateway:
+    def __init__(self, name, proc, env, port, admin_port, log_path, tls):
+        self.name = name
+        self.proc = proc
+        self.env = env
+        self.host = h.HOST
+        self.port = port
+        self.admin_port = admin_port
+        self.log_path = log_path
+        self.tls = tls
+        self.node_id = env["SIGNAL_NODE_ID"]
+        self.deliberate_exit = False
+        self.drain_ms = int(env.get("SIGNAL_DRAIN_MS", "10000"))
+
+    def __repr__(self):
+        return f"<Gateway {self.name} pid={self.pid} port={self.port}>"
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    @property
+    def ws_url(self):
+        return f"{'wss' if self.tls else 'ws'}://{self.host}:{self.port}/ws"
+
+    @property
+    def admin_url(self):
+        return f"http://{self.host}:{self.admin_port}"
+
+    def readyz(self, timeout=1.0):
+        return h.http_status(self.admin_url + "/readyz", timeout=timeout)[0]
+
+    def running(self):
+        return self.proc.poll() is None
+
+    def terminate(self):
+        """SIGTERM without waiting (drain tests)."""
+        self.deliberate_exit = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout):
+        """Exit status, or raises subprocess.TimeoutExpired."""
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self, timeout=None):
+        """SIGTERM, then SIGKILL after drain + a margin. Returns the exit status."""
+        self.deliberate_exit = True
+        return _stop_process(self.proc, timeout if timeout is not None else self.drain_ms / 1000 + 5)
+
+    def kill(self):
+        """SIGKILL and reap."""
+        self.deliberate_exit = True
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self.proc.wait(timeout=10)
+
+    def log_text(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, n=80):
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+
+class GatewayFactory:
+    """gateway_factory(n, env={...}, tls=False) -> [Gateway]; .start(env) -> Gateway;
+    .spawn(env) starts one without waiting for readiness (startup-error tests).
+    Env values of None remove the variable."""
+
+    def __init__(self, redis, tmp_path, tls_files):
+        self.redis = redis
+        self.tmp_path = tmp_path
+        self.tls_files = tls_files
+        self.gateways = []
+        self.spawned = []
+        self.count = 0
+
+    def __call__(self, n=1, env=None, tls=False):
+        return [self.start(env=env, tls=tls) for _ in range(n)]
+
+    def _env(self, name, port, admin_port, env, tls):
+        full = {k: v for k, v in os.environ.items() if not k.startswith("SIGNAL_")}
+        full.update({
+            "SIGNAL_LISTEN": f"{h.HOST}:{port}",
+            "SIGNAL_ADMIN_LISTEN": f"{h.HOST}:{admin_port}",
+            "SIGNAL_REDIS_URL": self.redis.url,
+            "SIGNAL_JWT_SECRET": h.JWT_SECRET,
+            "SIGNAL_NODE_ID": name,
+            "SIGNAL_LOG_LEVEL": "info",
+            "SIGNAL_DRAIN_MS": "2000",
+        })
+        if tls:
+            cert, key = self.tls_files()
+            full["SIGNAL_TLS_CERT"] = str(cert)
+            full["SIGNAL_TLS_KEY"] = str(key)
+        for k, v in (env or {}).items():
+            if v is None:
+                full.pop(k, None)
+            else:
+                full[k] = str(v)
+        return full
+
+    def spawn(self, env=None, tls=False, args=()):
+        """Start without waiting; returns (proc, log_path, env). Killed at teardown."""
+        _require_binary()
+        self.count += 1
+        name = f"gw{self.count}-{uuid.uuid4().hex[:6]}"
+        port, admin_port = h.free_port(), h.free_port()
+        full = self._env(name, port, admin_port, env, tls)
+        log_path = self.tmp_path / f"{name}.log"
+        with open(log_path, "wb") as logf:
+            proc = subprocess.Popen([h.GATEWAY_BIN, *args], env=full, cwd=str(h.REPO),
+                                    stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.spawned.append(proc)
+        return proc, log_path, full
+
+    def start(self, env=None, tls=False, ready_timeout=10.0):
+        _require_binary()
+        last_log = ""
+        for attempt in range(4):
+            self.count += 1
+            name = f"gw{self.count}-{uuid.uuid4().hex[:6]}"
+            port, admin_port = h.free_port(), h.free_port()
+            if port == admin_port:
+                continue
+            full = self._env(name, port, admin_port, env, tls)
+            log_path = self.tmp_path / f"{name}.log"
+            with open(log_path, "wb") as logf:
+                proc = subprocess.Popen([h.GATEWAY_BIN], env=full, cwd=str(h.REPO),
+                                        stdout=logf, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
+            gw = Gateway(name, proc, full, port, admin_port, log_path, tls)
+            deadline = time.monotonic() + ready_timeout
+            while proc.poll() is None and time.monotonic() < deadline:
+                if gw.readyz(timeout=0.5) == 200:
+                    self.gateways.append(gw)
+                    return gw
+                time.sleep(0.05)
+            if proc.poll() is None:
+                _stop_process(proc, 3)
+                raise RuntimeError(f"gateway {name} not ready within {ready_timeout}s "
+                                   f"(GET /readyz never returned 200); log:\n{gw.log_tail()}")
+            last_log = gw.log_tail()
+            # exited at startup: maybe a port clash with a parallel run; retry
+        raise RuntimeError(f"gateway did not start (exit {proc.returncode}); log:\n{last_log}")
+
+    def teardown(self):
+        problems = []
+        for gw in self.gateways:
+            crashed = not gw.deliberate_exit and gw.proc.poll() is not None
+            rc = gw.stop()
+            if crashed:
+                problems.append(f"{gw.name} exited on its own during the test with status {rc}")
+            text = gw.log_text()
+            for marker in SANITIZER_MARKERS:
+                if marker in text:
+                    problems.append(f"{gw.name}: sanitizer report ({marker!r}) in its log")
+                    break
+        for proc in self.spawned:
+            _stop_process(proc, 5)
+        return problems
+
+
+def _require_binary():
+    if not os.access(h.GATEWAY_BIN, os.X_OK):
+        pytest.fail(f"gateway binary not found at {h.GATEWAY_BIN}: build it "
+                    f"(cmake -S . -B build && cmake --build build) or set SG_GATEWAY_BIN",
+                    pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    """A lazily generated self-signed cert for 127.0.0.1/localhost: () -> (cert, key)."""
+    cache = {}
+
+    def get():
+        if not cache:
+            from cryptography import x509
+            from cryptography.hazmat.primitives import hashes, serialization
+            from cryptography.hazmat.primitives.asymmetric import ec
+            from cryptography.x509.oid import NameOID
+            d = tmp_path_factory.mktemp("tls")
+            key = ec.generate_private_key(ec.SECP256R1())
+            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+            now = datetime.datetime.now(datetime.timezone.utc)
+            cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                    .not_valid_before(now - datetime.timedelta(minutes=5))
+                    .not_valid_after(now + datetime.timedelta(days=1))
+                    .add_extension(x509.SubjectAlternativeName([
+                        x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                    .sign(key, hashes.SHA256()))
+            (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            (d / "key.pem").write_bytes(key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption()))
+            cache["v"] = (d / "cert.pem", d / "key.pem")
+        return cache["v"]
+
+    return get
+
+
+@pytest.fixture
+def gateway_factory(request, redis, tmp_path, tls_files):
+    f = GatewayFactory(redis, tmp_path, tls_files)
+    yield f
+    problems = f.teardown()
+    rep = getattr(request.node, "rep_call", None) or getattr(request.node, "rep_setup", None)
+    if rep is not None and rep.failed:
+        _print_logs(request, f)
+    if problems:
+        if not (rep is not None and rep.failed):
+            _print_logs(request, f)
+        pytest.fail("; ".join(problems), pytrace=False)
+
+
+def _print_logs(request, factory):
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    parts = []
+    for gw in factory.gateways:
+        parts.append(f"\n===== log tail of {gw.name} (pid {gw.pid}, exit {gw.proc.returncode}) "
+                     f"{gw.log_path} =====\n{gw.log_tail(60)}\n")
+    text = "".join(parts)
+    if capman is not None:
+        with capman.global_and_fixture_disabled():
+            sys.stderr.write(text)
+    else:
+        sys.stderr.write(text)
+
+
+@pytest.fixture
+def gateway(gateway_factory):
+    """One gateway with default settings (plus a short drain)."""
+    return gateway_factory.start()
+
+
+@pytest.fixture
+def make_token():
+    return h.make_token
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+    # Attach what the gateways have logged so far to the failure report.
+    if rep.when == "call" and rep.failed:
+        f = item.funcargs.get("gateway_factory") if hasattr(item, "funcargs") else None
+        if f is not None:
+            for gw in f.gateways:
+                rep.sections.append((f"log of {gw.name} (so far)", gw.log_tail(40)))

@@ -1,0 +1,298 @@
+"""PROTOCOL.md §5: node death (lease expiry), peer_unreachable, heartbeats,
+client pings, and the SIGTERM drain."""
+
+import asyncio
+import json
+import time
+
+import pytest
+
+import sg_helpers as h
+from sg_helpers import Clients, RawWS, arun, make_token, new_peer, new_room
+
+
+def tok(sub):
+    return make_token(sub, rooms=["*"])
+
+
+def peers_key(room):
+    return f"room:{{{room}}}:peers"
+
+
+def channel(room, peer):
+    return f"room:{{{room}}}:peer:{peer}"
+
+
+# ---------------------------------------------------------------- node death
+
+
+def test_sigkill_gives_peer_left_timeout_within_lease(gateway_factory, redis):
+    lease_ms = 1500
+    g1, g2 = gateway_factory(2, env={"SIGNAL_LEASE_MS": lease_ms})
+    room = new_room()
+    pa, pb, pc = new_peer(), new_peer(), new_peer()
+
+    async def main():
+        async with Clients() as c:
+            a = await c.connect(g1.ws_url, tok("alice"), name="a")
+            b = await c.connect(g2.ws_url, tok("bob"), name="b")
+            cc = await c.connect(g2.ws_url, tok("carol"), name="c")
+            await a.join(room, pa)
+            await b.join(room, pb)
+            await cc.join(room, pc)
+            await a.recv_type("peer_joined", peerId=pb)
+            await a.recv_type("peer_joined", peerId=pc)
+            # outlive a few lease periods first: live members must not be reaped
+            await a.expect_no_message(lease_ms / 1000 * 2)
+
+            g2.kill()
+            t0 = time.monotonic()
+            bound = lease_ms / 1000 * 3 + 3
+            got = {}
+            for _ in range(2):
+                m = await a.recv_type("peer_left", timeout=max(0.1, bound - (time.monotonic() - t0)))
+                got[m["peerId"]] = m
+            assert set(got) == {pb, pc}, got
+            for m in got.values():
+                assert m["reason"] == "timeout" and m["roomId"] == room, m
+            await a.expect_no_message()
+            assert sorted(redis.hgetall(peers_key(room))) == [pa]
+            # the survivor keeps working: a new member on g1 sees only a
+            d = await c.connect(g1.ws_url, tok("dave"), name="d")
+            j = await d.join(room, new_peer())
+            assert j["peers"] == [pa], j
+    arun(main())
+
+
+def test_peer_unreachable_after_target_node_dies(gateway_factory, redis):
+    lease_ms = 6000  # long enough that the member record outlives the relay below
+    g1, g2 = gateway_factory(2, env={"SIGNAL_LEASE_MS": lease_ms})
+    room = new_room()
+    pa, pb = new_peer(), new_peer()
+
+    async def main():
+        async with Clients() as c:
+            a = await c.connect(g1.ws_url, tok("alice"), name="a")
+            b = await c.connect(g2.ws_url, tok("bob"), name="b")
+            await a.join(room, pa)
+            await b.join(room, pb)
+            await a.recv_type("peer_joined", peerId=pb)
+            await a.send(h.offer(room, pa, pb, cid="before"))
+            await b.recv_type("relay", correlationId="before")
+
+            g2.kill()
+            t0 = time.monotonic()
+            # let Redis notice that g2's subscriber connection is gone
+            try:
+                await h.async_wait_until(lambda: redis.subscribers(channel(room, pb)) == 0, 2.0)
+            except AssertionError:
+                pass  # the gateway may name its channels otherwise; carry on
+            assert pb in redis.hgetall(peers_key(room)), "b's record should still be there"
+            await a.send(h.offer(room, pa, pb, cid="after-kill"))
+            await a.expect_error("peer_unreachable", cid="after-kill")
+            assert time.monotonic() - t0 < lease_ms / 1000, "test too slow to be meaningful"
+            await a.send(h.candidate(room, pa, pb, h.ice(1), cid="after-kill-2"))
+            await a.expect_error("peer_unreachable", cid="after-kill-2")
+            # and later the lease expires
+            m = await a.recv_type("peer_left", peerId=pb, timeout=lease_ms / 1000 * 3 + 3)
+            assert m["reason"] == "timeout"
+    arun(main())
+
+
+# ---------------------------------------------------------------- heartbeats
+
+
+HB_ENV = {"SIGNAL_PING_INTERVAL_MS": "500", "SIGNAL_PONG_TIMEOUT_MS": "500"}
+
+
+def test_heartbeat_reaps_a_client_that_never_answers_pings(gateway_factory):
+    gw = gateway_factory.start(env=HB_ENV)
+    room = new_room()
+    pa, pb = new_peer(), new_peer()
+
+    async def main():
+        async with Clients() as c:
+            b = await c.connect(gw.ws_url, tok("bob"), name="b")
+            await b.join(room, pb)
+            raw = await asyncio.to_thread(RawWS.connect, gw, tok("alice"))
+            try:
+                raw.send_json({"type": "join", "roomId": room, "peerId": pa})
+                j = await asyncio.to_thread(raw.recv_json, 5)
+                assert j["type"] == "joined", j
+                await b.recv_type("peer_joined", peerId=pa)
+                # the raw client now stays silent (never pongs)
+                m = await b.recv_type("peer_left", peerId=pa, timeout=6)
+                assert m["reason"] == "timeout", m
+                await asyncio.to_thread(raw.wait_eof, 5)
+                pings = [f for f in raw.frames if f.opcode == h.OP_PING]
+                assert pings, f"the reaped client never saw a ping: {raw.frames}"
+            finally:
+                raw.close()
+            # b answers pings (websockets does) and stays, over several intervals
+            await b.expect_no_message(2.5)
+            assert b.is_open
+            await b.join(new_room(), new_peer())
+    arun(main())
+
+
+def test_client_answering_pings_stays_connected(gateway_factory):
+    gw = gateway_factory.start(env=HB_ENV)
+    room = new_room()
+
+    async def main():
+        async with Clients() as c:
+            a = await c.connect(gw.ws_url, tok("alice"), name="a")
+            b = await c.connect(gw.ws_url, tok("bob"), name="b")
+            pa, pb = new_peer(), new_peer()
+            await a.join(room, pa)
+            await b.join(room, pb)
+            await a.recv_type("peer_joined", peerId=pb)
+            # six ping intervals with no application traffic
+            await asyncio.gather(a.expect_no_message(3.0), b.expect_no_message(3.0))
+            await a.send(h.offer(room, pa, pb, cid="alive"))
+            await b.recv_type("relay", correlationId="alive")
+    arun(main())
+
+
+def test_raw_client_answering_pings_stays_and_pings_are_periodic(gateway_factory):
+    gw = gateway_factory.start(env=HB_ENV)
+    raw = RawWS.connect(gw, tok("alice"))
+    try:
+        deadline = time.monotonic() + 3.0
+        pings = 0
+        while time.monotonic() < deadline:
+            try:
+                f = raw.recv_frame(max(0.05, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+            if f.opcode == h.OP_PING:
+                pings += 1
+                raw.send_frame(h.OP_PONG, f.payload)
+            else:
+                raise AssertionError(f"unexpected frame {f}")
+        assert pings >= 3, f"{pings} pings in 3 s with a 500 ms interval"
+        raw.send_json({"type": "join", "roomId": new_room(), "peerId": new_peer()})
+        assert raw.recv_json(5)["type"] == "joined"
+    finally:
+        raw.close()
+
+
+def test_client_ping_gets_pong_with_same_payload(gateway):
+    raw = RawWS.connect(gateway, tok("alice"))
+    try:
+        for payload in (b"", b"hello-123", bytes(range(125))):
+            raw.send_frame(h.OP_PING, payload)
+            f = raw.recv_frame(5)
+            assert f.opcode == h.OP_PONG and f.fin, f
+            assert f.payload == payload, f
+        # unsolicited pongs are ignored
+        raw.send_frame(h.OP_PONG, b"unsolicited")
+        raw.send_json({"type": "join", "roomId": new_room(), "peerId": new_peer()})
+        assert raw.recv_json(5)["type"] == "joined"
+    finally:
+        raw.close()
+
+
+def test_websockets_client_ping(gateway):
+    async def main():
+        async with Clients() as c:
+            a = await c.connect(gateway.ws_url, tok("alice"), name="a")
+            waiter = await a.ws.ping(b"abc")
+            await asyncio.wait_for(waiter, 3)
+    arun(main())
+
+
+# ---------------------------------------------------------------- drain
+
+
+def test_sigterm_drain(gateway_factory, redis):
+    drain_ms = 3000
+    g1, g2 = gateway_factory(2, env={"SIGNAL_DRAIN_MS": drain_ms})
+    room, room2 = new_room(), new_room()
+    pa, pb, pc = new_peer(), new_peer(), new_peer()
+
+    async def main():
+        async with Clients() as c:
+            a = await c.connect(g1.ws_url, tok("alice"), name="a")
+            b = await c.connect(g2.ws_url, tok("bob"), name="b")
+            cc = await c.connect(g2.ws_url, tok("carol"), name="c")
+            await a.join(room, pa)
+            await a.join(room2, new_peer())
+            await b.join(room, pb)
+            await cc.join(room, pc)
+            await cc.join(room2, pc)
+            await a.recv_type("peer_joined", peerId=pb)
+            await a.recv_type("peer_joined", peerId=pc)
+            await a.recv_type("peer_joined", roomId=room2)
+
+            t0 = time.monotonic()
+            g2.terminate()
+            got = []
+            for _ in range(3):
+                m = await a.recv_type("peer_left", timeout=5)
+                assert m["reason"] == "shutdown", m
+                got.append((m["roomId"], m["peerId"]))
+            assert sorted(got) == sorted([(room, pb), (room, pc), (room2, pc)]), got
+            for cl in (b, cc):
+                code = await cl.wait_closed(5)
+                assert code == 1001, f"{cl.name}: close code {code}, expected 1001"
+            rc = await asyncio.to_thread(g2.wait, drain_ms / 1000 + 3)
+            assert rc == 0, f"drained node exited with {rc}"
+            assert time.monotonic() - t0 < drain_ms / 1000 + 3
+            await a.expect_no_message()
+            assert sorted(redis.hgetall(peers_key(room))) == [pa]
+            # the other node carries on
+            d = await c.connect(g1.ws_url, tok("dave"), name="d")
+            j = await d.join(room, new_peer())
+            assert j["peers"] == [pa]
+    arun(main())
+
+
+def test_drain_refuses_new_handshakes_and_bounds_stubborn_clients(gateway_factory):
+    """A client that never answers the close frame keeps the node draining for
+    at most SIGNAL_DRAIN_MS; meanwhile readiness and new handshakes get 503."""
+    drain_ms = 3000
+    g1, g2 = gateway_factory(2, env={"SIGNAL_DRAIN_MS": drain_ms})
+    room = new_room()
+    pa, ps = new_peer(), new_peer()
+
+    async def main():
+        async with Clients() as c:
+            a = await c.connect(g1.ws_url, tok("alice"), name="a")
+            await a.join(room, pa)
+            stubborn = await asyncio.to_thread(RawWS.connect, g2, tok("stubborn"))
+            try:
+                stubborn.send_json({"type": "join", "roomId": room, "peerId": ps})
+                assert (await asyncio.to_thread(stubborn.recv_json, 5))["type"] == "joined"
+                await a.recv_type("peer_joined", peerId=ps)
+
+                t0 = time.monotonic()
+                g2.terminate()
+                m = await a.recv_type("peer_left", peerId=ps, timeout=5)
+                assert m["reason"] == "shutdown", m
+                code, before = await asyncio.to_thread(stubborn.expect_close, 5)
+                assert code == 1001, code
+                # still draining (the stubborn client has not answered)
+                assert g2.running(), "node exited before its drain timeout with a client pending"
+                status = await asyncio.to_thread(g2.readyz, 1.0)
+                assert status == 503, f"/readyz during drain: {status}"
+                resp = await asyncio.to_thread(h.handshake, g2, tok("late"))
+                assert resp.status == 503, resp
+                assert resp.json().get("code") == "unavailable", resp
+                rc = await asyncio.to_thread(g2.wait, drain_ms / 1000 + 3)
+                assert rc == 0, rc
+                elapsed = time.monotonic() - t0
+                assert elapsed < drain_ms / 1000 + 3, elapsed
+                await asyncio.to_thread(stubborn.wait_eof, 3)
+            finally:
+                stubborn.close()
+    arun(main())
+
+
+def test_sigterm_with_no_clients_exits_0_promptly(gateway_factory):
+    gw = gateway_factory.start(env={"SIGNAL_DRAIN_MS": "5000"})
+    t0 = time.monotonic()
+    gw.terminate()
+    rc = gw.wait(8)
+    assert rc == 0
+    assert time.monotonic() - t0 < 8
