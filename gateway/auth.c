@@ -13,7 +13,9 @@
  *      was verified ("bad_signature" / "bad_alg").
  *   3. Claims: read from the payload bytes the signature covered, parsed by
  *      json-c in stage 1 (libjwt's own jansson view is not consulted, so
- *      there is one parser deciding what the claims are).
+ *      one parser decides what the claims are). jansson must still accept
+ *      the payload for jwt_decode to succeed: what it refuses (e.g. an
+ *      escaped NUL, a number beyond double range) fails as "bad_signature".
  *
  * Claims are only looked at after the signature verified: an unauthenticated
  * caller learns nothing from the failure reason about the claims it sent.
@@ -31,7 +33,6 @@
 #include "sg/auth.h"
 #include "sg/util.h"
 
-#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <string.h>
@@ -918,12 +919,12 @@ int sg_auth_verify(const sg_auth *a, const char *token, size_t len, int64_t now_
 {
     char tok[AUTH_TOKEN_MAX + 1];
     unsigned char hbuf[AUTH_HEADER_MAX];
-    unsigned char pbuf[AUTH_TOKEN_MAX];
+    unsigned char pbuf[AUTH_TOKEN_MAX / 4 * 3];
     size_t dot1 = 0, dot2 = 0, ndots = 0, hlen, plen;
     json_object *hdr = NULL, *pl = NULL, *v;
     jwt_t *jwt = NULL;
     const auth_key *key;
-    int rc = -1;
+    int jrc, rc = -1;
 
     if (claims)
         memset(claims, 0, sizeof(*claims));
@@ -998,8 +999,11 @@ int sg_auth_verify(const sg_auth *a, const char *token, size_t len, int64_t now_
     /* libjwt 1.10 wants a NUL-terminated token; len <= AUTH_TOKEN_MAX. */
     memcpy(tok, token, len);
     tok[len] = '\0';
-    if (jwt_decode(&jwt, tok, key->key, (int)key->key_len) != 0 || !jwt) {
-        ERR_clear_error();
+    jrc = jwt_decode(&jwt, tok, key->key, (int)key->key_len);
+    /* Cleared on success too: OpenSSL 3's PEM decoders can leave entries
+     * behind even when a key was read. */
+    ERR_clear_error();
+    if (jrc != 0 || !jwt) {
         set_fail(fail, "bad_signature", "token signature does not verify");
         goto fail;
     }

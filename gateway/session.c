@@ -703,8 +703,7 @@ void sg_session_on_reply(void *srv, uint64_t tag, redisReply *r)
 void sg_session_on_text(sg_conn *c, const char *text, size_t len, uint64_t arrival_us)
 {
     sg_server *s = c->srv;
-    sg_msg *msg = &s->msg;
-    sg_msg_clear(msg);
+    sg_msg *msg = &s->msg; /* decode resets it and reuses its inner buffer */
     sg_proto_error err;
     if (sg_proto_decode(text, len, msg, &err) < 0) {
         sg_metrics_inc(&s->metrics.messages, "invalid");

@@ -221,6 +221,9 @@ class GatewayFactory:
             "SIGNAL_NODE_ID": name,
             "SIGNAL_LOG_LEVEL": "info",
             "SIGNAL_DRAIN_MS": "2000",
+            # §9 resumption changes what a lost connection looks like to its
+            # room-mates; this suite checks §5 as it stands without it.
+            "SIGNAL_RESUME_MS": "0",
         })
         if tls:
             cert, key = self.tls_files()

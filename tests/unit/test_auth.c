@@ -1327,6 +1327,14 @@ static void test_no_stale_openssl_errors(void **state)
     expect_fail(rs, t, "bad_signature");
     assert_int_equal(ERR_peek_error(), 0);
     free(t);
+    t = rs_token(f->rsa.pkey, p);
+    expect_ok(rs, t);
+    assert_int_equal(ERR_peek_error(), 0);
+    free(t);
+    t = es_token(f->ec.pkey, p);
+    expect_ok(es, t);
+    assert_int_equal(ERR_peek_error(), 0);
+    free(t);
     t = make_token("{\"alg\":\"ES256\"}", p, SIG_HS256, SECRET, strlen(SECRET));
     expect_fail(es, t, "bad_signature");
     assert_int_equal(ERR_peek_error(), 0);
