@@ -47,6 +47,7 @@ struct sg_bus {
 };
 
 static void schedule_connect(sg_bus *b);
+static void on_role(void *ud, uint64_t tag, redisReply *r);
 
 static void log_redis(sg_bus *b, int level, const char *event, const char *why)
 {
@@ -128,8 +129,13 @@ static void on_conn_state(void *ud, sg_rconn *c, bool up, const char *err)
 {
     sg_bus *b = ud;
     if (up) {
-        if (c == b->cmd)
+        if (c == b->cmd) {
+            if (b->sentinels) {
+                const char *argv[] = {"ROLE"};
+                sg_rconn_sendv(b->cmd, on_role, 0, 1, argv);
+            }
             load_scripts(b); /* EVALSHA after SCRIPT LOAD on one connection cannot miss */
+        }
         else
             resubscribe_all(b);
         set_available(b);
@@ -137,16 +143,15 @@ static void on_conn_state(void *ud, sg_rconn *c, bool up, const char *err)
     }
     /* Either connection lost: drop both and start over, so the pair is
      * always against the same server (a failover must not split them). */
-    bool was = b->available;
-    if (was) {
+    if (b->available) {
         b->metrics->redis_reconnects++;
         log_redis(b, SG_LOG_WARN, "redis.disconnect", err);
     }
+    set_available(b); /* before closing the other one, which comes back here */
     if (c == b->cmd && sg_rconn_is_up(b->sub))
         sg_rconn_close(b->sub, "peer connection lost");
     else if (c == b->sub && sg_rconn_is_up(b->cmd))
         sg_rconn_close(b->cmd, "peer connection lost");
-    set_available(b);
     schedule_connect(b);
 }
 
@@ -197,6 +202,22 @@ static void on_reply(void *ud, uint64_t tag, redisReply *r)
     sg_bus *b = ud;
     if (b->h.on_reply)
         b->h.on_reply(b->h.ud, tag, r);
+    /* A demoted master answers writes with READONLY: find the new one. */
+    if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "READONLY", 8) == 0)
+        sg_rconn_close(b->cmd, "server is a replica now");
+}
+
+/* Through Sentinel, the address may be stale: talk only to a master. */
+static void on_role(void *ud, uint64_t tag, redisReply *r)
+{
+    sg_bus *b = ud;
+    if (!r)
+        return;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_STRING ||
+        strcmp(r->element[0]->str, "master") != 0) {
+        b->sentinel_idx++;
+        sg_rconn_close(b->cmd, "not a master");
+    }
 }
 
 static int connect_pair(sg_bus *b)
@@ -354,7 +375,6 @@ sg_bus *sg_bus_new(struct event_base *base, const sg_bus_config *cfg, const sg_b
     sg_rconn_opts so = {.timeout_ms = cfg->timeout_ms, .on_state = on_sentinel_state, .ud = b};
     b->sentinel = sg_rconn_new(base, &so);
     b->retry = evtimer_new(base, do_connect, b);
-    (void)on_reply;
     return b;
 }
 
@@ -452,17 +472,23 @@ bool sg_bus_available(const sg_bus *b) { return b->available; }
 
 bool sg_bus_busy(const sg_bus *b) { return sg_rconn_pending(b->cmd) > 0; }
 
-#define MAX_EVAL_ARGS 64
+#define STACK_ARGS 48
 
 int sg_bus_eval(sg_bus *b, sg_script_id s, const char *room, int argc, const char **argv,
                 const size_t *lens, uint64_t tag)
 {
-    if (!b->available || argc > MAX_EVAL_ARGS)
+    if (!b->available || argc < 0)
         return -1;
     char keys[4][SG_ROOM_KEY_MAX];
     static const char *suffix[4] = {"peers", "leases", "buckets", "acl"};
-    const char *av[MAX_EVAL_ARGS + 7];
-    size_t al[MAX_EVAL_ARGS + 7];
+    const char *av_stack[STACK_ARGS + 7];
+    size_t al_stack[STACK_ARGS + 7];
+    const char **av = av_stack;
+    size_t *al = al_stack;
+    if (argc > STACK_ARGS) { /* a refresh of a large room */
+        av = sg_xmalloc(((size_t)argc + 7) * sizeof *av);
+        al = sg_xmalloc(((size_t)argc + 7) * sizeof *al);
+    }
     int n = 0;
     av[n] = "EVALSHA"; al[n++] = 7;
     av[n] = b->sha[s]; al[n++] = 40;
@@ -476,7 +502,12 @@ int sg_bus_eval(sg_bus *b, sg_script_id s, const char *room, int argc, const cha
         av[n] = argv[i];
         al[n++] = lens ? lens[i] : strlen(argv[i]);
     }
-    return sg_rconn_send(b->cmd, n, av, al, on_reply, tag);
+    int rc = sg_rconn_send(b->cmd, n, av, al, on_reply, tag);
+    if (av != av_stack) {
+        free(av);
+        free(al);
+    }
+    return rc;
 }
 
 int sg_bus_command(sg_bus *b, int argc, const char **argv, const size_t *lens, uint64_t tag)

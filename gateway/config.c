@@ -217,6 +217,18 @@ static int validate(sg_config *cfg, char *err, size_t errlen)
         seterr(err, errlen, "SIGNAL_ADMIN_LISTEN: '%s' is not host:port", cfg->admin_listen);
         return -1;
     }
+    /* An empty value is a mistake, not "unset": say so rather than run
+     * without what the operator meant to configure. */
+    const char *nonempty[][2] = {{"SIGNAL_TLS_CERT", cfg->tls_cert}, {"SIGNAL_TLS_KEY", cfg->tls_key},
+                                 {"SIGNAL_JWT_PUBLIC_KEY", cfg->jwt_public_key},
+                                 {"SIGNAL_JWT_JWKS_FILE", cfg->jwt_jwks_file},
+                                 {"SIGNAL_ALLOWED_ORIGINS", cfg->allowed_origins},
+                                 {"SIGNAL_NODE_ID", cfg->node_id}};
+    for (size_t i = 0; i < sizeof nonempty / sizeof *nonempty; i++)
+        if (nonempty[i][1] && !*nonempty[i][1]) {
+            seterr(err, errlen, "%s is set but empty", nonempty[i][0]);
+            return -1;
+        }
     if (!!cfg->tls_cert != !!cfg->tls_key) {
         seterr(err, errlen, "SIGNAL_TLS_CERT and SIGNAL_TLS_KEY must be set together");
         return -1;
@@ -261,7 +273,8 @@ static int validate(sg_config *cfg, char *err, size_t errlen)
         gethostname(hn, sizeof hn - 1);
         hn[sizeof hn - 1] = '\0';
         char id[256];
-        snprintf(id, sizeof id, "%s-%d", hn, (int)getpid());
+        /* Long pod names: keep the default within the 64-character limit. */
+        snprintf(id, sizeof id, "%.48s-%d", hn, (int)getpid());
         cfg->node_id = sg_xstrdup(id);
     }
     for (const char *p = cfg->node_id; *p; p++)
@@ -273,7 +286,13 @@ static int validate(sg_config *cfg, char *err, size_t errlen)
         seterr(err, errlen, "SIGNAL_NODE_ID: longer than 64 characters");
         return -1;
     }
-    return split_origins(cfg);
+    split_origins(cfg);
+    if (cfg->allowed_origins && !cfg->norigins) {
+        /* "," or " " would otherwise mean "any origin": fail closed. */
+        seterr(err, errlen, "SIGNAL_ALLOWED_ORIGINS names no origin");
+        return -1;
+    }
+    return 0;
 }
 
 int sg_config_load(sg_config *cfg, int argc, char **argv, int first, char **environ_,

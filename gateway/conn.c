@@ -634,6 +634,10 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     sg_conn *c = arg;
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        /* The TCP connection ended without a close frame: the client may
+         * come back and resume (PROTOCOL.md §9). */
+        if (c->state == SG_CONN_OPEN && !c->close_rcvd)
+            c->lost = true;
         if (c->state == SG_CONN_HANDSHAKE && c->tls && (what & BEV_EVENT_ERROR))
             sg_metrics_inc(&c->srv->metrics.handshakes, "tls_error");
         sg_conn_abort(c, (what & BEV_EVENT_EOF) ? "eof" : "socket error");
@@ -680,6 +684,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
             return;
         }
         c->leave_reason = "timeout";
+        c->lost = true;
         c->close_code = SG_WS_CLOSE_GOING_AWAY;
         sg_metrics_inc(&s->metrics.caps, "pong_timeout");
         end_session(c);

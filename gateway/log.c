@@ -6,6 +6,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <fcntl.h>
+#include <math.h>
 #include <openssl/hmac.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -145,7 +146,10 @@ void sg_log_int(sg_log *l, const char *k, int64_t val)
 void sg_log_dbl(sg_log *l, const char *k, double val)
 {
     key(l, k);
-    sg_buf_printf(&l->line, "%.3f", val);
+    if (isfinite(val))
+        sg_buf_printf(&l->line, "%.3f", val);
+    else
+        sg_buf_puts(&l->line, "null"); /* JSON has no nan/inf */
 }
 
 void sg_log_hash(const sg_log *l, const char *sub, char out[17])
@@ -166,15 +170,16 @@ void sg_log_user(sg_log *l, const char *k, const char *sub)
 void sg_log_end(sg_log *l)
 {
     l->building = false;
+    if (evbuffer_get_length(l->queue) > LOG_QUEUE_MAX) {
+        l->dropped++;
+        return;
+    }
+    /* The first line that fits says how many were lost before it. */
     if (l->dropped != l->dropped_reported) {
         sg_log_int(l, "log_dropped", (int64_t)(l->dropped - l->dropped_reported));
         l->dropped_reported = l->dropped;
     }
     sg_buf_puts(&l->line, "}\n");
-    if (evbuffer_get_length(l->queue) > LOG_QUEUE_MAX) {
-        l->dropped++;
-        return;
-    }
     evbuffer_add(l->queue, l->line.data, l->line.len);
     if (!l->ev) {
         drain(l); /* before the loop runs: plain blocking write */

@@ -42,6 +42,7 @@ static int cmd_token(int argc, char **argv)
     int rc = sg_config_load(&cfg, cfg_argc, cfg_argv, 1, environ, err, sizeof err, stderr);
     free(cfg_argv);
     if (rc != 0) {
+        sg_config_free(&cfg);
         if (rc < 0)
             fprintf(stderr, "signal-gateway token: %s\n", err);
         return rc < 0 ? 2 : 0;
@@ -72,9 +73,10 @@ int main(int argc, char **argv)
     sg_config cfg;
     char err[512] = "";
     int rc = sg_config_load(&cfg, argc, argv, 1, environ, err, sizeof err, stdout);
-    if (rc > 0)
-        return 0;
-    if (rc < 0) {
+    if (rc != 0) {
+        sg_config_free(&cfg); /* what was parsed before the error or --help */
+        if (rc > 0)
+            return 0;
         fprintf(stderr, "signal-gateway: %s\n", err);
         return 2;
     }

@@ -239,8 +239,20 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     sg_server *s = arg;
     if (sig == SIGHUP) {
-        if (sg_log_begin(s->log, SG_LOG_INFO, "server.sighup"))
+        /* Key rotation: a new verifier for new handshakes; connections that
+         * are open keep the claims they were admitted with. A file that fails
+         * to load keeps the old keys. */
+        char err[256] = "";
+        sg_auth *a = sg_server_load_auth(s->cfg, err, sizeof err);
+        if (a) {
+            sg_auth_free(s->auth);
+            s->auth = a;
+        }
+        if (sg_log_begin(s->log, a ? SG_LOG_INFO : SG_LOG_ERROR, a ? "auth.reload" : "auth.reload_failed")) {
+            if (!a)
+                sg_log_str(s->log, "error", err);
             sg_log_end(s->log);
+        }
         return;
     }
     sg_server_drain(s);
@@ -354,6 +366,9 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
     sg_msg_init(&s->msg);
     sg_buf_init(&s->scratch);
     snprintf(s->holder_prefix, sizeof s->holder_prefix, "%s#", cfg->node_id);
+    snprintf(s->resume_args[0], sizeof s->resume_args[0], "%lld", (long long)cfg->resume_ms);
+    snprintf(s->resume_args[1], sizeof s->resume_args[1], "%lld", (long long)cfg->resume_buffer_max);
+    snprintf(s->resume_args[2], sizeof s->resume_args[2], "%lld", (long long)cfg->resume_buffer_bytes);
     uint8_t rnd[6];
     sg_random_bytes(rnd, sizeof rnd);
     char hex[13];

@@ -2,13 +2,17 @@
 #include "sg/conn.h"
 #include "sg/proto.h"
 #include "sg/server.h"
+#include "sg/turn.h"
 #include "sg/util.h"
+
+#include <openssl/evp.h>
+#include <openssl/sha.h>
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { OP_JOIN = 1, OP_LEAVE, OP_RELAY, OP_REFRESH };
+enum { OP_JOIN = 1, OP_LEAVE, OP_RELAY, OP_REFRESH, OP_RESUME };
 
 /* The context of one Redis call. The reply finds its connection by id. */
 typedef struct sg_op {
@@ -16,6 +20,7 @@ typedef struct sg_op {
     uint8_t kind;
     uint8_t mtype;          /* sg_msg_type of a relay */
     bool reply_left;        /* OP_LEAVE answers the client with "left" */
+    bool ack;               /* OP_RELAY: the sender asked for a delivery receipt */
     uint64_t conn_id;
     uint64_t t0_us;
     char room[SG_ROOM_MAX + 1];
@@ -81,10 +86,61 @@ static sg_membership *find_room(sg_conn *c, const char *room)
     return NULL;
 }
 
+/* A new membership slot. Slots grow one at a time: most connections are in
+ * one room, and idle memory per connection matters at 100k connections. */
+static sg_membership *add_room(sg_conn *c)
+{
+    if (c->nrooms == c->rooms_cap) {
+        c->rooms_cap++;
+        c->rooms = sg_xrealloc(c->rooms, c->rooms_cap * sizeof *c->rooms);
+    }
+    sg_membership *m = &c->rooms[c->nrooms++];
+    memset(m, 0, sizeof *m);
+    return m;
+}
+
 static void remove_room(sg_conn *c, sg_membership *m)
 {
+    while (m->held) {
+        sg_held *h = m->held;
+        m->held = h->next;
+        free(h);
+    }
+    free(m->resume_token);
     uint32_t i = (uint32_t)(m - c->rooms);
     c->rooms[i] = c->rooms[--c->nrooms];
+}
+
+/* A resume token (random, base64url) and the hash Redis keeps of it. */
+static void new_resume_token(char tok[SG_RESUME_TOKEN_MAX + 1], char hash[65])
+{
+    uint8_t rnd[24];
+    sg_random_bytes(rnd, sizeof rnd);
+    EVP_EncodeBlock((unsigned char *)tok, rnd, sizeof rnd); /* 32 chars */
+    for (char *p = tok; *p; p++)
+        *p = *p == '+' ? '-' : *p == '/' ? '_' : *p;
+    uint8_t d[SHA256_DIGEST_LENGTH];
+    SHA256((const uint8_t *)tok, strlen(tok), d);
+    sg_hex(hash, d, sizeof d);
+}
+
+static void hash_token(const char *tok, char hash[65])
+{
+    uint8_t d[SHA256_DIGEST_LENGTH];
+    SHA256((const uint8_t *)tok, strlen(tok), d);
+    sg_hex(hash, d, sizeof d);
+}
+
+/* "room:{R}:peer:P" -> R. */
+static bool room_of_channel(const char *channel, size_t chlen, char room[SG_ROOM_MAX + 1])
+{
+    const char *open = memchr(channel, '{', chlen);
+    const char *close = open ? memchr(open, '}', chlen - (size_t)(open - channel)) : NULL;
+    if (!open || !close || (size_t)(close - open - 1) > SG_ROOM_MAX)
+        return false;
+    memcpy(room, open + 1, (size_t)(close - open - 1));
+    room[close - open - 1] = '\0';
+    return true;
 }
 
 /* Drops the local side of a membership: the lease index, the gauge and the
@@ -104,32 +160,87 @@ static void release_membership(sg_conn *c, sg_membership *m)
 
 /* ---- join ------------------------------------------------------------ */
 
+/* Releases a membership that never made it and tells the client why. */
+static void fail_membership(sg_conn *c, sg_membership *m, const char *code, const char *message)
+{
+    char room[SG_ROOM_MAX + 1], cid[SG_CID_MAX + 1];
+    strcpy(room, m->room);
+    strcpy(cid, m->cid);
+    release_membership(c, m);
+    sg_session_error(c, code, message, cid[0] ? cid : NULL, room);
+}
+
 static void send_join(sg_conn *c, sg_membership *m)
 {
     sg_server *s = c->srv;
     const sg_config *cfg = s->cfg;
-    char holder[96], maxp[24], lease[24], ttl[24];
+    char holder[96], maxp[24], lease[24], ttl[24], resume[24], rt[65] = "";
     holder_of(s, c->id, holder, sizeof holder);
     snprintf(maxp, sizeof maxp, "%lld", (long long)cfg->room_max_peers);
     snprintf(lease, sizeof lease, "%lld", (long long)cfg->lease_ms);
     snprintf(ttl, sizeof ttl, "%lld", (long long)cfg->lease_ms * 3);
+    snprintf(resume, sizeof resume, "%lld", (long long)cfg->resume_ms);
+    if (cfg->resume_ms > 0) {
+        /* The answer carries a fresh token; Redis keeps only its hash. */
+        free(m->resume_token);
+        m->resume_token = sg_xmalloc(SG_RESUME_TOKEN_MAX + 1);
+        new_resume_token(m->resume_token, rt);
+    }
     const char *argv[] = {m->room, m->peer, holder, cfg->node_id, c->subhash, c->claims.sub,
-                          sg_claims_room_allowed(&c->claims, m->room) ? "1" : "0", maxp, lease, ttl};
+                          sg_claims_room_allowed(&c->claims, m->room) ? "1" : "0", maxp, lease, ttl,
+                          resume, rt};
     sg_op *op = op_new(s, OP_JOIN, c->id);
     strcpy(op->room, m->room);
     strcpy(op->peer, m->peer);
     strcpy(op->cid, m->cid);
+    strcpy(op->to, "");
     op->t0_us = sg_now_wall_us();
-    if (sg_bus_eval(s->bus, SG_SCRIPT_JOIN, m->room, 10, argv, NULL, (uint64_t)(uintptr_t)op) < 0) {
+    if (sg_bus_eval(s->bus, SG_SCRIPT_JOIN, m->room, 12, argv, NULL, (uint64_t)(uintptr_t)op) < 0) {
         op_free(s, op);
-        char room[SG_ROOM_MAX + 1], cid[SG_CID_MAX + 1];
-        strcpy(room, m->room);
-        strcpy(cid, m->cid);
-        release_membership(c, m);
-        sg_session_error(c, "unavailable", "Redis is unreachable", cid[0] ? cid : NULL, room);
+        if (m->state == SG_MEM_JOINED)
+            sg_session_error(c, "unavailable", "Redis is unreachable", m->cid[0] ? m->cid : NULL, m->room);
+        else
+            fail_membership(c, m, "unavailable", "Redis is unreachable");
         return;
     }
-    m->state = SG_MEM_JOINING;
+    strcpy(m->rt, rt);
+    if (m->state != SG_MEM_JOINED)
+        m->state = SG_MEM_JOINING;
+}
+
+static void send_resume(sg_conn *c, sg_membership *m)
+{
+    sg_server *s = c->srv;
+    const sg_config *cfg = s->cfg;
+    char holder[96], lease[24], ttl[24], last[24], old_rt[65], new_rt[65];
+    holder_of(s, c->id, holder, sizeof holder);
+    snprintf(lease, sizeof lease, "%lld", (long long)cfg->lease_ms);
+    snprintf(ttl, sizeof ttl, "%lld", (long long)cfg->lease_ms * 3);
+    snprintf(last, sizeof last, "%llu", (unsigned long long)m->resume_from);
+    hash_token(m->resume_token, old_rt);
+    new_resume_token(m->resume_token, new_rt); /* the raw old token is not needed any more */
+    const char *argv[] = {m->room, m->peer, holder, cfg->node_id, c->subhash, old_rt, new_rt, last, lease, ttl};
+    sg_op *op = op_new(s, OP_RESUME, c->id);
+    strcpy(op->room, m->room);
+    strcpy(op->peer, m->peer);
+    strcpy(op->cid, m->cid);
+    op->t0_us = sg_now_wall_us();
+    if (sg_bus_eval(s->bus, SG_SCRIPT_RESUME, m->room, 10, argv, NULL, (uint64_t)(uintptr_t)op) < 0) {
+        op_free(s, op);
+        fail_membership(c, m, "unavailable", "Redis is unreachable");
+        return;
+    }
+    strcpy(m->rt, new_rt);
+    m->state = SG_MEM_RESUMING;
+}
+
+/* The subscription is confirmed: the membership's operation can go. */
+static void send_pending(sg_conn *c, sg_membership *m)
+{
+    if (m->resume)
+        send_resume(c, m);
+    else
+        send_join(c, m);
 }
 
 static void wait_for_subscription(sg_server *s, const char *ch, uint64_t conn)
@@ -162,13 +273,37 @@ void sg_session_on_subscribed(void *srv, const char *channel, size_t chlen)
             char ch[SG_CHANNEL_MAX];
             channel_name(ch, m->room, m->peer);
             if (m->state == SG_MEM_SUBSCRIBING && strlen(ch) == chlen && memcmp(ch, channel, chlen) == 0) {
-                send_join(c, m);
+                send_pending(c, m);
                 break;
             }
         }
     }
     free(w->conns);
     free(w);
+}
+
+/* Takes a membership slot, subscribes to the peer's channel and sends the
+ * join or resume once Redis confirms the subscription, so no relay
+ * published right after it can miss this node. */
+static void start_membership(sg_conn *c, const sg_msg *msg, bool resume)
+{
+    sg_server *s = c->srv;
+    sg_membership *m = add_room(c);
+    strcpy(m->room, msg->room);
+    strcpy(m->peer, msg->peer);
+    strcpy(m->cid, msg->cid);
+    m->state = SG_MEM_SUBSCRIBING;
+    m->resume = resume;
+    if (resume) {
+        m->resume_from = msg->last_seq;
+        m->resume_token = sg_xstrdup(msg->resume_token);
+    }
+    char ch[SG_CHANNEL_MAX];
+    channel_name(ch, m->room, m->peer);
+    if (sg_bus_subscribe(s->bus, ch))
+        send_pending(c, m);
+    else
+        wait_for_subscription(s, ch, c->id);
 }
 
 static void handle_join(sg_conn *c, const sg_msg *msg)
@@ -181,67 +316,95 @@ static void handle_join(sg_conn *c, const sg_msg *msg)
             sg_session_error(c, "bad_request", "this connection is in the room with another peerId", cid, msg->room);
             return;
         }
+        if (m->state == SG_MEM_SUBSCRIBING || m->state == SG_MEM_RESUMING) {
+            sg_session_error(c, "bad_request", "a join or resume of this room is in progress", cid, msg->room);
+            return;
+        }
         strcpy(m->cid, msg->cid);
-        if (m->state != SG_MEM_SUBSCRIBING)
-            send_join(c, m); /* idempotent in Redis: answers joined, broadcasts nothing */
+        send_join(c, m); /* idempotent in Redis: answers joined, broadcasts nothing */
         return;
     }
     if (c->nrooms >= (uint32_t)s->cfg->rooms_per_connection) {
         sg_session_error(c, "too_many_rooms", "this connection is in as many rooms as allowed", cid, msg->room);
         return;
     }
-    if (!c->rooms)
-        c->rooms = sg_xcalloc((size_t)s->cfg->rooms_per_connection, sizeof *c->rooms);
-    m = &c->rooms[c->nrooms++];
-    memset(m, 0, sizeof *m);
-    strcpy(m->room, msg->room);
-    strcpy(m->peer, msg->peer);
-    strcpy(m->cid, msg->cid);
-    m->state = SG_MEM_SUBSCRIBING;
-    /* Subscribe first and join once Redis confirms, so no relay published
-     * right after the join can miss this node. */
-    char ch[SG_CHANNEL_MAX];
-    channel_name(ch, m->room, m->peer);
-    if (sg_bus_subscribe(s->bus, ch))
-        send_join(c, m);
-    else
-        wait_for_subscription(s, ch, c->id);
+    start_membership(c, msg, false);
 }
 
-static void send_joined(sg_conn *c, const sg_membership *m, const redisReply *r, const char *cid)
+static void handle_resume(sg_conn *c, const sg_msg *msg)
+{
+    sg_server *s = c->srv;
+    const char *cid = msg->has_cid ? msg->cid : NULL;
+    if (s->cfg->resume_ms <= 0) {
+        sg_session_error(c, "resume_failed", "resumption is off on this service; join afresh", cid, msg->room);
+        return;
+    }
+    if (find_room(c, msg->room)) {
+        sg_session_error(c, "bad_request", "this connection is already in the room", cid, msg->room);
+        return;
+    }
+    if (c->nrooms >= (uint32_t)s->cfg->rooms_per_connection) {
+        sg_session_error(c, "too_many_rooms", "this connection is in as many rooms as allowed", cid, msg->room);
+        return;
+    }
+    start_membership(c, msg, true);
+}
+
+static void append_peers(sg_buf *b, const redisReply *list, size_t from)
+{
+    sg_buf_puts(b, "\"peers\":[");
+    for (size_t i = from; i < list->elements; i++) {
+        const redisReply *e = list->element[i];
+        if (e->type != REDIS_REPLY_STRING)
+            continue;
+        if (i > from)
+            sg_buf_putc(b, ',');
+        sg_buf_json_str(b, e->str, e->len);
+    }
+    sg_buf_putc(b, ']');
+}
+
+/* What joined and resumed share after their own fields. */
+static void append_session_fields(sg_conn *c, sg_buf *b, const sg_membership *m, const char *cid)
+{
+    const sg_config *cfg = c->srv->cfg;
+    if (m->resume_token)
+        sg_buf_printf(b, ",\"resumeToken\":\"%s\"", m->resume_token);
+    if (cfg->turn_secret)
+        sg_turn_append_ice_servers(b, cfg->turn_secret, cfg->turn_urls, c->claims.sub,
+                                   (int64_t)(sg_now_wall_ms() / 1000), cfg->turn_ttl_s);
+    if (cid && *cid)
+        sg_buf_printf(b, ",\"correlationId\":\"%s\"", cid);
+    sg_buf_putc(b, '}');
+}
+
+static void send_joined(sg_conn *c, sg_membership *m, const redisReply *r, const char *cid)
 {
     sg_buf b;
     sg_buf_init(&b);
-    sg_buf_printf(&b, "{\"type\":\"joined\",\"roomId\":\"%s\",\"peerId\":\"%s\",\"peers\":[", m->room, m->peer);
-    for (size_t i = 1; i < r->elements; i++) {
-        const redisReply *e = r->element[i];
-        if (e->type != REDIS_REPLY_STRING)
-            continue;
-        if (i > 1)
-            sg_buf_putc(&b, ',');
-        sg_buf_json_str(&b, e->str, e->len);
-    }
-    sg_buf_putc(&b, ']');
-    if (cid && *cid)
-        sg_buf_printf(&b, ",\"correlationId\":\"%s\"", cid);
-    sg_buf_putc(&b, '}');
+    sg_buf_printf(&b, "{\"type\":\"joined\",\"roomId\":\"%s\",\"peerId\":\"%s\",", m->room, m->peer);
+    append_peers(&b, r, 1);
+    append_session_fields(c, &b, m, cid);
     sg_conn_send_text(c, b.data, b.len);
     sg_buf_free(&b);
+    free(m->resume_token); /* sent; only its hash is kept */
+    m->resume_token = NULL;
 }
 
 static void issue_leave(sg_server *s, uint64_t conn_id, const char *room, const char *peer,
                         const char *reason, bool reply, const char *cid)
 {
-    char holder[96];
+    char holder[96], resume[24];
     holder_of(s, conn_id, holder, sizeof holder);
-    const char *argv[] = {room, peer, holder, reason};
+    snprintf(resume, sizeof resume, "%lld", (long long)s->cfg->resume_ms);
+    const char *argv[] = {room, peer, holder, reason, resume};
     sg_op *op = op_new(s, OP_LEAVE, conn_id);
     strcpy(op->room, room);
     strcpy(op->peer, peer);
     if (cid)
         strcpy(op->cid, cid);
     op->reply_left = reply;
-    if (sg_bus_eval(s->bus, SG_SCRIPT_LEAVE, room, 4, argv, NULL, (uint64_t)(uintptr_t)op) < 0) {
+    if (sg_bus_eval(s->bus, SG_SCRIPT_LEAVE, room, 5, argv, NULL, (uint64_t)(uintptr_t)op) < 0) {
         /* Redis is away: the lease will expire and room-mates get "timeout". */
         op_free(s, op);
         if (reply) {
@@ -256,7 +419,7 @@ static void on_join_reply(sg_server *s, sg_op *op, redisReply *r)
 {
     sg_conn *c = sg_server_conn(s, op->conn_id);
     sg_membership *m = c ? find_room(c, op->room) : NULL;
-    if (m && (strcmp(m->peer, op->peer) != 0 || m->state == SG_MEM_SUBSCRIBING))
+    if (m && (strcmp(m->peer, op->peer) != 0 || m->state == SG_MEM_SUBSCRIBING || m->state == SG_MEM_RESUMING))
         m = NULL;
     bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
               r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "error") != 0;
@@ -293,10 +456,13 @@ static void on_join_reply(sg_server *s, sg_op *op, redisReply *r)
                 sg_log_end(s->log);
             }
         }
-        char room[SG_ROOM_MAX + 1];
-        strcpy(room, m->room);
-        release_membership(c, m);
-        sg_session_error(c, code, msg, cid, room);
+        if (m->state == SG_MEM_JOINED) {
+            /* A repeated join that failed leaves the membership as it was. */
+            sg_session_error(c, code, msg, cid, m->room);
+            return;
+        }
+        strcpy(m->cid, op->cid);
+        fail_membership(c, m, code, msg);
         return;
     }
     const char *status = r->element[0]->str;
@@ -315,7 +481,8 @@ static void on_join_reply(sg_server *s, sg_op *op, redisReply *r)
             if (cid)
                 sg_log_str(s->log, "correlationId", cid);
             sg_log_int(s->log, "peers", (int64_t)r->elements - 1);
-            sg_log_dbl(s->log, "duration_ms", (double)(sg_now_wall_us() - op->t0_us) / 1000.0);
+            uint64_t now_us = sg_now_wall_us();
+            sg_log_dbl(s->log, "duration_ms", now_us > op->t0_us ? (double)(now_us - op->t0_us) / 1000.0 : 0.0);
             sg_log_end(s->log);
         }
     }
@@ -386,16 +553,90 @@ void sg_session_on_close(sg_conn *c)
         strcpy(room, m->room);
         strcpy(peer, m->peer);
         bool in_redis = m->state != SG_MEM_SUBSCRIBING;
+        /* Lost without a close frame: with resumption on, the script starts
+         * the grace period instead of telling the room. */
+        const char *reason = c->lost && s->cfg->resume_ms > 0 ? "lost" : c->leave_reason;
         if (sg_log_begin(s->log, SG_LOG_INFO, "room.leave")) {
             sg_log_int(s->log, "conn", (int64_t)c->id);
             sg_log_str(s->log, "room", room);
             sg_log_str(s->log, "peer", peer);
-            sg_log_str(s->log, "reason", c->leave_reason);
+            sg_log_str(s->log, "reason", reason);
             sg_log_end(s->log);
         }
         release_membership(c, m);
         if (in_redis)
-            issue_leave(s, c->id, room, peer, c->leave_reason, false, NULL);
+            issue_leave(s, c->id, room, peer, reason, false, NULL);
+    }
+}
+
+/* ---- resume ---------------------------------------------------------- */
+
+static void on_resume_reply(sg_server *s, sg_op *op, redisReply *r)
+{
+    sg_conn *c = sg_server_conn(s, op->conn_id);
+    sg_membership *m = c ? find_room(c, op->room) : NULL;
+    if (m && (strcmp(m->peer, op->peer) != 0 || m->state != SG_MEM_RESUMING))
+        m = NULL;
+    bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+              r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "resumed") == 0 &&
+              r->element[1]->type == REDIS_REPLY_ARRAY && r->element[2]->type == REDIS_REPLY_ARRAY;
+    if (!m) {
+        if (ok) /* resumed for a connection that is gone: back into grace */
+            issue_leave(s, op->conn_id, op->room, op->peer, "lost", false, NULL);
+        return;
+    }
+    if (!ok) {
+        bool failed = r && r->type == REDIS_REPLY_ARRAY;
+        fail_membership(c, m, failed ? "resume_failed" : "unavailable",
+                        failed ? "resume token unknown, expired or not yours; join afresh"
+                               : "Redis did not answer");
+        return;
+    }
+    m->state = SG_MEM_JOINED;
+    m->joined_at_ms = sg_now_wall_ms();
+    sg_server_room_add(s, m->room, c->id, m->peer, m->joined_at_ms);
+    s->metrics.room_members++;
+    c->ever_joined = true;
+    const redisReply *peers = r->element[1], *replay = r->element[2];
+    size_t nreplay = replay->elements / 2;
+    if (sg_log_begin(s->log, SG_LOG_INFO, "room.resume")) {
+        sg_log_int(s->log, "conn", (int64_t)c->id);
+        sg_log_str(s->log, "room", m->room);
+        sg_log_str(s->log, "peer", m->peer);
+        sg_log_str(s->log, "user", c->user);
+        sg_log_int(s->log, "replayed", (int64_t)nreplay);
+        sg_log_end(s->log);
+    }
+    sg_buf b;
+    sg_buf_init(&b);
+    sg_buf_printf(&b, "{\"type\":\"resumed\",\"roomId\":\"%s\",\"peerId\":\"%s\",", m->room, m->peer);
+    append_peers(&b, peers, 0);
+    sg_buf_printf(&b, ",\"replayed\":%zu", nreplay);
+    append_session_fields(c, &b, m, op->cid[0] ? op->cid : NULL);
+    bool alive = sg_conn_send_text(c, b.data, b.len);
+    sg_buf_free(&b);
+    free(m->resume_token);
+    m->resume_token = NULL;
+    /* The buffer, then what arrived meanwhile and was not in it: in order,
+     * exactly once. */
+    uint64_t last = m->resume_from;
+    for (size_t i = 0; alive && i + 1 < replay->elements; i += 2) {
+        const redisReply *seq = replay->element[i], *frame = replay->element[i + 1];
+        if (seq->type != REDIS_REPLY_STRING || frame->type != REDIS_REPLY_STRING)
+            continue;
+        alive = sg_conn_send_text(c, frame->str, frame->len);
+        last = strtoull(seq->str, NULL, 10);
+    }
+    if (!alive)
+        return; /* the connection was cut for its output; m is gone */
+    while (m->held) {
+        sg_held *h = m->held;
+        m->held = h->next;
+        if ((h->seq == 0 || h->seq > last) && alive)
+            alive = sg_conn_send_text(c, h->frame, h->len);
+        free(h);
+        if (!alive)
+            return;
     }
 }
 
@@ -409,6 +650,10 @@ static void handle_relay(sg_conn *c, sg_msg *msg, uint64_t arrival_us)
     sg_membership *m = find_room(c, msg->room);
     if (!m || m->state == SG_MEM_SUBSCRIBING) {
         sg_session_error(c, "not_joined", "join the room before relaying", cid, msg->room);
+        return;
+    }
+    if (m->state == SG_MEM_RESUMING) {
+        sg_session_error(c, "not_joined", "wait for resumed before relaying", cid, msg->room);
         return;
     }
     if (strcmp(m->peer, msg->from) != 0) {
@@ -445,16 +690,26 @@ static void handle_relay(sg_conn *c, sg_msg *msg, uint64_t arrival_us)
     const char *tp = c->traceparent[0] ? c->traceparent : "-";
     const char *kind = sg_msg_type_name(msg->type);
     const char *argv[] = {msg->room, msg->from, msg->to, holder, kind, ts, tp, f->data,
-                          rates[0], rates[1], rates[2], rates[3], rates[4], rates[5], ttl};
-    size_t lens[15];
-    for (int i = 0; i < 15; i++)
+                          rates[0], rates[1], rates[2], rates[3], rates[4], rates[5], ttl,
+                          s->resume_args[0], s->resume_args[1], s->resume_args[2]};
+    enum { NARGS = sizeof argv / sizeof *argv };
+    size_t lens[NARGS];
+    for (int i = 0; i < NARGS; i++)
         lens[i] = strlen(argv[i]);
     lens[3] = hl;
     lens[7] = f->len;
-    if (sg_bus_eval(s->bus, SG_SCRIPT_RELAY, msg->room, 15, argv, lens, (uint64_t)(uintptr_t)op) < 0) {
+    op->ack = msg->ack;
+    if (sg_bus_eval(s->bus, SG_SCRIPT_RELAY, msg->room, NARGS, argv, lens, (uint64_t)(uintptr_t)op) < 0) {
         op_free(s, op);
         sg_session_error(c, "unavailable", "Redis is unreachable", cid, msg->room);
     }
+}
+
+static void send_ack(sg_conn *c, const char *cid, const char *status)
+{
+    char buf[SG_CID_MAX + 80];
+    int n = snprintf(buf, sizeof buf, "{\"type\":\"ack\",\"correlationId\":\"%s\",\"status\":\"%s\"}", cid, status);
+    sg_conn_send_text(c, buf, (size_t)n);
 }
 
 static void on_relay_reply(sg_server *s, sg_op *op, redisReply *r)
@@ -475,6 +730,10 @@ static void on_relay_reply(sg_server *s, sg_op *op, redisReply *r)
     }
     const char *status = r->element[0]->str;
     if (strcmp(status, "ok") == 0) {
+        const char *delivery = r->elements >= 2 && r->element[1]->type == REDIS_REPLY_STRING
+                                   ? r->element[1]->str : "delivered";
+        if (op->ack)
+            send_ack(c, op->cid, strcmp(delivery, "buffered") == 0 ? "buffered" : "delivered");
         if (sg_log_begin(s->log, SG_LOG_INFO, op->mtype == SG_MSG_OFFER    ? "relay.offer"
                                               : op->mtype == SG_MSG_ANSWER ? "relay.answer"
                                                                            : "relay.candidate")) {
@@ -495,6 +754,11 @@ static void on_relay_reply(sg_server *s, sg_op *op, redisReply *r)
             if (strcmp(arg, scopes[i]) == 0)
                 scope = scopes[i];
         sg_metrics_inc(&s->metrics.ratelimit_drops, scope);
+        if (op->ack) {
+            /* The sender asked for a receipt: that is its answer. */
+            send_ack(c, op->cid, "dropped");
+            return;
+        }
         uint64_t now = sg_now_mono_ms();
         c->dropped_since_warn++;
         /* Candidates over the limit: at most one warning a second. */
@@ -531,43 +795,86 @@ static void on_relay_reply(sg_server *s, sg_op *op, redisReply *r)
 /* ---- messages from Redis --------------------------------------------- */
 
 /* "<holder>\t<kind>\t<ts_us>\t<traceparent>\t<seq>\n<frame>" */
+typedef struct envelope {
+    uint64_t conn;
+    char kind;
+    uint64_t ts_us;
+    const char *tp;
+    size_t tplen;
+    uint64_t seq;
+    const char *frame;
+    size_t flen;
+} envelope;
+
+static uint64_t parse_u64(const char **p, const char *end)
+{
+    uint64_t v = 0;
+    while (*p < end && **p >= '0' && **p <= '9' && v < UINT64_MAX / 10)
+        v = v * 10 + (uint64_t)(*(*p)++ - '0');
+    return v;
+}
+
+/* Parses the envelope when it is addressed to a connection of this node. */
+static bool parse_envelope(const sg_server *s, const char *payload, size_t len, envelope *e)
+{
+    const char *nl = memchr(payload, '\n', len < 512 ? len : 512);
+    if (!nl)
+        return false;
+    size_t pl = strlen(s->holder_prefix);
+    if ((size_t)(nl - payload) <= pl || memcmp(payload, s->holder_prefix, pl) != 0)
+        return false; /* another node's connection */
+    const char *p = payload + pl;
+    e->conn = parse_u64(&p, nl);
+    if (p + 2 >= nl || *p != '\t')
+        return false;
+    e->kind = p[1];
+    p += 2;
+    if (p >= nl || *p++ != '\t')
+        return false;
+    e->ts_us = parse_u64(&p, nl);
+    if (p >= nl || *p++ != '\t')
+        return false;
+    e->tp = p;
+    while (p < nl && *p != '\t')
+        p++;
+    e->tplen = (size_t)(p - e->tp);
+    if (p >= nl || *p++ != '\t')
+        return false;
+    e->seq = parse_u64(&p, nl);
+    e->frame = nl + 1;
+    e->flen = len - (size_t)(e->frame - payload);
+    return true;
+}
+
+static void hold(sg_membership *m, const envelope *e)
+{
+    sg_held *h = sg_xmalloc(sizeof *h + e->flen);
+    h->next = NULL;
+    h->seq = e->seq;
+    h->len = e->flen;
+    memcpy(h->frame, e->frame, e->flen);
+    sg_held **pp = &m->held;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = h;
+}
+
 void sg_session_on_message(void *srv, const char *channel, size_t chlen, const char *payload, size_t len)
 {
     sg_server *s = srv;
-    const char *nl = memchr(payload, '\n', len < 512 ? len : 512);
-    if (!nl)
+    envelope e;
+    if (!parse_envelope(s, payload, len, &e))
         return;
-    size_t pl = strlen(s->holder_prefix);
-    if ((size_t)(nl - payload) <= pl || memcmp(payload, s->holder_prefix, pl) != 0)
-        return; /* another node's connection */
-    const char *p = payload + pl;
-    uint64_t id = 0;
-    while (p < nl && *p >= '0' && *p <= '9')
-        id = id * 10 + (uint64_t)(*p++ - '0');
-    if (p + 2 >= nl || *p != '\t')
-        return;
-    char kind = p[1];
-    p += 2;
-    uint64_t ts_us = 0;
-    if (*p == '\t')
-        for (p++; p < nl && *p >= '0' && *p <= '9'; p++)
-            ts_us = ts_us * 10 + (uint64_t)(*p - '0');
-    sg_conn *c = sg_server_conn(s, id);
+    sg_conn *c = sg_server_conn(s, e.conn);
     if (!c || c->state != SG_CONN_OPEN)
         return;
-    const char *frame = nl + 1;
-    size_t flen = len - (size_t)(frame - payload);
-    if (kind == 'x') {
+    char room[SG_ROOM_MAX + 1];
+    if (!room_of_channel(channel, chlen, room))
+        return;
+    sg_membership *m = find_room(c, room);
+    if (e.kind == 'x') {
         /* Our peerId went to a newer connection of the same user: forget the
          * room locally without a leave (the record is the new holder's). */
-        char room[SG_ROOM_MAX + 1];
-        const char *open = memchr(channel, '{', chlen);
-        const char *close = open ? memchr(open, '}', chlen - (size_t)(open - channel)) : NULL;
-        if (!open || !close || (size_t)(close - open - 1) > SG_ROOM_MAX)
-            return;
-        memcpy(room, open + 1, (size_t)(close - open - 1));
-        room[close - open - 1] = '\0';
-        sg_membership *m = find_room(c, room);
         if (m) {
             if (sg_log_begin(s->log, SG_LOG_INFO, "room.leave")) {
                 sg_log_int(s->log, "conn", (int64_t)c->id);
@@ -579,14 +886,20 @@ void sg_session_on_message(void *srv, const char *channel, size_t chlen, const c
             release_membership(c, m);
         }
         sg_metrics_inc(&s->metrics.errors, "replaced");
-    }
-    if (!sg_conn_send_text(c, frame, flen))
+        sg_conn_send_text(c, e.frame, e.flen);
         return;
-    if (kind == 'r') {
+    }
+    if (m && m->state == SG_MEM_RESUMING) {
+        hold(m, &e);
+        return;
+    }
+    if (!sg_conn_send_text(c, e.frame, e.flen))
+        return;
+    if (e.kind == 'r') {
         s->metrics.relays_delivered++;
         uint64_t now = sg_now_wall_us();
-        if (ts_us && now >= ts_us)
-            sg_hist_observe(&s->metrics.relay_latency, (double)(now - ts_us) / 1000.0);
+        if (e.ts_us && now >= e.ts_us)
+            sg_hist_observe(&s->metrics.relay_latency, (double)(now - e.ts_us) / 1000.0);
     }
 }
 
@@ -595,7 +908,7 @@ void sg_session_on_message(void *srv, const char *channel, size_t chlen, const c
 static void refresh_room(sg_server *s, const char *room, const sg_local_room *lr, bool silent)
 {
     const sg_config *cfg = s->cfg;
-    size_t argc = 5 + 4 * lr->n;
+    size_t argc = 6 + 5 * lr->n;
     const char **argv = sg_xmalloc(argc * sizeof *argv);
     char (*strs)[96] = sg_xmalloc(lr->n * 2 * sizeof *strs);
     char lease[24], ttl[24];
@@ -606,10 +919,12 @@ static void refresh_room(sg_server *s, const char *room, const sg_local_room *lr
     argv[2] = lease;
     argv[3] = ttl;
     argv[4] = cfg->node_id;
-    size_t n = 5;
+    argv[5] = s->resume_args[0];
+    size_t n = 6;
     for (size_t i = 0; i < lr->n; i++) {
         sg_conn *c = sg_server_conn(s, lr->m[i].conn);
-        if (!c)
+        sg_membership *m = c ? find_room(c, room) : NULL;
+        if (!m)
             continue;
         holder_of(s, c->id, strs[2 * i], sizeof strs[0]);
         snprintf(strs[2 * i + 1], sizeof strs[0], "%llu", (unsigned long long)lr->m[i].joined_at_ms);
@@ -617,8 +932,9 @@ static void refresh_room(sg_server *s, const char *room, const sg_local_room *lr
         argv[n++] = strs[2 * i];
         argv[n++] = c->subhash;
         argv[n++] = strs[2 * i + 1];
+        argv[n++] = m->rt;
     }
-    if (n > 5 && n <= 64) {
+    if (n > 6) {
         sg_op *op = op_new(s, OP_REFRESH, 0);
         strcpy(op->room, room);
         if (sg_bus_eval(s->bus, SG_SCRIPT_REFRESH, room, (int)n, argv, NULL, (uint64_t)(uintptr_t)op) < 0)
@@ -694,6 +1010,7 @@ void sg_session_on_reply(void *srv, uint64_t tag, redisReply *r)
     case OP_LEAVE: on_leave_reply(s, op, r); break;
     case OP_RELAY: on_relay_reply(s, op, r); break;
     case OP_REFRESH: on_refresh_reply(s, op, r); break;
+    case OP_RESUME: on_resume_reply(s, op, r); break;
     }
     op_free(s, op);
 }
@@ -722,10 +1039,7 @@ void sg_session_on_text(sg_conn *c, const char *text, size_t len, uint64_t arriv
     case SG_MSG_OFFER:
     case SG_MSG_ANSWER:
     case SG_MSG_CANDIDATE: handle_relay(c, msg, arrival_us); break;
-    case SG_MSG_RESUME:
-        sg_session_error(c, "resume_failed", "resumption is not available on this node; join afresh",
-                         msg->has_cid ? msg->cid : NULL, msg->room);
-        break;
+    case SG_MSG_RESUME: handle_resume(c, msg); break;
     default: break;
     }
 }

@@ -12,7 +12,7 @@
 
 bool sg_static_resolve(const char *path, size_t n, char *out, size_t cap)
 {
-    if (n == 0 || path[0] != '/' || n >= cap - 16)
+    if (cap < 32 || n == 0 || path[0] != '/' || n >= cap - 16)
         return false;
     size_t o = 0;
     size_t i = 1;
@@ -24,9 +24,11 @@ bool sg_static_resolve(const char *path, size_t n, char *out, size_t cap)
         const char *sp = path + i;
         if (seg == 2 && sp[0] == '.' && sp[1] == '.')
             return false;
+        if (seg > 1 && sp[0] == '.')
+            return false; /* no dotfiles (.git, .env) */
         for (size_t k = 0; k < seg; k++) {
             char ch = sp[k];
-            if (ch == '\0' || ch == '\\' || ch == '%' || (unsigned char)ch < 0x20)
+            if (ch == '\0' || ch == '\\' || ch == '%' || (unsigned char)ch < 0x20 || ch == 0x7f)
                 return false;
         }
         if (seg && !(seg == 1 && sp[0] == '.')) {
@@ -61,13 +63,14 @@ static const char *content_type(const char *p)
     return "application/octet-stream";
 }
 
-static void simple(struct bufferevent *bev, int status, const char *reason)
+static void simple(struct bufferevent *bev, int status, const char *reason, bool head)
 {
-    char buf[256];
+    char buf[320];
     int n = snprintf(buf, sizeof buf,
-                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
-                     "Connection: close\r\n\r\n%s\n",
-                     status, reason, strlen(reason) + 1, reason);
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n%s"
+                     "Connection: close\r\n\r\n%s%s",
+                     status, reason, strlen(reason) + 1, status == 405 ? "Allow: GET, HEAD\r\n" : "",
+                     head ? "" : reason, head ? "" : "\n");
     bufferevent_write(bev, buf, (size_t)n);
 }
 
@@ -75,34 +78,41 @@ bool sg_static_serve(struct bufferevent *bev, const char *root, const sg_http_re
 {
     bool head = req->method.n == 4 && memcmp(req->method.p, "HEAD", 4) == 0;
     if (!head && !(req->method.n == 3 && memcmp(req->method.p, "GET", 3) == 0)) {
-        simple(bev, 405, "Method Not Allowed");
+        simple(bev, 405, "Method Not Allowed", false);
         return true;
     }
     char rel[1024];
     if (!sg_static_resolve(req->path.p, req->path.n, rel, sizeof rel)) {
-        simple(bev, 404, "Not Found");
+        simple(bev, 404, "Not Found", head);
         return true;
     }
     char full[1400];
     snprintf(full, sizeof full, "%s/%s", root, rel);
-    int fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    /* O_NONBLOCK: a FIFO planted in the root must not stall the loop. */
+    int fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     struct stat st;
-    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    if (fd >= 0 && fstat(fd, &st) != 0) {
+        close(fd);
+        fd = -1;
+    }
+    if (fd >= 0 && S_ISDIR(st.st_mode)) {
         /* A directory without the trailing slash: send the browser there, so
          * relative imports resolve. */
         close(fd);
         char loc[1200];
+        /* Built from the cleaned path: "//host" must not become an
+         * off-site redirect. */
         int n = snprintf(loc, sizeof loc,
-                         "HTTP/1.1 301 Moved Permanently\r\nLocation: %.*s/\r\nContent-Length: 0\r\n"
+                         "HTTP/1.1 301 Moved Permanently\r\nLocation: /%s/\r\nContent-Length: 0\r\n"
                          "Connection: close\r\n\r\n",
-                         (int)req->path.n, req->path.p);
+                         rel);
         bufferevent_write(bev, loc, (size_t)n);
         return true;
     }
     if (fd < 0 || !S_ISREG(st.st_mode) || st.st_size > SG_STATIC_MAX_FILE) {
         if (fd >= 0)
             close(fd);
-        simple(bev, 404, "Not Found");
+        simple(bev, 404, "Not Found", head);
         return true;
     }
     char hdr[512];

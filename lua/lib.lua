@@ -3,18 +3,28 @@
 --
 -- Every script gets the same four keys, all under the room's hash tag:
 --   KEYS[1] room:{R}:peers    HASH peerId -> JSON member record
---   KEYS[2] room:{R}:leases   ZSET peerId -> lease expiry (ms, Redis clock)
---   KEYS[3] room:{R}:buckets  HASH token buckets ("tokens ts_ms" per bucket)
+--   KEYS[2] room:{R}:leases   ZSET peerId -> lease (or grace) expiry, ms by Redis' clock
+--   KEYS[3] room:{R}:buckets  HASH token buckets ("tokens last_ms" per bucket)
 --   KEYS[4] room:{R}:acl      SET of subs (the application's; never written)
--- and ARGV[1] is the room id, used to name the per-peer channels.
+-- and ARGV[1] is the room id. Resumption (PROTOCOL.md §9) adds, under the
+-- same hash tag: room:{R}:seq (HASH peer -> last relay seq, "b:"..peer ->
+-- buffered bytes) and room:{R}:buf:<peer> (STREAM of relays, id "<seq>-1").
 --
 -- Messages on a peer channel are "<holder>\t<kind>\t<ts_us>\t<traceparent>\t<seq>\n<frame>":
 -- holder is "<node>#<connection id>" (only that connection takes it: after a
 -- takeover two nodes may briefly listen on the same channel), kind is
 -- r (relay), e (membership event) or x (replaced: the holder lost the peerId).
+--
+-- A member record is {"node","conn","sub","joinedAt"[,"rt"][,"grace"]}:
+-- sub is a hash of the token's sub, rt a hash of the resume token, grace is
+-- set (and conn is "") while the member's connection is lost and it may resume.
 
 local K_PEERS, K_LEASES, K_BUCKETS = KEYS[1], KEYS[2], KEYS[3]
 local ROOM = ARGV[1]
+
+local function rkey(suffix)
+  return 'room:{' .. ROOM .. '}:' .. suffix
+end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -22,7 +32,7 @@ local function now_ms()
 end
 
 local function channel(peer)
-  return 'room:{' .. ROOM .. '}:peer:' .. peer
+  return rkey('peer:' .. peer)
 end
 
 local function envelope(holder, kind, frame)
@@ -40,13 +50,16 @@ local function peer_left_frame(peer, reason)
          '","reason":"' .. reason .. '"}'
 end
 
--- Sends frame to every member except `except`.
+-- Sends frame to every member except `except` (members in grace have no
+-- connection to send to).
 local function broadcast(except, frame)
   local all = redis.call('HGETALL', K_PEERS)
   for i = 1, #all, 2 do
     if all[i] ~= except then
       local rec = cjson.decode(all[i + 1])
-      redis.call('PUBLISH', channel(all[i]), envelope(rec.conn, 'e', frame))
+      if rec.conn ~= '' then
+        redis.call('PUBLISH', channel(all[i]), envelope(rec.conn, 'e', frame))
+      end
     end
   end
 end
@@ -65,6 +78,13 @@ local function touch(ttl_ms)
   redis.call('PEXPIRE', K_PEERS, ttl_ms)
   redis.call('PEXPIRE', K_LEASES, ttl_ms)
   redis.call('PEXPIRE', K_BUCKETS, ttl_ms)
+  redis.call('PEXPIRE', rkey('seq'), ttl_ms)
+end
+
+-- Forgets a peer's relay buffer and sequence (a fresh join starts at 1).
+local function drop_buffer(peer)
+  redis.call('DEL', rkey('buf:' .. peer))
+  redis.call('HDEL', rkey('seq'), peer, 'b:' .. peer)
 end
 
 -- Removes a member, tells the others, and deletes the room's keys (all but
@@ -73,18 +93,58 @@ local function remove_member(peer, reason)
   redis.call('HDEL', K_PEERS, peer)
   redis.call('ZREM', K_LEASES, peer)
   redis.call('HDEL', K_BUCKETS, 'p:' .. peer, 'c:' .. peer)
+  drop_buffer(peer)
   if redis.call('HLEN', K_PEERS) == 0 then
-    redis.call('DEL', K_PEERS, K_LEASES, K_BUCKETS)
+    redis.call('DEL', K_PEERS, K_LEASES, K_BUCKETS, rkey('seq'))
   else
     broadcast(peer, peer_left_frame(peer, reason))
   end
 end
 
--- Members whose lease ran out (their node died without a word) leave with
--- reason timeout. `keep` lists peers the caller holds and is refreshing.
-local function reap(now, keep)
+-- Puts a member whose connection is lost into its grace period: no
+-- peer_left yet, relays to it are buffered, its token may resume it.
+local function enter_grace(peer, rec, now, resume_ms)
+  rec.conn = ''
+  rec.grace = now + resume_ms
+  redis.call('HSET', K_PEERS, peer, cjson.encode(rec))
+  redis.call('ZADD', K_LEASES, now + resume_ms, peer)
+end
+
+-- Members whose lease ran out: their node died without a word. With
+-- resumption on they enter the grace period first; when that runs out too
+-- (or without resumption) they leave with reason timeout. `keep` lists
+-- peers the caller holds and is refreshing.
+local function reap(now, keep, resume_ms)
   local expired = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now)
   for _, p in ipairs(expired) do
-    if not (keep and keep[p]) then remove_member(p, 'timeout') end
+    if not (keep and keep[p]) then
+      local cur = redis.call('HGET', K_PEERS, p)
+      local rec = cur and cjson.decode(cur)
+      if rec and not rec.grace and resume_ms > 0 then
+        enter_grace(p, rec, now, resume_ms)
+      else
+        remove_member(p, 'timeout')
+      end
+    end
   end
+end
+
+-- Appends a relay to the target's buffer, oldest dropped first past either
+-- cap, and returns the frame with its seq.
+local function buffer_relay(peer, frame, max_count, max_bytes, ttl_ms)
+  local seq = redis.call('HINCRBY', rkey('seq'), peer, 1)
+  -- The gateway's frame always starts with {"type":"relay", (16 bytes).
+  frame = '{"type":"relay","seq":' .. seq .. ',' .. string.sub(frame, 17)
+  local buf = rkey('buf:' .. peer)
+  redis.call('XADD', buf, string.format('%d-1', seq), 'f', frame)
+  redis.call('PEXPIRE', buf, ttl_ms)
+  local bytes = redis.call('HINCRBY', rkey('seq'), 'b:' .. peer, #frame)
+  local len = redis.call('XLEN', buf)
+  while len > max_count or (bytes > max_bytes and len > 1) do
+    local oldest = redis.call('XRANGE', buf, '-', '+', 'COUNT', 1)[1]
+    redis.call('XDEL', buf, oldest[1])
+    bytes = redis.call('HINCRBY', rkey('seq'), 'b:' .. peer, -#oldest[2][2])
+    len = len - 1
+  end
+  return frame, seq
 end

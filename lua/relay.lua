@@ -1,11 +1,14 @@
 -- relay: ARGV room, from, to, holder, kind, ts_us, traceparent, frame,
---        peer_rate, peer_burst, cand_rate, cand_burst, room_rate, room_burst, ttl_ms
+--        peer_rate, peer_burst, cand_rate, cand_burst, room_rate, room_burst,
+--        ttl_ms, resume_ms, buf_max, buf_bytes
 -- Checks membership, takes tokens from the room, peer and (for candidates)
--- candidate buckets in one step, and publishes to the target's channel.
--- Returns {"ok"} or {"error", code} or {"rate_limited", scope}.
+-- candidate buckets in one step, buffers the relay for resumption (with its
+-- seq) and publishes it to the target's channel.
+-- Returns {"ok", "delivered"|"buffered", seq} or {"error", code} or
+-- {"rate_limited", scope}.
 local from, to, holder, kind = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ts, tp, frame = ARGV[6], ARGV[7], ARGV[8]
-local ttl_ms = tonumber(ARGV[15])
+local ttl_ms, resume_ms = tonumber(ARGV[15]), tonumber(ARGV[16])
 
 local cur = redis.call('HGET', K_PEERS, from)
 if not cur or cjson.decode(cur).conn ~= holder then
@@ -16,7 +19,7 @@ if not target then
   return {'error', 'peer_not_found'}
 end
 
--- Token buckets: "tokens ts_ms" per field. A bucket with rate 0 is off.
+-- Token buckets: "tokens last_ms" per field. A bucket with rate 0 is off.
 local now = now_ms()
 local function level(field, rate, burst)
   local v = redis.call('HGET', K_BUCKETS, field)
@@ -47,8 +50,18 @@ for i, b in ipairs(buckets) do
 end
 redis.call('PEXPIRE', K_BUCKETS, ttl_ms)
 
-local msg = cjson.decode(target).conn .. '\tr\t' .. ts .. '\t' .. tp .. '\t0\n' .. frame
+local seq = 0
+if resume_ms > 0 then
+  frame, seq = buffer_relay(to, frame, tonumber(ARGV[17]), tonumber(ARGV[18]), ttl_ms + resume_ms)
+end
+local trec = cjson.decode(target)
+if trec.conn == '' then
+  return {'ok', 'buffered', seq}
+end
+local msg = trec.conn .. '\tr\t' .. ts .. '\t' .. tp .. '\t' .. seq .. '\n' .. frame
 if redis.call('PUBLISH', channel(to), msg) == 0 then
+  -- Its node died and the lease has not run out yet: held for resumption.
+  if resume_ms > 0 then return {'ok', 'buffered', seq} end
   return {'error', 'peer_unreachable'}
 end
-return {'ok'}
+return {'ok', 'delivered', seq}

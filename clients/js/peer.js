@@ -5,6 +5,10 @@
 //     other *impolite* (override with the `polite` option). On glare (both
 //     sent an offer) the polite side rolls its own offer back and answers;
 //     the impolite side ignores the incoming offer and waits for the answer.
+//     The polite side first lets its own offer finish and its ICE gathering
+//     produce a first candidate (at most rollbackWaitMs, default 1 s): a
+//     Chromium connection rolled back while its first gathering starts up
+//     never gathers again. The rolled-back offer is not sent.
 //   - negotiationneeded -> setLocalDescription() -> `offer` message.
 //   - Trickle ICE: every local candidate goes out as its own `candidate`
 //     message (candidate.toJSON()); end of gathering goes out once as
@@ -92,6 +96,7 @@ export class PeerLink extends EventTarget {
       polite,
       listen = true,
       resetOnRemoteSessionChange = true,
+      rollbackWaitMs = 1000,
     } = options;
     if (!client) throw new TypeError('PeerLink: client is required');
     if (typeof RTCPeerConnectionImpl !== 'function') {
@@ -108,6 +113,7 @@ export class PeerLink extends EventTarget {
     this._iceServers = [...iceServers];
     this._setup = setup;
     this._resetOnSessionChange = resetOnRemoteSessionChange;
+    this._rollbackWaitMs = rollbackWaitMs;
     this._queue = Promise.resolve();
     this._unsent = null; // a local description whose send failed
     this._sendFailed = false; // some message could not be sent since the last recover()
@@ -226,16 +232,22 @@ export class PeerLink extends EventTarget {
     const pc = new this._RTC({ ...this._rtcConfig, iceServers: this._iceServers });
     this.pc = pc;
     this._makingOffer = false;
+    this._offerDone = Promise.resolve(); // settles when the offer being made is set (or failed)
     this._ignoreOffer = false;
     this._settingRemoteAnswer = false;
+    this._rollbackPending = false;
     this._eocSent = false;
+    this._gatherSeen = false; // a local candidate (or its end) came since our last offer
+    this._gatherWaiters = [];
     this._unsent = null;
     const current = () => pc === this.pc && !this.closed;
     pc.onnegotiationneeded = () => {
       if (current()) this._negotiate(pc);
     };
     pc.onicecandidate = (event) => {
-      if (current()) this._onLocalCandidate(event.candidate);
+      if (!current()) return;
+      this._gatherSeen = true;
+      this._onLocalCandidate(event.candidate);
     };
     pc.onconnectionstatechange = () => {
       if (current()) this._emit('connectionstatechange', { state: pc.connectionState, iceState: pc.iceConnectionState });
@@ -262,6 +274,7 @@ export class PeerLink extends EventTarget {
   }
 
   _closePeerConnection() {
+    this._wakeGatherWaiters();
     const pc = this.pc;
     if (!pc) return;
     pc.onnegotiationneeded = pc.onicecandidate = pc.onconnectionstatechange = null;
@@ -274,20 +287,47 @@ export class PeerLink extends EventTarget {
   }
 
   async _negotiate(pc, offerOptions) {
+    let settled;
+    this._offerDone = new Promise((resolve) => {
+      settled = resolve;
+    });
     try {
       this._makingOffer = true;
+      this._gatherSeen = false;
       if (offerOptions) {
         await pc.setLocalDescription(await pc.createOffer(offerOptions));
       } else {
         await pc.setLocalDescription();
       }
-      if (pc !== this.pc || this.closed) return;
-      this._sendDescription(pc.localDescription);
+      // A polite rollback is under way: this offer is dead, do not send it.
+      if (pc !== this.pc || this.closed || this._rollbackPending) return;
+      if (pc.localDescription) this._sendDescription(pc.localDescription);
     } catch (error) {
       if (pc === this.pc && !this.closed) this._emit('error', { where: 'negotiation', error });
     } finally {
       if (pc === this.pc) this._makingOffer = false;
+      settled();
     }
+  }
+
+  _wakeGatherWaiters() {
+    const waiters = this._gatherWaiters;
+    this._gatherWaiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  // Resolves once our offer's ICE gathering has produced something (a
+  // candidate or its end), or is not running, or after timeoutMs.
+  _gatheringStarted(pc, timeoutMs) {
+    if (this._gatherSeen || pc.iceGatheringState === 'complete') return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(wake, timeoutMs);
+      function wake() {
+        clearTimeout(timer);
+        resolve();
+      }
+      this._gatherWaiters.push(wake);
+    });
   }
 
   _sendDescription(description) {
@@ -352,10 +392,25 @@ export class PeerLink extends EventTarget {
       return;
     }
     if (offerCollision) {
-      // Polite side: drop our own offer and take theirs. Both calls are made
-      // in the same turn so nothing can slip in between on the pc's chain.
+      // Polite side: drop our own offer and take theirs.
       this._emit('glare', { action: 'rollback' });
-      await Promise.all([pc.setLocalDescription({ type: 'rollback' }), pc.setRemoteDescription(description)]);
+      this._rollbackPending = true;
+      try {
+        // Let our offer finish being set, and its ICE gathering start, before
+        // rolling it back: Chromium rolled back while its first gathering is
+        // still starting up never gathers a candidate again on that
+        // connection (seen with Chromium 156; an ICE restart does not help).
+        await this._offerDone;
+        if (pc.signalingState === 'have-local-offer') await this._gatheringStarted(pc, this._rollbackWaitMs);
+        if (pc !== this.pc || this.closed) return;
+        // Both calls in the same turn so nothing slips in between on the pc's chain.
+        await Promise.all([
+          pc.signalingState === 'have-local-offer' ? pc.setLocalDescription({ type: 'rollback' }) : Promise.resolve(),
+          pc.setRemoteDescription(description),
+        ]);
+      } finally {
+        this._rollbackPending = false;
+      }
     } else {
       this._settingRemoteAnswer = description.type === 'answer';
       try {

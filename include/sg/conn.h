@@ -19,15 +19,29 @@ struct sg_server;
 
 enum { SG_CONN_HANDSHAKE = 0, SG_CONN_HTTP_CLOSING, SG_CONN_OPEN, SG_CONN_CLOSING, SG_CONN_DEAD };
 
-enum { SG_MEM_SUBSCRIBING = 1, SG_MEM_JOINING, SG_MEM_JOINED, SG_MEM_LEAVING };
+enum { SG_MEM_SUBSCRIBING = 1, SG_MEM_JOINING, SG_MEM_JOINED, SG_MEM_RESUMING };
+
+/* Relays that arrived for a membership whose resume reply is still on its
+ * way; sent after the replay, those not replayed already. */
+typedef struct sg_held {
+    struct sg_held *next;
+    uint64_t seq;
+    size_t len;
+    char frame[];
+} sg_held;
 
 /* One room this connection is in (or joining). */
 typedef struct sg_membership {
     char room[SG_ROOM_MAX + 1];
     char peer[SG_PEER_LEN + 1];
-    char cid[SG_CID_MAX + 1]; /* of the join awaiting its reply */
+    char cid[SG_CID_MAX + 1]; /* of the join/resume awaiting its reply */
+    char rt[65];              /* hash of the current resume token ("" when off) */
     uint8_t state;
+    bool resume;              /* the pending operation is a resume */
     uint64_t joined_at_ms;
+    uint64_t resume_from;     /* lastSeq of the pending resume */
+    char *resume_token;       /* the token of a pending resume (heap, short-lived) */
+    sg_held *held;            /* short list: only while a resume reply is on its way */
 } sg_membership;
 
 typedef struct sg_bucket {
@@ -45,6 +59,7 @@ typedef struct sg_conn {
     uint8_t timer_phase;   /* what the timer is waiting for */
     bool tls;
     bool close_rcvd;       /* the client's close frame arrived */
+    bool lost;             /* TCP dropped or heartbeat reaped: resumable */
     bool ping_outstanding;
     bool drop_message;     /* the message being received is over the local rate limit */
     uint16_t close_code;   /* the code we sent or received, for logs and leave reasons */
@@ -61,8 +76,8 @@ typedef struct sg_conn {
     char user[17];         /* keyed hash of sub for logs */
     char ip[64];           /* for the per-IP cap only; never logged */
     char traceparent[56];
-    sg_membership *rooms;  /* cfg->rooms_per_connection slots, allocated on first join */
-    uint32_t nrooms;
+    sg_membership *rooms;  /* grown one slot at a time, up to rooms_per_connection */
+    uint32_t nrooms, rooms_cap;
     bool ever_joined;
 } sg_conn;
 

@@ -10,6 +10,7 @@ typedef enum {
     SG_SCRIPT_LEAVE,
     SG_SCRIPT_RELAY,
     SG_SCRIPT_REFRESH,
+    SG_SCRIPT_RESUME,
     SG_SCRIPT_COUNT
 } sg_script_id;
 

@@ -61,6 +61,7 @@ typedef struct sg_server {
     struct sg_op *op_free; /* freelist of Redis operation contexts */
     sg_msg msg;          /* the message being handled (reused: no allocation per message) */
     sg_buf scratch;      /* frame being built */
+    char resume_args[3][24]; /* resume_ms, buffer max, buffer bytes as script arguments */
     uint64_t next_conn_id;
     sg_conn *dead;       /* closed connections freed on the next loop pass */
     struct event *reaper;

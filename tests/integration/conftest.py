@@ -10,7 +10,6 @@ import ipaddress
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 
@@ -208,8 +207,8 @@ class GatewayFactory:
         self.spawned = []
         self.count = 0
 
-    def __call__(self, n=1, env=None, tls=False):
-        return [self.start(env=env, tls=tls) for _ in range(n)]
+    def __call__(self, n=1, env=None, tls=False, args=()):
+        return [self.start(env=env, tls=tls, args=args) for _ in range(n)]
 
     def _env(self, name, port, admin_port, env, tls):
         full = {k: v for k, v in os.environ.items() if not k.startswith("SIGNAL_")}
@@ -247,10 +246,10 @@ class GatewayFactory:
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen([h.GATEWAY_BIN, *args], env=full, cwd=str(h.REPO),
                                     stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.spawned.append(proc)
+        self.spawned.append((proc, log_path, name))
         return proc, log_path, full
 
-    def start(self, env=None, tls=False, ready_timeout=10.0):
+    def start(self, env=None, tls=False, ready_timeout=10.0, args=()):
         _require_binary()
         last_log = ""
         for attempt in range(4):
@@ -262,7 +261,7 @@ class GatewayFactory:
             full = self._env(name, port, admin_port, env, tls)
             log_path = self.tmp_path / f"{name}.log"
             with open(log_path, "wb") as logf:
-                proc = subprocess.Popen([h.GATEWAY_BIN], env=full, cwd=str(h.REPO),
+                proc = subprocess.Popen([h.GATEWAY_BIN, *args], env=full, cwd=str(h.REPO),
                                         stdout=logf, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
             gw = Gateway(name, proc, full, port, admin_port, log_path, tls)
@@ -292,8 +291,14 @@ class GatewayFactory:
                 if marker in text:
                     problems.append(f"{gw.name}: sanitizer report ({marker!r}) in its log")
                     break
-        for proc in self.spawned:
+        for proc, log_path, name in self.spawned:
             _stop_process(proc, 5)
+            text = log_path.read_text(errors="replace") if log_path.exists() else ""
+            for marker in SANITIZER_MARKERS:
+                if marker in text:
+                    problems.append(f"{name}: sanitizer report ({marker!r}) in its output:\n"
+                                    + "\n".join(text.splitlines()[-25:]))
+                    break
         return problems
 
 
@@ -342,27 +347,10 @@ def gateway_factory(request, redis, tmp_path, tls_files):
     f = GatewayFactory(redis, tmp_path, tls_files)
     yield f
     problems = f.teardown()
-    rep = getattr(request.node, "rep_call", None) or getattr(request.node, "rep_setup", None)
-    if rep is not None and rep.failed:
-        _print_logs(request, f)
     if problems:
-        if not (rep is not None and rep.failed):
-            _print_logs(request, f)
-        pytest.fail("; ".join(problems), pytrace=False)
-
-
-def _print_logs(request, factory):
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-    parts = []
-    for gw in factory.gateways:
-        parts.append(f"\n===== log tail of {gw.name} (pid {gw.pid}, exit {gw.proc.returncode}) "
-                     f"{gw.log_path} =====\n{gw.log_tail(60)}\n")
-    text = "".join(parts)
-    if capman is not None:
-        with capman.global_and_fixture_disabled():
-            sys.stderr.write(text)
-    else:
-        sys.stderr.write(text)
+        tails = "".join(f"\n===== log tail of {gw.name} (pid {gw.pid}, exit {gw.proc.returncode}) "
+                        f"{gw.log_path} =====\n{gw.log_tail(40)}\n" for gw in f.gateways)
+        pytest.fail("; ".join(problems) + tails, pytrace=False)
 
 
 @pytest.fixture
@@ -381,7 +369,8 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
-    # Attach what the gateways have logged so far to the failure report.
+    # Attach what the gateways have logged so far to the failure report (they
+    # write one line at a time, so the file is current).
     if rep.when == "call" and rep.failed:
         f = item.funcargs.get("gateway_factory") if hasattr(item, "funcargs") else None
         if f is not None:

@@ -15,7 +15,6 @@ import hmac
 import json
 import os
 import pathlib
-import select
 import socket
 import ssl
 import struct
@@ -273,8 +272,14 @@ class HTTPResponse:
         return f"<HTTP {self.status} {self.reason} {self.headers} {self.body[:300]!r}>"
 
 
-def open_socket(host, port, tls=False, timeout=5.0):
-    s = socket.create_connection((host, port), timeout=timeout)
+def open_socket(host, port, tls=False, timeout=5.0, rcvbuf=None):
+    if rcvbuf is None:
+        s = socket.create_connection((host, port), timeout=timeout)
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: sets the window
+        s.settimeout(timeout)
+        s.connect((host, port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if tls:
         s = insecure_ssl_context().wrap_socket(s, server_hostname="localhost")
@@ -470,9 +475,9 @@ class RawWS:
         self.eof = False
 
     @classmethod
-    def connect(cls, gw, token, path="/ws", headers=None, timeout=5.0):
+    def connect(cls, gw, token, path="/ws", headers=None, timeout=5.0, rcvbuf=None):
         key = new_ws_key()
-        s = open_socket(gw.host, gw.port, tls=gw.tls, timeout=timeout)
+        s = open_socket(gw.host, gw.port, tls=gw.tls, timeout=timeout, rcvbuf=rcvbuf)
         try:
             s.sendall(upgrade_request(gw.host, gw.port, path=path, token=token, headers=headers, key=key))
             resp = read_http_response(s, timeout=timeout)

@@ -2,10 +2,8 @@
 client pings, and the SIGTERM drain."""
 
 import asyncio
-import json
 import time
 
-import pytest
 
 import sg_helpers as h
 from sg_helpers import Clients, RawWS, arun, make_token, new_peer, new_room
@@ -27,7 +25,7 @@ def channel(room, peer):
 
 
 def test_sigkill_gives_peer_left_timeout_within_lease(gateway_factory, redis):
-    lease_ms = 1500
+    lease_ms = 2000
     g1, g2 = gateway_factory(2, env={"SIGNAL_LEASE_MS": lease_ms})
     room = new_room()
     pa, pb, pc = new_peer(), new_peer(), new_peer()
@@ -296,3 +294,50 @@ def test_sigterm_with_no_clients_exits_0_promptly(gateway_factory):
     rc = gw.wait(8)
     assert rc == 0
     assert time.monotonic() - t0 < 8
+
+
+# ---------------------------------------------------------------- bounded output
+
+
+def test_a_client_that_stops_reading_is_closed(gateway_factory):
+    """Issue "Gateway core": the output side is bounded; a client that stops
+    reading is closed instead of growing the node's memory."""
+    gw = gateway_factory.start(env=h.NO_RATE_LIMITS)
+    room = new_room()
+    pa, ps = new_peer(), new_peer()
+
+    async def main():
+        async with Clients() as c:
+            a = await c.connect(gw.ws_url, tok("alice"), name="a")
+            await a.join(room, pa)
+            slow = await asyncio.to_thread(RawWS.connect, gw, tok("slow"), rcvbuf=4096)
+            try:
+                slow.send_json({"type": "join", "roomId": room, "peerId": ps})
+                assert (await asyncio.to_thread(slow.recv_json, 5))["type"] == "joined"
+                await a.recv_type("peer_joined", peerId=ps)
+                # ~16 MB of offers towards a peer that reads nothing more
+                sdp = h.SDP + "a=pad:" + "p" * 60000 + "\r\n"
+                t0 = time.monotonic()
+                left = None
+                for i in range(270):
+                    await a.send(h.offer(room, pa, ps, sdp=sdp, cid=f"flood-{i}"))
+                    if i % 10 == 9:
+                        try:
+                            left = await a.recv_type("peer_left", peerId=ps, timeout=0.01)
+                            break
+                        except AssertionError:
+                            pass
+                if left is None:
+                    left = await a.recv_type("peer_left", peerId=ps, timeout=15)
+                assert left["roomId"] == room, left
+                assert time.monotonic() - t0 < 30
+                # the sender is unaffected
+                assert a.is_open
+                # errors for relays sent after the slow peer went are fine; nothing else
+                for m in a.pending:
+                    assert m["type"] == "error" and m["code"] in ("peer_not_found", "peer_unreachable"), m
+                a.pending.clear()
+                await a.join(new_room(), new_peer())
+            finally:
+                slow.close()
+    arun(main())

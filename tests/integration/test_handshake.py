@@ -472,3 +472,25 @@ def test_missing_jwt_secret_is_a_startup_error(gateway_factory):
         raise AssertionError("gateway without a JWT secret or key kept running "
                              "(must be a startup error, not an insecure mode)")
     assert rc != 0, log.read_text(errors="replace")
+
+
+# ---------------------------------------------------------------- 503
+
+
+def test_over_the_connection_cap_503(gateway_factory):
+    gw = gateway_factory.start(env={"SIGNAL_MAX_CONNECTIONS": "2"})
+    first = h.RawWS.connect(gw, good_token())
+    second = h.RawWS.connect(gw, good_token())
+    try:
+        assert_refused(handshake(gw, token=good_token()), 503, "unavailable")
+        # a slot frees up when a connection goes
+        first.send_close(1000)
+        first.wait_eof(3)
+
+        def try_again():
+            r = handshake(gw, token=good_token())
+            return r if r.status == 101 else None
+        h.wait_until(try_again, 3, what="a handshake to succeed after a connection closed")
+    finally:
+        first.close()
+        second.close()

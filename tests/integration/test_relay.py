@@ -387,7 +387,7 @@ def test_payload_too_large_closes_1009(gateway_factory):
             assert r["correlationId"] == "exact"
             # one byte more does not
             await a.send(h.padded_json(h.offer(room, pa, pb, cid="over"), 1025))
-            e = await a.expect_error("payload_too_large")
+            await a.expect_error("payload_too_large")
             code = await a.wait_closed(5)
             assert code == 1009, f"close code {code}, expected 1009"
             assert not a.pending, a.pending

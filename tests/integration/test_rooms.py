@@ -557,3 +557,21 @@ def test_room_keys_expire_and_vanish_with_last_member(gateway_factory, redis, ho
     arun(main())
     assert redis("SMEMBERS", acl_key(room)) == ["alice"]
     _assert_ttls(redis, room)
+
+
+def test_per_peer_channel_is_subscribed_while_joined(gateway, redis):
+    """§6: relays and events for a peer go to room:{R}:peer:<peerId>."""
+    room = new_room()
+    pa = new_peer()
+    channel = f"room:{{{room}}}:peer:{pa}"
+
+    async def main():
+        async with Clients() as c:
+            a = await c.connect(gateway.ws_url, tok("alice"), name="a")
+            await a.join(room, pa.upper())
+            assert redis.subscribers(channel) >= 1, \
+                f"nobody subscribes {channel}: {redis('PUBSUB', 'CHANNELS')} {redis('PUBSUB', 'SHARDCHANNELS')}"
+            await a.leave(room, pa)
+            await async_wait_until(lambda: redis.subscribers(channel) == 0, 3.0,
+                                   what="the channel to be unsubscribed after leave")
+    arun(main())

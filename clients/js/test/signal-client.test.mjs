@@ -236,6 +236,7 @@ describe('correlation and server messages', () => {
     assert.equal(resolved1.roomId, 'room-1');
     assert.deepEqual(resolved1.iceServers, [{ urls: ['stun:x'] }]);
     assert.equal(resolved1.rejoin, false);
+    assert.equal(t.client._requests.size, 0, 'answered requests are forgotten');
     assert.deepEqual(
       t.client.rooms.map((r) => [r.roomId, r.status]),
       [
@@ -243,6 +244,15 @@ describe('correlation and server messages', () => {
         ['room-2', 'joined'],
       ],
     );
+  });
+
+  test('a joined without correlationId (a server that does not echo it) still completes the join', async () => {
+    const t = await connected();
+    const p = t.client.join('room-1', PEER_A);
+    t.ws().receive({ type: 'joined', roomId: 'room-1', peerId: PEER_A, peers: [] });
+    const d = await p;
+    assert.equal(d.roomId, 'room-1');
+    assert.equal(t.client.room('room-1').status, 'joined');
   });
 
   test('a join error with its correlationId rejects the join and forgets the room', async () => {
@@ -368,6 +378,7 @@ describe('reconnect', () => {
     assert.equal(backoffDelay(0, p, () => 0), 175);
     assert.equal(backoffDelay(0, p, () => 0.999999), 325);
     assert.equal(backoffDelay(20, p, () => 0.999999), 10000);
+    assert.equal(backoffDelay(20, p, () => 0), 7000, 'the base is capped before the jitter');
   });
 
   test('failed attempts wait 250, 500, 1000, ... 10000 ms (capped) before the next socket', async () => {
@@ -428,6 +439,16 @@ describe('reconnect', () => {
     t.clock.advance(60000);
     assert.equal(t.sockets.length, 1);
     assert.equal(t.of('close').at(-1).willReconnect, false);
+  });
+
+  test('close() with an application code does not reconnect either', async () => {
+    const t = await connected();
+    t.client.close(4000, 'bye');
+    await tick();
+    assert.deepEqual(t.ws().closeCalls, [{ code: 4000, reason: 'bye' }]);
+    t.clock.advance(60000);
+    assert.equal(t.sockets.length, 1);
+    assert.equal(t.client.state, 'closed');
   });
 
   test('close() during the backoff wait cancels the pending attempt', async () => {
@@ -607,12 +628,23 @@ describe('resumption', () => {
     assert.equal(t.ws().last().type, 'join');
   });
 
-  test("resume: false never sends resume", async () => {
+  test('resume: false never sends resume; a fresh join starts seq over', async () => {
     const t = await connected({ resume: false });
     await joinRoom(t, 'room-1', PEER_A, { resumeToken: 'tok' });
+    const relay = (seq) =>
+      t.ws().receive({ type: 'relay', inner: { type: 'answer', roomId: 'room-1', from: PEER_B, to: PEER_A, sdp: SDP }, correlationId: `c${seq}`, seq });
+    relay(1);
+    relay(2);
     t.ws().drop(1006);
     t.clock.advance(250);
     t.ws().open();
-    assert.equal(t.ws().last().type, 'join');
+    const join = t.ws().last();
+    assert.equal(join.type, 'join');
+    t.ws().receive({ type: 'joined', roomId: 'room-1', peerId: PEER_A, peers: [PEER_B], correlationId: join.correlationId });
+    relay(1);
+    assert.deepEqual(
+      t.of('relay').map((r) => r.seq),
+      [1, 2, 1],
+    );
   });
 });

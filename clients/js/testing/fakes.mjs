@@ -47,7 +47,7 @@ export class FakeClock {
 
 export const tick = () => new Promise((resolve) => setImmediate(resolve));
 
-export async function until(predicate, { timeoutMs = 2000, what = 'condition' } = {}) {
+export async function until(predicate, { timeoutMs = 5000, what = 'condition' } = {}) {
   const start = Date.now();
   while (!predicate()) {
     if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
@@ -187,6 +187,8 @@ export class FakeServer {
         this.seq.set(`${roomId}/${peerId}`, 0);
         reply(joined);
         if (holder !== ws) {
+          // A takeover: the old connection loses the room, the others see peer_joined again.
+          if (holder) this._deliver(holder, { type: 'error', code: 'replaced', message: 'taken over', roomId });
           for (const p of others) this._deliver(members.get(p), { type: 'peer_joined', roomId, peerId });
         }
         break;
@@ -267,6 +269,9 @@ export class FakeRTCPeerConnection {
     this.signalingState = 'stable';
     this.connectionState = 'new';
     this.iceConnectionState = 'new';
+    this.iceGatheringState = 'new';
+    this.gatherBroken = false; // see setLocalDescription({type: 'rollback'})
+    this._gatherPending = false;
     this.localDescription = null;
     this.remoteDescription = null;
     this.currentLocalDescription = null;
@@ -278,10 +283,12 @@ export class FakeRTCPeerConnection {
     this.negotiated = 0;
     this.offered = 0;
     this.closed = false;
+    this._pending = 0;
     this._chain = Promise.resolve();
     this._nnScheduled = false;
     this.onnegotiationneeded = this.onicecandidate = this.onconnectionstatechange = null;
     this.oniceconnectionstatechange = this.onsignalingstatechange = this.ontrack = this.ondatachannel = null;
+    this.onicegatheringstatechange = null;
     FakeRTCPeerConnection.instances.push(this);
   }
 
@@ -325,6 +332,9 @@ export class FakeRTCPeerConnection {
       if (this.closed) throw domError('InvalidStateError', 'closed');
       if (desc && desc.type === 'rollback') {
         if (this.signalingState !== 'have-local-offer') throw domError('InvalidStateError', `rollback in ${this.signalingState}`);
+        // Like Chromium 156: a rollback while the offer's gathering has not
+        // produced its first candidate leaves gathering dead for good.
+        if (this._gatherPending) this.gatherBroken = true;
         this.calls.push('rollback');
         this.localDescription = this.currentLocalDescription;
         this._setSignaling('stable');
@@ -430,14 +440,22 @@ export class FakeRTCPeerConnection {
 
   _gather() {
     const n = this.n;
+    this._gatherPending = true;
+    this.iceGatheringState = 'gathering';
+    this.onicegatheringstatechange?.({ type: 'icegatheringstatechange' });
+    if (this.gatherBroken) return;
     const mk = (i) => {
       const init = { candidate: `candidate:${i} 1 udp 2122260223 192.0.2.${n} ${5000 + i} typ host`, sdpMid: '0', sdpMLineIndex: 0, usernameFragment: `uf${n}` };
       return { ...init, address: `192.0.2.${n}`, toJSON: () => ({ ...init }) };
     };
     setTimeout(() => {
-      if (this.closed) return;
+      if (this.closed || this.gatherBroken) return;
+      this._gatherPending = false;
+      this.calls.push('gathered');
       this.onicecandidate?.({ candidate: mk(1) });
       this.onicecandidate?.({ candidate: mk(2) });
+      this.iceGatheringState = 'complete';
+      this.onicegatheringstatechange?.({ type: 'icegatheringstatechange' });
       this.onicecandidate?.({ candidate: null });
     }, 1);
   }
