@@ -470,6 +470,13 @@ void sg_bus_free(sg_bus *b)
 
 bool sg_bus_available(const sg_bus *b) { return b->available; }
 
+void sg_bus_renew_subscriber(sg_bus *b)
+{
+    /* Closing one closes the pair and reconnects with the usual backoff. */
+    if (sg_rconn_is_up(b->sub))
+        sg_rconn_close(b->sub, "delivery probe stale");
+}
+
 bool sg_bus_busy(const sg_bus *b) { return sg_rconn_pending(b->cmd) > 0; }
 
 #define STACK_ARGS 48

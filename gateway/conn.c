@@ -84,6 +84,14 @@ static void log_close(sg_conn *c, const char *why)
     sg_server *s = c->srv;
     if (c->state < SG_CONN_OPEN)
         return;
+    if (s->tracer && c->span.valid) {
+        sg_span_attr a[] = {{"ws.conn_id", NULL, (int64_t)c->id},
+                            {"ws.close_code", NULL, c->close_code ? c->close_code : SG_WS_CLOSE_ABNORMAL},
+                            {"ws.close_reason", why, 0},
+                            {"enduser.hash", c->user, 0}};
+        sg_tracer_record(s->tracer, "ws.connection", SG_SPAN_SERVER, &c->span, &c->trace_parent,
+                         c->opened_us, sg_now_wall_us(), a, 4, NULL);
+    }
     if (sg_log_begin(s->log, SG_LOG_INFO, "ws.close")) {
         sg_log_int(s->log, "conn", (int64_t)c->id);
         sg_log_int(s->log, "code", c->close_code ? c->close_code : SG_WS_CLOSE_ABNORMAL);
@@ -391,10 +399,8 @@ static void handle_handshake(sg_conn *c)
         return;
     }
     free(token);
-    if (up.traceparent.n && up.traceparent.n < sizeof c->traceparent) {
-        memcpy(c->traceparent, up.traceparent.p, up.traceparent.n);
-        c->traceparent[up.traceparent.n] = '\0';
-    }
+    if (up.traceparent.n)
+        sg_traceparent_parse(up.traceparent.p, up.traceparent.n, &c->trace_parent);
     open_ws(c, &up, head_len);
 }
 
@@ -418,7 +424,19 @@ static void open_ws(sg_conn *c, const sg_upgrade *up, size_t head_len)
     sg_log_hash(s->log, c->claims.sub, c->user);
 
     c->state = SG_CONN_OPEN;
+    uint64_t accepted_ms = c->opened_ms;
     c->opened_ms = c->last_rx_ms = sg_now_mono_ms();
+    c->opened_us = sg_now_wall_us();
+    if (s->tracer) {
+        /* The connection's span is a child of the client's trace when the
+         * handshake carried a traceparent. */
+        sg_span_start(&c->span, &c->trace_parent);
+        sg_span_ctx hs;
+        sg_span_start(&hs, &c->span);
+        sg_span_attr a[] = {{"ws.conn_id", NULL, (int64_t)c->id}, {"ws.tls", c->tls ? "true" : "false", 0}};
+        sg_tracer_record(s->tracer, "ws.handshake", SG_SPAN_SERVER, &hs, &c->span,
+                         c->opened_us - (c->opened_ms - accepted_ms) * 1000, c->opened_us, a, 2, NULL);
+    }
     c->frames = (sg_bucket){cfg->rate_conn_frames.burst, c->opened_ms};
     c->bytes = (sg_bucket){cfg->rate_conn_bytes.burst, c->opened_ms};
     sg_ws_parser_init(&c->ws, &WS_CB, c, (size_t)cfg->max_message_bytes);

@@ -100,6 +100,16 @@ void sg_metrics_render(const sg_metrics *m, sg_buf *o)
           (double)m->relays_delivered);
     gauge(o, "log_lines_dropped_total", "Log lines dropped because stdout was not read.", "counter",
           (double)m->log_dropped);
+    gauge(o, "delivery_probe_age_ms", "Since this node's last pub/sub probe came back (-1: never).", "gauge",
+          (double)m->probe_age_ms);
+    gauge(o, "delivery_probes_sent_total", "Pub/sub probes this node published to itself.", "counter",
+          (double)m->probes_sent);
+    gauge(o, "delivery_probes_received_total", "Pub/sub probes that came back.", "counter",
+          (double)m->probes_received);
+    gauge(o, "trace_spans_exported_total", "Spans the OTLP collector accepted.", "counter",
+          (double)m->spans_exported);
+    gauge(o, "trace_spans_dropped_total", "Spans dropped (collector down, slow or refusing).", "counter",
+          (double)m->spans_dropped);
     render_family(o, &m->messages);
     render_family(o, &m->errors);
     render_family(o, &m->auth_failures);

@@ -20,6 +20,9 @@
 
 #define LEASE_TICK_MS 100
 #define DRAIN_TICK_MS 50
+#define PROBE_INTERVAL_MS 1000
+#define PROBE_STALE_MS 5000   /* /readyz fails when no probe came back for this long */
+#define PROBE_RESET_MS 10000  /* then the subscriber connection is renewed */
 
 static int resolve_listen(const char *hostport, struct sockaddr_storage *ss, socklen_t *len)
 {
@@ -70,6 +73,62 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     sg_metrics_inc(&s->metrics.caps, "accept_error");
 }
 
+/* ---- delivery-path probe -------------------------------------------- */
+
+static int64_t probe_age(const sg_server *s)
+{
+    return s->probe_ok_ms ? (int64_t)(sg_now_mono_ms() - s->probe_ok_ms) : -1;
+}
+
+bool sg_server_ready(sg_server *s)
+{
+    if (s->draining || !sg_bus_available(s->bus))
+        return false;
+    uint64_t now = sg_now_mono_ms();
+    /* Just (re)connected: give the first probes time to come back. */
+    if (now - s->available_since_ms < PROBE_STALE_MS)
+        return true;
+    return s->probe_ok_ms && now - s->probe_ok_ms <= PROBE_STALE_MS;
+}
+
+static void on_probe_tick(evutil_socket_t fd, short what, void *arg)
+{
+    sg_server *s = arg;
+    s->metrics.probe_age_ms = probe_age(s);
+    if (!sg_bus_available(s->bus))
+        return;
+    uint64_t now = sg_now_mono_ms();
+    uint64_t since = s->probe_ok_ms > s->available_since_ms ? s->probe_ok_ms : s->available_since_ms;
+    if (now - since > PROBE_RESET_MS) {
+        /* Commands work but nothing comes back on the subscription: renew it. */
+        if (sg_log_begin(s->log, SG_LOG_WARN, "redis.probe_stale")) {
+            sg_log_int(s->log, "age_ms", probe_age(s));
+            sg_log_end(s->log);
+        }
+        s->available_since_ms = now;
+        sg_bus_renew_subscriber(s->bus);
+        return;
+    }
+    char payload[32];
+    snprintf(payload, sizeof payload, "%llu", (unsigned long long)now);
+    const char *argv[] = {"PUBLISH", s->probe_channel, payload};
+    if (sg_bus_command(s->bus, 3, argv, NULL, 0) == 0)
+        s->metrics.probes_sent++;
+}
+
+/* Channel messages: the probe is ours; everything else is the session's. */
+static void on_bus_message(void *ud, const char *channel, size_t chlen, const char *payload, size_t len)
+{
+    sg_server *s = ud;
+    if (chlen == strlen(s->probe_channel) && memcmp(channel, s->probe_channel, chlen) == 0) {
+        s->probe_ok_ms = sg_now_mono_ms();
+        s->metrics.probes_received++;
+        s->metrics.probe_age_ms = 0;
+        return;
+    }
+    sg_session_on_message(ud, channel, chlen, payload, len);
+}
+
 /* ---- admin ----------------------------------------------------------- */
 
 static void reply_text(struct evhttp_request *req, int code, const char *reason, const char *ctype,
@@ -90,6 +149,9 @@ static void on_admin(struct evhttp_request *req, void *arg)
     size_t n = q ? (size_t)(q - uri) : strlen(uri);
     if (n == 8 && memcmp(uri, "/metrics", 8) == 0) {
         s->metrics.log_dropped = sg_log_dropped(s->log);
+        const sg_tracer_stats *ts = sg_tracer_stats_get(s->tracer);
+        s->metrics.spans_exported = ts->exported;
+        s->metrics.spans_dropped = ts->dropped;
         sg_buf b;
         sg_buf_init(&b);
         sg_metrics_render(&s->metrics, &b);
@@ -102,12 +164,13 @@ static void on_admin(struct evhttp_request *req, void *arg)
         return;
     }
     if (n == 7 && memcmp(uri, "/readyz", 7) == 0) {
-        char body[160];
+        char body[200];
         bool redis = sg_bus_available(s->bus);
-        bool ready = redis && !s->draining;
-        int len = snprintf(body, sizeof body, "{\"ready\":%s,\"redis\":%s,\"draining\":%s}\n",
+        bool ready = sg_server_ready(s);
+        int len = snprintf(body, sizeof body,
+                           "{\"ready\":%s,\"redis\":%s,\"draining\":%s,\"probe_age_ms\":%lld}\n",
                            ready ? "true" : "false", redis ? "true" : "false",
-                           s->draining ? "true" : "false");
+                           s->draining ? "true" : "false", (long long)probe_age(s));
         reply_text(req, ready ? 200 : 503, ready ? "OK" : "Service Unavailable", "application/json",
                    body, (size_t)len);
         return;
@@ -263,6 +326,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 static void on_bus_available(void *ud, bool available, bool fresh)
 {
     sg_server *s = ud;
+    s->available_since_ms = available ? sg_now_mono_ms() : 0;
     if (available && fresh)
         sg_session_reassert(s, true);
 }
@@ -380,6 +444,14 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
         goto fail;
     if (cfg->tls_cert && !(s->ssl = make_ssl(cfg, err, errlen)))
         goto fail;
+    if (cfg->otlp_endpoint) {
+        const char *why = NULL;
+        s->tracer = sg_tracer_new(base, cfg->otlp_endpoint, "signal-gateway", cfg->node_id, log, &why);
+        if (!s->tracer) {
+            snprintf(err, errlen, "SIGNAL_OTLP_ENDPOINT: %s", why ? why : "unusable");
+            goto fail;
+        }
+    }
 
     struct sockaddr_storage ss;
     socklen_t sl;
@@ -413,13 +485,19 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
     sg_bus_config bc = {.redis_url = cfg->redis_url, .sentinels = cfg->redis_sentinels,
                         .master_name = cfg->redis_master_name, .node_id = cfg->node_id,
                         .timeout_ms = cfg->redis_timeout_ms};
-    sg_bus_handlers h = {.on_available = on_bus_available, .on_message = sg_session_on_message,
+    sg_bus_handlers h = {.on_available = on_bus_available, .on_message = on_bus_message,
                          .on_subscribed = sg_session_on_subscribed, .on_reply = sg_session_on_reply,
                          .ud = s};
     s->bus = sg_bus_new(base, &bc, &h, log, &s->metrics);
     if (sg_bus_start(s->bus, err, errlen) < 0)
         goto fail;
 
+    snprintf(s->probe_channel, sizeof s->probe_channel, "signal:probe:%s", cfg->node_id);
+    sg_bus_subscribe(s->bus, s->probe_channel); /* held for the node's life */
+    s->metrics.probe_age_ms = -1;
+    s->probe_timer = event_new(base, -1, EV_PERSIST, on_probe_tick, s);
+    struct timeval pt = {PROBE_INTERVAL_MS / 1000, (PROBE_INTERVAL_MS % 1000) * 1000};
+    event_add(s->probe_timer, &pt);
     s->reaper = event_new(base, -1, 0, on_reaper, s);
     s->lease_timer = event_new(base, -1, EV_PERSIST, on_lease_tick, s);
     struct timeval lt = {0, LEASE_TICK_MS * 1000};
@@ -479,13 +557,15 @@ void sg_server_free(sg_server *s)
     sg_msg_clear(&s->msg);
     sg_buf_free(&s->msg.inner);
     sg_buf_free(&s->scratch);
-    struct event *evs[] = {s->reaper, s->lease_timer, s->drain_timer, s->drain_tick,
+    struct event *evs[] = {s->reaper, s->lease_timer, s->drain_timer, s->drain_tick, s->probe_timer,
                            s->sig_term, s->sig_int, s->sig_hup};
     for (size_t k = 0; k < sizeof evs / sizeof *evs; k++)
         if (evs[k])
             event_free(evs[k]);
     if (s->ssl)
         SSL_CTX_free(s->ssl);
+    if (s->tracer)
+        sg_tracer_free(s->tracer, 1000); /* after the loop returned: one last bounded flush */
     sg_auth_free(s->auth);
     free(s);
 }

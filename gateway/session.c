@@ -23,6 +23,7 @@ typedef struct sg_op {
     bool ack;               /* OP_RELAY: the sender asked for a delivery receipt */
     uint64_t conn_id;
     uint64_t t0_us;
+    sg_span_ctx span, parent; /* when tracing is on */
     char room[SG_ROOM_MAX + 1];
     char peer[SG_PEER_LEN + 1];
     char to[SG_PEER_LEN + 1];
@@ -37,10 +38,32 @@ static sg_op *op_new(sg_server *s, uint8_t kind, uint64_t conn_id)
     else
         op = sg_xmalloc(sizeof *op);
     memset(op, 0, offsetof(sg_op, room));
+    op->span.valid = op->parent.valid = false;
     op->room[0] = op->peer[0] = op->to[0] = op->cid[0] = '\0';
     op->kind = kind;
     op->conn_id = conn_id;
     return op;
+}
+
+/* Starts an operation's span as a child of its connection's. */
+static void op_trace(sg_server *s, sg_op *op, const sg_conn *c)
+{
+    if (!s->tracer)
+        return;
+    op->parent = c->span;
+    sg_span_start(&op->span, &c->span);
+}
+
+/* Records an operation's span when it ends; error is NULL for success. */
+static void op_span_end(sg_server *s, sg_op *op, const char *name, sg_span_kind kind, const char *error)
+{
+    if (!s->tracer || !op->span.valid)
+        return;
+    sg_span_attr a[] = {{"signal.room", op->room, 0}, {"signal.peer", op->peer, 0},
+                        {"signal.correlation_id", op->cid, 0}, {"ws.conn_id", NULL, (int64_t)op->conn_id},
+                        {"signal.to", op->to, 0}};
+    sg_tracer_record(s->tracer, name, kind, &op->span, &op->parent, op->t0_us, sg_now_wall_us(), a,
+                     op->to[0] ? 5 : 4, error);
 }
 
 static void op_free(sg_server *s, sg_op *op)
@@ -193,8 +216,8 @@ static void send_join(sg_conn *c, sg_membership *m)
     strcpy(op->room, m->room);
     strcpy(op->peer, m->peer);
     strcpy(op->cid, m->cid);
-    strcpy(op->to, "");
     op->t0_us = sg_now_wall_us();
+    op_trace(s, op, c);
     if (sg_bus_eval(s->bus, SG_SCRIPT_JOIN, m->room, 12, argv, NULL, (uint64_t)(uintptr_t)op) < 0) {
         op_free(s, op);
         if (m->state == SG_MEM_JOINED)
@@ -225,6 +248,7 @@ static void send_resume(sg_conn *c, sg_membership *m)
     strcpy(op->peer, m->peer);
     strcpy(op->cid, m->cid);
     op->t0_us = sg_now_wall_us();
+    op_trace(s, op, c);
     if (sg_bus_eval(s->bus, SG_SCRIPT_RESUME, m->room, 10, argv, NULL, (uint64_t)(uintptr_t)op) < 0) {
         op_free(s, op);
         fail_membership(c, m, "unavailable", "Redis is unreachable");
@@ -404,6 +428,10 @@ static void issue_leave(sg_server *s, uint64_t conn_id, const char *room, const 
     if (cid)
         strcpy(op->cid, cid);
     op->reply_left = reply;
+    op->t0_us = sg_now_wall_us();
+    sg_conn *oc = sg_server_conn(s, conn_id);
+    if (oc)
+        op_trace(s, op, oc);
     if (sg_bus_eval(s->bus, SG_SCRIPT_LEAVE, room, 5, argv, NULL, (uint64_t)(uintptr_t)op) < 0) {
         /* Redis is away: the lease will expire and room-mates get "timeout". */
         op_free(s, op);
@@ -687,7 +715,12 @@ static void handle_relay(sg_conn *c, sg_msg *msg, uint64_t arrival_us)
         snprintf(rates[2 * i + 1], sizeof rates[0], "%.6g", rs[i]->burst);
     }
     snprintf(ttl, sizeof ttl, "%lld", (long long)cfg->lease_ms * 3);
-    const char *tp = c->traceparent[0] ? c->traceparent : "-";
+    /* The relay's span travels in the Redis message so the delivery span on
+     * the target's node becomes its child. */
+    char tp[SG_TRACEPARENT_LEN + 1] = "-";
+    op_trace(s, op, c);
+    if (op->span.valid)
+        sg_traceparent_format(&op->span, tp);
     const char *kind = sg_msg_type_name(msg->type);
     const char *argv[] = {msg->room, msg->from, msg->to, holder, kind, ts, tp, f->data,
                           rates[0], rates[1], rates[2], rates[3], rates[4], rates[5], ttl,
@@ -893,8 +926,18 @@ void sg_session_on_message(void *srv, const char *channel, size_t chlen, const c
         hold(m, &e);
         return;
     }
+    uint64_t t0 = s->tracer ? sg_now_wall_us() : 0;
     if (!sg_conn_send_text(c, e.frame, e.flen))
         return;
+    sg_span_ctx parent;
+    if (s->tracer && e.kind == 'r' && sg_traceparent_parse(e.tp, e.tplen, &parent)) {
+        sg_span_ctx span;
+        sg_span_start(&span, &parent);
+        sg_span_attr a[] = {{"signal.room", room, 0}, {"signal.peer", m ? m->peer : "", 0},
+                            {"ws.conn_id", NULL, (int64_t)c->id}, {"signal.seq", NULL, (int64_t)e.seq}};
+        sg_tracer_record(s->tracer, "relay.deliver", SG_SPAN_CONSUMER, &span, &parent, t0, sg_now_wall_us(),
+                         a, 4, NULL);
+    }
     if (e.kind == 'r') {
         s->metrics.relays_delivered++;
         uint64_t now = sg_now_wall_us();
@@ -1004,7 +1047,26 @@ static void on_refresh_reply(sg_server *s, sg_op *op, redisReply *r)
 void sg_session_on_reply(void *srv, uint64_t tag, redisReply *r)
 {
     sg_server *s = srv;
+    if (!tag)
+        return; /* fire-and-forget commands (the delivery probe) */
     sg_op *op = (sg_op *)(uintptr_t)tag;
+    if (op->span.valid) {
+        /* The span ends with the script's answer; a refusal is its error. */
+        const char *err = NULL;
+        if (!r)
+            err = "redis unavailable";
+        else if (r->type == REDIS_REPLY_ERROR)
+            err = "script error";
+        else if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 && r->element[0]->type == REDIS_REPLY_STRING &&
+                 r->element[1]->type == REDIS_REPLY_STRING &&
+                 (strcmp(r->element[0]->str, "error") == 0 || strcmp(r->element[0]->str, "rate_limited") == 0))
+            err = r->element[1]->str;
+        static const char *relay_names[] = {[SG_MSG_OFFER] = "relay.offer", [SG_MSG_ANSWER] = "relay.answer",
+                                            [SG_MSG_CANDIDATE] = "relay.candidate"};
+        const char *name = op->kind == OP_JOIN ? "room.join" : op->kind == OP_LEAVE ? "room.leave"
+                           : op->kind == OP_RESUME ? "room.resume" : relay_names[op->mtype];
+        op_span_end(s, op, name, op->kind == OP_RELAY ? SG_SPAN_PRODUCER : SG_SPAN_INTERNAL, err);
+    }
     switch (op->kind) {
     case OP_JOIN: on_join_reply(s, op, r); break;
     case OP_LEAVE: on_leave_reply(s, op, r); break;

@@ -102,10 +102,12 @@ bool sg_static_serve(struct bufferevent *bev, const char *root, const sg_http_re
         char loc[1200];
         /* Built from the cleaned path: "//host" must not become an
          * off-site redirect. */
+        /* The query goes along (the demo reads its parameters from it);
+         * it cannot hold CR/LF: the HTTP parser refused control bytes. */
         int n = snprintf(loc, sizeof loc,
-                         "HTTP/1.1 301 Moved Permanently\r\nLocation: /%s/\r\nContent-Length: 0\r\n"
+                         "HTTP/1.1 301 Moved Permanently\r\nLocation: /%s/%s%.*s\r\nContent-Length: 0\r\n"
                          "Connection: close\r\n\r\n",
-                         rel);
+                         rel, req->query.n ? "?" : "", (int)(req->query.n < 512 ? req->query.n : 0), req->query.p);
         bufferevent_write(bev, loc, (size_t)n);
         return true;
     }

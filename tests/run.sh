@@ -24,7 +24,10 @@ section "unit tests (ctest + cmocka)"
 (cd build && ctest --output-on-failure)
 
 section "integration tests (pytest, real redis-server and gateways)"
-SG_GATEWAY_BIN="$root/build/signal-gateway" $PY -m pytest -q -p no:cacheprovider tests/integration
+SG_GATEWAY_BIN="$root/build/signal-gateway" $PY -m pytest -q tests/integration
+
+section "JS client unit tests (node --test)"
+node --test clients/js/test/
 
 section "build (ASan + UBSan)"
 build build-asan -DSG_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
@@ -32,9 +35,11 @@ build build-asan -DSG_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 section "unit tests under ASan + UBSan"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure)
 
-section "integration tests against the ASan + UBSan gateway"
+section "integration tests against the ASan + UBSan gateway (core suite)"
 SG_GATEWAY_BIN="$root/build-asan/signal-gateway" SG_SANITIZED=1 \
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  $PY -m pytest -q -p no:cacheprovider tests/integration
+  $PY -m pytest -q -m "not slow and not e2e" tests/integration/test_handshake.py tests/integration/test_rooms.py \
+    tests/integration/test_relay.py tests/integration/test_failures.py tests/integration/test_ws_protocol.py \
+    tests/integration/test_logs.py tests/integration/test_config.py
 
 section "all tests passed"

@@ -167,13 +167,15 @@ async function getLocalMedia() {
   } else {
     log('info', 'getUserMedia unavailable (not a secure context?): using a generated video');
   }
-  mediaKind = 'fake';
-  return fakeVideoStream();
+  const fake = fakeVideoStream();
+  mediaKind = fake ? 'fake' : 'none';
+  return fake;
 }
 
 /** A canvas-drawn test video: moving bar, clock and this peer's id. */
 function fakeVideoStream() {
   const canvas = document.createElement('canvas');
+  if (typeof canvas.captureStream !== 'function') return null;
   canvas.width = 320;
   canvas.height = 240;
   const ctx = canvas.getContext('2d');

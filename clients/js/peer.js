@@ -247,6 +247,7 @@ export class PeerLink extends EventTarget {
     pc.onicecandidate = (event) => {
       if (!current()) return;
       this._gatherSeen = true;
+      this._wakeGatherWaiters();
       this._onLocalCandidate(event.candidate);
     };
     pc.onconnectionstatechange = () => {

@@ -27,7 +27,7 @@ export const DEFAULT_RECONNECT = Object.freeze({
   factor: 2, // growth of the delay per failed attempt
   jitter: 0.3, // each delay is multiplied by a random factor in [1 - jitter, 1 + jitter]
   stableMs: 5000, // a connection that stayed open this long resets the backoff
-  maxAttempts: Infinity, // consecutive failed attempts before giving up (state 'closed')
+  maxAttempts: Infinity, // reconnect attempts in a row (without a stable connection) before giving up
   // Close codes after which the client does NOT reconnect: 1000 (the server
   // ended the session on purpose) and 1008 (policy violation, e.g. a
   // connection closed for flooding; reconnecting would only repeat it).

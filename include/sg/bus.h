@@ -66,6 +66,9 @@ bool sg_bus_subscribe(sg_bus *b, const char *channel);
 void sg_bus_unsubscribe(sg_bus *b, const char *channel);
 bool sg_bus_subscribed(const sg_bus *b, const char *channel);
 
+/* Drops and remakes both connections (a wedged subscription). */
+void sg_bus_renew_subscriber(sg_bus *b);
+
 /* Sends a raw command on the command connection (for probes, PUBLISH). */
 int sg_bus_command(sg_bus *b, int argc, const char **argv, const size_t *lens, uint64_t tag);
 

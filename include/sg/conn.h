@@ -11,6 +11,7 @@
 
 #include "sg/auth.h"
 #include "sg/proto.h"
+#include "sg/trace.h"
 #include "sg/ws_frame.h"
 
 struct bufferevent;
@@ -75,7 +76,9 @@ typedef struct sg_conn {
     char subhash[65];      /* SHA-256 of sub: compared in Redis for same-user takeover */
     char user[17];         /* keyed hash of sub for logs */
     char ip[64];           /* for the per-IP cap only; never logged */
-    char traceparent[56];
+    sg_span_ctx trace_parent; /* from the handshake's traceparent header, if any */
+    sg_span_ctx span;         /* the connection's span (valid when tracing is on) */
+    uint64_t opened_us;       /* wall clock, for spans */
     sg_membership *rooms;  /* grown one slot at a time, up to rooms_per_connection */
     uint32_t nrooms, rooms_cap;
     bool ever_joined;

@@ -36,6 +36,9 @@ typedef struct sg_metrics {
     uint64_t output_buffer_closes;
     uint64_t relays_delivered;
     uint64_t log_dropped;
+    int64_t probe_age_ms;        /* since the last delivery probe came back; -1 never */
+    uint64_t probes_sent, probes_received;
+    uint64_t spans_exported, spans_dropped;
     sg_counter_family messages;   /* messages_total{type} */
     sg_counter_family errors;     /* errors_total{code} */
     sg_counter_family auth_failures; /* auth_failures_total{reason} */

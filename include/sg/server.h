@@ -16,6 +16,7 @@
 #include "sg/map.h"
 #include "sg/metrics.h"
 #include "sg/proto.h"
+#include "sg/trace.h"
 
 struct event_base;
 struct event;
@@ -49,6 +50,7 @@ typedef struct sg_server {
     sg_log *log;
     sg_metrics metrics;
     sg_auth *auth;
+    sg_tracer *tracer;   /* NULL when SIGNAL_OTLP_ENDPOINT is unset */
     SSL_CTX *ssl;
     struct evconnlistener *listener;
     struct evhttp *admin;
@@ -62,6 +64,12 @@ typedef struct sg_server {
     sg_msg msg;          /* the message being handled (reused: no allocation per message) */
     sg_buf scratch;      /* frame being built */
     char resume_args[3][24]; /* resume_ms, buffer max, buffer bytes as script arguments */
+    /* Delivery-path probe: this node publishes to its own channel and
+     * expects it back over the subscriber connection. */
+    char probe_channel[96];
+    struct event *probe_timer;
+    uint64_t probe_ok_ms;       /* last probe that came back (monotonic) */
+    uint64_t available_since_ms; /* Redis available since (monotonic); 0 while not */
     uint64_t next_conn_id;
     sg_conn *dead;       /* closed connections freed on the next loop pass */
     struct event *reaper;
@@ -90,6 +98,9 @@ void sg_server_room_remove(sg_server *s, const char *room, uint64_t conn, const 
 
 /* Builds the JWT verifier from the config (used at start and on SIGHUP). */
 sg_auth *sg_server_load_auth(const sg_config *cfg, char *err, size_t errlen);
+
+/* Ready: Redis reachable, probes coming back, not draining. */
+bool sg_server_ready(sg_server *s);
 
 /* Starts the graceful drain (SIGTERM/SIGINT). */
 void sg_server_drain(sg_server *s);

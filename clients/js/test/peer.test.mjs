@@ -7,6 +7,16 @@ import { FakeRTCPeerConnection, FakeServer, until, tick, PEER_A, PEER_B, PEER_C 
 
 const ROOM = 'room-1';
 
+// CustomEvent is global from node 19 on; keep the tests runnable on node 18.
+const DetailEvent =
+  globalThis.CustomEvent ??
+  class extends Event {
+    constructor(type, init = {}) {
+      super(type);
+      this.detail = init.detail ?? null;
+    }
+  };
+
 /**
  * Two signaling endpoints wired back to back: what one sends arrives at the
  * other as a `relay` event after `delayMs` — enough for both sides to have
@@ -36,7 +46,7 @@ class LoopClient extends EventTarget {
     this.sent.push(inner);
     const partner = this.partner;
     setTimeout(() => {
-      partner.dispatchEvent(new CustomEvent('relay', { detail: { roomId: inner.roomId, type: inner.type, from: inner.from, to: inner.to, inner } }));
+      partner.dispatchEvent(new DetailEvent('relay', { detail: { roomId: inner.roomId, type: inner.type, from: inner.from, to: inner.to, inner } }));
     }, this.delayMs);
     return `c${this.sent.length}`;
   }
@@ -410,14 +420,14 @@ describe('PeerRoom with SignalClient and an in-memory gateway', () => {
     await A.client.connect();
     await A.room.join();
     A.client.dispatchEvent(
-      new CustomEvent('relay', {
+      new DetailEvent('relay', {
         detail: { roomId: ROOM, type: 'candidate', from: PEER_C, to: PEER_A, inner: { type: 'candidate', candidate: { candidate: '' } } },
       }),
     );
     assert.equal(A.room.peers.size, 0);
     const sdp = 'v=0\r\no=- 77 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n';
     A.client.dispatchEvent(
-      new CustomEvent('relay', { detail: { roomId: ROOM, type: 'offer', from: PEER_C, to: PEER_A, inner: { type: 'offer', roomId: ROOM, from: PEER_C, to: PEER_A, sdp } } }),
+      new DetailEvent('relay', { detail: { roomId: ROOM, type: 'offer', from: PEER_C, to: PEER_A, inner: { type: 'offer', roomId: ROOM, from: PEER_C, to: PEER_A, sdp } } }),
     );
     assert.ok(A.room.peers.has(PEER_C));
     await until(() => A.room.peers.get(PEER_C).pc.remoteDescription?.sdp === sdp, { what: 'offer applied' });
