@@ -45,8 +45,8 @@ signal-gateway is starting.
   Token alice: $alice
   Token bob:   $bob
   Demo (open both, in two tabs or browsers):
-    $http://127.0.0.1:$port/demo/?room=demo&token=$alice
-    $http://127.0.0.1:$port/demo/?room=demo&token=$bob
+    $http://127.0.0.1:$port/demo/#room=demo&token=$alice
+    $http://127.0.0.1:$port/demo/#room=demo&token=$bob
   More tokens: SIGNAL_JWT_SECRET=... $bin token --sub NAME --room ROOM
   Inspect:     redis-cli HGETALL 'room:{demo}:peers'
 

@@ -409,8 +409,10 @@ static void send_joined(sg_conn *c, sg_membership *m, const redisReply *r, const
     sg_buf_printf(&b, "{\"type\":\"joined\",\"roomId\":\"%s\",\"peerId\":\"%s\",", m->room, m->peer);
     append_peers(&b, r, 1);
     append_session_fields(c, &b, m, cid);
-    sg_conn_send_text(c, b.data, b.len);
+    bool sent = sg_conn_send_text(c, b.data, b.len);
     sg_buf_free(&b);
+    if (!sent)
+        return; /* cut for its output: its memberships (m too) are released */
     free(m->resume_token); /* sent; only its hash is kept */
     m->resume_token = NULL;
 }
@@ -989,26 +991,29 @@ static void refresh_room(sg_server *s, const char *room, const sg_local_room *lr
 
 void sg_session_refresh_leases(sg_server *s)
 {
-    /* Incremental: each tick renews a slice, so every room is renewed once
-     * per lease/3 without a burst of script calls. */
+    /* Incremental: each tick renews a slice of the rooms, so every room is
+     * renewed once per lease/3 without a burst of script calls, and a sweep
+     * never starts again before that period is over. */
     size_t total = s->rooms.count;
     if (!total || !sg_bus_available(s->bus))
         return;
-    int64_t period = s->cfg->lease_ms / 3;
-    int64_t tick = 100;
-    size_t per_tick = (size_t)((int64_t)total * tick / (period > tick ? period : tick)) + 1;
-    size_t done = 0;
-    while (done < per_tick) {
-        if (s->lease_cursor >= s->rooms.nbuckets)
-            s->lease_cursor = 0;
-        sg_map_entry *e = s->rooms.buckets[s->lease_cursor++];
-        for (; e; e = e->next, done++)
-            refresh_room(s, e->key, e->value, false);
-        if (s->lease_cursor >= s->rooms.nbuckets && done == 0)
-            break;
-        if (s->lease_cursor >= s->rooms.nbuckets)
-            break;
+    uint64_t now = sg_now_mono_ms();
+    uint64_t period = (uint64_t)s->cfg->lease_ms / 3;
+    if (s->lease_cursor == 0) {
+        if (s->lease_sweep_ms && now - s->lease_sweep_ms < period)
+            return;
+        s->lease_sweep_ms = now;
     }
+    uint64_t tick = 100;
+    size_t per_tick = (size_t)(total * tick / (period > tick ? period : tick)) + 1;
+    size_t done = 0;
+    while (done < per_tick && s->lease_cursor < s->rooms.nbuckets) {
+        for (sg_map_entry *e = s->rooms.buckets[s->lease_cursor]; e; e = e->next, done++)
+            refresh_room(s, e->key, e->value, false);
+        s->lease_cursor++;
+    }
+    if (s->lease_cursor >= s->rooms.nbuckets)
+        s->lease_cursor = 0; /* sweep done; the next waits for its period */
 }
 
 void sg_session_reassert(sg_server *s, bool silent)

@@ -60,6 +60,7 @@ typedef struct sg_server {
     sg_map rooms;        /* room id -> sg_local_room (memberships held here, for leases) */
     sg_map waiters;      /* channel -> sg_waitlist: joins waiting for their subscription */
     size_t lease_cursor; /* bucket of s->rooms where the incremental refresh goes on */
+    uint64_t lease_sweep_ms; /* when the current refresh sweep started (monotonic) */
     struct sg_op *op_free; /* freelist of Redis operation contexts */
     sg_msg msg;          /* the message being handled (reused: no allocation per message) */
     sg_buf scratch;      /* frame being built */

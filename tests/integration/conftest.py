@@ -376,3 +376,93 @@ def pytest_runtest_makereport(item, call):
         if f is not None:
             for gw in f.gateways:
                 rep.sections.append((f"log of {gw.name} (so far)", gw.log_tail(40)))
+
+
+# ==========================================================================
+# BEGIN log secret scan (issue 5; PROTOCOL.md §8: "Never a raw sub, token,
+# SDP, candidate or client IP address"). At the end of the whole session,
+# every gateway log this run wrote (<basetemp>/**/gw*.log, see
+# GatewayFactory) is scanned; one finding fails the session.
+#
+# IP addresses: the only fields allowed to hold one are those that hold
+# configured addresses, not clients': server.start's `listen` and `admin`
+# (the listeners) and redis.*'s `host` (the configured Redis server).
+
+import json as _scan_json
+import re as _scan_re
+
+_SCAN_SUBS = set()            # every sub the suite put in a token
+_scan_token_claims = h.token_claims
+
+
+def _recording_token_claims(sub="alice", *args, **kw):
+    if isinstance(sub, str) and sub:
+        _SCAN_SUBS.add(sub)
+    return _scan_token_claims(sub, *args, **kw)
+
+
+h.token_claims = _recording_token_claims  # make_token goes through it
+
+_SCAN_JWT = _scan_re.compile(r"eyJ[A-Za-z0-9_-]{8,}")  # base64url of '{"': a JWT or a piece
+_SCAN_ADDR = _scan_re.compile(r"[0-9A-Fa-f:.]{3,}")
+_SCAN_ADDR_FIELDS = {("server.start", "listen"), ("server.start", "admin"), ("redis.", "host")}
+
+
+def _scan_ips(text):
+    found = []
+    for tok in _SCAN_ADDR.findall(text):
+        for cand in {tok.strip(".:"), tok.strip(".")}:
+            try:
+                found.append(str(ipaddress.ip_address(cand)))
+                break
+            except ValueError:
+                pass
+    return found
+
+
+def _scan_strings(v):
+    if isinstance(v, str):
+        yield v
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            yield k
+            yield from _scan_strings(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from _scan_strings(x)
+
+
+def _scan_line(line, subs):
+    bad = [what for what, hit in (("token", _SCAN_JWT.search(line)), ("JWT secret", h.JWT_SECRET in line),
+                                  ("SDP", "v=0" in line), ("ICE candidate", "candidate:" in line)) if hit]
+    try:
+        obj = _scan_json.loads(line)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict):
+        ev = str(obj.get("event", ""))
+        fields = {k: v for k, v in obj.items()
+                  if not any(ev.startswith(e) and k == f for e, f in _SCAN_ADDR_FIELDS)}
+        strings = list(_scan_strings(fields))
+    else:
+        strings = [line]
+    for s in strings:
+        bad += [f"IP address {ip}" for ip in _scan_ips(s)]
+        bad += [f"raw sub {sub!r}" for sub in subs if s == sub or (len(sub) >= 5 and sub in s)]
+    return bad
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _gateway_log_secret_scan(tmp_path_factory):
+    yield
+    findings = []
+    files = sorted(tmp_path_factory.getbasetemp().rglob("gw*.log"))
+    for path in files:
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            for what in _scan_line(line, _SCAN_SUBS):
+                findings.append(f"{path}:{n}: {what}: {line[:300]}")
+    if findings:
+        pytest.fail(f"{len(findings)} secret(s) in {len(files)} gateway log(s):\n"
+                    + "\n".join(findings[:50]), pytrace=False)
+# END log secret scan
+# ==========================================================================

@@ -1,0 +1,78 @@
+// E2E 3: the same call with the two pages on two different gateway nodes
+// behind haproxy (TLS terminated at the load balancer). Every relay crosses
+// from one node to the other through Redis.
+
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+
+import { ARTIFACTS, loopbackOnly, waitFor } from './lib/cluster.mjs';
+import { exchange, launchBrowser, openDemo, saveDiagnostics, screenshot, waitConnected, waitRemoteVideo } from './lib/browser.mjs';
+import { connectionsPerNode, relaysCounted, twoNodes } from './lib/two-nodes.mjs';
+
+const OUT = path.join(ARTIFACTS, 'cross-node');
+let env;
+let browser;
+
+before(async () => {
+  assert.ok(loopbackOnly() || process.env.SG_E2E_HOST_NETWORK === '1',
+    'run the browser tests through tests/e2e/run.sh: they need a network namespace with only loopback');
+  fs.rmSync(OUT, { recursive: true, force: true });
+  env = await twoNodes('cross');
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  if (env) {
+    env.cluster.saveLogs(path.join(OUT, 'logs'));
+    await env.cluster.stop();
+    env.cluster.removeWorkDir();
+  }
+});
+
+test('two Chromium pages on two gateway nodes behind haproxy call each other through Redis', { timeout: 120000 }, async () => {
+  const { cluster, gwA, gwB, originA, originB } = env;
+  const room = 'demo';
+  const a = await openDemo(browser, `${originA}/demo/#token=${cluster.token('alice', room)}&room=${room}`, 'alice');
+  const b = await openDemo(browser, `${originB}/demo/#token=${cluster.token('bob', room)}&room=${room}`, 'bob');
+  try {
+    // Each page landed on its own node.
+    assert.deepEqual(await connectionsPerNode(gwA, gwB), { 'gw-a': 1, 'gw-b': 1 });
+    const joins = (gw) => gw.logEvents().filter((e) => e.event === 'room.join').map((e) => e.peer);
+    assert.deepEqual(joins(gwA), [a.peerId], 'alice joined on node A');
+    assert.deepEqual(joins(gwB), [b.peerId], 'bob joined on node B');
+
+    const t0 = Date.now();
+    await waitConnected(a, b.peerId);
+    await waitConnected(b, a.peerId);
+    const connectMs = Date.now() - t0;
+    await exchange(a, b, 'hello bob, from alice on node A');
+    await exchange(b, a, 'hi alice, bob on node B here');
+    await waitRemoteVideo(a, b.peerId);
+    await waitRemoteVideo(b, a.peerId);
+
+    // Each node took its own client's offer/answer/candidates and the other
+    // node delivered them: the only path between the nodes is Redis.
+    const ra = await relaysCounted(gwA);
+    const rb = await relaysCounted(gwB);
+    assert.ok(ra.offer + ra.answer >= 1 && ra.candidate >= 1, `node A relayed alice's messages: ${JSON.stringify(ra)}`);
+    assert.ok(rb.offer + rb.answer >= 1 && rb.candidate >= 1, `node B relayed bob's messages: ${JSON.stringify(rb)}`);
+    const sa = await a.state();
+    const sb = await b.state();
+    const inA = (await a.signalLog()).filter((l) => l.includes('← relay')).length;
+    const inB = (await b.signalLog()).filter((l) => l.includes('← relay')).length;
+    assert.equal(inA, rb.offer + rb.answer + rb.candidate, 'alice got every relay bob sent through node B');
+    assert.equal(inB, ra.offer + ra.answer + ra.candidate, 'bob got every relay alice sent through node A');
+    assert.deepEqual(sa.errors, [], 'alice saw no signaling error');
+    assert.deepEqual(sb.errors, [], 'bob saw no signaling error');
+    await waitFor(async () => (await connectionsPerNode(gwA, gwB))['gw-a'] === 1, { timeoutMs: 1000 });
+
+    const shots = [await screenshot(a, OUT, 'alice-node-a.png'), await screenshot(b, OUT, 'bob-node-b.png')];
+    console.log(`# connected in ${connectMs} ms; node A relayed ${JSON.stringify(ra)}, node B ${JSON.stringify(rb)}; screenshots: ${shots.join(' ')}`);
+  } finally {
+    await saveDiagnostics(a, OUT, 'alice');
+    await saveDiagnostics(b, OUT, 'bob');
+  }
+});

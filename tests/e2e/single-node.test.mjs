@@ -1,0 +1,79 @@
+// E2E 2: two headless Chromium pages load the demo from one gateway over wss
+// (self-signed certificate made by this test), connect through the JS
+// client, reach connectionState "connected" and exchange chat messages on the
+// data channel both ways. Screenshots of both pages go to the artifacts
+// directory (build/e2e-artifacts/ unless SG_E2E_ARTIFACTS says otherwise).
+
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+
+import { ARTIFACTS, Cluster, REPO, loopbackOnly, metricValue } from './lib/cluster.mjs';
+import { exchange, launchBrowser, openDemo, saveDiagnostics, screenshot, waitConnected, waitRemoteVideo } from './lib/browser.mjs';
+
+const OUT = path.join(ARTIFACTS, 'single-node');
+let cluster;
+let browser;
+
+before(async () => {
+  assert.ok(loopbackOnly() || process.env.SG_E2E_HOST_NETWORK === '1',
+    'run the browser tests through tests/e2e/run.sh: they need a network namespace with only loopback');
+  fs.rmSync(OUT, { recursive: true, force: true });
+  cluster = new Cluster('single');
+  await cluster.redis();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  if (cluster) {
+    cluster.saveLogs(path.join(OUT, 'logs'));
+    await cluster.stop();
+    cluster.removeWorkDir();
+  }
+});
+
+test('two Chromium pages call each other through one gateway over wss', { timeout: 120000 }, async () => {
+  const gw = await cluster.gateway({ name: 'gw-single', tls: true });
+  const room = `e2e-${Date.now().toString(36)}`;
+  const ta = cluster.token('alice', room);
+  const tb = cluster.token('bob', room);
+
+  // The demo and the library come from the gateway itself (SIGNAL_STATIC_DIR),
+  // same origin as wss://.../ws; the token travels in the fragment.
+  const a = await openDemo(browser, `${gw.origin}/demo/#token=${ta}&room=${room}`, 'alice');
+  const b = await openDemo(browser, `${gw.origin}/demo/#token=${tb}&room=${room}`, 'bob');
+  try {
+    const t0 = Date.now();
+    await waitConnected(a, b.peerId);
+    await waitConnected(b, a.peerId);
+    const connectMs = Date.now() - t0;
+
+    await exchange(a, b, 'hello bob, from alice');
+    await exchange(b, a, 'hi alice, bob here');
+    await waitRemoteVideo(a, b.peerId);
+    await waitRemoteVideo(b, a.peerId);
+
+    const sa = await a.state();
+    const sb = await b.state();
+    assert.equal(sa.media, 'camera', 'the fake camera of --use-fake-device-for-media-stream');
+    assert.equal(sa.signaling, 'open');
+    assert.equal(sa.peers[b.peerId].connectionState, 'connected');
+    assert.equal(sb.peers[a.peerId].connectionState, 'connected');
+    // A real call never trips the default limits.
+    assert.deepEqual(sa.errors, [], 'alice saw no signaling error');
+    assert.deepEqual(sb.errors, [], 'bob saw no signaling error');
+    const m = await gw.metrics();
+    assert.equal(metricValue(m, 'ws_connections_gauge'), 2);
+    const relayed = ['offer', 'answer', 'candidate'].map((t) => metricValue(m, 'messages_total', { type: t }));
+    assert.ok(relayed[0] >= 1 && relayed[1] >= 1 && relayed[2] >= 2, `offer/answer/candidate counted: ${relayed}`);
+
+    const shots = [await screenshot(a, OUT, 'alice.png'), await screenshot(b, OUT, 'bob.png')];
+    if (process.env.SG_E2E_UPDATE_DOCS === '1') fs.copyFileSync(shots[0], path.join(REPO, 'docs', 'demo.png'));
+    console.log(`# connected in ${connectMs} ms; offer/answer/candidate messages: ${relayed.join('/')}; screenshots: ${shots.join(' ')}`);
+  } finally {
+    await saveDiagnostics(a, OUT, 'alice');
+    await saveDiagnostics(b, OUT, 'bob');
+  }
+});
