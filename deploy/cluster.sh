@@ -235,6 +235,8 @@ cmd_start() {
   done >"$dir/gateway.env"
   umask 022
 
+  # A start that fails half way stops what it started.
+  trap failed_start EXIT
   start_redis
   {
     echo "N=$N"
@@ -255,6 +257,7 @@ cmd_start() {
   for i in $(seq "$N"); do start_node "$i"; done
   load_state
   start_haproxy
+  trap - EXIT
   cmd_env
   cat >&2 <<MSG
 
@@ -262,12 +265,25 @@ signal-gateway cluster: $N gateways behind haproxy (state in $dir)
   WebSocket (load balancer): ws://$host:$LB_PORT/ws
   haproxy stats:             http://$host:$STATS_PORT/stats   (Prometheus: /metrics)
   gateways:                  $(for i in $(seq "$N"); do printf '%s ' "$(eval echo "ws://$host:\$GW${i}_PORT/ws")"; done)
-  Redis:                     ${REDIS_PORT:+redis-cli -h $host -p $REDIS_PORT}${REDIS_PORT:-$REDIS_URL}
+  Redis:                     $( [ -n "$REDIS_PORT" ] && echo "redis-cli -h $host -p $REDIS_PORT" || echo "$REDIS_URL")
   Tokens:                    deploy/cluster.sh token alice demo     (HS256, secret in $dir/secret.env)
   Inspect a room:            redis-cli -h $host -p ${REDIS_PORT:-PORT} HGETALL 'room:{demo}:peers'
   Rolling restart, one node: deploy/cluster.sh restart 1
   Stop everything:           deploy/cluster.sh stop
 MSG
+}
+
+# EXIT trap of a start that failed half way: stop what it started, by pid.
+failed_start() {
+  local f name
+  say "start failed: stopping what was started (logs in $dir)"
+  for f in "$dir"/gw*.pid; do
+    [ -e "$f" ] || continue
+    name=$(basename "$f" .pid)
+    stop_pid "$name" signal-gateway TERM 15
+  done
+  stop_pid haproxy haproxy TERM 10
+  stop_pid redis redis-server TERM 10
 }
 
 cmd_env() {

@@ -433,6 +433,15 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
     snprintf(s->resume_args[0], sizeof s->resume_args[0], "%lld", (long long)cfg->resume_ms);
     snprintf(s->resume_args[1], sizeof s->resume_args[1], "%lld", (long long)cfg->resume_buffer_max);
     snprintf(s->resume_args[2], sizeof s->resume_args[2], "%lld", (long long)cfg->resume_buffer_bytes);
+    const sg_rate *rs[3] = {&cfg->rate_peer, &cfg->rate_candidate, &cfg->rate_room};
+    for (int i = 0; i < 3; i++) {
+        snprintf(s->rate_args[2 * i], sizeof s->rate_args[0], "%.6g", rs[i]->rate);
+        snprintf(s->rate_args[2 * i + 1], sizeof s->rate_args[0], "%.6g", rs[i]->burst);
+    }
+    snprintf(s->lease_arg, sizeof s->lease_arg, "%lld", (long long)cfg->lease_ms);
+    /* Keys outlive three missed refreshes, then expire: nothing outlives a crash. */
+    snprintf(s->ttl_arg, sizeof s->ttl_arg, "%lld", (long long)cfg->lease_ms * 3);
+    snprintf(s->max_peers_arg, sizeof s->max_peers_arg, "%lld", (long long)cfg->room_max_peers);
     uint8_t rnd[6];
     sg_random_bytes(rnd, sizeof rnd);
     char hex[13];

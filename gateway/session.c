@@ -197,12 +197,8 @@ static void send_join(sg_conn *c, sg_membership *m)
 {
     sg_server *s = c->srv;
     const sg_config *cfg = s->cfg;
-    char holder[96], maxp[24], lease[24], ttl[24], resume[24], rt[65] = "";
+    char holder[96], rt[65] = "";
     holder_of(s, c->id, holder, sizeof holder);
-    snprintf(maxp, sizeof maxp, "%lld", (long long)cfg->room_max_peers);
-    snprintf(lease, sizeof lease, "%lld", (long long)cfg->lease_ms);
-    snprintf(ttl, sizeof ttl, "%lld", (long long)cfg->lease_ms * 3);
-    snprintf(resume, sizeof resume, "%lld", (long long)cfg->resume_ms);
     if (cfg->resume_ms > 0) {
         /* The answer carries a fresh token; Redis keeps only its hash. */
         free(m->resume_token);
@@ -210,8 +206,8 @@ static void send_join(sg_conn *c, sg_membership *m)
         new_resume_token(m->resume_token, rt);
     }
     const char *argv[] = {m->room, m->peer, holder, cfg->node_id, c->subhash, c->claims.sub,
-                          sg_claims_room_allowed(&c->claims, m->room) ? "1" : "0", maxp, lease, ttl,
-                          resume, rt};
+                          sg_claims_room_allowed(&c->claims, m->room) ? "1" : "0", s->max_peers_arg,
+                          s->lease_arg, s->ttl_arg, s->resume_args[0], rt};
     sg_op *op = op_new(s, OP_JOIN, c->id);
     strcpy(op->room, m->room);
     strcpy(op->peer, m->peer);
@@ -235,14 +231,13 @@ static void send_resume(sg_conn *c, sg_membership *m)
 {
     sg_server *s = c->srv;
     const sg_config *cfg = s->cfg;
-    char holder[96], lease[24], ttl[24], last[24], old_rt[65], new_rt[65];
+    char holder[96], last[24], old_rt[65], new_rt[65];
     holder_of(s, c->id, holder, sizeof holder);
-    snprintf(lease, sizeof lease, "%lld", (long long)cfg->lease_ms);
-    snprintf(ttl, sizeof ttl, "%lld", (long long)cfg->lease_ms * 3);
     snprintf(last, sizeof last, "%llu", (unsigned long long)m->resume_from);
     hash_token(m->resume_token, old_rt);
     new_resume_token(m->resume_token, new_rt); /* the raw old token is not needed any more */
-    const char *argv[] = {m->room, m->peer, holder, cfg->node_id, c->subhash, old_rt, new_rt, last, lease, ttl};
+    const char *argv[] = {m->room, m->peer, holder, cfg->node_id, c->subhash, old_rt, new_rt, last,
+                          s->lease_arg, s->ttl_arg};
     sg_op *op = op_new(s, OP_RESUME, c->id);
     strcpy(op->room, m->room);
     strcpy(op->peer, m->peer);
@@ -675,7 +670,6 @@ static void on_resume_reply(sg_server *s, sg_op *op, redisReply *r)
 static void handle_relay(sg_conn *c, sg_msg *msg, uint64_t arrival_us)
 {
     sg_server *s = c->srv;
-    const sg_config *cfg = s->cfg;
     const char *cid = msg->has_cid ? msg->cid : NULL;
     sg_membership *m = find_room(c, msg->room);
     if (!m || m->state == SG_MEM_SUBSCRIBING) {
@@ -708,15 +702,10 @@ static void handle_relay(sg_conn *c, sg_msg *msg, uint64_t arrival_us)
     sg_buf_append(f, msg->inner.data, msg->inner.len);
     sg_buf_printf(f, ",\"correlationId\":\"%s\"}", op->cid);
 
-    char holder[96], ts[24], rates[6][32], ttl[24];
+    char holder[96], ts[24];
     size_t hl = holder_of(s, c->id, holder, sizeof holder);
     snprintf(ts, sizeof ts, "%llu", (unsigned long long)arrival_us);
-    const sg_rate *rs[3] = {&cfg->rate_peer, &cfg->rate_candidate, &cfg->rate_room};
-    for (int i = 0; i < 3; i++) {
-        snprintf(rates[2 * i], sizeof rates[0], "%.6g", rs[i]->rate);
-        snprintf(rates[2 * i + 1], sizeof rates[0], "%.6g", rs[i]->burst);
-    }
-    snprintf(ttl, sizeof ttl, "%lld", (long long)cfg->lease_ms * 3);
+    char (*rates)[32] = s->rate_args;
     /* The relay's span travels in the Redis message so the delivery span on
      * the target's node becomes its child. */
     char tp[SG_TRACEPARENT_LEN + 1] = "-";
@@ -725,7 +714,7 @@ static void handle_relay(sg_conn *c, sg_msg *msg, uint64_t arrival_us)
         sg_traceparent_format(&op->span, tp);
     const char *kind = sg_msg_type_name(msg->type);
     const char *argv[] = {msg->room, msg->from, msg->to, holder, kind, ts, tp, f->data,
-                          rates[0], rates[1], rates[2], rates[3], rates[4], rates[5], ttl,
+                          rates[0], rates[1], rates[2], rates[3], rates[4], rates[5], s->ttl_arg,
                           s->resume_args[0], s->resume_args[1], s->resume_args[2]};
     enum { NARGS = sizeof argv / sizeof *argv };
     size_t lens[NARGS];
@@ -956,13 +945,10 @@ static void refresh_room(sg_server *s, const char *room, const sg_local_room *lr
     size_t argc = 6 + 5 * lr->n;
     const char **argv = sg_xmalloc(argc * sizeof *argv);
     char (*strs)[96] = sg_xmalloc(lr->n * 2 * sizeof *strs);
-    char lease[24], ttl[24];
-    snprintf(lease, sizeof lease, "%lld", (long long)cfg->lease_ms);
-    snprintf(ttl, sizeof ttl, "%lld", (long long)cfg->lease_ms * 3);
     argv[0] = room;
     argv[1] = silent ? "1" : "0";
-    argv[2] = lease;
-    argv[3] = ttl;
+    argv[2] = s->lease_arg;
+    argv[3] = s->ttl_arg;
     argv[4] = cfg->node_id;
     argv[5] = s->resume_args[0];
     size_t n = 6;

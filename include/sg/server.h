@@ -64,7 +64,10 @@ typedef struct sg_server {
     struct sg_op *op_free; /* freelist of Redis operation contexts */
     sg_msg msg;          /* the message being handled (reused: no allocation per message) */
     sg_buf scratch;      /* frame being built */
-    char resume_args[3][24]; /* resume_ms, buffer max, buffer bytes as script arguments */
+    /* Script arguments that only depend on the configuration, formatted once. */
+    char resume_args[3][24]; /* resume_ms, buffer max, buffer bytes */
+    char rate_args[6][32];   /* peer, candidate, room: rate and burst each */
+    char lease_arg[24], ttl_arg[24], max_peers_arg[24];
     /* Delivery-path probe: this node publishes to its own channel and
      * expects it back over the subscriber connection. */
     char probe_channel[96];

@@ -404,19 +404,18 @@ def _recording_token_claims(sub="alice", *args, **kw):
 h.token_claims = _recording_token_claims  # make_token goes through it
 
 _SCAN_JWT = _scan_re.compile(r"eyJ[A-Za-z0-9_-]{8,}")  # base64url of '{"': a JWT or a piece
-_SCAN_ADDR = _scan_re.compile(r"[0-9A-Fa-f:.]{3,}")
+_SCAN_IPV4 = _scan_re.compile(r"(?<!\d)\d{1,3}(?:\.\d{1,3}){3}(?!\d)")
+_SCAN_IPV6 = _scan_re.compile(r"[0-9A-Fa-f]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f.]*")
 _SCAN_ADDR_FIELDS = {("server.start", "listen"), ("server.start", "admin"), ("redis.", "host")}
 
 
 def _scan_ips(text):
     found = []
-    for tok in _SCAN_ADDR.findall(text):
-        for cand in {tok.strip(".:"), tok.strip(".")}:
-            try:
-                found.append(str(ipaddress.ip_address(cand)))
-                break
-            except ValueError:
-                pass
+    for tok in _SCAN_IPV4.findall(text) + _SCAN_IPV6.findall(text):
+        try:
+            found.append(str(ipaddress.ip_address(tok.rstrip("."))))
+        except ValueError:
+            pass
     return found
 
 

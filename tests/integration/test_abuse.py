@@ -778,14 +778,14 @@ def test_hijack_by_leave_or_resume_from_another_sub(gateway_factory):
             for cl in (v, w):
                 await cl.recv_type("peer_joined", peerId=pm)
             await v.recv_type("peer_joined", peerId=pw)
-            await m.send({"type": "join", "roomId": room, "peerId": pv, "correlationId": "j"})
-            await m.expect_error("peer_id_taken", cid="j")
+            m2 = await c.connect(g2.ws_url, tok("mallory"), name="mallory2")
+            await m2.send({"type": "join", "roomId": room, "peerId": pv, "correlationId": "j"})
+            await m2.expect_error("peer_id_taken", cid="j")
             await m.send({"type": "leave", "roomId": room, "peerId": pv, "correlationId": "l"})
             left = await m.recv_type("left")
             assert left["peerId"] == pv and left.get("correlationId") == "l", left
             rt = jv.get("resumeToken")
             assert rt, f"joined carries no resumeToken with SIGNAL_RESUME_MS on: {jv}"
-            m2 = await c.connect(g2.ws_url, tok("mallory"), name="mallory2")
             for token in (rt, "0" * len(rt)):
                 await m2.send({"type": "resume", "roomId": room, "peerId": pv, "resumeToken": token,
                                "lastSeq": 0, "correlationId": "r"})
