@@ -19,7 +19,7 @@
 struct sg_log {
     char *node;
     int min_level;
-    uint8_t key[32];
+    uint8_t *key; /* HMAC key: SIGNAL_LOG_HASH_KEY's bytes, or 32 random bytes */
     size_t keylen;
     sg_buf line;
     struct evbuffer *queue;
@@ -36,13 +36,13 @@ sg_log *sg_log_new(const char *node, int min_level, const char *hash_key)
     l->node = sg_xstrdup(node);
     l->min_level = min_level;
     if (hash_key && *hash_key) {
-        /* Any length key is fine for HMAC; keep a digest so the struct is fixed. */
-        unsigned int n = 0;
-        EVP_Digest(hash_key, strlen(hash_key), l->key, &n, EVP_sha256(), NULL);
-        l->keylen = n;
+        l->keylen = strlen(hash_key);
+        l->key = (uint8_t *)sg_xstrndup(hash_key, l->keylen);
     } else {
-        sg_random_bytes(l->key, sizeof l->key);
-        l->keylen = sizeof l->key;
+        /* Random per process: hashes are stable within a node's life only. */
+        l->keylen = 32;
+        l->key = sg_xmalloc(l->keylen);
+        sg_random_bytes(l->key, l->keylen);
     }
     sg_buf_init(&l->line);
     l->queue = evbuffer_new();
@@ -91,6 +91,7 @@ void sg_log_free(sg_log *l)
         event_free(l->ev);
     evbuffer_free(l->queue);
     sg_buf_free(&l->line);
+    free(l->key);
     free(l->node);
     free(l);
 }

@@ -16,7 +16,7 @@
 typedef struct pending {
     sg_rconn_reply_cb cb;
     uint64_t tag;
-    uint64_t sent_ms;
+    uint64_t sent_us;
 } pending;
 
 struct sg_rconn {
@@ -46,7 +46,7 @@ static void q_push(sg_rconn *c, sg_rconn_reply_cb cb, uint64_t tag)
         c->qcap = ncap;
         c->qhead = 0;
     }
-    c->q[(c->qhead + c->qlen) % c->qcap] = (pending){cb, tag, sg_now_mono_ms()};
+    c->q[(c->qhead + c->qlen) % c->qcap] = (pending){cb, tag, sg_now_mono_us()};
     c->qlen++;
 }
 
@@ -159,7 +159,7 @@ static void handle_reply(sg_rconn *c, redisReply *r)
     }
     pending p = q_pop(c);
     if (c->o.on_latency)
-        c->o.on_latency(c->o.ud, (double)(sg_now_mono_ms() - p.sent_ms));
+        c->o.on_latency(c->o.ud, (double)(sg_now_mono_us() - p.sent_us) / 1000.0);
     if (p.cb)
         p.cb(c->o.ud, p.tag, r);
 }
@@ -228,7 +228,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     sg_rconn *c = arg;
     if (c->qlen && c->o.timeout_ms &&
-        sg_now_mono_ms() - c->q[c->qhead].sent_ms > (uint64_t)c->o.timeout_ms)
+        sg_now_mono_us() - c->q[c->qhead].sent_us > (uint64_t)c->o.timeout_ms * 1000u)
         drop(c, "command timed out");
 }
 

@@ -55,6 +55,13 @@ uint64_t sg_now_mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+uint64_t sg_now_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 uint64_t sg_now_wall_ms(void) { return sg_now_wall_us() / 1000u; }
 
 uint64_t sg_now_wall_us(void)

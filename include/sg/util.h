@@ -15,6 +15,8 @@ char *sg_xstrndup(const char *s, size_t n);
 
 /* Milliseconds since an arbitrary point, never goes backwards. */
 uint64_t sg_now_mono_ms(void);
+/* Microseconds since an arbitrary point, never goes backwards. */
+uint64_t sg_now_mono_us(void);
 /* Milliseconds since the Unix epoch (wall clock; travels between nodes). */
 uint64_t sg_now_wall_ms(void);
 /* Microseconds since the Unix epoch. */

@@ -384,9 +384,14 @@ def pytest_runtest_makereport(item, call):
 # every gateway log this run wrote (<basetemp>/**/gw*.log, see
 # GatewayFactory) is scanned; one finding fails the session.
 #
-# IP addresses: the only fields allowed to hold one are those that hold
+# IP addresses: the only places allowed to hold one are those that hold
 # configured addresses, not clients': server.start's `listen` and `admin`
-# (the listeners) and redis.*'s `host` (the configured Redis server).
+# (the listeners), redis.*'s `host` (the configured Redis server), and a
+# start-up failure (server.start_failed's `error` and the same text as the
+# plain "signal-gateway: ..." stderr line, e.g. "SIGNAL_LISTEN: cannot
+# listen on 127.0.0.1:<port>: Address already in use"). Raw
+# subs: not looked for in `correlationId` and `room`, which echo what the
+# client chose (tests use words like "carol-offer" there).
 
 import json as _scan_json
 import re as _scan_re
@@ -406,7 +411,9 @@ h.token_claims = _recording_token_claims  # make_token goes through it
 _SCAN_JWT = _scan_re.compile(r"eyJ[A-Za-z0-9_-]{8,}")  # base64url of '{"': a JWT or a piece
 _SCAN_IPV4 = _scan_re.compile(r"(?<!\d)\d{1,3}(?:\.\d{1,3}){3}(?!\d)")
 _SCAN_IPV6 = _scan_re.compile(r"[0-9A-Fa-f]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f.]*")
-_SCAN_ADDR_FIELDS = {("server.start", "listen"), ("server.start", "admin"), ("redis.", "host")}
+_SCAN_ADDR_FIELDS = {("server.start", "listen"), ("server.start", "admin"), ("redis.", "host"),
+                     ("server.start_failed", "error")}
+_SCAN_CLIENT_FIELDS = {"correlationId", "room"}
 
 
 def _scan_ips(text):
@@ -443,10 +450,13 @@ def _scan_line(line, subs):
         fields = {k: v for k, v in obj.items()
                   if not any(ev.startswith(e) and k == f for e, f in _SCAN_ADDR_FIELDS)}
         strings = list(_scan_strings(fields))
+        own = list(_scan_strings({k: v for k, v in fields.items() if k not in _SCAN_CLIENT_FIELDS}))
     else:
-        strings = [line]
+        own = [line]
+        strings = [] if line.startswith("signal-gateway: ") else own
     for s in strings:
         bad += [f"IP address {ip}" for ip in _scan_ips(s)]
+    for s in own:
         bad += [f"raw sub {sub!r}" for sub in subs if s == sub or (len(sub) >= 5 and sub in s)]
     return bad
 
