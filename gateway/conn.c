@@ -662,6 +662,21 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     }
 }
 
+/* Milliseconds until the next thing the heartbeat timer must look at: the
+ * ping due at `due`, or the join deadline if that comes first. */
+static int64_t next_wake(const sg_conn *c, uint64_t now, uint64_t due)
+{
+    const sg_config *cfg = c->srv->cfg;
+    int64_t ms = due > now ? (int64_t)(due - now) : 1;
+    if (cfg->join_timeout_ms && !c->ever_joined) {
+        uint64_t jd = c->opened_ms + (uint64_t)cfg->join_timeout_ms;
+        int64_t jms = jd > now ? (int64_t)(jd - now) : 1;
+        if (jms < ms)
+            ms = jms;
+    }
+    return ms > 0 ? ms : 1;
+}
+
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     sg_conn *c = arg;
@@ -673,16 +688,18 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         sg_metrics_inc(&s->metrics.caps, "handshake_timeout");
         sg_conn_abort(c, "handshake timeout");
         return;
-    case PHASE_PING:
+    case PHASE_PING: {
         if (cfg->join_timeout_ms && !c->ever_joined &&
             now - c->opened_ms >= (uint64_t)cfg->join_timeout_ms) {
             sg_metrics_inc(&s->metrics.caps, "join_timeout");
             sg_conn_close(c, SG_WS_CLOSE_POLICY, "no join in time");
             return;
         }
-        if (now - c->opened_ms < (uint64_t)cfg->ping_interval_ms && !c->ping_sent_ms) {
-            /* Woke for the join deadline only. */
-            arm(c, PHASE_PING, cfg->ping_interval_ms - (int64_t)(now - c->opened_ms));
+        uint64_t due = (c->ping_sent_ms ? c->ping_sent_ms : c->opened_ms) + (uint64_t)cfg->ping_interval_ms;
+        if (now + 1 < due) {
+            /* Woke for the join deadline, or a little early: libevent
+             * schedules from its cached loop time, we read the clock fresh. */
+            arm(c, PHASE_PING, next_wake(c, now, due));
             return;
         }
         c->ping_sent_ms = now;
@@ -691,14 +708,11 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         if (c->state == SG_CONN_OPEN)
             arm(c, PHASE_PONG, cfg->pong_timeout_ms);
         return;
+    }
     case PHASE_PONG:
-        if (c->last_rx_ms >= c->ping_sent_ms && !c->ping_outstanding) {
-            arm(c, PHASE_PING, cfg->ping_interval_ms - cfg->pong_timeout_ms);
-            return;
-        }
-        if (c->last_rx_ms > c->ping_sent_ms) {
-            /* Sent something else but no pong yet: anything counts as alive. */
-            arm(c, PHASE_PING, cfg->ping_interval_ms - cfg->pong_timeout_ms);
+        if (!c->ping_outstanding || c->last_rx_ms > c->ping_sent_ms) {
+            /* A pong, or anything else since the ping: alive. */
+            arm(c, PHASE_PING, next_wake(c, now, c->ping_sent_ms + (uint64_t)cfg->ping_interval_ms));
             return;
         }
         c->leave_reason = "timeout";

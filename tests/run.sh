@@ -29,6 +29,9 @@ SG_GATEWAY_BIN="$root/build/signal-gateway" $PY -m pytest -q tests/integration
 section "JS client unit tests (node --test)"
 node --test clients/js/test/
 
+section "fuzzing: each libFuzzer harness for ${FUZZ_SECONDS:-30} s"
+FUZZ_SECONDS=${FUZZ_SECONDS:-30} tests/fuzz/run.sh
+
 section "build (ASan + UBSan)"
 build build-asan -DSG_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 

@@ -134,6 +134,17 @@ def candidate_frames(room, frm, to, n=1000):
             for i in range(n)]
 
 
+def unmask_frame(frame):
+    """The text payload of one of our own masked client frames."""
+    n, off = frame[1] & 0x7F, 2
+    if n == 126:
+        n, off = struct.unpack("!H", frame[2:4])[0], 4
+    elif n == 127:
+        n, off = struct.unpack("!Q", frame[2:10])[0], 10
+    key, data = frame[off:off + 4], frame[off + 4:off + 4 + n]
+    return bytes(x ^ key[i & 3] for i, x in enumerate(data)).decode()
+
+
 class RawFlooder:
     """A hand-made WebSocket client: a writer that sends pre-encoded frames
     as fast as asked (threads, blocking socket: the Python client is not the

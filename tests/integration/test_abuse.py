@@ -143,8 +143,8 @@ def test_candidate_flood_is_held_to_the_buckets(gateway_factory, redis):
                 # room as the flood) sends her own messages to the target
                 await asyncio.sleep(0.3)
                 normal = asyncio.ensure_future(normal_exchange(a, pa, b, pb, calm, n_cand=40, spread=1.0))
-                carol_msgs = [h.offer(room, pc, pt, cid="carol-offer")] + \
-                    [h.candidate(room, pc, pt, h.ice(900 + i), cid=f"carol-{i}") for i in range(20)]
+                carol_msgs = [h.offer(room, pc, pt, cid="cm-offer")] + \
+                    [h.candidate(room, pc, pt, h.ice(900 + i), cid=f"cm-{i}") for i in range(20)]
                 for m in carol_msgs:
                     await carol.send(m)
                     await asyncio.sleep(0.04)
@@ -153,22 +153,23 @@ def test_candidate_flood_is_held_to_the_buckets(gateway_factory, redis):
                 await asyncio.sleep(max(0.0, t0 + 1.5 - time.monotonic()))
                 s1 = (time.monotonic(), await asyncio.to_thread(ah.metrics, gw),
                       await asyncio.to_thread(ah.evalsha_calls, redis),
-                      len(relays_from(flooder_msgs(target), pf)))
+                      len(relays_from(list(target.messages), pf)))
                 await asyncio.to_thread(flooder.wait_writer, FLOOD_S + 15)
                 s2 = (time.monotonic(), await asyncio.to_thread(ah.metrics, gw),
                       await asyncio.to_thread(ah.evalsha_calls, redis),
-                      len(relays_from(flooder_msgs(target), pf)))
+                      len(relays_from(list(target.messages), pf)))
                 await asyncio.wait_for(normal, 30)
 
                 # stragglers
-                await wait_quiet(lambda: len(relays_from(flooder_msgs(target), pf)), quiet=1.0)
+                await wait_quiet(lambda: len(relays_from(list(target.messages), pf)), quiet=1.0)
                 await asyncio.sleep(0.2)
                 m1 = await asyncio.to_thread(ah.metrics, gw)
                 e1 = await asyncio.to_thread(ah.evalsha_calls, redis)
 
-                got = relays_from(flooder_msgs(target), pf)
+                got = relays_from(list(target.messages), pf)
                 assert got, "not one flooder candidate reached the target"
                 window = got[-1][0] - flooder.t_first_send
+                assert window <= FLOOD_S + 5, f"the last flooder candidate came {window:.1f}s after the first send"
 
                 # ---- the bound, from the configuration
                 bound = bucket_bound(env, ("RATE_CANDIDATE", "RATE_PEER", "RATE_ROOM"), window)
@@ -183,7 +184,7 @@ def test_candidate_flood_is_held_to_the_buckets(gateway_factory, redis):
                     floor = min(floor, fb - 1)  # the join took one frame
                 assert len(got) >= floor, (len(got), floor)
                 # every delivered candidate is intact
-                assert got[0][1]["inner"] == h.inner_of(json.loads(h_payload(frames[0]))), got[0]
+                assert got[0][1]["inner"] == h.inner_of(json.loads(ah.unmask_frame(frames[0]))), got[0]
 
                 # ---- the flooder: warnings, at most about one a second
                 flood_end = max([flooder.t_last_send] + [t for t, _ in flooder.errors()])
@@ -246,17 +247,6 @@ def test_candidate_flood_is_held_to_the_buckets(gateway_factory, redis):
             finally:
                 flooder.close()
                 target.close()
-
-    def flooder_msgs(target):
-        return list(target.messages)
-
-    def h_payload(frame):
-        # unmask one of our own pre-encoded frames (for the content check)
-        n = frame[1] & 0x7F
-        off = 2 if n < 126 else 4
-        n = n if n < 126 else int.from_bytes(frame[2:4], "big")
-        key, data = frame[off:off + 4], frame[off + 4:off + 4 + n]
-        return bytes(x ^ key[i & 3] for i, x in enumerate(data)).decode()
 
     arun(main(), timeout=80)
     r = report
@@ -609,6 +599,37 @@ def test_join_timeout_closes_1008(gateway_factory):
     finally:
         for w in (idle, joiner, leaver):
             w.close()
+
+
+def test_join_timeout_holds_for_a_burst_of_idle_connections(gateway_factory):
+    """40 connections upgraded in one burst (one event-loop pass) and never
+    joining: every one is closed with 1008 about SIGNAL_JOIN_TIMEOUT_MS later,
+    not at the next ping (20 s by default)."""
+    gw = gateway_factory.start(env={"SIGNAL_JOIN_TIMEOUT_MS": "500"})
+    token = tok("idle")
+    socks = [h.open_socket(gw.host, gw.port) for _ in range(40)]
+    try:
+        req = h.upgrade_request(gw.host, gw.port, token=token)
+        t0 = time.monotonic()
+        for s in socks:
+            s.sendall(req)
+        raws = []
+        for s in socks:
+            resp = h.read_http_response(s)
+            assert resp.status == 101, resp
+            raws.append(h.RawWS(s, resp.leftover, resp))
+        missed = []
+        for i, w in enumerate(raws):
+            try:
+                code, _ = w.expect_close(max(0.1, t0 + 3.0 - time.monotonic()))
+                assert code == 1008, code
+            except AssertionError as e:
+                missed.append((i, str(e)[:80]))
+        assert not missed, (f"{len(missed)} of {len(raws)} idle connections were not closed within "
+                            f"3 s of a 500 ms join timeout: {missed[:3]}")
+    finally:
+        for s in socks:
+            s.close()
 
 
 # =========================================================================
