@@ -108,6 +108,13 @@ local function enter_grace(peer, rec, now, resume_ms)
   rec.grace = now + resume_ms
   redis.call('HSET', K_PEERS, peer, cjson.encode(rec))
   redis.call('ZADD', K_LEASES, now + resume_ms, peer)
+  -- The room must outlive the grace period even when nobody else refreshes
+  -- it; only ever lengthen a key's life here (PTTL, not PEXPIRE GT: Redis 6).
+  local keep = resume_ms * 2
+  for _, k in ipairs({K_PEERS, K_LEASES, K_BUCKETS, rkey('seq'), rkey('buf:' .. peer)}) do
+    local left = redis.call('PTTL', k)
+    if left >= 0 and left < keep then redis.call('PEXPIRE', k, keep) end
+  end
 end
 
 -- Members whose lease ran out: their node died without a word. With

@@ -13,12 +13,17 @@ local rec = cur and cjson.decode(cur)
 if not rec or rec.sub ~= subhash or not rec.rt or rec.rt ~= rt_old then
   return {'error', 'resume_failed'}
 end
+local now = now_ms()
+if rec.grace and rec.grace <= now then
+  -- The grace period is over even if no refresh has reaped it yet.
+  remove_member(peer, 'timeout')
+  return {'error', 'resume_failed'}
+end
 -- The old connection may not have been noticed as lost yet: it gives way.
 if rec.conn ~= '' and rec.conn ~= holder then
   redis.call('PUBLISH', channel(peer), envelope(rec.conn, 'x',
     '{"type":"error","code":"replaced","message":"peerId resumed by a newer connection of the same user","roomId":"' .. ROOM .. '"}'))
 end
-local now = now_ms()
 rec.conn, rec.node, rec.rt, rec.grace = holder, node, rt_new, nil
 redis.call('HSET', K_PEERS, peer, cjson.encode(rec))
 redis.call('ZADD', K_LEASES, now + lease_ms, peer)

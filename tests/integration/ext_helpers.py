@@ -3,7 +3,6 @@ delivery-path probe, key rotation). Black-box like sg_helpers: sockets,
 Redis reads, the admin endpoints, the gateway's log.
 """
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -86,19 +85,10 @@ def cand(i, pad=0):
     return c
 
 
-def relays(msgs):
-    return [m for m in msgs if m.get("type") == "relay"]
-
-
-def frame_len(msg):
-    """Length of a frame as the gateway wrote it (compact JSON, keys in order)."""
-    return len(json.dumps(msg, separators=(",", ":")).encode())
-
-
-def check_relay_for(msg, room, frm, to, i):
-    """msg is the relay of candidate i from frm to to (h.candidate with cand(i))."""
+def check_relay_for(msg, room, frm, to, i, pad=0):
+    """msg is the relay of candidate i from frm to to (h.candidate with cand(i, pad))."""
     assert msg.get("type") == "relay", msg
-    assert msg.get("inner") == h.inner_of(h.candidate(room, frm, to, cand(i))), msg
+    assert msg.get("inner") == h.inner_of(h.candidate(room, frm, to, cand(i, pad))), msg
     assert "ack" not in msg["inner"], msg
 
 
@@ -161,6 +151,7 @@ class RedisProxy:
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.socks = []
+        self.states = []
         self.sub_conns = 0
         self.threads = [threading.Thread(target=self._accept, daemon=True)]
         self.threads[0].start()
@@ -183,9 +174,10 @@ class RedisProxy:
             except OSError:
                 c.close()
                 continue
-            state = {"sub": False, "seen": b""}
+            state = {"sub": False, "seen": b"", "wedged": False}
             with self.lock:
                 self.socks += [c, u]
+                self.states.append(state)
             for args in ((c, u, state, True), (u, c, state, False)):
                 t = threading.Thread(target=self._pump, args=args, daemon=True)
                 t.start()
@@ -194,7 +186,7 @@ class RedisProxy:
     def _pump(self, src, dst, state, upstream):
         try:
             while not self.stopping.is_set():
-                if not upstream and state["sub"] and self.wedged.is_set():
+                if not upstream and state["sub"] and (state["wedged"] or self.wedged.is_set()):
                     # hold the subscriber's replies and messages: a wedged
                     # subscription whose TCP connection stays up
                     time.sleep(0.02)
@@ -224,6 +216,13 @@ class RedisProxy:
                     s.close()
                 except OSError:
                     pass
+
+    def wedge_existing(self):
+        """Wedge the subscriber connections open now; later ones flow."""
+        with self.lock:
+            for st in self.states:
+                if st["sub"]:
+                    st["wedged"] = True
 
     def close(self):
         self.stopping.set()
