@@ -29,6 +29,9 @@ SG_GATEWAY_BIN="$root/build/signal-gateway" $PY -m pytest -q tests/integration
 section "JS client unit tests (node --test)"
 node --test clients/js/test/
 
+section "end-to-end tests (aiortc, Chromium, haproxy)"
+SG_GATEWAY_BIN="$root/build/signal-gateway" tests/e2e/run.sh
+
 section "fuzzing: each libFuzzer harness for ${FUZZ_SECONDS:-30} s"
 FUZZ_SECONDS=${FUZZ_SECONDS:-30} tests/fuzz/run.sh
 

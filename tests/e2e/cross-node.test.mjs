@@ -7,8 +7,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { ARTIFACTS, loopbackOnly, waitFor } from './lib/cluster.mjs';
-import { exchange, launchBrowser, openDemo, saveDiagnostics, screenshot, waitConnected, waitRemoteVideo } from './lib/browser.mjs';
+import { ARTIFACTS, loopbackOnly } from './lib/cluster.mjs';
+import { exchange, launchBrowser, openDemo, politeImpoliteIds, saveDiagnostics, screenshot, waitConnected, waitRemoteVideo } from './lib/browser.mjs';
 import { connectionsPerNode, relaysCounted, twoNodes } from './lib/two-nodes.mjs';
 
 const OUT = path.join(ARTIFACTS, 'cross-node');
@@ -35,8 +35,10 @@ after(async () => {
 test('two Chromium pages on two gateway nodes behind haproxy call each other through Redis', { timeout: 120000 }, async () => {
   const { cluster, gwA, gwB, originA, originB } = env;
   const room = 'demo';
-  const a = await openDemo(browser, `${originA}/demo/#token=${cluster.token('alice', room)}&room=${room}`, 'alice');
-  const b = await openDemo(browser, `${originB}/demo/#token=${cluster.token('bob', room)}&room=${room}`, 'bob');
+  // bob, who joins second, is the polite side (single-node.test.mjs has it the other way round).
+  const [polite, impolite] = politeImpoliteIds();
+  const a = await openDemo(browser, `${originA}/demo/#token=${cluster.token('alice', room)}&room=${room}&peer=${impolite}`, 'alice');
+  const b = await openDemo(browser, `${originB}/demo/#token=${cluster.token('bob', room)}&room=${room}&peer=${polite}`, 'bob');
   try {
     // Each page landed on its own node.
     assert.deepEqual(await connectionsPerNode(gwA, gwB), { 'gw-a': 1, 'gw-b': 1 });
@@ -67,7 +69,7 @@ test('two Chromium pages on two gateway nodes behind haproxy call each other thr
     assert.equal(inB, ra.offer + ra.answer + ra.candidate, 'bob got every relay alice sent through node A');
     assert.deepEqual(sa.errors, [], 'alice saw no signaling error');
     assert.deepEqual(sb.errors, [], 'bob saw no signaling error');
-    await waitFor(async () => (await connectionsPerNode(gwA, gwB))['gw-a'] === 1, { timeoutMs: 1000 });
+    assert.deepEqual(await connectionsPerNode(gwA, gwB), { 'gw-a': 1, 'gw-b': 1 }, 'still one page per node');
 
     const shots = [await screenshot(a, OUT, 'alice-node-a.png'), await screenshot(b, OUT, 'bob-node-b.png')];
     console.log(`# connected in ${connectMs} ms; node A relayed ${JSON.stringify(ra)}, node B ${JSON.stringify(rb)}; screenshots: ${shots.join(' ')}`);

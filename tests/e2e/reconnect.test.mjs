@@ -2,10 +2,17 @@
 // two nodes behind haproxy (as in cross-node.test.mjs) are in a call; node A
 // (alice's) is killed with SIGKILL. haproxy closes alice's WebSocket and
 // sends her reconnect to node B; the JS client reconnects and resumes its
-// room there (PROTOCOL.md §9; or re-joins, if resumption fails), the peers
-// renegotiate through the surviving node — an ICE restart after a resume,
-// a fresh RTCPeerConnection after a re-join — and the call comes back:
-// connectionState "connected" and new chat messages both ways.
+// room there (PROTOCOL.md §9), or re-joins when the resume is refused; the
+// peers renegotiate through the surviving node — an ICE restart after a
+// resume, a fresh RTCPeerConnection on both sides after a re-join — and the
+// call comes back: connectionState "connected" on the renegotiated session
+// and new chat messages both ways.
+//
+// Three cases, each with its own cluster: the reconnecting page is the
+// polite one / the impolite one (perfect negotiation roles follow the peer
+// ids, which the test picks), and a resume refused by the gateway (the test
+// corrupts the page's resume token before the kill: resume_failed, then the
+// client's fallback join takes the peerId over on node B).
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -13,28 +20,21 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 
 import { ARTIFACTS, loopbackOnly, waitFor } from './lib/cluster.mjs';
-import { exchange, launchBrowser, openDemo, saveDiagnostics, screenshot, waitConnected } from './lib/browser.mjs';
+import { exchange, launchBrowser, openDemo, politeImpoliteIds, saveDiagnostics, screenshot, waitConnected, waitRemoteVideo } from './lib/browser.mjs';
 import { connectionsPerNode, twoNodes } from './lib/two-nodes.mjs';
 
 const OUT = path.join(ARTIFACTS, 'reconnect');
-let env;
 let browser;
 
 before(async () => {
   assert.ok(loopbackOnly() || process.env.SG_E2E_HOST_NETWORK === '1',
     'run the browser tests through tests/e2e/run.sh: they need a network namespace with only loopback');
   fs.rmSync(OUT, { recursive: true, force: true });
-  env = await twoNodes('reconnect');
   browser = await launchBrowser();
 });
 
 after(async () => {
   await browser?.close().catch(() => {});
-  if (env) {
-    env.cluster.saveLogs(path.join(OUT, 'logs'));
-    await env.cluster.stop();
-    env.cluster.removeWorkDir();
-  }
 });
 
 /** Starts recording the page's client and link events into window.__e2e. */
@@ -97,12 +97,18 @@ function renegotiated(mine, theirs, was) {
   return fresh && agreed && carried;
 }
 
-test('the call comes back after SIGKILL of one page\'s gateway node', { timeout: 150000 }, async () => {
+async function failover({ label, alicePolite, refuseResume }) {
+  const out = path.join(OUT, label);
+  const env = await twoNodes(`reconnect-${label}`);
   const { cluster, gwA, gwB, originA, originB } = env;
   const room = 'demo';
-  const a = await openDemo(browser, `${originA}/demo/#token=${cluster.token('alice', room)}&room=${room}`, 'alice');
-  const b = await openDemo(browser, `${originB}/demo/#token=${cluster.token('bob', room)}&room=${room}`, 'bob');
+  const [small, large] = politeImpoliteIds();
+  const [pa, pb] = alicePolite ? [small, large] : [large, small];
+  let a;
+  let b;
   try {
+    a = await openDemo(browser, `${originA}/demo/#token=${cluster.token('alice', room)}&room=${room}&peer=${pa}`, 'alice');
+    b = await openDemo(browser, `${originB}/demo/#token=${cluster.token('bob', room)}&room=${room}&peer=${pb}`, 'bob');
     assert.deepEqual(await connectionsPerNode(gwA, gwB), { 'gw-a': 1, 'gw-b': 1 });
     await waitConnected(a, b.peerId);
     await waitConnected(b, a.peerId);
@@ -111,6 +117,15 @@ test('the call comes back after SIGKILL of one page\'s gateway node', { timeout:
     await record(a, b.peerId);
     await record(b, a.peerId);
     const before = { a: await iceInfo(a, b.peerId), b: await iceInfo(b, a.peerId) };
+    if (refuseResume) {
+      // Fault injection: a resume token the gateway does not know (as after
+      // the grace period ran out), so the resume is refused.
+      await a.page.evaluate((r) => {
+        const rec = window.demo.client._rooms.get(r);
+        if (!rec?.resumeToken) throw new Error('the page holds no resume token');
+        rec.resumeToken = (rec.resumeToken[0] === 'x' ? 'y' : 'x') + rec.resumeToken.slice(1);
+      }, room);
+    }
 
     // Node A dies without a word.
     const t0 = Date.now();
@@ -149,6 +164,8 @@ test('the call comes back after SIGKILL of one page\'s gateway node', { timeout:
     const backMs = Date.now() - t0;
     await exchange(a, b, 'after the crash: alice -> bob');
     await exchange(b, a, 'after the crash: bob -> alice');
+    await waitRemoteVideo(a, b.peerId);
+    await waitRemoteVideo(b, a.peerId);
 
     const ia = await iceInfo(a, b.peerId);
     const ib = await iceInfo(b, a.peerId);
@@ -156,22 +173,45 @@ test('the call comes back after SIGKILL of one page\'s gateway node', { timeout:
     const how = resumed
       ? (ia.samePc && ib.samePc ? 'resumed on node B, ICE restart on the same connections' : 'resumed on node B, new connection')
       : 're-joined on node B, new connection';
-    // With §9 resumption (on by default) bob never saw alice leave.
-    if (resumed) assert.ok(!ib.events.some((e) => e.type === 'peer_left'), 'bob saw no peer_left after a resume');
     const sa = await a.state();
     const sb = await b.state();
     assert.equal(sa.peers[b.peerId].connectionState, 'connected');
     assert.equal(sb.peers[a.peerId].connectionState, 'connected');
-    assert.deepEqual(sa.errors, [], 'alice saw no signaling error');
     assert.deepEqual(sb.errors, [], 'bob saw no signaling error');
+    if (!refuseResume) {
+      // §9: the room comes back silently and the same connections restart ICE.
+      assert.ok(resumed, 'alice resumed her room on node B');
+      assert.ok(ia.samePc && ib.samePc, 'ICE restart on the same RTCPeerConnections');
+      assert.ok(!ib.events.some((e) => e.type === 'peer_left' || e.type === 'peer_joined'), 'bob saw no membership change');
+      assert.deepEqual(sa.errors, [], 'alice saw no signaling error');
+    } else {
+      assert.ok(!resumed && ia.events.some((e) => e.type === 'joined' && e.rejoin), 'alice re-joined on node B');
+      assert.deepEqual(sa.errors.map((e) => e.code), ['resume_failed'], 'alice saw only the refused resume');
+      assert.ok(!ia.samePc && !ib.samePc, 'both sides started a new RTCPeerConnection');
+      assert.ok(ib.events.some((e) => e.type === 'peer_joined'), 'bob saw alice come back (takeover)');
+    }
 
-    const shots = [await screenshot(a, OUT, 'alice-after-failover.png'), await screenshot(b, OUT, 'bob-after-failover.png')];
-    fs.writeFileSync(path.join(OUT, 'events.json'), JSON.stringify({ alice: ia.events, bob: ib.events }, null, 2) + '\n');
-    console.log(`# ${how}; signaling back ${reconnectMs} ms and call back ${backMs} ms after the SIGKILL; ` +
+    const shots = [await screenshot(a, out, 'alice-after-failover.png'), await screenshot(b, out, 'bob-after-failover.png')];
+    fs.writeFileSync(path.join(out, 'events.json'), JSON.stringify({ alice: ia.events, bob: ib.events }, null, 2) + '\n');
+    console.log(`# ${label}: ${how}; signaling back ${reconnectMs} ms and call back ${backMs} ms after the SIGKILL; ` +
       `alice events: ${ia.events.map((e) => e.type).join(',')}; bob events: ${ib.events.map((e) => e.type).join(',')}; ` +
       `ICE ufrag ${before.a.ufrag}->${ia.ufrag} (alice), ${before.b.ufrag}->${ib.ufrag} (bob); alice transport ${JSON.stringify(ia.transport)}; screenshots: ${shots.join(' ')}`);
   } finally {
-    await saveDiagnostics(a, OUT, 'alice');
-    await saveDiagnostics(b, OUT, 'bob');
+    if (a) await saveDiagnostics(a, out, 'alice');
+    if (b) await saveDiagnostics(b, out, 'bob');
+    await a?.context.close().catch(() => {});
+    await b?.context.close().catch(() => {});
+    cluster.saveLogs(path.join(out, 'logs'));
+    await cluster.stop();
+    cluster.removeWorkDir();
   }
-});
+}
+
+test('SIGKILL of the polite page\'s node: reconnect to the other node, resume, ICE restart', { timeout: 120000 }, () =>
+  failover({ label: 'polite', alicePolite: true, refuseResume: false }));
+
+test('SIGKILL of the impolite page\'s node: reconnect to the other node, resume, ICE restart', { timeout: 120000 }, () =>
+  failover({ label: 'impolite', alicePolite: false, refuseResume: false }));
+
+test('SIGKILL with the resume refused: re-join on the other node, new connections on both sides', { timeout: 120000 }, () =>
+  failover({ label: 'rejoin', alicePolite: true, refuseResume: true }));

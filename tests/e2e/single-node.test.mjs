@@ -10,7 +10,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 
 import { ARTIFACTS, Cluster, REPO, loopbackOnly, metricValue } from './lib/cluster.mjs';
-import { exchange, launchBrowser, openDemo, saveDiagnostics, screenshot, waitConnected, waitRemoteVideo } from './lib/browser.mjs';
+import { exchange, launchBrowser, openDemo, politeImpoliteIds, saveDiagnostics, screenshot, waitConnected, waitRemoteVideo } from './lib/browser.mjs';
 
 const OUT = path.join(ARTIFACTS, 'single-node');
 let cluster;
@@ -36,14 +36,20 @@ after(async () => {
 
 test('two Chromium pages call each other through one gateway over wss', { timeout: 120000 }, async () => {
   const gw = await cluster.gateway({ name: 'gw-single', tls: true });
-  const room = `e2e-${Date.now().toString(36)}`;
+  const room = 'demo';
   const ta = cluster.token('alice', room);
   const tb = cluster.token('bob', room);
+  // alice, in the room first, is the polite side; bob joins second and is
+  // impolite (cross-node.test.mjs has it the other way round). Both offer at
+  // once (glare): bob's offer wins.
+  const [polite, impolite] = politeImpoliteIds();
 
   // The demo and the library come from the gateway itself (SIGNAL_STATIC_DIR),
   // same origin as wss://.../ws; the token travels in the fragment.
-  const a = await openDemo(browser, `${gw.origin}/demo/#token=${ta}&room=${room}`, 'alice');
-  const b = await openDemo(browser, `${gw.origin}/demo/#token=${tb}&room=${room}`, 'bob');
+  const a = await openDemo(browser, `${gw.origin}/demo/#token=${ta}&room=${room}&peer=${polite}`, 'alice');
+  // bob's page uses the query form instead, through the /demo -> /demo/ redirect.
+  const b = await openDemo(browser, `${gw.origin}/demo?token=${tb}&room=${room}&peer=${impolite}`, 'bob');
+  assert.equal(new URL(b.page.url()).pathname, '/demo/');
   try {
     const t0 = Date.now();
     await waitConnected(a, b.peerId);
@@ -64,6 +70,9 @@ test('two Chromium pages call each other through one gateway over wss', { timeou
     // A real call never trips the default limits.
     assert.deepEqual(sa.errors, [], 'alice saw no signaling error');
     assert.deepEqual(sb.errors, [], 'bob saw no signaling error');
+    // The gateway never writes a token into its logs (not even one that came in a query string).
+    const log = gw.proc.log();
+    assert.ok(!log.includes(ta) && !log.includes(tb), 'no token in the gateway log');
     const m = await gw.metrics();
     assert.equal(metricValue(m, 'ws_connections_gauge'), 2);
     const relayed = ['offer', 'answer', 'candidate'].map((t) => metricValue(m, 'messages_total', { type: t }));
@@ -71,9 +80,20 @@ test('two Chromium pages call each other through one gateway over wss', { timeou
 
     const shots = [await screenshot(a, OUT, 'alice.png'), await screenshot(b, OUT, 'bob.png')];
     if (process.env.SG_E2E_UPDATE_DOCS === '1') fs.copyFileSync(shots[0], path.join(REPO, 'docs', 'demo.png'));
-    console.log(`# connected in ${connectMs} ms; offer/answer/candidate messages: ${relayed.join('/')}; screenshots: ${shots.join(' ')}`);
+    await saveDiagnostics(b, OUT, 'bob');
+
+    // Closing a tab closes its WebSocket with 1000 (the demo's pagehide
+    // handler): the room-mate sees the peer leave at once, not after the
+    // heartbeat or the resumption grace period.
+    const t1 = Date.now();
+    await b.page.close({ runBeforeUnload: true });
+    await a.page.waitForFunction((r) => !(r in window.demo.state().peers), b.peerId, { timeout: 5000, polling: 100 });
+    const goneMs = Date.now() - t1;
+    assert.ok((await a.signalLog()).some((l) => l.includes('peer_left') && l.includes('reason=disconnect')), 'peer_left with reason disconnect');
+    console.log(`# connected in ${connectMs} ms; offer/answer/candidate messages: ${relayed.join('/')}; ` +
+      `bob's tab closed -> alice saw peer_left in ${goneMs} ms; screenshots: ${shots.join(' ')}`);
   } finally {
     await saveDiagnostics(a, OUT, 'alice');
-    await saveDiagnostics(b, OUT, 'bob');
+    if (!b.page.isClosed()) await saveDiagnostics(b, OUT, 'bob');
   }
 });

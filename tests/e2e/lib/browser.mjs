@@ -2,6 +2,7 @@
 // ever downloaded), and helpers around the demo page's test hooks
 // (window.demo, see clients/README.md).
 
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -105,7 +106,7 @@ export async function exchange(from, to, text, timeoutMs = 10000) {
   }
 }
 
-/** Waits until the remote video of `remote` on `demo` plays (frames decoded). */
+/** Waits until the remote video of `remote` on `demo` plays: frames decoded and its time advancing. */
 export async function waitRemoteVideo(demo, remote, timeoutMs = 15000) {
   await demo.page.waitForFunction(
     (r) => {
@@ -114,6 +115,12 @@ export async function waitRemoteVideo(demo, remote, timeoutMs = 15000) {
     },
     remote,
     { timeout: timeoutMs, polling: 200 },
+  );
+  const t0 = await demo.page.evaluate((r) => document.querySelector(`[data-testid="remote-video-${r}"]`).currentTime, remote);
+  await demo.page.waitForFunction(
+    ([r, t]) => document.querySelector(`[data-testid="remote-video-${r}"]`).currentTime > t + 0.3,
+    [remote, t0],
+    { timeout: timeoutMs, polling: 100 },
   );
 }
 
@@ -139,4 +146,12 @@ export async function saveDiagnostics(demo, dir, prefix) {
   fs.writeFileSync(path.join(dir, `${prefix}-console.txt`), demo.console.join('\n') + '\n');
   fs.writeFileSync(path.join(dir, `${prefix}-signal-log.txt`), log.join('\n') + '\n');
   fs.writeFileSync(path.join(dir, `${prefix}-state.json`), JSON.stringify(state, null, 2) + '\n');
+}
+
+/**
+ * Two random peer ids [polite, impolite]: PeerLink makes the lexically
+ * smaller id the polite side, so a test can pick who is which.
+ */
+export function politeImpoliteIds() {
+  return [crypto.randomUUID(), crypto.randomUUID()].sort();
 }
