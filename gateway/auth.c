@@ -732,6 +732,7 @@ void sg_claims_clear(sg_claims *c)
     if (!c)
         return;
     free(c->rooms);
+    free(c->sub);
     memset(c, 0, sizeof(*c));
 }
 
@@ -859,8 +860,7 @@ static int check_claims(const sg_auth *a, json_object *pl, int64_t now_s, sg_cla
     if (has_iat && iat > sat_add(now_s, a->leeway_s))
         return set_fail(fail, "iat_future", "token was issued in the future (iat)");
 
-    memcpy(claims->sub, sub, sub_len);
-    claims->sub[sub_len] = '\0';
+    claims->sub = sg_xstrndup(sub, sub_len);
     claims->exp = exp;
     if (rooms)
         rooms_copy(rooms, claims);

@@ -49,7 +49,7 @@ void sg_auth_free(sg_auth *a);
 
 /* Verified claims. rooms[i] are NUL-terminated strings inside one allocation. */
 typedef struct sg_claims {
-    char sub[SG_SUB_MAX + 1];
+    char *sub;        /* heap, exact length (an idle connection keeps it) */
     int64_t exp;
     char **rooms;     /* NULL when the claim is absent */
     size_t nrooms;

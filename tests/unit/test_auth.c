@@ -258,6 +258,14 @@ static void expect_ok_at(const sg_auth *a, const char *tok, int64_t now, sg_clai
         fail_msg("expected success, got %s: %s", fail.reason, fail.message);
 }
 
+/* The same, for callers that do not look at the claims. */
+static void expect_ok_at_cleared(const sg_auth *a, const char *tok, int64_t now)
+{
+    sg_claims c = {0};
+    expect_ok_at(a, tok, now, &c);
+    sg_claims_clear(&c);
+}
+
 static void expect_ok(const sg_auth *a, const char *tok)
 {
     sg_claims c;
@@ -290,7 +298,7 @@ static void expect_fail_at(const sg_auth *a, const char *tok, size_t len, int64_
     /* On failure the claims are zeroed, with nothing to free. */
     assert_null(c.rooms);
     assert_int_equal(c.nrooms, 0);
-    assert_int_equal(c.sub[0], '\0');
+    assert_null(c.sub);
 }
 
 static void expect_fail(const sg_auth *a, const char *tok, const char *reason)
@@ -842,7 +850,7 @@ static void test_nbf(void **state)
     snprintf(extra, sizeof(extra), "\"nbf\":%lld", NOW + LEEWAY + 1);
     t = token_exp(NOW + 600, extra);
     expect_fail(a, t, "not_yet_valid");
-    expect_ok_at(a, t, NOW + 1, &(sg_claims){0});
+    expect_ok_at_cleared(a, t, NOW + 1);
     free(t);
     snprintf(extra, sizeof(extra), "\"nbf\":%lld", NOW + LEEWAY); /* within the leeway */
     t = token_exp(NOW + 600, extra);
