@@ -59,7 +59,7 @@ free_port() {
 is_ours() {
   local pid=$1 name=$2
   [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$name"
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$name"
 }
 
 pid_of() { cat "$dir/$1.pid" 2>/dev/null || true; }
@@ -101,7 +101,9 @@ start_redis() {
   fi
   REDIS_PORT=${SG_CLUSTER_REDIS_PORT:-$(free_port)}
   REDIS_URL="redis://$host:$REDIS_PORT/0"
-  setsid redis-server "$root/deploy/redis.conf" --port "$REDIS_PORT" --bind "$host" \
+  # a copy: a server Sentinel reconfigures rewrites its config file
+  cp "$root/deploy/redis.conf" "$dir/redis.conf"
+  setsid redis-server "$dir/redis.conf" --port "$REDIS_PORT" --bind "$host" \
     --dir "$dir" --daemonize no --logfile "" --protected-mode no \
     >"$dir/redis.log" 2>&1 </dev/null &
   echo $! >"$dir/redis.pid"
@@ -212,7 +214,8 @@ cmd_start() {
   fi
   mkdir -p "$dir"
   chmod 700 "$dir"
-  rm -f "$dir"/*.pid "$dir"/*.rc "$dir"/*.log
+  rm -f "$dir"/redis.pid "$dir"/haproxy.pid "$dir"/gw*.pid "$dir"/gw*.rc \
+    "$dir"/redis.log "$dir"/haproxy.log "$dir"/gw*.log
   SG_CLUSTER_NODE_PREFIX=${SG_CLUSTER_NODE_PREFIX:-gw}
   LB_PORT=${SG_CLUSTER_LB_PORT:-8443}
   if [ -z "${SG_CLUSTER_LB_PORT:-}" ] && port_in_use "$LB_PORT"; then LB_PORT=$(free_port); fi
@@ -378,5 +381,5 @@ case "${1:-}" in
   start-node) shift; start_node "${1:?start-node I}"; load_state; echo "gw$1 started (pid $(pid_of "gw$1"))" ;;
   restart) shift; cmd_drain "${1:?restart I}"; start_node "$1"; echo "gw$1 started again (pid $(pid_of "gw$1"))" ;;
   token) shift; cmd_token "$@" ;;
-  *) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -223,7 +223,11 @@ static int validate(sg_config *cfg, char *err, size_t errlen)
                                  {"SIGNAL_JWT_PUBLIC_KEY", cfg->jwt_public_key},
                                  {"SIGNAL_JWT_JWKS_FILE", cfg->jwt_jwks_file},
                                  {"SIGNAL_ALLOWED_ORIGINS", cfg->allowed_origins},
-                                 {"SIGNAL_NODE_ID", cfg->node_id}};
+                                 {"SIGNAL_NODE_ID", cfg->node_id},
+                                 {"SIGNAL_STATIC_DIR", cfg->static_dir},
+                                 {"SIGNAL_REDIS_SENTINELS", cfg->redis_sentinels},
+                                 {"SIGNAL_TURN_SECRET", cfg->turn_secret},
+                                 {"SIGNAL_TURN_URLS", cfg->turn_urls}};
     for (size_t i = 0; i < sizeof nonempty / sizeof *nonempty; i++)
         if (nonempty[i][1] && !*nonempty[i][1]) {
             seterr(err, errlen, "%s is set but empty", nonempty[i][0]);

@@ -1,0 +1,546 @@
+"""A process-based cluster for the scale-out and failure tests: redis-server
+(deploy/redis.conf), optionally a replica and three sentinels, N gateways on
+fixed loopback ports (a restarted node comes back on the same ports, as a
+container behind a load balancer would), and haproxy in front, configured
+from the same template as deploy/cluster.sh (deploy/haproxy-local.cfg.in).
+
+Every process is a child of the test process, so a drained gateway's exit
+status is known; everything is stopped by pid (SIGTERM, then SIGKILL after a
+bound) at the end of the test.
+"""
+
+import asyncio
+import os
+import pathlib
+import signal
+import subprocess
+import time
+import urllib.request
+
+import websockets
+import websockets.exceptions
+
+import sg_helpers as h
+
+REPO = h.REPO
+HAPROXY_TEMPLATE = REPO / "deploy" / "haproxy-local.cfg.in"
+REDIS_CONF = REPO / "deploy" / "redis.conf"
+CLUSTER_SH = REPO / "deploy" / "cluster.sh"
+COOKIE = "SGSRV"
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "SUMMARY: UndefinedBehaviorSanitizer")
+
+
+def stop_process(proc, term_timeout, sig=signal.SIGTERM):
+    """Signal, wait, SIGKILL after the bound. Returns the exit status."""
+    if proc.poll() is not None:
+        return proc.returncode
+    try:
+        proc.send_signal(sig)
+    except ProcessLookupError:
+        pass
+    try:
+        return proc.wait(timeout=term_timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=10)
+
+
+def rss_kib(pid):
+    """Resident set size of a process, KiB (VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def render_haproxy(lb_port, stats_port, servers, host=h.HOST):
+    """The haproxy config for these (name, port, admin_port) servers, from the
+    same template and with the same substitutions as deploy/cluster.sh."""
+    lines = []
+    for line in HAPROXY_TEMPLATE.read_text().splitlines():
+        if line.strip() == "@SERVERS@":
+            for name, port, admin in servers:
+                lines.append(f"  server {name} {host}:{port} check port {admin} cookie {name}")
+            continue
+        lines.append(line.replace("@LB_BIND@", f"{host}:{lb_port}")
+                     .replace("@STATS_BIND@", f"{host}:{stats_port}"))
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------
+# Redis and Sentinel
+
+
+class RedisProc:
+    """One redis-server from deploy/redis.conf on a fixed port (so it can be
+    restarted in place, e.g. empty)."""
+
+    def __init__(self, workdir, name="redis", port=None, extra=()):
+        self.workdir = pathlib.Path(workdir)
+        self.name = name
+        self.port = port or h.free_port()
+        self.extra = list(extra)
+        self.proc = None
+        self.starts = 0
+
+    @property
+    def url(self):
+        return f"redis://{h.HOST}:{self.port}/0"
+
+    def start(self, timeout=5.0):
+        self.starts += 1
+        d = self.workdir / f"{self.name}-data"
+        d.mkdir(exist_ok=True)
+        log = self.workdir / f"{self.name}.log"
+        # A private copy: Sentinel makes the servers it reconfigures rewrite
+        # their config file (CONFIG REWRITE), which must not be the repo's.
+        conf = self.workdir / f"{self.name}.conf"
+        conf.write_text(REDIS_CONF.read_text())
+        with open(log, "ab") as f:
+            self.proc = subprocess.Popen(
+                ["redis-server", str(conf), "--port", str(self.port), "--bind", h.HOST,
+                 "--dir", str(d), "--daemonize", "no", "--protected-mode", "no", "--logfile", "",
+                 *self.extra],
+                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if self("PING") == "PONG":
+                    return self
+            except (OSError, h.RedisError):
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.name} did not start on port {self.port}:\n"
+                           + log.read_text(errors="replace")[-1500:])
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self):
+        if self.proc is not None:
+            stop_process(self.proc, 5)
+
+    def __call__(self, *args, timeout=5.0):
+        c = h.RedisClient(self.port, timeout=timeout)
+        try:
+            return c(*args)
+        finally:
+            c.close()
+
+    def keys(self, pattern="*"):
+        return sorted(self("KEYS", pattern))
+
+    def hgetall(self, key):
+        flat = self("HGETALL", key)
+        return dict(zip(flat[0::2], flat[1::2]))
+
+    def member_nodes(self, room):
+        """peerId -> node of each member record of the room."""
+        import json
+        return {p: json.loads(v)["node"] for p, v in self.hgetall(f"room:{{{room}}}:peers").items()}
+
+
+SENTINEL_CONF = """port {port}
+bind {host}
+daemonize no
+protected-mode no
+dir {dir}
+logfile ""
+sentinel resolve-hostnames no
+sentinel monitor {name} {host} {master_port} 2
+sentinel down-after-milliseconds {name} {down_after_ms}
+sentinel failover-timeout {name} {failover_timeout_ms}
+sentinel parallel-syncs {name} 1
+"""
+
+
+class SentinelProc:
+    def __init__(self, workdir, index, master_port, name="mymaster", down_after_ms=1000,
+                 failover_timeout_ms=3000):
+        self.workdir = pathlib.Path(workdir)
+        self.index = index
+        self.port = h.free_port()
+        self.master_name = name
+        self.conf = self.workdir / f"sentinel{index}.conf"
+        d = self.workdir / f"sentinel{index}-data"
+        d.mkdir(exist_ok=True)
+        # Sentinel rewrites its config file (it must be writable).
+        self.conf.write_text(SENTINEL_CONF.format(
+            port=self.port, host=h.HOST, dir=d, name=name, master_port=master_port,
+            down_after_ms=down_after_ms, failover_timeout_ms=failover_timeout_ms))
+        self.proc = None
+
+    def start(self, timeout=5.0):
+        log = self.workdir / f"sentinel{self.index}.log"
+        with open(log, "ab") as f:
+            self.proc = subprocess.Popen(["redis-server", str(self.conf), "--sentinel"],
+                                         stdout=f, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if self("PING") == "PONG":
+                    return self
+            except (OSError, h.RedisError):
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"sentinel {self.index} did not start:\n"
+                           + log.read_text(errors="replace")[-1500:])
+
+    def __call__(self, *args):
+        c = h.RedisClient(self.port, timeout=2)
+        try:
+            return c(*args)
+        finally:
+            c.close()
+
+    def master_addr(self):
+        try:
+            r = self("SENTINEL", "get-master-addr-by-name", self.master_name)
+        except (OSError, h.RedisError):
+            return None
+        return (r[0], int(r[1])) if r else None
+
+    def stop(self):
+        if self.proc is not None:
+            stop_process(self.proc, 5)
+
+
+# --------------------------------------------------------------------------
+# Gateways and haproxy
+
+
+class Node:
+    """A gateway slot: a name (its SIGNAL_NODE_ID), fixed ports, an env. The
+    process can be drained, killed and started again in the same slot."""
+
+    def __init__(self, cluster, name, env):
+        self.cluster = cluster
+        self.name = name
+        self.port = h.free_port()
+        self.admin_port = h.free_port()
+        while self.admin_port == self.port:
+            self.admin_port = h.free_port()
+        self.env = env
+        self.proc = None
+        self.generation = 0
+        self.exits = []          # exit status of each finished process, in order
+        self.deliberate = False  # the test stopped or killed the current process
+        self.log_paths = []
+
+    host = h.HOST
+    tls = False
+
+    def __repr__(self):
+        return f"<Node {self.name} pid={self.pid} port={self.port}>"
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    @property
+    def ws_url(self):
+        return f"ws://{h.HOST}:{self.port}/ws"
+
+    @property
+    def admin_url(self):
+        return f"http://{h.HOST}:{self.admin_port}"
+
+    def readyz(self, timeout=1.0):
+        return h.http_status(self.admin_url + "/readyz", timeout=timeout)[0]
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, ready_timeout=10.0, wait_ready=True):
+        assert not self.running(), f"{self.name} is already running"
+        self.generation += 1
+        log = self.cluster.workdir / f"{self.name}.{self.generation}.log"
+        self.log_paths.append(log)
+        full = {k: v for k, v in os.environ.items() if not k.startswith("SIGNAL_")}
+        full.update({
+            "SIGNAL_LISTEN": f"{h.HOST}:{self.port}",
+            "SIGNAL_ADMIN_LISTEN": f"{h.HOST}:{self.admin_port}",
+            "SIGNAL_REDIS_URL": self.cluster.redis_url,
+            "SIGNAL_JWT_SECRET": h.JWT_SECRET,
+            "SIGNAL_NODE_ID": self.name,
+            "SIGNAL_LOG_LEVEL": "info",
+        })
+        full.update({k: str(v) for k, v in self.env.items() if v is not None})
+        for k, v in self.env.items():
+            if v is None:
+                full.pop(k, None)
+        self.deliberate = False
+        # A port of the previous process may linger a moment: retry briefly.
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            with open(log, "ab") as f:
+                self.proc = subprocess.Popen([h.GATEWAY_BIN], env=full, cwd=str(REPO), stdout=f,
+                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            if not wait_ready:
+                return self
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                if self.readyz(timeout=0.5) == 200:
+                    return self
+                time.sleep(0.05)
+            if self.proc.poll() is None:
+                stop_process(self.proc, 3)
+                raise RuntimeError(f"{self.name} not ready within {ready_timeout}s:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} exited at start ({self.proc.returncode}):\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def terminate(self):
+        """SIGTERM (drain) without waiting."""
+        self.deliberate = True
+        if self.running():
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout):
+        rc = self.proc.wait(timeout=timeout)
+        if not self.exits or self.exits[-1][0] != self.generation:
+            self.exits.append((self.generation, rc))
+        return rc
+
+    def kill(self):
+        self.deliberate = True
+        if self.running():
+            self.proc.kill()
+        return self.wait(10)
+
+    def stop(self, timeout=None):
+        self.deliberate = True
+        if self.proc is None:
+            return None
+        drain_s = int(self.env.get("SIGNAL_DRAIN_MS", 10000)) / 1000
+        rc = stop_process(self.proc, timeout if timeout is not None else drain_s + 5)
+        if not self.exits or self.exits[-1][0] != self.generation:
+            self.exits.append((self.generation, rc))
+        return rc
+
+    def rss_kib(self):
+        return rss_kib(self.proc.pid)
+
+    def metrics(self):
+        """The /metrics text ("" when the node does not answer)."""
+        body = h.http_status(self.admin_url + "/metrics", timeout=2)[1]
+        return body.decode() if body else ""
+
+    def log_text(self):
+        out = []
+        for p in self.log_paths:
+            try:
+                out.append(p.read_text(errors="replace"))
+            except OSError:
+                pass
+        return "".join(out)
+
+    def log_tail(self, n=40):
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+
+class HAProxy:
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.port = h.free_port()
+        self.stats_port = h.free_port()
+        self.cfg = cluster.workdir / "haproxy.cfg"
+        self.log = cluster.workdir / "haproxy.log"
+        self.proc = None
+
+    host = h.HOST
+    tls = False
+
+    @property
+    def url(self):
+        return f"ws://{h.HOST}:{self.port}/ws"
+
+    def start(self, timeout=10.0):
+        self.cfg.write_text(render_haproxy(
+            self.port, self.stats_port,
+            [(n.name, n.port, n.admin_port) for n in self.cluster.nodes]))
+        chk = subprocess.run(["haproxy", "-c", "-q", "-f", str(self.cfg)], capture_output=True, text=True)
+        assert chk.returncode == 0, f"rendered haproxy config invalid: {chk.stdout}{chk.stderr}"
+        with open(self.log, "ab") as f:
+            self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(self.cfg)], stdout=f,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.wait_states({n.name: "UP" for n in self.cluster.nodes if n.running()}, timeout)
+        return self
+
+    def stats(self):
+        """server name -> status (UP, DOWN, "UP 1/2", "NOLB", ...) from the stats CSV."""
+        try:
+            with urllib.request.urlopen(f"http://{h.HOST}:{self.stats_port}/stats;csv", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        lines = text.splitlines()
+        cols = lines[0].lstrip("# ").split(",")
+        out = {}
+        for ln in lines[1:]:
+            row = dict(zip(cols, ln.split(",")))
+            if row.get("pxname") == "gateways" and row.get("svname") not in ("BACKEND", "FRONTEND"):
+                out[row["svname"]] = row["status"]
+        return out
+
+    def wait_states(self, want, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.stats()
+            if all(st.get(k) == v for k, v in want.items()):
+                return st
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"haproxy exited: {self.log.read_text(errors='replace')[-1500:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"haproxy states {st}, wanted {want} within {timeout}s")
+            time.sleep(0.05)
+
+    def stop(self):
+        if self.proc is not None:
+            stop_process(self.proc, 5)
+
+
+class Cluster:
+    """redis (or sentinels) + gateways + haproxy. Use as the `cluster` fixture's value."""
+
+    def __init__(self, workdir):
+        self.workdir = pathlib.Path(workdir)
+        self.redis = None
+        self.redis_url = None
+        self.sentinels = []
+        self.replicas = []
+        self.nodes = []
+        self.lb = None
+
+    def start_redis(self):
+        self.redis = RedisProc(self.workdir).start()
+        self.redis_url = self.redis.url
+        return self.redis
+
+    def start_sentinel_redis(self, down_after_ms=1000, failover_timeout_ms=3000):
+        """A master, one replica and three sentinels; returns the env gateways need."""
+        fast_sync = ["--repl-diskless-sync-delay", "0"]  # default 5 s wait for more replicas
+        self.redis = RedisProc(self.workdir, "master", extra=fast_sync).start()
+        replica = RedisProc(self.workdir, "replica",
+                            extra=[*fast_sync, "--replicaof", h.HOST, str(self.redis.port)]).start()
+        self.replicas.append(replica)
+        h.wait_until(lambda: "master_link_status:up" in replica("INFO", "replication"), 10,
+                     what="replica in sync")
+        for i in range(3):
+            self.sentinels.append(SentinelProc(self.workdir, i + 1, self.redis.port,
+                                               down_after_ms=down_after_ms,
+                                               failover_timeout_ms=failover_timeout_ms).start())
+        # every sentinel knows the replica and the other sentinels before a test kills anything
+        def settled():
+            for s in self.sentinels:
+                try:
+                    info = s("SENTINEL", "master", "mymaster")
+                except (OSError, h.RedisError):
+                    return False
+                d = dict(zip(info[0::2], info[1::2]))
+                if int(d.get("num-slaves", 0)) < 1 or int(d.get("num-other-sentinels", 0)) < 2:
+                    return False
+            return True
+        h.wait_until(settled, 20, interval=0.2, what="sentinels discovering the replica and each other")
+        # The URL still names the database (and would carry credentials); the
+        # address comes from the sentinels.
+        self.redis_url = f"redis://{h.HOST}:1/0"
+        return {"SIGNAL_REDIS_SENTINELS": ",".join(f"{h.HOST}:{s.port}" for s in self.sentinels),
+                "SIGNAL_REDIS_MASTER_NAME": "mymaster"}
+
+    def add_nodes(self, n, env=None, prefix="gw"):
+        base = len(self.nodes)
+        new = [Node(self, f"{prefix}{base + i + 1}", dict(env or {})) for i in range(n)]
+        self.nodes.extend(new)
+        for node in new:
+            node.start()
+        return new
+
+    def start_lb(self):
+        self.lb = HAProxy(self).start()
+        return self.lb
+
+    def node(self, name):
+        return next(n for n in self.nodes if n.name == name)
+
+    def restart_node(self, node, lb_timeout=10.0):
+        """Start a stopped node in its slot and wait until haproxy sends to it."""
+        node.start()
+        if self.lb is not None:
+            self.lb.wait_states({node.name: "UP"}, lb_timeout)
+
+    def teardown(self):
+        problems = []
+        for n in self.nodes:
+            if n.proc is not None and not n.deliberate and n.proc.poll() is not None:
+                problems.append(f"{n.name} exited on its own with status {n.proc.returncode}")
+            rc = n.stop()
+            text = n.log_text()
+            for marker in SANITIZER_MARKERS:
+                if marker in text:
+                    problems.append(f"{n.name}: sanitizer report ({marker!r})")
+                    break
+        if self.lb:
+            self.lb.stop()
+        for s in self.sentinels:
+            s.stop()
+        for r in self.replicas:
+            r.stop()
+        if self.redis:
+            self.redis.stop()
+        return problems
+
+
+# --------------------------------------------------------------------------
+# clients through the load balancer
+
+
+def cookie_header(node_name):
+    return {"Cookie": f"{COOKIE}={node_name}"}
+
+
+def lb_cookie(client):
+    """The node name haproxy's Set-Cookie gave this connection, or None."""
+    for v in client.ws.response_headers.get_all("Set-Cookie"):
+        if v.startswith(COOKIE + "="):
+            return v.split(";", 1)[0].split("=", 1)[1]
+    return None
+
+
+async def connect_retry(url, token, name, timeout=10.0, cookie=None, **kw):
+    """Connect (through the LB) until it works: a refused handshake (503) or a
+    refused connection is retried with a short pause, as a client would.
+    Returns (client, attempts)."""
+    deadline = time.monotonic() + timeout
+    attempts = 0
+    headers = dict(kw.pop("extra_headers", None) or {})
+    if cookie:
+        headers.update(cookie_header(cookie))
+    while True:
+        attempts += 1
+        try:
+            c = await h.connect(url, token, name=name, extra_headers=headers or None, **kw)
+            return c, attempts
+        except (websockets.exceptions.InvalidStatusCode, websockets.exceptions.InvalidHandshake,
+                OSError, asyncio.TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+def ttl_problems(redis, allow_no_ttl=(":acl",)):
+    """Keys without a TTL (PTTL -1) that the gateway wrote."""
+    bad = []
+    for k in redis.keys("*"):
+        if any(k.endswith(s) for s in allow_no_ttl):
+            continue
+        if redis("PTTL", k) == -1:
+            bad.append(k)
+    return bad
