@@ -447,7 +447,7 @@ static bool sending, measuring, finished;
 /* results */
 static uint64_t sent_total, recv_total, relay_errs_total;
 static uint64_t sent_meas, recv_meas;
-static uint64_t out_of_order, disconnects, pings_rx, pongs_tx;
+static uint64_t out_of_order, gaps, disconnects, pings_rx, pongs_tx;
 static uint32_t *lat;   /* µs */
 static size_t nlat, caplat;
 static uint32_t *lat_at; /* --dump: receipt time, µs since t_meas0 */
@@ -694,9 +694,13 @@ static void on_text(conn *c, const uint8_t *m, size_t n)
         uint64_t ts = read_digits(mk + 4, 16);
         uint64_t seq = read_digits(mk + 4 + 16 + 5, 10);
         dir *d = &pr->d[1 - c->side];
-        if (seq != d->seq_expect)
-            out_of_order++;
-        d->seq_expect = seq + 1;
+        if (seq < d->seq_expect) {
+            out_of_order++; /* arrived after a later message: an order violation (or a duplicate) */
+        } else {
+            if (seq > d->seq_expect)
+                gaps += seq - d->seq_expect; /* messages skipped: lost or refused with an error */
+            d->seq_expect = seq + 1;
+        }
         if (d->inflight)
             d->inflight--;
         recv_total++;
@@ -1295,9 +1299,10 @@ static void report(void)
             printf("},");
         }
         uint64_t lost = sent_total > recv_total + relay_errs_total ? sent_total - recv_total - relay_errs_total : 0;
-        printf("\"sent_total\":%" PRIu64 ",\"delivered_total\":%" PRIu64 ",\"undelivered\":%" PRIu64
-               ",\"out_of_order\":%" PRIu64 ",\"disconnects\":%" PRIu64 ",",
-               sent_total, recv_total, lost, out_of_order, disconnects);
+        printf("\"sent_total\":%" PRIu64 ",\"delivered_total\":%" PRIu64 ",\"relay_errors_total\":%" PRIu64
+               ",\"undelivered\":%" PRIu64 ",\"seq_gaps\":%" PRIu64 ",\"out_of_order\":%" PRIu64
+               ",\"disconnects\":%" PRIu64 ",",
+               sent_total, recv_total, relay_errs_total, lost, gaps, out_of_order, disconnects);
         double sc = s_cpu1 - s_cpu0;
         json_num("cpu_s", sc, true);
         json_num("cpu_util", dur > 0 ? sc / dur : -1, true);

@@ -32,8 +32,8 @@ node --test clients/js/test/
 section "end-to-end tests (aiortc, Chromium, haproxy)"
 SG_GATEWAY_BIN="$root/build/signal-gateway" tests/e2e/run.sh
 
-section "fuzzing: each libFuzzer harness for ${FUZZ_SECONDS:-30} s"
-FUZZ_SECONDS=${FUZZ_SECONDS:-30} tests/fuzz/run.sh
+section "fuzzing: each libFuzzer harness for ${FUZZ_SECONDS:-60} s"
+FUZZ_SECONDS=${FUZZ_SECONDS:-60} tests/fuzz/run.sh
 
 section "build (ASan + UBSan)"
 build build-asan -DSG_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
