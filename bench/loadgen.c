@@ -81,6 +81,7 @@ static struct {
     long conns;             /* conn mode */
     double hold;            /* conn mode */
     double settle;          /* conn mode: wait before the first RSS reading after setup */
+    double msg_timeout;     /* closed loop: a direction with no progress this long is refilled */
     char **src_ips;
     int nsrc;
     int gateway_pid, redis_pid;
@@ -92,7 +93,7 @@ static struct {
     .mode = MODE_CLOSED, .host = "127.0.0.1", .port = 8443, .pairs = 50, .window = 1,
     .rate = 1000, .poisson = true, .kind = KIND_CANDIDATE, .size = 0, .duration = 5,
     .warmup = 1, .drain = 2, .setup_timeout = 120, .concurrency = 128, .conns = 1000,
-    .hold = 10, .settle = 1,
+    .hold = 10, .settle = 1, .msg_timeout = 2,
 };
 
 /* ---- small utilities ---------------------------------------------------- */
@@ -419,6 +420,7 @@ typedef struct dir {
     size_t ts_off, seq_off;
     uint64_t seq_sent, seq_expect;
     uint32_t inflight;
+    uint64_t progress_us; /* last delivery or error for this direction (closed loop stall check) */
 } dir;
 
 struct pair {
@@ -447,7 +449,7 @@ static bool sending, measuring, finished;
 /* results */
 static uint64_t sent_total, recv_total, relay_errs_total;
 static uint64_t sent_meas, recv_meas;
-static uint64_t out_of_order, gaps, disconnects, pings_rx, pongs_tx;
+static uint64_t out_of_order, gaps, disconnects, pings_rx, pongs_tx, timed_out;
 static uint32_t *lat;   /* µs */
 static size_t nlat, caplat;
 static uint32_t *lat_at; /* --dump: receipt time, µs since t_meas0 */
@@ -564,7 +566,7 @@ static void build_template(pair *pr, int side)
         tl = snprintf(tail, sizeof tail, "\\r\\n\"}");
     }
     /* "<ts16> lgs=<seq10>" then padding to the target size */
-    const char *mid = O.kind == KIND_CANDIDATE ? " lgs=" : " lgs=";
+    const char *mid = " lgs=";
     size_t fixed = (size_t)hl + 16 + strlen(mid) + 10 + (size_t)tl;
     size_t pad = target > fixed ? target - fixed : 0;
     d->tlen = fixed + pad;
@@ -703,6 +705,7 @@ static void on_text(conn *c, const uint8_t *m, size_t n)
         }
         if (d->inflight)
             d->inflight--;
+        d->progress_us = now;
         recv_total++;
         if (measuring) {
             recv_meas++;
@@ -739,6 +742,7 @@ static void on_text(conn *c, const uint8_t *m, size_t n)
             relay_errs_total++;
             if (d->inflight)
                 d->inflight--;
+            d->progress_us = now; /* the slot is refilled by refill_tick */
         }
         return;
     }
@@ -1017,9 +1021,42 @@ static void kick_pair(pair *pr)
         return;
     for (int s = 0; s < (O.bidir ? 2 : 1); s++) {
         dir *d = &pr->d[s];
+        d->progress_us = now_us();
         while (d->inflight < (uint32_t)O.window)
             send_relay(d, now_us());
     }
+}
+
+/* Closed loop: refills windows that errors emptied, and gives up on messages
+ * that made no progress for --msg-timeout (dropped without a word, e.g. by a
+ * rate limit that warns once a second): they count as timed_out. */
+static struct event *ev_refill;
+static void refill_tick(evutil_socket_t fd, short what, void *arg)
+{
+    if (!sending)
+        return;
+    uint64_t now = now_us();
+    for (int i = 0; i < npairs; i++) {
+        pair *pr = &pairs[i];
+        if (!pr->ready)
+            continue;
+        for (int sd = 0; sd < (O.bidir ? 2 : 1); sd++) {
+            dir *d = &pr->d[sd];
+            if (d->from->state != C_READY || d->to->state != C_READY)
+                continue;
+            if (d->inflight && now - d->progress_us > (uint64_t)(O.msg_timeout * 1e6)) {
+                timed_out += d->inflight;
+                d->inflight = 0;
+            }
+            if (d->inflight < (uint32_t)O.window) {
+                d->progress_us = now;
+                while (d->inflight < (uint32_t)O.window)
+                    send_relay(d, now_us());
+            }
+        }
+    }
+    struct timeval tv = {0, 50000};
+    evtimer_add(ev_refill, &tv);
 }
 
 static void open_tick(evutil_socket_t fd, short what, void *arg)
@@ -1122,6 +1159,8 @@ static void on_phase(evutil_socket_t fd, short what, void *arg)
             for (int i = 0; i < npairs; i++)
                 if (pairs[i].ready)
                     kick_pair(&pairs[i]);
+            ev_refill = evtimer_new(base, refill_tick, NULL);
+            refill_tick(-1, 0, NULL);
         } else {
             next_send_us = 0;
             open_tick(-1, 0, NULL);
@@ -1301,8 +1340,8 @@ static void report(void)
         uint64_t lost = sent_total > recv_total + relay_errs_total ? sent_total - recv_total - relay_errs_total : 0;
         printf("\"sent_total\":%" PRIu64 ",\"delivered_total\":%" PRIu64 ",\"relay_errors_total\":%" PRIu64
                ",\"undelivered\":%" PRIu64 ",\"seq_gaps\":%" PRIu64 ",\"out_of_order\":%" PRIu64
-               ",\"disconnects\":%" PRIu64 ",",
-               sent_total, recv_total, relay_errs_total, lost, gaps, out_of_order, disconnects);
+               ",\"disconnects\":%" PRIu64 ",\"timed_out\":%" PRIu64 ",",
+               sent_total, recv_total, relay_errs_total, lost, gaps, out_of_order, disconnects, timed_out);
         double sc = s_cpu1 - s_cpu0;
         json_num("cpu_s", sc, true);
         json_num("cpu_util", dur > 0 ? sc / dur : -1, true);
@@ -1336,7 +1375,10 @@ static void usage(void)
             "  --bidir                   relay both ways (B->A too)\n"
             "  --duration S --warmup S   measured seconds (default 5) after a warmup (default 1)\n"
             "  --drain S                 wait for in-flight messages after the end (default 2)\n"
+            "  --msg-timeout S           closed loop: messages without progress this long are given up\n"
+            "                            (counted as timed_out) and the window refilled (default 2)\n"
             "  --conns N --hold S        conn mode: N idle connections held S seconds\n"
+            "  --settle S                conn mode: wait before the first reading (default 1)\n"
             "  --src-ips A,B,...         source addresses, round-robin (bind before connect)\n"
             "  --src-ip-count K          shorthand for 127.0.0.1..127.0.0.K\n"
             "  --concurrency C           pairs being set up at once (default 128)\n"
@@ -1395,7 +1437,7 @@ int main(int argc, char **argv)
         {"setup-timeout", 1, 0, 'T'}, {"gateway-pid", 1, 0, 'g'}, {"redis-pid", 1, 0, 'R'},
         {"iss", 1, 0, 'i'},        {"aud", 1, 0, 'A'},        {"label", 1, 0, 'l'},
         {"seed", 1, 0, 'e'},       {"verbose", 0, 0, 'v'},    {"settle", 1, 0, 'L'},
-        {"dump", 1, 0, 'P'},       {"admin", 1, 0, 'M'},       {"help", 0, 0, 'h'},       {0, 0, 0, 0},
+        {"dump", 1, 0, 'P'},       {"admin", 1, 0, 'M'},      {"msg-timeout", 1, 0, 'O'},       {"help", 0, 0, 'h'},       {0, 0, 0, 0},
     };
     const char *url = NULL;
     uint64_t seed = 0;
@@ -1454,6 +1496,7 @@ int main(int argc, char **argv)
         case 'L': O.settle = atof(optarg); break;
         case 'P': O.dump = optarg; break;
         case 'M': O.admin = optarg; break;
+        case 'O': O.msg_timeout = atof(optarg); break;
         default: usage();
         }
     }

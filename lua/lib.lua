@@ -146,6 +146,7 @@ local function buffer_relay(peer, frame, max_count, max_bytes, ttl_ms)
   redis.call('XADD', buf, string.format('%d-1', seq), 'f', frame)
   redis.call('PEXPIRE', buf, ttl_ms)
   local bytes = redis.call('HINCRBY', rkey('seq'), 'b:' .. peer, #frame)
+  redis.call('PEXPIRE', rkey('seq'), ttl_ms) -- it may have just been created
   local len = redis.call('XLEN', buf)
   while len > max_count or (bytes > max_bytes and len > 1) do
     local oldest = redis.call('XRANGE', buf, '-', '+', 'COUNT', 1)[1]
