@@ -56,7 +56,10 @@ if resume_ms > 0 then
 end
 local trec = cjson.decode(target)
 if trec.conn == '' then
-  return {'ok', 'buffered', seq}
+  -- In its grace period, or a ghost re-asserted by a room-mate's node after
+  -- Redis lost it: nobody holds it right now.
+  if resume_ms > 0 then return {'ok', 'buffered', seq} end
+  return {'error', 'peer_unreachable'}
 end
 local msg = trec.conn .. '\tr\t' .. ts .. '\t' .. tp .. '\t' .. seq .. '\n' .. frame
 if redis.call('PUBLISH', channel(to), msg) == 0 then
