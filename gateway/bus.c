@@ -12,7 +12,6 @@
 #include <string.h>
 
 #define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 5000
 #define SUBSCRIBE_BATCH 512 /* channels per SUBSCRIBE when re-subscribing */
 
 /* A channel local peers need. The entry lives while it is referenced or a
@@ -38,6 +37,11 @@ struct sg_bus {
     int db;
     char sha[SG_SCRIPT_COUNT][41];
     sg_rconn *cmd, *sub, *sentinel;
+    /* Subscribed to a sentinel's +switch-master, so a failover (planned or
+     * not) is followed at once instead of when a command fails. */
+    sg_rconn *watch;
+    struct event *watch_retry;
+    bool watch_active; /* connecting or up */
     struct event *retry;
     int attempts;
     bool available;
@@ -48,6 +52,7 @@ struct sg_bus {
 
 static void schedule_connect(sg_bus *b);
 static void on_role(void *ud, uint64_t tag, redisReply *r);
+static bool nth_sentinel(const char *list, size_t idx, char *host, size_t hostlen, int *port);
 
 static void log_redis(sg_bus *b, int level, const char *event, const char *why)
 {
@@ -245,6 +250,70 @@ static int connect_pair(sg_bus *b)
     return 0;
 }
 
+/* ---- following failovers --------------------------------------------- */
+
+static void watch_connect(sg_bus *b)
+{
+    char host[256];
+    int port;
+    if (b->watch_active || !nth_sentinel(b->sentinels, b->sentinel_idx, host, sizeof host, &port))
+        return;
+    b->watch_active = sg_rconn_connect(b->watch, host, port, NULL) == 0;
+    if (!b->watch_active) {
+        struct timeval tv = {1, 0};
+        evtimer_add(b->watch_retry, &tv);
+    }
+}
+
+static void on_watch_retry(evutil_socket_t fd, short what, void *arg)
+{
+    watch_connect(arg);
+}
+
+static void on_watch_state(void *ud, sg_rconn *c, bool up, const char *err)
+{
+    sg_bus *b = ud;
+    if (up) {
+        const char *argv[] = {"SUBSCRIBE", "+switch-master"};
+        sg_rconn_sendv(c, NULL, 0, 2, argv);
+        return;
+    }
+    /* That sentinel went away: watch through the next one, a second later. */
+    b->watch_active = false;
+    b->sentinel_idx++;
+    struct timeval tv = {1, 0};
+    evtimer_add(b->watch_retry, &tv);
+}
+
+/* "+switch-master <name> <old ip> <old port> <new ip> <new port>" */
+static void on_watch_push(void *ud, redisReply *r)
+{
+    sg_bus *b = ud;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 || r->element[0]->type != REDIS_REPLY_STRING ||
+        strcmp(r->element[0]->str, "message") != 0 || r->element[2]->type != REDIS_REPLY_STRING ||
+        r->element[2]->len >= 600)
+        return;
+    char msg[600], *save = NULL;
+    memcpy(msg, r->element[2]->str, r->element[2]->len + 1);
+    const char *f[5];
+    int n = 0;
+    for (char *t = strtok_r(msg, " ", &save); t && n < 5; t = strtok_r(NULL, " ", &save))
+        f[n++] = t;
+    if (n != 5 || strcmp(f[0], b->master_name) != 0)
+        return;
+    int port = atoi(f[4]);
+    if (port == b->port && strcmp(f[3], b->host) == 0)
+        return;
+    sg_strlcpy(b->host, f[3], sizeof b->host);
+    b->port = port;
+    log_redis(b, SG_LOG_WARN, "redis.switch_master", "announced by the sentinels");
+    /* Closing one closes the pair; the reconnect asks the sentinels again. */
+    if (sg_rconn_is_up(b->cmd))
+        sg_rconn_close(b->cmd, "sentinel switched master");
+    else if (sg_rconn_is_up(b->sub))
+        sg_rconn_close(b->sub, "sentinel switched master");
+}
+
 /* Sentinel: ask each sentinel in turn for the master's address. */
 static void on_sentinel_reply(void *ud, uint64_t tag, redisReply *r)
 {
@@ -254,6 +323,7 @@ static void on_sentinel_reply(void *ud, uint64_t tag, redisReply *r)
         sg_strlcpy(b->host, r->element[0]->str, sizeof b->host);
         b->port = atoi(r->element[1]->str);
         sg_rconn_close(b->sentinel, "done");
+        watch_connect(b);
         if (connect_pair(b) < 0)
             schedule_connect(b);
         return;
@@ -332,10 +402,10 @@ static void schedule_connect(sg_bus *b)
     /* Capped exponential backoff with jitter: many gateways reconnecting to a
      * restarted Redis must not arrive in one wave. */
     int64_t ms = BACKOFF_MIN_MS;
-    for (int i = 1; i < b->attempts && ms < BACKOFF_MAX_MS; i++)
+    for (int i = 1; i < b->attempts && ms < SG_BUS_BACKOFF_MAX_MS; i++)
         ms *= 2;
-    if (ms > BACKOFF_MAX_MS)
-        ms = BACKOFF_MAX_MS;
+    if (ms > SG_BUS_BACKOFF_MAX_MS)
+        ms = SG_BUS_BACKOFF_MAX_MS;
     uint32_t r;
     sg_random_bytes(&r, sizeof r);
     ms = ms / 2 + (int64_t)(r % (uint32_t)(ms / 2 + 1));
@@ -374,6 +444,9 @@ sg_bus *sg_bus_new(struct event_base *base, const sg_bus_config *cfg, const sg_b
     b->sub = sg_rconn_new(base, &o);
     sg_rconn_opts so = {.timeout_ms = cfg->timeout_ms, .on_state = on_sentinel_state, .ud = b};
     b->sentinel = sg_rconn_new(base, &so);
+    sg_rconn_opts wo = {.pubsub = true, .on_state = on_watch_state, .on_push = on_watch_push, .ud = b};
+    b->watch = sg_rconn_new(base, &wo);
+    b->watch_retry = evtimer_new(base, on_watch_retry, b);
     b->retry = evtimer_new(base, do_connect, b);
     return b;
 }
@@ -454,6 +527,8 @@ void sg_bus_free(sg_bus *b)
     if (!b)
         return;
     event_free(b->retry);
+    event_free(b->watch_retry);
+    sg_rconn_free(b->watch);
     sg_rconn_free(b->cmd);
     sg_rconn_free(b->sub);
     sg_rconn_free(b->sentinel);

@@ -231,6 +231,7 @@ void sg_server_room_remove(sg_server *s, const char *room, uint64_t conn, const 
     if (!lr->n) {
         sg_map_del(&s->rooms, room, n);
         free(lr->m);
+        free(lr->remote);
         free(lr);
     }
 }
@@ -442,6 +443,8 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
     /* Keys outlive three missed refreshes, then expire: nothing outlives a crash. */
     snprintf(s->ttl_arg, sizeof s->ttl_arg, "%lld", (long long)cfg->lease_ms * 3);
     snprintf(s->max_peers_arg, sizeof s->max_peers_arg, "%lld", (long long)cfg->room_max_peers);
+    /* A ghost's own node may still be in its reconnect backoff. */
+    snprintf(s->ghost_arg, sizeof s->ghost_arg, "%lld", (long long)cfg->lease_ms + SG_BUS_BACKOFF_MAX_MS);
     uint8_t rnd[6];
     sg_random_bytes(rnd, sizeof rnd);
     char hex[13];
@@ -547,6 +550,7 @@ void sg_server_free(sg_server *s)
     for (sg_map_entry *e = sg_map_first(&s->rooms, &i); e; e = sg_map_next(&s->rooms, &i, e)) {
         sg_local_room *lr = e->value;
         free(lr->m);
+        free(lr->remote);
         free(lr);
     }
     for (sg_map_entry *e = sg_map_first(&s->waiters, &i); e; e = sg_map_next(&s->waiters, &i, e)) {

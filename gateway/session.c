@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { OP_JOIN = 1, OP_LEAVE, OP_RELAY, OP_REFRESH, OP_RESUME };
+enum { OP_JOIN = 1, OP_LEAVE, OP_RELAY, OP_REFRESH, OP_RESUME, OP_CATCHUP };
 
 /* The context of one Redis call. The reply finds its connection by id. */
 typedef struct sg_op {
@@ -166,6 +166,97 @@ static bool room_of_channel(const char *channel, size_t chlen, char room[SG_ROOM
     return true;
 }
 
+static void flush_held(sg_conn *c, sg_membership *m);
+static void catch_up_on_subscribed(sg_server *s, const char *channel, size_t chlen);
+
+/* ---- room-mates held elsewhere (for ghosts, see refresh.lua) --------- */
+
+static bool held_here(const sg_local_room *lr, const char *peer)
+{
+    for (size_t i = 0; i < lr->n; i++)
+        if (strcmp(lr->m[i].peer, peer) == 0)
+            return true;
+    return false;
+}
+
+static const char *roster_find(const sg_local_room *lr, const char *peer, size_t len)
+{
+    for (const char *p = lr->remote; p && p < lr->remote + lr->remote_len; p += strlen(p) + 1)
+        if (strlen(p) == len && memcmp(p, peer, len) == 0)
+            return p;
+    return NULL;
+}
+
+static void roster_add(sg_local_room *lr, const char *peer, size_t len)
+{
+    if (len == 0 || len > SG_PEER_LEN || roster_find(lr, peer, len))
+        return;
+    char id[SG_PEER_LEN + 1];
+    memcpy(id, peer, len);
+    id[len] = '\0';
+    if (held_here(lr, id))
+        return;
+    lr->remote = sg_xrealloc(lr->remote, lr->remote_len + len + 1);
+    memcpy(lr->remote + lr->remote_len, id, len + 1);
+    lr->remote_len += len + 1;
+}
+
+static void roster_del(sg_local_room *lr, const char *peer, size_t len)
+{
+    const char *p = roster_find(lr, peer, len);
+    if (!p)
+        return;
+    size_t off = (size_t)(p - lr->remote), n = len + 1;
+    memmove(lr->remote + off, lr->remote + off + n, lr->remote_len - off - n);
+    lr->remote_len -= n;
+    if (!lr->remote_len) {
+        free(lr->remote);
+        lr->remote = NULL;
+    }
+}
+
+/* The room's members as a script reported them (strings from index `from`). */
+static void roster_set(sg_server *s, const char *room, const redisReply *list, size_t from)
+{
+    sg_local_room *lr = sg_map_get(&s->rooms, room, strlen(room));
+    if (!lr || !list || list->type != REDIS_REPLY_ARRAY)
+        return;
+    free(lr->remote);
+    lr->remote = NULL;
+    lr->remote_len = 0;
+    for (size_t i = from; i < list->elements; i++)
+        if (list->element[i]->type == REDIS_REPLY_STRING)
+            roster_add(lr, list->element[i]->str, list->element[i]->len);
+}
+
+/* peer_joined / peer_left as lib.lua writes them: {"type":"peer_joined",
+ * "roomId":"R","peerId":"P"...}; ids need no escaping. */
+static void roster_event(sg_server *s, const char *room, const char *frame, size_t len)
+{
+    static const char joined[] = "{\"type\":\"peer_joined\"", left[] = "{\"type\":\"peer_left\"";
+    bool is_join = len > sizeof joined && memcmp(frame, joined, sizeof joined - 1) == 0;
+    if (!is_join && !(len > sizeof left && memcmp(frame, left, sizeof left - 1) == 0))
+        return;
+    sg_local_room *lr = sg_map_get(&s->rooms, room, strlen(room));
+    if (!lr)
+        return;
+    static const char key[] = "\"peerId\":\"";
+    const char *end = frame + len;
+    const char *p = frame;
+    while (p + sizeof key - 1 <= end && memcmp(p, key, sizeof key - 1) != 0)
+        p++;
+    if (p + sizeof key - 1 > end)
+        return;
+    p += sizeof key - 1;
+    const char *q = memchr(p, '"', (size_t)(end - p));
+    if (!q)
+        return;
+    if (is_join)
+        roster_add(lr, p, (size_t)(q - p));
+    else
+        roster_del(lr, p, (size_t)(q - p));
+}
+
 /* Drops the local side of a membership: the lease index, the gauge and the
  * channel reference. The Redis side is the caller's business. */
 static void release_membership(sg_conn *c, sg_membership *m)
@@ -280,6 +371,7 @@ static void wait_for_subscription(sg_server *s, const char *ch, uint64_t conn)
 void sg_session_on_subscribed(void *srv, const char *channel, size_t chlen)
 {
     sg_server *s = srv;
+    catch_up_on_subscribed(s, channel, chlen);
     sg_waitlist *w = sg_map_del(&s->waiters, channel, chlen);
     if (!w)
         return;
@@ -511,6 +603,7 @@ static void on_join_reply(sg_server *s, sg_op *op, redisReply *r)
             sg_log_end(s->log);
         }
     }
+    roster_set(s, m->room, r, 1);
     send_joined(c, m, r, cid);
 }
 
@@ -623,6 +716,7 @@ static void on_resume_reply(sg_server *s, sg_op *op, redisReply *r)
     s->metrics.room_members++;
     c->ever_joined = true;
     const redisReply *peers = r->element[1], *replay = r->element[2];
+    roster_set(s, m->room, peers, 0);
     size_t nreplay = replay->elements / 2;
     if (sg_log_begin(s->log, SG_LOG_INFO, "room.resume")) {
         sg_log_int(s->log, "conn", (int64_t)c->id);
@@ -654,15 +748,110 @@ static void on_resume_reply(sg_server *s, sg_op *op, redisReply *r)
     }
     if (!alive)
         return; /* the connection was cut for its output; m is gone */
-    while (m->held) {
-        sg_held *h = m->held;
-        m->held = h->next;
-        if ((h->seq == 0 || h->seq > last) && alive)
-            alive = sg_conn_send_text(c, h->frame, h->len);
-        free(h);
-        if (!alive)
-            return;
+    m->last_seq = last;
+    flush_held(c, m);
+}
+
+/* ---- catch-up -------------------------------------------------------- */
+
+/* After the subscriber connection came back, relays published while it was
+ * down reached Redis (and the target's resumption buffer, acknowledged as
+ * "buffered") but not this node: fetch them from the buffer once the channel
+ * is subscribed again, holding live ones meanwhile, so the client gets each
+ * exactly once, in order, without having to resume. */
+static void send_catch_up(sg_server *s, sg_conn *c, sg_membership *m)
+{
+    char key[SG_CHANNEL_MAX], start[32];
+    snprintf(key, sizeof key, "room:{%s}:buf:%s", m->room, m->peer);
+    snprintf(start, sizeof start, "%llu-0", (unsigned long long)m->last_seq + 1);
+    const char *argv[] = {"XRANGE", key, start, "+"};
+    sg_op *op = op_new(s, OP_CATCHUP, c->id);
+    strcpy(op->room, m->room);
+    strcpy(op->peer, m->peer);
+    m->catch_up = SG_CATCHUP_SENT;
+    if (sg_bus_command(s->bus, 4, argv, NULL, (uint64_t)(uintptr_t)op) < 0) {
+        op_free(s, op);
+        m->catch_up = SG_CATCHUP_WAITING; /* the next reconnect tries again */
     }
+}
+
+static void start_catch_ups(sg_server *s)
+{
+    size_t i;
+    for (sg_map_entry *e = sg_map_first(&s->rooms, &i); e; e = sg_map_next(&s->rooms, &i, e)) {
+        sg_local_room *lr = e->value;
+        for (size_t j = 0; j < lr->n; j++) {
+            sg_conn *c = sg_server_conn(s, lr->m[j].conn);
+            sg_membership *m = c ? find_room(c, e->key) : NULL;
+            if (!m || m->state != SG_MEM_JOINED)
+                continue;
+            m->catch_up = SG_CATCHUP_WAITING;
+            char ch[SG_CHANNEL_MAX];
+            channel_name(ch, m->room, m->peer);
+            if (sg_bus_subscribed(s->bus, ch))
+                send_catch_up(s, c, m);
+        }
+    }
+}
+
+/* A channel is subscribed again: its membership's catch-up can go. */
+static void catch_up_on_subscribed(sg_server *s, const char *channel, size_t chlen)
+{
+    char room[SG_ROOM_MAX + 1];
+    static const char mark[] = "}:peer:";
+    const char *p = memchr(channel, '}', chlen);
+    if (!p || !room_of_channel(channel, chlen, room) || (size_t)(channel + chlen - p) <= sizeof mark - 1 ||
+        memcmp(p, mark, sizeof mark - 1) != 0)
+        return;
+    const char *peer = p + sizeof mark - 1;
+    size_t plen = (size_t)(channel + chlen - peer);
+    sg_local_room *lr = sg_map_get(&s->rooms, room, strlen(room));
+    for (size_t j = 0; lr && j < lr->n; j++) {
+        if (strlen(lr->m[j].peer) != plen || memcmp(lr->m[j].peer, peer, plen) != 0)
+            continue;
+        sg_conn *c = sg_server_conn(s, lr->m[j].conn);
+        sg_membership *m = c ? find_room(c, room) : NULL;
+        if (m && m->catch_up == SG_CATCHUP_WAITING)
+            send_catch_up(s, c, m);
+    }
+}
+
+static void on_catch_up_reply(sg_server *s, sg_op *op, redisReply *r)
+{
+    sg_conn *c = sg_server_conn(s, op->conn_id);
+    sg_membership *m = c ? find_room(c, op->room) : NULL;
+    if (!m || strcmp(m->peer, op->peer) != 0 || m->catch_up != SG_CATCHUP_SENT)
+        return;
+    if (!r) {
+        m->catch_up = SG_CATCHUP_WAITING; /* Redis went again; its return retries */
+        return;
+    }
+    size_t n = 0;
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        const redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING ||
+            e->element[1]->type != REDIS_REPLY_ARRAY || e->element[1]->elements != 2 ||
+            e->element[1]->element[1]->type != REDIS_REPLY_STRING)
+            continue;
+        uint64_t seq = strtoull(e->element[0]->str, NULL, 10);
+        if (seq <= m->last_seq)
+            continue;
+        const redisReply *f = e->element[1]->element[1];
+        if (!sg_conn_send_text(c, f->str, f->len))
+            return; /* cut for its output; m is gone */
+        m->last_seq = seq;
+        s->metrics.relays_delivered++;
+        n++;
+    }
+    m->catch_up = SG_CATCHUP_NONE;
+    if (n && sg_log_begin(s->log, SG_LOG_INFO, "relay.catch_up")) {
+        sg_log_int(s->log, "conn", (int64_t)c->id);
+        sg_log_str(s->log, "room", m->room);
+        sg_log_str(s->log, "peer", m->peer);
+        sg_log_int(s->log, "replayed", (int64_t)n);
+        sg_log_end(s->log);
+    }
+    flush_held(c, m);
 }
 
 /* ---- relay ----------------------------------------------------------- */
@@ -883,6 +1072,22 @@ static void hold(sg_membership *m, const envelope *e)
     *pp = h;
 }
 
+/* Sends what arrived while a replay was on its way and was not in it. */
+static void flush_held(sg_conn *c, sg_membership *m)
+{
+    while (m->held) {
+        sg_held *h = m->held;
+        m->held = h->next;
+        bool send = h->seq == 0 || h->seq > m->last_seq;
+        bool alive = !send || sg_conn_send_text(c, h->frame, h->len);
+        if (alive && h->seq > m->last_seq)
+            m->last_seq = h->seq;
+        free(h);
+        if (!alive)
+            return; /* cut for its output; m (and what it still held) is gone */
+    }
+}
+
 void sg_session_on_message(void *srv, const char *channel, size_t chlen, const char *payload, size_t len)
 {
     sg_server *s = srv;
@@ -913,13 +1118,17 @@ void sg_session_on_message(void *srv, const char *channel, size_t chlen, const c
         sg_conn_send_text(c, e.frame, e.flen);
         return;
     }
-    if (m && m->state == SG_MEM_RESUMING) {
+    if (e.kind == 'e')
+        roster_event(s, room, e.frame, e.flen);
+    if (m && (m->state == SG_MEM_RESUMING || m->catch_up)) {
         hold(m, &e);
         return;
     }
     uint64_t t0 = s->tracer ? sg_now_wall_us() : 0;
     if (!sg_conn_send_text(c, e.frame, e.flen))
         return;
+    if (m && e.kind == 'r' && e.seq > m->last_seq)
+        m->last_seq = e.seq;
     sg_span_ctx parent;
     if (s->tracer && e.kind == 'r' && sg_traceparent_parse(e.tp, e.tplen, &parent)) {
         sg_span_ctx span;
@@ -942,16 +1151,28 @@ void sg_session_on_message(void *srv, const char *channel, size_t chlen, const c
 static void refresh_room(sg_server *s, const char *room, const sg_local_room *lr, bool silent)
 {
     const sg_config *cfg = s->cfg;
-    size_t argc = 6 + 5 * lr->n;
+    /* After a reconnect, room-mates held elsewhere go along as ghosts. */
+    size_t nghosts = 0;
+    for (const char *p = lr->remote; silent && p && p < lr->remote + lr->remote_len; p += strlen(p) + 1)
+        nghosts += !held_here(lr, p);
+    size_t argc = 8 + nghosts + 5 * lr->n;
     const char **argv = sg_xmalloc(argc * sizeof *argv);
     char (*strs)[96] = sg_xmalloc(lr->n * 2 * sizeof *strs);
+    char ng[24];
+    snprintf(ng, sizeof ng, "%zu", nghosts);
     argv[0] = room;
     argv[1] = silent ? "1" : "0";
     argv[2] = s->lease_arg;
     argv[3] = s->ttl_arg;
     argv[4] = cfg->node_id;
     argv[5] = s->resume_args[0];
-    size_t n = 6;
+    argv[6] = s->ghost_arg;
+    argv[7] = ng;
+    size_t n = 8;
+    for (const char *p = lr->remote; nghosts && p < lr->remote + lr->remote_len; p += strlen(p) + 1)
+        if (!held_here(lr, p))
+            argv[n++] = p;
+    size_t first_member = n;
     for (size_t i = 0; i < lr->n; i++) {
         sg_conn *c = sg_server_conn(s, lr->m[i].conn);
         sg_membership *m = c ? find_room(c, room) : NULL;
@@ -965,7 +1186,7 @@ static void refresh_room(sg_server *s, const char *room, const sg_local_room *lr
         argv[n++] = strs[2 * i + 1];
         argv[n++] = m->rt;
     }
-    if (n > 6) {
+    if (n > first_member) {
         sg_op *op = op_new(s, OP_REFRESH, 0);
         strcpy(op->room, room);
         if (sg_bus_eval(s->bus, SG_SCRIPT_REFRESH, room, (int)n, argv, NULL, (uint64_t)(uintptr_t)op) < 0)
@@ -1007,12 +1228,17 @@ void sg_session_reassert(sg_server *s, bool silent)
     size_t i;
     for (sg_map_entry *e = sg_map_first(&s->rooms, &i); e; e = sg_map_next(&s->rooms, &i, e))
         refresh_room(s, e->key, e->value, silent);
+    if (silent && s->cfg->resume_ms > 0)
+        start_catch_ups(s);
 }
 
 static void on_refresh_reply(sg_server *s, sg_op *op, redisReply *r)
 {
-    if (!r || r->type != REDIS_REPLY_ARRAY)
+    /* {lost, members} */
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_ARRAY)
         return;
+    roster_set(s, op->room, r->element[1], 0);
+    r = r->element[0];
     /* Peers taken over elsewhere: the 'x' message normally told us already. */
     for (size_t i = 0; i < r->elements; i++) {
         if (r->element[i]->type != REDIS_REPLY_STRING)
@@ -1064,6 +1290,7 @@ void sg_session_on_reply(void *srv, uint64_t tag, redisReply *r)
     case OP_RELAY: on_relay_reply(s, op, r); break;
     case OP_REFRESH: on_refresh_reply(s, op, r); break;
     case OP_RESUME: on_resume_reply(s, op, r); break;
+    case OP_CATCHUP: on_catch_up_reply(s, op, r); break;
     }
     op_free(s, op);
 }

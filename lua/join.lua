@@ -30,7 +30,9 @@ if cur then
     table.insert(out, 1, 'rejoined')
     return out
   end
-  if rec.sub ~= subhash then
+  -- A ghost (re-asserted by a room-mate's node, see refresh) has no owner
+  -- left to protect: the joiner takes its place.
+  if rec.sub ~= subhash and not rec.ghost then
     return {'error', 'peer_id_taken'}
   end
   -- Same user on a new connection: it takes the place over (also from a

@@ -15,9 +15,12 @@
 -- takeover two nodes may briefly listen on the same channel), kind is
 -- r (relay), e (membership event) or x (replaced: the holder lost the peerId).
 --
--- A member record is {"node","conn","sub","joinedAt"[,"rt"][,"grace"]}:
+-- A member record is {"node","conn","sub","joinedAt"[,"rt"][,"grace"][,"ghost"]}:
 -- sub is a hash of the token's sub, rt a hash of the resume token, grace is
 -- set (and conn is "") while the member's connection is lost and it may resume.
+-- ghost is set (conn and sub "") on a member a room-mate's node re-asserted
+-- after Redis lost the room: its own node re-asserts it for real, or its
+-- lease runs out and the room hears peer_left "timeout".
 
 local K_PEERS, K_LEASES, K_BUCKETS = KEYS[1], KEYS[2], KEYS[3]
 local ROOM = ARGV[1]
@@ -127,7 +130,7 @@ local function reap(now, keep, resume_ms)
     if not (keep and keep[p]) then
       local cur = redis.call('HGET', K_PEERS, p)
       local rec = cur and cjson.decode(cur)
-      if rec and not rec.grace and resume_ms > 0 then
+      if rec and not rec.grace and not rec.ghost and resume_ms > 0 then
         enter_grace(p, rec, now, resume_ms)
       else
         remove_member(p, 'timeout')
@@ -139,19 +142,33 @@ end
 -- Appends a relay to the target's buffer, oldest dropped first past either
 -- cap, and returns the frame with its seq.
 local function buffer_relay(peer, frame, max_count, max_bytes, ttl_ms)
-  local seq = redis.call('HINCRBY', rkey('seq'), peer, 1)
+  local sk = rkey('seq')
+  local seq = redis.call('HINCRBY', sk, peer, 1)
   -- The gateway's frame always starts with {"type":"relay", (16 bytes).
   frame = '{"type":"relay","seq":' .. seq .. ',' .. string.sub(frame, 17)
   local buf = rkey('buf:' .. peer)
-  redis.call('XADD', buf, string.format('%d-1', seq), 'f', frame)
-  redis.call('PEXPIRE', buf, ttl_ms)
-  local bytes = redis.call('HINCRBY', rkey('seq'), 'b:' .. peer, #frame)
-  redis.call('PEXPIRE', rkey('seq'), ttl_ms) -- it may have just been created
+  -- The count cap goes with the XADD (MAXLEN); what it will drop is read
+  -- first, only for its size (a full buffer, the steady state of a long call,
+  -- drops one entry per relay). The byte cap still needs the loop below.
   local len = redis.call('XLEN', buf)
-  while len > max_count or (bytes > max_bytes and len > 1) do
+  local delta = #frame
+  local over = len + 1 - max_count
+  if over > 0 then
+    for _, e in ipairs(redis.call('XRANGE', buf, '-', '+', 'COUNT', over)) do
+      delta = delta - #e[2][2]
+    end
+    len = max_count
+  else
+    len = len + 1
+  end
+  redis.call('XADD', buf, 'MAXLEN', max_count, string.format('%d-1', seq), 'f', frame)
+  redis.call('PEXPIRE', buf, ttl_ms)
+  local bytes = redis.call('HINCRBY', sk, 'b:' .. peer, delta)
+  redis.call('PEXPIRE', sk, ttl_ms) -- it may have just been created
+  while bytes > max_bytes and len > 1 do
     local oldest = redis.call('XRANGE', buf, '-', '+', 'COUNT', 1)[1]
     redis.call('XDEL', buf, oldest[1])
-    bytes = redis.call('HINCRBY', rkey('seq'), 'b:' .. peer, -#oldest[2][2])
+    bytes = redis.call('HINCRBY', sk, 'b:' .. peer, -#oldest[2][2])
     len = len - 1
   end
   return frame, seq

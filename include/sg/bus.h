@@ -14,6 +14,9 @@
 #include <hiredis/hiredis.h>
 #include "sg/scripts.h"
 
+/* Reconnect backoff: capped exponential with jitter, at most this long. */
+#define SG_BUS_BACKOFF_MAX_MS 5000
+
 /* "room:{" + 128-char room id + "}:buckets" and the NUL, with room to spare. */
 #define SG_ROOM_KEY_MAX 160
 

@@ -21,9 +21,10 @@ struct sg_server;
 enum { SG_CONN_HANDSHAKE = 0, SG_CONN_HTTP_CLOSING, SG_CONN_OPEN, SG_CONN_CLOSING, SG_CONN_DEAD };
 
 enum { SG_MEM_SUBSCRIBING = 1, SG_MEM_JOINING, SG_MEM_JOINED, SG_MEM_RESUMING };
+enum { SG_CATCHUP_NONE = 0, SG_CATCHUP_WAITING, SG_CATCHUP_SENT };
 
-/* Relays that arrived for a membership whose resume reply is still on its
- * way; sent after the replay, those not replayed already. */
+/* Relays that arrived for a membership whose resume (or catch-up) reply is
+ * still on its way; sent after the replay, those not replayed already. */
 typedef struct sg_held {
     struct sg_held *next;
     uint64_t seq;
@@ -42,7 +43,9 @@ typedef struct sg_membership {
     uint64_t joined_at_ms;
     uint64_t resume_from;     /* lastSeq of the pending resume */
     char *resume_token;       /* the token of a pending resume (heap, short-lived) */
-    sg_held *held;            /* short list: only while a resume reply is on its way */
+    sg_held *held;            /* short list: only while a resume or catch-up reply is on its way */
+    uint64_t last_seq;        /* highest relay seq sent to the client (resumption on) */
+    uint8_t catch_up;         /* SG_CATCHUP_*: fetching relays missed while the subscriber was down */
 } sg_membership;
 
 typedef struct sg_bucket {

@@ -37,6 +37,11 @@ typedef struct sg_local_member {
 typedef struct sg_local_room {
     size_t n, cap;
     sg_local_member *m;
+    /* Room-mates held by other nodes as last seen (NUL-separated peer ids,
+     * NULL when none): after Redis loses the room, they are re-asserted as
+     * ghosts so a member that left meanwhile still ends in peer_left. */
+    char *remote;
+    size_t remote_len;
 } sg_local_room;
 
 typedef struct sg_waitlist {
@@ -67,7 +72,7 @@ typedef struct sg_server {
     /* Script arguments that only depend on the configuration, formatted once. */
     char resume_args[3][24]; /* resume_ms, buffer max, buffer bytes */
     char rate_args[6][32];   /* peer, candidate, room: rate and burst each */
-    char lease_arg[24], ttl_arg[24], max_peers_arg[24];
+    char lease_arg[24], ttl_arg[24], max_peers_arg[24], ghost_arg[24];
     /* Delivery-path probe: this node publishes to its own channel and
      * expects it back over the subscriber connection. */
     char probe_channel[96];
