@@ -554,6 +554,8 @@ void sg_bus_renew_subscriber(sg_bus *b)
 
 bool sg_bus_busy(const sg_bus *b) { return sg_rconn_pending(b->cmd) > 0; }
 
+bool sg_bus_overloaded(const sg_bus *b) { return sg_rconn_pending(b->cmd) >= SG_BUS_MAX_PENDING; }
+
 #define STACK_ARGS 48
 
 int sg_bus_eval(sg_bus *b, sg_script_id s, const char *room, int argc, const char **argv,

@@ -60,7 +60,7 @@ static const opt OPTS[] = {
     {"SIGNAL_JOIN_TIMEOUT_MS", I(join_timeout_ms), "30000", 0, 3600000, "time from upgrade to first join; 0: off"},
     {"SIGNAL_MAX_HEADER_BYTES", I(max_header_bytes), "8192", 512, 65536, "largest upgrade request head"},
     {"SIGNAL_MAX_OUTPUT_BYTES", I(max_output_bytes), "1048576", 4096, 1 << 30, "unsent bytes per connection before it is closed"},
-    {"SIGNAL_REDIS_TIMEOUT_MS", I(redis_timeout_ms), "3000", 100, 600000, "Redis command timeout"},
+    {"SIGNAL_REDIS_TIMEOUT_MS", I(redis_timeout_ms), "3000", 100, 600000, "no reply at all this long while a command waits: Redis is hung, reconnect"},
     {"SIGNAL_LOG_LEVEL", S(log_level), "info", 0, 0, "debug, info, warn or error"},
     {"SIGNAL_LOG_HASH_KEY", S(log_hash_key), NULL, 0, 0, "key of the hash that hides user IDs in logs; default random"},
     {"SIGNAL_OTLP_ENDPOINT", S(otlp_endpoint), NULL, 0, 0, "OTLP/HTTP endpoint, spans go to /v1/traces"},

@@ -1313,6 +1313,12 @@ void sg_session_on_text(sg_conn *c, const char *text, size_t len, uint64_t arriv
                          msg->has_cid ? msg->cid : NULL, msg->room);
         return;
     }
+    if (sg_bus_overloaded(s->bus) && msg->type != SG_MSG_LEAVE) {
+        /* Leaves still go: they shrink the work. */
+        sg_session_error(c, "unavailable", "Redis is overloaded; try again shortly",
+                         msg->has_cid ? msg->cid : NULL, msg->room);
+        return;
+    }
     switch (msg->type) {
     case SG_MSG_JOIN: handle_join(c, msg); break;
     case SG_MSG_LEAVE: handle_leave(c, msg); break;

@@ -17,6 +17,12 @@
 /* Reconnect backoff: capped exponential with jitter, at most this long. */
 #define SG_BUS_BACKOFF_MAX_MS 5000
 
+/* Commands in flight past which client messages are refused (about half a second
+ * of Redis work): an overloaded Redis answers late, and a prompt
+ * "unavailable" serves the client better than a relay seconds old. Internal
+ * work (re-asserts after a reconnect, lease refreshes) is never refused. */
+#define SG_BUS_MAX_PENDING 8192
+
 /* "room:{" + 128-char room id + "}:buckets" and the NUL, with room to spare. */
 #define SG_ROOM_KEY_MAX 160
 
@@ -55,6 +61,8 @@ void sg_bus_free(sg_bus *b);
 bool sg_bus_available(const sg_bus *b);
 /* Commands are still unanswered on the command connection. */
 bool sg_bus_busy(const sg_bus *b);
+/* SG_BUS_MAX_PENDING commands or more await their replies. */
+bool sg_bus_overloaded(const sg_bus *b);
 
 /* EVALSHA of an operation script with the four room keys of room (see
  * lua/lib.lua) and argv (ARGV[1] must be the room id). Returns -1 when Redis
