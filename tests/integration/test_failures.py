@@ -341,3 +341,53 @@ def test_a_client_that_stops_reading_is_closed(gateway_factory):
             finally:
                 slow.close()
     arun(main())
+
+
+# ---------------------------------------------------------------- overload
+
+
+def test_past_the_in_flight_bound_messages_get_unavailable_and_nothing_is_lost(gateway_factory, redis):
+    """Redis stops answering for 3 s (CLIENT PAUSE) while a sends 9,000
+    candidates: the gateway keeps at most 8,192 commands in flight, answers
+    the rest "unavailable" at once, does not drop its Redis connections
+    (Redis is paused, not gone: SIGNAL_REDIS_TIMEOUT_MS is longer), and once
+    Redis answers again every accepted relay reaches b, once, in order."""
+    g, = gateway_factory(1, env={"SIGNAL_RATE_PEER": "0", "SIGNAL_RATE_CANDIDATE": "0", "SIGNAL_RATE_ROOM": "0",
+                                 "SIGNAL_RATE_CONN_FRAMES": "0", "SIGNAL_RATE_CONN_BYTES": "0",
+                                 "SIGNAL_REDIS_TIMEOUT_MS": "20000", "SIGNAL_MAX_OUTPUT_BYTES": str(64 << 20)})
+    room, pa, pb = new_room(), new_peer(), new_peer()
+    total = 9000
+
+    async def main():
+        async with Clients() as c:
+            a = await c.connect(g.ws_url, tok("alice"), name="a")
+            b = await c.connect(g.ws_url, tok("bob"), name="b")
+            await a.join(room, pa)
+            await b.join(room, pb)
+            await a.recv_type("peer_joined", peerId=pb)
+            redis("CLIENT", "PAUSE", "3000", "ALL")
+            for i in range(total):
+                await a.send(h.candidate(room, pa, pb, h.ice(i), cid=f"o{i}"))
+            refused, got = [], []
+            deadline = time.monotonic() + 20
+            while len(got) + len(refused) < total and time.monotonic() < deadline:
+                while not a.queue.empty():
+                    m = a.queue.get_nowait()
+                    assert m["type"] == "error" and m["code"] == "unavailable" and \
+                        "overloaded" in m["message"], m
+                    refused.append(m["correlationId"])
+                try:
+                    got.append((await b.recv_type("relay", timeout=0.2))["correlationId"])
+                except AssertionError:
+                    pass
+            assert len(got) + len(refused) == total, (len(got), len(refused))
+            # the bound counts every command in flight (a few are the gateway's own)
+            assert total - 8192 <= len(refused) < total - 8000, len(refused)
+            want = [f"o{i}" for i in range(total) if f"o{i}" not in set(refused)]
+            assert got == want  # each accepted one once, in order
+            await a.expect_no_message(0.5)
+            await b.expect_no_message(0.2)
+            assert "redis.disconnect" not in g.log_text()
+            await a.leave(room, pa)
+            await b.leave(room, pb)
+    arun(main(), 60)
