@@ -15,6 +15,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import time
 
@@ -942,3 +943,37 @@ def test_deployment_files_pass_static_checks():
                        timeout=120)
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
 
+
+
+def test_a_hung_redis_counts_as_down_and_is_reconnected_when_it_answers_again(cluster):
+    """Redis stops answering without closing anything (SIGSTOP): after
+    SIGNAL_REDIS_TIMEOUT_MS with a command waiting and no reply at all the
+    gateway drops its connections (the waiting relay gets "unavailable"),
+    /readyz is 503; after SIGCONT it reconnects and relays flow again."""
+    cluster.start_redis()
+    g, = cluster.add_nodes(1, env={"SIGNAL_REDIS_TIMEOUT_MS": 1000})
+    redis = cluster.redis
+    room, pa, pb = new_room("hung"), new_peer(), new_peer()
+
+    async def main():
+        async with h.Clients() as cs:
+            a = await cs.connect(g.ws_url, tok("alice"), name="a")
+            b = await cs.connect(g.ws_url, tok("bob"), name="b")
+            await a.join(room, pa)
+            await b.join(room, pb)
+            await a.recv_type("peer_joined", peerId=pb)
+            redis.proc.send_signal(signal.SIGSTOP)
+            try:
+                await a.send(h.offer(room, pa, pb, cid="hung-1"))
+                m = await a.recv_type("error", correlationId="hung-1", timeout=5)
+                assert m["code"] == "unavailable", m
+                await h.async_wait_until(lambda: g.readyz() == 503, 3, what="readyz 503")
+                assert '"reason":"command timed out"' in g.log_text(), g.log_tail()
+            finally:
+                redis.proc.send_signal(signal.SIGCONT)
+            await h.async_wait_until(lambda: g.readyz() == 200, 10, what="readyz 200 again")
+            await exchange(a, pa, b, pb, room, "after")
+            await a.leave(room, pa)
+            await b.leave(room, pb)
+        assert redis.keys("*") == [], redis.keys("*")
+    arun(main(), 40)
