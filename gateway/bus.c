@@ -5,6 +5,7 @@
 #include "sg/rconn.h"
 #include "sg/util.h"
 
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <openssl/sha.h>
 #include <stdio.h>
@@ -40,6 +41,7 @@ struct sg_bus {
     /* Subscribed to a sentinel's +switch-master, so a failover (planned or
      * not) is followed at once instead of when a command fails. */
     sg_rconn *watch;
+    struct evdns_base *dns; /* Redis and sentinel names, resolved off the loop */
     struct event *watch_retry;
     bool watch_active; /* connecting or up */
     struct event *retry;
@@ -151,6 +153,9 @@ static void on_conn_state(void *ud, sg_rconn *c, bool up, const char *err)
     if (b->available) {
         b->metrics->redis_reconnects++;
         log_redis(b, SG_LOG_WARN, "redis.disconnect", err);
+    } else if (c == b->cmd && (b->attempts <= 1 || b->attempts % 10 == 0)) {
+        /* The first failed attempt, then every tenth: visible, not a flood. */
+        log_redis(b, SG_LOG_WARN, "redis.connect_failed", err);
     }
     set_available(b); /* before closing the other one, which comes back here */
     if (c == b->cmd && sg_rconn_is_up(b->sub))
@@ -434,17 +439,19 @@ sg_bus *sg_bus_new(struct event_base *base, const sg_bus_config *cfg, const sg_b
         SHA1((const uint8_t *)sg_script_sources[i].text, sg_script_sources[i].len, d);
         sg_hex(b->sha[i], d, sizeof d);
     }
+    b->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
     sg_rconn_opts o = {.timeout_ms = cfg->timeout_ms, .on_state = on_conn_state,
-                       .on_latency = on_latency, .ud = b};
+                       .on_latency = on_latency, .dns = b->dns, .ud = b};
     b->cmd = sg_rconn_new(base, &o);
     o.pubsub = true;
     o.on_push = on_push;
     o.on_latency = NULL;
     o.timeout_ms = 0;
     b->sub = sg_rconn_new(base, &o);
-    sg_rconn_opts so = {.timeout_ms = cfg->timeout_ms, .on_state = on_sentinel_state, .ud = b};
+    sg_rconn_opts so = {.timeout_ms = cfg->timeout_ms, .on_state = on_sentinel_state, .dns = b->dns, .ud = b};
     b->sentinel = sg_rconn_new(base, &so);
-    sg_rconn_opts wo = {.pubsub = true, .on_state = on_watch_state, .on_push = on_watch_push, .ud = b};
+    sg_rconn_opts wo = {.pubsub = true, .on_state = on_watch_state, .on_push = on_watch_push, .dns = b->dns,
+                        .ud = b};
     b->watch = sg_rconn_new(base, &wo);
     b->watch_retry = evtimer_new(base, on_watch_retry, b);
     b->retry = evtimer_new(base, do_connect, b);
@@ -532,6 +539,8 @@ void sg_bus_free(sg_bus *b)
     sg_rconn_free(b->cmd);
     sg_rconn_free(b->sub);
     sg_rconn_free(b->sentinel);
+    if (b->dns)
+        evdns_base_free(b->dns, 0);
     size_t i;
     for (sg_map_entry *e = sg_map_first(&b->chans, &i); e; e = sg_map_next(&b->chans, &i, e))
         free(e->value);
@@ -557,41 +566,61 @@ bool sg_bus_busy(const sg_bus *b) { return sg_rconn_pending(b->cmd) > 0; }
 bool sg_bus_overloaded(const sg_bus *b) { return sg_rconn_pending(b->cmd) >= SG_BUS_MAX_PENDING; }
 
 #define STACK_ARGS 48
+#define STACK_ROOMS 4
 
-int sg_bus_eval(sg_bus *b, sg_script_id s, const char *room, int argc, const char **argv,
-                const size_t *lens, uint64_t tag)
+int sg_bus_eval_rooms(sg_bus *b, sg_script_id s, const char *const *rooms, int nrooms, int argc,
+                      const char **argv, const size_t *lens, uint64_t tag)
 {
-    if (!b->available || argc < 0)
+    if (!b->available || argc < 0 || nrooms < 1)
         return -1;
-    char keys[4][SG_ROOM_KEY_MAX];
     static const char *suffix[4] = {"peers", "leases", "buckets", "acl"};
-    const char *av_stack[STACK_ARGS + 7];
-    size_t al_stack[STACK_ARGS + 7];
+    char keys_stack[STACK_ROOMS * 4][SG_ROOM_KEY_MAX];
+    const char *av_stack[STACK_ARGS + 3 + STACK_ROOMS * 4];
+    size_t al_stack[STACK_ARGS + 3 + STACK_ROOMS * 4];
+    size_t total = (size_t)argc + 3 + (size_t)nrooms * 4;
+    char (*keys)[SG_ROOM_KEY_MAX] = keys_stack;
     const char **av = av_stack;
     size_t *al = al_stack;
-    if (argc > STACK_ARGS) { /* a refresh of a large room */
-        av = sg_xmalloc(((size_t)argc + 7) * sizeof *av);
-        al = sg_xmalloc(((size_t)argc + 7) * sizeof *al);
+    if (nrooms > STACK_ROOMS) /* a batch of lease refreshes */
+        keys = sg_xmalloc((size_t)nrooms * 4 * sizeof *keys);
+    if (total > sizeof av_stack / sizeof *av_stack) { /* or a large room */
+        av = sg_xmalloc(total * sizeof *av);
+        al = sg_xmalloc(total * sizeof *al);
     }
+    char nk[16];
     int n = 0;
     av[n] = "EVALSHA"; al[n++] = 7;
     av[n] = b->sha[s]; al[n++] = 40;
-    av[n] = "4"; al[n++] = 1;
-    for (int i = 0; i < 4; i++) {
-        int kl = snprintf(keys[i], sizeof keys[i], "room:{%s}:%s", room, suffix[i]);
-        av[n] = keys[i];
-        al[n++] = (size_t)kl;
+    if (nrooms == 1) {
+        av[n] = "4"; al[n++] = 1;
+    } else {
+        av[n] = nk; al[n++] = (size_t)snprintf(nk, sizeof nk, "%d", nrooms * 4);
     }
+    for (int r = 0; r < nrooms; r++)
+        for (int i = 0; i < 4; i++) {
+            char *k = keys[r * 4 + i];
+            int kl = snprintf(k, SG_ROOM_KEY_MAX, "room:{%s}:%s", rooms[r], suffix[i]);
+            av[n] = k;
+            al[n++] = (size_t)kl;
+        }
     for (int i = 0; i < argc; i++) {
         av[n] = argv[i];
         al[n++] = lens ? lens[i] : strlen(argv[i]);
     }
     int rc = sg_rconn_send(b->cmd, n, av, al, on_reply, tag);
+    if (keys != keys_stack)
+        free(keys);
     if (av != av_stack) {
         free(av);
         free(al);
     }
     return rc;
+}
+
+int sg_bus_eval(sg_bus *b, sg_script_id s, const char *room, int argc, const char **argv,
+                const size_t *lens, uint64_t tag)
+{
+    return sg_bus_eval_rooms(b, s, &room, 1, argc, argv, lens, tag);
 }
 
 int sg_bus_command(sg_bus *b, int argc, const char **argv, const size_t *lens, uint64_t tag)

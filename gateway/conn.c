@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 enum { PHASE_HANDSHAKE = 1, PHASE_PING, PHASE_PONG, PHASE_CLOSE_WAIT };
 
@@ -37,13 +39,119 @@ static const sg_ws_callbacks WS_CB = {
     .on_close = ws_on_close, .on_frame = ws_on_frame,
 };
 
+/* ---- timer wheel ------------------------------------------------------ */
+
+/* Every connection has one timer (handshake deadline, heartbeat, close
+ * wait). One libevent timer per connection meant an allocated event each and
+ * a heap operation per re-arm, twice per ping; this wheel is one libevent
+ * timer ticking every WHEEL_TICK_MS while any connection is armed. A timer
+ * fires at the first tick at or after its deadline (at most a tick late,
+ * never early); deadlines beyond one turn wait in their slot for a later
+ * turn. */
+#define WHEEL_TICK_MS 25
+#define WHEEL_SLOTS 1024 /* one turn: 25.6 s */
+
+typedef struct sg_conn_wheel {
+    struct event *tick;
+    uint64_t cursor; /* next tick number to process (ms / WHEEL_TICK_MS) */
+    size_t count;    /* armed connections */
+    sg_conn *firing; /* due ones of the tick being processed */
+    sg_conn *slot[WHEEL_SLOTS];
+} sg_conn_wheel;
+
+static void wheel_tick(evutil_socket_t fd, short what, void *arg);
+
+static void wheel_link(sg_conn **head, sg_conn *c)
+{
+    c->wnext = *head;
+    if (*head)
+        (*head)->wpprev = &c->wnext;
+    *head = c;
+    c->wpprev = head;
+}
+
+static void wheel_unlink(sg_conn *c)
+{
+    *c->wpprev = c->wnext;
+    if (c->wnext)
+        c->wnext->wpprev = c->wpprev;
+    c->wnext = NULL;
+    c->wpprev = NULL;
+}
+
+static void disarm(sg_conn *c)
+{
+    if (!c->wpprev)
+        return;
+    wheel_unlink(c);
+    sg_conn_wheel *w = c->srv->wheel;
+    if (--w->count == 0)
+        evtimer_del(w->tick);
+}
+
 static void arm(sg_conn *c, int phase, int64_t ms)
 {
+    sg_server *s = c->srv;
     if (ms < 0)
         ms = 0;
     c->timer_phase = (uint8_t)phase;
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(c->timer, &tv);
+    disarm(c);
+    sg_conn_wheel *w = s->wheel;
+    if (!w) {
+        w = s->wheel = sg_xcalloc(1, sizeof *w);
+        w->tick = event_new(s->base, -1, EV_PERSIST, wheel_tick, s);
+    }
+    uint64_t now = sg_now_mono_ms();
+    if (w->count++ == 0) {
+        w->cursor = now / WHEEL_TICK_MS;
+        struct timeval tv = {0, WHEEL_TICK_MS * 1000};
+        evtimer_add(w->tick, &tv);
+    }
+    c->wdue_ms = now + (uint64_t)ms;
+    uint64_t t = (c->wdue_ms + WHEEL_TICK_MS - 1) / WHEEL_TICK_MS;
+    if (t < w->cursor)
+        t = w->cursor; /* never behind the cursor, or it would wait a turn */
+    wheel_link(&w->slot[t % WHEEL_SLOTS], c);
+}
+
+static void wheel_tick(evutil_socket_t fd, short what, void *arg)
+{
+    sg_server *s = arg;
+    sg_conn_wheel *w = s->wheel;
+    uint64_t now = sg_now_mono_ms();
+    uint64_t target = now / WHEEL_TICK_MS;
+    /* After a stall longer than a turn, one pass over every slot finds
+     * everything due; the cursor still moves one slot at a time, so what
+     * the callbacks arm lands ahead of it. */
+    if (target >= w->cursor && target - w->cursor >= WHEEL_SLOTS)
+        w->cursor = target - WHEEL_SLOTS + 1;
+    while (w->cursor <= target) {
+        sg_conn **head = &w->slot[w->cursor % WHEEL_SLOTS];
+        w->cursor++; /* what the callbacks arm goes to a later tick */
+        sg_conn *next;
+        for (sg_conn *c = *head; c; c = next) {
+            next = c->wnext;
+            if (c->wdue_ms <= now) {
+                wheel_unlink(c);
+                wheel_link(&w->firing, c);
+            }
+        }
+        /* One at a time: a callback may disarm (abort) others still here. */
+        sg_conn *c;
+        while ((c = w->firing)) {
+            disarm(c);
+            on_timer(-1, 0, c);
+        }
+    }
+}
+
+void sg_conn_wheel_free(sg_server *s)
+{
+    if (!s->wheel)
+        return;
+    event_free(s->wheel->tick);
+    free(s->wheel);
+    s->wheel = NULL;
 }
 
 void sg_conn_accept(sg_server *s, int fd, const char *ip)
@@ -70,7 +178,6 @@ void sg_conn_accept(sg_server *s, int fd, const char *ip)
     /* Never read more of a handshake than the cap allows (+1 to see it overrun). */
     bufferevent_setwatermark(c->bev, EV_READ, 0, (size_t)s->cfg->max_header_bytes + 1);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    c->timer = evtimer_new(s->base, on_timer, c);
     arm(c, PHASE_HANDSHAKE, s->cfg->handshake_timeout_ms);
     sg_map_put_u64(&s->conns, c->id, c);
     if (s->cfg->max_connections_per_ip) {
@@ -130,7 +237,7 @@ void sg_conn_abort(sg_conn *c, const char *why)
     if (c->state >= SG_CONN_OPEN)
         s->metrics.ws_connections--;
     c->state = SG_CONN_DEAD;
-    evtimer_del(c->timer);
+    disarm(c);
     /* bufferevent_free is safe inside its own callbacks: libevent defers it. */
     bufferevent_free(c->bev);
     c->bev = NULL;
@@ -147,8 +254,7 @@ void sg_conn_abort(sg_conn *c, const char *why)
 
 void sg_conn_free(sg_conn *c)
 {
-    if (c->timer)
-        event_free(c->timer);
+    disarm(c);
     sg_ws_parser_reset(&c->ws);
     sg_claims_clear(&c->claims);
     free(c->rooms);
@@ -185,8 +291,32 @@ static bool write_frame(sg_conn *c, uint8_t opcode, const void *data, size_t len
     }
     uint8_t hdr[10];
     size_t hl = sg_ws_frame_header(hdr, opcode, len);
-    evbuffer_add(out, hdr, hl);
-    evbuffer_add(out, data, len);
+    size_t sent = 0;
+    if (!c->tls && (opcode == SG_WS_OP_PING || opcode == SG_WS_OP_PONG) &&
+        evbuffer_get_length(out) == 0) {
+        /* A heartbeat with nothing queued goes straight to the socket:
+         * through the evbuffer it cost an epoll_ctl to watch for
+         * writability, a writev on the next loop iteration and another
+         * epoll_ctl to stop watching, which was most of what an idle
+         * connection costs. Data frames still go through the evbuffer: under
+         * load the frames of one loop iteration leave in one writev, and
+         * sending each at once cost more CPU here and in the client.
+         * What the socket does not take now (EAGAIN, or an error the
+         * bufferevent then reports) is queued. */
+        struct iovec iov[2] = {{hdr, hl}, {(void *)data, len}};
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = len ? 2 : 1};
+        ssize_t n = sendmsg(bufferevent_getfd(c->bev), &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n > 0)
+            sent = (size_t)n;
+        if (sent == hl + len)
+            return true;
+    }
+    if (sent < hl) {
+        evbuffer_add(out, hdr + sent, hl - sent);
+        evbuffer_add(out, data, len);
+    } else {
+        evbuffer_add(out, (const uint8_t *)data + (sent - hl), len - (sent - hl));
+    }
     return true;
 }
 

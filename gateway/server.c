@@ -542,6 +542,7 @@ void sg_server_free(sg_server *s)
         sg_conn_abort(c, "exit");
     }
     on_reaper(-1, 0, s);
+    sg_conn_wheel_free(s);
     if (s->listener)
         evconnlistener_free(s->listener);
     if (s->admin)

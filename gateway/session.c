@@ -24,6 +24,8 @@ typedef struct sg_op {
     uint64_t conn_id;
     uint64_t t0_us;
     sg_span_ctx span, parent; /* when tracing is on */
+    char *rooms;            /* OP_REFRESH: the batch's room ids, NUL-separated (heap) */
+    uint32_t nrooms;
     char room[SG_ROOM_MAX + 1];
     char peer[SG_PEER_LEN + 1];
     char to[SG_PEER_LEN + 1];
@@ -68,6 +70,8 @@ static void op_span_end(sg_server *s, sg_op *op, const char *name, sg_span_kind 
 
 static void op_free(sg_server *s, sg_op *op)
 {
+    free(op->rooms);
+    op->rooms = NULL;
     op->next_free = s->op_free;
     s->op_free = op;
 }
@@ -1148,52 +1152,105 @@ void sg_session_on_message(void *srv, const char *channel, size_t chlen, const c
 
 /* ---- leases ---------------------------------------------------------- */
 
-static void refresh_room(sg_server *s, const char *room, const sg_local_room *lr, bool silent)
+/* Lease refreshes go in batches: one script call renews many rooms, which
+ * is most of what 100k idle connections cost Redis and the gateway. */
+#define REFRESH_BATCH_ROOMS 32
+#define REFRESH_BATCH_ARGS 1024
+
+typedef struct refresh_batch {
+    bool silent;
+    int nrooms;
+    const char *rooms[REFRESH_BATCH_ROOMS];
+    sg_buf arena;          /* the rooms' arguments, each NUL-terminated */
+    size_t *off, n, cap;   /* where each argument starts in the arena */
+} refresh_batch;
+
+static void batch_arg(refresh_batch *b, const char *str, size_t len)
 {
+    if (b->n == b->cap) {
+        b->cap = b->cap ? b->cap * 2 : 256;
+        b->off = sg_xrealloc(b->off, b->cap * sizeof *b->off);
+    }
+    b->off[b->n++] = b->arena.len;
+    sg_buf_append(&b->arena, str, len);
+    sg_buf_putc(&b->arena, '\0');
+}
+
+static void batch_flush(sg_server *s, refresh_batch *b)
+{
+    if (!b->nrooms)
+        return;
     const sg_config *cfg = s->cfg;
-    /* After a reconnect, room-mates held elsewhere go along as ghosts. */
-    size_t nghosts = 0;
-    for (const char *p = lr->remote; silent && p && p < lr->remote + lr->remote_len; p += strlen(p) + 1)
-        nghosts += !held_here(lr, p);
-    size_t argc = 8 + nghosts + 5 * lr->n;
-    const char **argv = sg_xmalloc(argc * sizeof *argv);
-    char (*strs)[96] = sg_xmalloc(lr->n * 2 * sizeof *strs);
-    char ng[24];
-    snprintf(ng, sizeof ng, "%zu", nghosts);
-    argv[0] = room;
-    argv[1] = silent ? "1" : "0";
+    char nr[16];
+    snprintf(nr, sizeof nr, "%d", b->nrooms);
+    const char **argv = sg_xmalloc((8 + b->n) * sizeof *argv);
+    argv[0] = b->rooms[0];
+    argv[1] = b->silent ? "1" : "0";
     argv[2] = s->lease_arg;
     argv[3] = s->ttl_arg;
     argv[4] = cfg->node_id;
     argv[5] = s->resume_args[0];
     argv[6] = s->ghost_arg;
-    argv[7] = ng;
-    size_t n = 8;
+    argv[7] = nr;
+    for (size_t i = 0; i < b->n; i++)
+        argv[8 + i] = b->arena.data + b->off[i];
+    sg_op *op = op_new(s, OP_REFRESH, 0);
+    sg_buf names;
+    sg_buf_init(&names);
+    for (int r = 0; r < b->nrooms; r++)
+        sg_buf_append(&names, b->rooms[r], strlen(b->rooms[r]) + 1);
+    op->rooms = names.data; /* the op owns it now */
+    op->nrooms = (uint32_t)b->nrooms;
+    if (sg_bus_eval_rooms(s->bus, SG_SCRIPT_REFRESH, b->rooms, b->nrooms, (int)(8 + b->n), argv, NULL,
+                          (uint64_t)(uintptr_t)op) < 0)
+        op_free(s, op);
+    free(argv);
+    b->nrooms = 0;
+    b->n = 0;
+    sg_buf_reset(&b->arena);
+}
+
+static void batch_free(refresh_batch *b)
+{
+    sg_buf_free(&b->arena);
+    free(b->off);
+}
+
+static void batch_room(sg_server *s, refresh_batch *b, const char *room, const sg_local_room *lr)
+{
+    size_t nmembers = 0;
+    for (size_t i = 0; i < lr->n; i++) {
+        sg_conn *c = sg_server_conn(s, lr->m[i].conn);
+        nmembers += c && find_room(c, room);
+    }
+    if (!nmembers)
+        return;
+    if (b->nrooms == REFRESH_BATCH_ROOMS || b->n > REFRESH_BATCH_ARGS)
+        batch_flush(s, b);
+    b->rooms[b->nrooms++] = room;
+    char num[32];
+    batch_arg(b, room, strlen(room));
+    /* After a reconnect, room-mates held elsewhere go along as ghosts. */
+    size_t nghosts = 0;
+    for (const char *p = lr->remote; b->silent && p && p < lr->remote + lr->remote_len; p += strlen(p) + 1)
+        nghosts += !held_here(lr, p);
+    batch_arg(b, num, (size_t)snprintf(num, sizeof num, "%zu", nghosts));
     for (const char *p = lr->remote; nghosts && p < lr->remote + lr->remote_len; p += strlen(p) + 1)
         if (!held_here(lr, p))
-            argv[n++] = p;
-    size_t first_member = n;
+            batch_arg(b, p, strlen(p));
+    batch_arg(b, num, (size_t)snprintf(num, sizeof num, "%zu", nmembers));
     for (size_t i = 0; i < lr->n; i++) {
         sg_conn *c = sg_server_conn(s, lr->m[i].conn);
         sg_membership *m = c ? find_room(c, room) : NULL;
         if (!m)
             continue;
-        holder_of(s, c->id, strs[2 * i], sizeof strs[0]);
-        snprintf(strs[2 * i + 1], sizeof strs[0], "%llu", (unsigned long long)lr->m[i].joined_at_ms);
-        argv[n++] = lr->m[i].peer;
-        argv[n++] = strs[2 * i];
-        argv[n++] = c->subhash;
-        argv[n++] = strs[2 * i + 1];
-        argv[n++] = m->rt;
+        char holder[96];
+        batch_arg(b, lr->m[i].peer, strlen(lr->m[i].peer));
+        batch_arg(b, holder, holder_of(s, c->id, holder, sizeof holder));
+        batch_arg(b, c->subhash, strlen(c->subhash));
+        batch_arg(b, num, (size_t)snprintf(num, sizeof num, "%llu", (unsigned long long)lr->m[i].joined_at_ms));
+        batch_arg(b, m->rt, strlen(m->rt));
     }
-    if (n > first_member) {
-        sg_op *op = op_new(s, OP_REFRESH, 0);
-        strcpy(op->room, room);
-        if (sg_bus_eval(s->bus, SG_SCRIPT_REFRESH, room, (int)n, argv, NULL, (uint64_t)(uintptr_t)op) < 0)
-            op_free(s, op);
-    }
-    free(strs);
-    free(argv);
 }
 
 void sg_session_refresh_leases(sg_server *s)
@@ -1214,11 +1271,15 @@ void sg_session_refresh_leases(sg_server *s)
     uint64_t tick = 100;
     size_t per_tick = (size_t)(total * tick / (period > tick ? period : tick)) + 1;
     size_t done = 0;
+    refresh_batch b = {.silent = false};
+    sg_buf_init(&b.arena);
     while (done < per_tick && s->lease_cursor < s->rooms.nbuckets) {
         for (sg_map_entry *e = s->rooms.buckets[s->lease_cursor]; e; e = e->next, done++)
-            refresh_room(s, e->key, e->value, false);
+            batch_room(s, &b, e->key, e->value);
         s->lease_cursor++;
     }
+    batch_flush(s, &b);
+    batch_free(&b);
     if (s->lease_cursor >= s->rooms.nbuckets)
         s->lease_cursor = 0; /* sweep done; the next waits for its period */
 }
@@ -1226,39 +1287,52 @@ void sg_session_refresh_leases(sg_server *s)
 void sg_session_reassert(sg_server *s, bool silent)
 {
     size_t i;
+    refresh_batch b = {.silent = silent};
+    sg_buf_init(&b.arena);
     for (sg_map_entry *e = sg_map_first(&s->rooms, &i); e; e = sg_map_next(&s->rooms, &i, e))
-        refresh_room(s, e->key, e->value, silent);
+        batch_room(s, &b, e->key, e->value);
+    batch_flush(s, &b);
+    batch_free(&b);
     if (silent && s->cfg->resume_ms > 0)
         start_catch_ups(s);
 }
 
-static void on_refresh_reply(sg_server *s, sg_op *op, redisReply *r)
+/* One room's part of a refresh reply: {lost, members}. */
+static void on_room_refreshed(sg_server *s, const char *room, const redisReply *r)
 {
-    /* {lost, members} */
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_ARRAY)
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_ARRAY)
         return;
-    roster_set(s, op->room, r->element[1], 0);
+    roster_set(s, room, r->element[1], 0);
     r = r->element[0];
     /* Peers taken over elsewhere: the 'x' message normally told us already. */
     for (size_t i = 0; i < r->elements; i++) {
         if (r->element[i]->type != REDIS_REPLY_STRING)
             continue;
-        sg_local_room *lr = sg_map_get(&s->rooms, op->room, strlen(op->room));
+        sg_local_room *lr = sg_map_get(&s->rooms, room, strlen(room));
         if (!lr)
             return;
         for (size_t j = 0; j < lr->n; j++) {
             if (strcmp(lr->m[j].peer, r->element[i]->str) != 0)
                 continue;
             sg_conn *c = sg_server_conn(s, lr->m[j].conn);
-            sg_membership *m = c ? find_room(c, op->room) : NULL;
+            sg_membership *m = c ? find_room(c, room) : NULL;
             if (m) {
                 release_membership(c, m);
                 sg_session_error(c, "replaced", "peerId taken over by a newer connection of the same user",
-                                 NULL, op->room);
+                                 NULL, room);
             }
             break;
         }
     }
+}
+
+static void on_refresh_reply(sg_server *s, sg_op *op, redisReply *r)
+{
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != op->nrooms)
+        return;
+    const char *room = op->rooms;
+    for (size_t i = 0; i < r->elements; i++, room += strlen(room) + 1)
+        on_room_refreshed(s, room, r->element[i]);
 }
 
 void sg_session_on_reply(void *srv, uint64_t tag, redisReply *r)

@@ -10,8 +10,20 @@ local from, to, holder, kind = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ts, tp, frame = ARGV[6], ARGV[7], ARGV[8]
 local ttl_ms, resume_ms = tonumber(ARGV[15]), tonumber(ARGV[16])
 
+-- A member record's conn, read without decoding the record: this script is
+-- what bounds relay throughput, and two cjson.decode calls were a good part
+-- of it. In cjson's output an unescaped quote only delimits, so '"conn":"'
+-- can only be that key; a value holding anything cjson escapes (never the
+-- case for holders, "<node id>#<n>" with node ids of A-Za-z0-9_.:-) falls
+-- back to decoding.
+local function conn_of(rec)
+  local c = string.match(rec, '"conn":"([^"\\]*)"')
+  if c then return c end
+  return cjson.decode(rec).conn
+end
+
 local cur = redis.call('HGET', K_PEERS, from)
-if not cur or cjson.decode(cur).conn ~= holder then
+if not cur or conn_of(cur) ~= holder then
   return {'error', 'not_joined'}
 end
 local target = (to ~= from) and redis.call('HGET', K_PEERS, to)
@@ -19,49 +31,50 @@ if not target then
   return {'error', 'peer_not_found'}
 end
 
--- Token buckets: "tokens last_ms" per field. A bucket with rate 0 is off.
-local now = now_ms()
-local function level(field, rate, burst)
-  local v = redis.call('HGET', K_BUCKETS, field)
-  if not v then return burst end
-  local tokens, last = string.match(v, '^(%S+) (%S+)$')
-  tokens = tonumber(tokens) + (now - tonumber(last)) * rate / 1000
-  if tokens > burst then tokens = burst end
-  return tokens
+-- Token buckets: "tokens last_ms" per field. A bucket with rate 0 is off;
+-- with every bucket off there is nothing to read, write or time.
+local buckets = {}
+local function bucket(field, rate, burst, scope)
+  rate = tonumber(rate)
+  if rate > 0 then buckets[#buckets + 1] = {field, rate, tonumber(burst), scope} end
 end
-local buckets = {
-  {'r', tonumber(ARGV[13]), tonumber(ARGV[14]), 'room'},
-  {'p:' .. from, tonumber(ARGV[9]), tonumber(ARGV[10]), 'peer'},
-}
+bucket('r', ARGV[13], ARGV[14], 'room')
+bucket('p:' .. from, ARGV[9], ARGV[10], 'peer')
 if kind == 'candidate' then
-  buckets[3] = {'c:' .. from, tonumber(ARGV[11]), tonumber(ARGV[12]), 'candidate'}
+  bucket('c:' .. from, ARGV[11], ARGV[12], 'candidate')
 end
-local levels = {}
-for i, b in ipairs(buckets) do
-  if b[2] > 0 then
-    levels[i] = level(b[1], b[2], b[3])
-    if levels[i] < 1 then return {'rate_limited', b[4]} end
+if #buckets > 0 then
+  local now = now_ms()
+  local levels = {}
+  for i, b in ipairs(buckets) do
+    local tokens = b[3]
+    local v = redis.call('HGET', K_BUCKETS, b[1])
+    if v then
+      local t, last = string.match(v, '^(%S+) (%S+)$')
+      tokens = tonumber(t) + (now - tonumber(last)) * b[2] / 1000
+      if tokens > b[3] then tokens = b[3] end
+    end
+    if tokens < 1 then return {'rate_limited', b[4]} end
+    levels[i] = tokens
   end
-end
-for i, b in ipairs(buckets) do
-  if levels[i] then
+  for i, b in ipairs(buckets) do
     redis.call('HSET', K_BUCKETS, b[1], string.format('%.3f %d', levels[i] - 1, now))
   end
+  redis.call('PEXPIRE', K_BUCKETS, ttl_ms)
 end
-redis.call('PEXPIRE', K_BUCKETS, ttl_ms)
 
 local seq = 0
 if resume_ms > 0 then
   frame, seq = buffer_relay(to, frame, tonumber(ARGV[17]), tonumber(ARGV[18]), ttl_ms + resume_ms)
 end
-local trec = cjson.decode(target)
-if trec.conn == '' then
+local tconn = conn_of(target)
+if tconn == '' then
   -- In its grace period, or a ghost re-asserted by a room-mate's node after
   -- Redis lost it: nobody holds it right now.
   if resume_ms > 0 then return {'ok', 'buffered', seq} end
   return {'error', 'peer_unreachable'}
 end
-local msg = trec.conn .. '\tr\t' .. ts .. '\t' .. tp .. '\t' .. seq .. '\n' .. frame
+local msg = tconn .. '\tr\t' .. ts .. '\t' .. tp .. '\t' .. seq .. '\n' .. frame
 if redis.call('PUBLISH', channel(to), msg) == 0 then
   -- Its node died and the lease has not run out yet: held for resumption.
   if resume_ms > 0 then return {'ok', 'buffered', seq} end

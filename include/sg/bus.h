@@ -70,6 +70,12 @@ bool sg_bus_overloaded(const sg_bus *b);
  * for tag. */
 int sg_bus_eval(sg_bus *b, sg_script_id s, const char *room, int argc, const char **argv,
                 const size_t *lens, uint64_t tag);
+/* The same over several rooms at once, keys room by room (4 each): for work
+ * that touches many rooms (lease refreshes), one call instead of one per
+ * room. The rooms' keys are in different slots, so this needs a standalone
+ * Redis (with or without Sentinel), which is what the gateway talks to. */
+int sg_bus_eval_rooms(sg_bus *b, sg_script_id s, const char *const *rooms, int nrooms, int argc,
+                      const char **argv, const size_t *lens, uint64_t tag);
 
 /* Reference-counted channel subscriptions. Returns true when the channel is
  * already confirmed (no on_subscribed will follow for this call). */

@@ -58,7 +58,11 @@ typedef struct sg_conn {
     struct sg_server *srv;
     struct sg_conn *next_dead;
     struct bufferevent *bev;
-    struct event *timer;
+    /* The connection's one timer, on the server's wheel (conn.c) rather than
+     * a libevent timer each: no event allocation per connection, and O(1)
+     * re-arming for the heartbeat that every idle connection runs. */
+    struct sg_conn *wnext, **wpprev; /* wpprev NULL: not armed */
+    uint64_t wdue_ms;
     uint8_t state;
     uint8_t timer_phase;   /* what the timer is waiting for */
     bool tls;
@@ -78,7 +82,7 @@ typedef struct sg_conn {
     sg_claims claims;
     char subhash[65];      /* SHA-256 of sub: compared in Redis for same-user takeover */
     char user[17];         /* keyed hash of sub for logs */
-    char ip[64];           /* for the per-IP cap only; never logged */
+    char ip[46];           /* INET6_ADDRSTRLEN; for the per-IP cap only; never logged */
     sg_span_ctx trace_parent; /* from the handshake's traceparent header, if any */
     sg_span_ctx span;         /* the connection's span (valid when tracing is on) */
     uint64_t opened_us;       /* wall clock, for spans */
@@ -99,5 +103,7 @@ void sg_conn_close(sg_conn *c, uint16_t code, const char *reason);
 void sg_conn_abort(sg_conn *c, const char *why);
 /* Frees the struct (called by the server's deferred free). */
 void sg_conn_free(sg_conn *c);
+/* Frees the server's timer wheel, once every connection is freed. */
+void sg_conn_wheel_free(struct sg_server *s);
 
 #endif

@@ -1,5 +1,5 @@
 /* rconn: one pipelined RESP connection to Redis on a libevent bufferevent,
- * using hiredis' reader and command formatter (not its async API: hiredis
+ * using hiredis' reader and our own encoder, resp.h (not its async API: hiredis
  * 0.14's subscription table loses a channel's callback when an UNSUBSCRIBE
  * and a SUBSCRIBE of the same channel cross, and it has no command timeouts).
  *
@@ -36,6 +36,8 @@ typedef struct sg_rconn_opts {
     sg_rconn_push_cb on_push;
     /* on_latency, when set, gets each command's round trip in ms. */
     void (*on_latency)(void *ud, double ms);
+    /* Resolves host names without blocking the loop; NULL: getaddrinfo. */
+    struct evdns_base *dns;
     void *ud;
 } sg_rconn_opts;
 

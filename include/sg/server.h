@@ -81,6 +81,7 @@ typedef struct sg_server {
     uint64_t available_since_ms; /* Redis available since (monotonic); 0 while not */
     uint64_t next_conn_id;
     sg_conn *dead;       /* closed connections freed on the next loop pass */
+    struct sg_conn_wheel *wheel; /* the connections' timers (conn.c); NULL until the first */
     struct event *reaper;
     struct event *lease_timer;
     struct event *sig_term, *sig_int, *sig_hup, *drain_timer, *drain_tick;

@@ -75,3 +75,25 @@ def test_help(gateway_factory):
     for name in ("SIGNAL_LISTEN", "SIGNAL_REDIS_URL", "SIGNAL_JWT_SECRET", "SIGNAL_LEASE_MS",
                  "--redis-url"):
         assert name in text, name
+
+
+def test_redis_host_name_is_resolved_without_blocking(gateway_factory, redis):
+    """A Redis URL with a host name (resolved through libevent's evdns, from
+    /etc/hosts here) works like an address; a name that does not resolve is
+    reported and retried, never a crash."""
+    gw = gateway_factory.start(env={"SIGNAL_REDIS_URL": f"redis://localhost:{redis.port}/0"})
+    room = new_room()
+
+    async def main():
+        async with Clients() as c:
+            a = await c.connect(gw.ws_url, make_token("alice", rooms=["*"]), name="a")
+            j = await a.join(room, new_peer())
+            assert j["type"] == "joined", j
+    arun(main())
+    proc, log_path, env = gateway_factory.spawn(env={"SIGNAL_REDIS_URL": "redis://no-such-host.invalid:6379/0"})
+    h.wait_until(lambda: '"cannot resolve' in log_path.read_text(errors="replace"), 10,
+                 what="a resolver error in the log")
+    admin = env["SIGNAL_ADMIN_LISTEN"]
+    st = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{admin}/readyz"],
+                        capture_output=True, text=True, timeout=5).stdout
+    assert st == "503" and proc.poll() is None, (st, proc.poll())

@@ -1079,6 +1079,111 @@ static void decode_error_round_trip(void **state)
     sg_buf_free(&b);
 }
 
+/* ---- fast path vs json-c path ---------------------------------------------- */
+
+/* sg_proto_decode takes a DOM-less path for plainly written relays and falls
+ * back to json-c for anything else; both must give the same result, field by
+ * field and byte by byte, including on messages near the edge of what the
+ * fast path takes (escapes, nulls, numbers, repeats, whitespace). */
+static void same_as_reference(const char *text, size_t len)
+{
+    sg_msg m, r;
+    sg_msg_init(&m);
+    sg_msg_init(&r);
+    sg_proto_error e, re;
+    int rc = sg_proto_decode(text, len, &m, &e);
+    int rrc = sg_proto_decode_reference(text, len, &r, &re);
+    if (rc != rrc)
+        fail_msg("rc %d vs reference %d for %.*s", rc, rrc, (int)len, text);
+    assert_int_equal(m.type, r.type);
+    assert_string_equal(m.room, r.room);
+    assert_string_equal(m.from, r.from);
+    assert_string_equal(m.to, r.to);
+    assert_string_equal(m.peer, r.peer);
+    assert_string_equal(m.cid, r.cid);
+    assert_int_equal(m.has_cid, r.has_cid);
+    assert_int_equal(m.ack, r.ack);
+    assert_int_equal(m.inner.len, r.inner.len);
+    if (m.inner.len)
+        assert_memory_equal(m.inner.data, r.inner.data, m.inner.len);
+    assert_string_equal(e.code, re.code);
+    assert_string_equal(e.message, re.message);
+    assert_int_equal(e.has_cid, re.has_cid);
+    assert_string_equal(e.cid, re.cid);
+    assert_int_equal(e.has_room, re.has_room);
+    assert_string_equal(e.room, re.room);
+    sg_msg_clear(&m);
+    sg_msg_clear(&r);
+}
+
+static void fast_path_agrees(void **state)
+{
+    static const char *const cases[] = {
+        /* plainly written: the fast path takes them */
+        "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"candidate\":{\"candidate\":\"candidate:1 1 udp 2 10.0.0.1 9 typ host\",\"sdpMid\":\"0\",\"sdpMLineIndex\":0,\"usernameFragment\":null},\"correlationId\":\"c1\",\"ack\":true}",
+        "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" P1_UPPER "\",\"to\":\"" P2 "\",\"candidate\":{\"usernameFragment\":\"u\",\"sdpMLineIndex\":65535,\"candidate\":\"\"}}",
+        " \t\r\n{ \"ack\" : false , \"to\" :\"" P2 "\", \"type\":\"candidate\",\"from\":\"" P1 "\",\"roomId\":\"a.b:c/d-e_f\",\"candidate\":{ \"candidate\" : \"x\" , \"sdpMid\" : null } } \n",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\\r\\no=- 1 2 IN IP4 127.0.0.1\\r\\ns=\\\"q\\\" \\\\ \\t\\u001f\\u0001 \xc3\xa9\\r\\n\"}",
+        "{\"type\":\"answer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P1 "\",\"sdp\":\"v=0\",\"ack\":false,\"correlationId\":\"x.y-z_1\"}",
+        /* the fast path gives up: same result through json-c */
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\\/\\b\\f\\u00e9\\u001F\\u000a\"}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\x01\x1f\t\"}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\\u0000\"}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"\\u0076=0\"}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=1\"}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\",\"sdp\":\"v=0 2\"}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"roomId\":\"bad room\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\"}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\",\"candidate\":{\"candidate\":\"x\"}}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\"}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\",\"peerId\":\"" P1 "\"}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\",\"x\":1}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\",\"ack\":null}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\",\"ack\":truex}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\",\"ack\":1}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\"} x",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\",}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\"",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"not-a-uuid\",\"sdp\":\"v=0\"}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\",\"correlationId\":\"\"}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\",\"correlationId\":\"a\\u0062\"}",
+        "{\"type\":\"offe\\u0072\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\"}",
+        "{\"typ\\u0065\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\"}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\",\"\":1}",
+        "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\"}\f",
+        "{'type':\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\"}",
+        "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"candidate\":{\"candidate\":\"x\",\"sdpMLineIndex\":01}}",
+        "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"candidate\":{\"candidate\":\"x\",\"sdpMLineIndex\":65536}}",
+        "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"candidate\":{\"candidate\":\"x\",\"sdpMLineIndex\":100000}}",
+        "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"candidate\":{\"candidate\":\"x\",\"sdpMLineIndex\":1.0}}",
+        "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"candidate\":{\"candidate\":\"x\",\"sdpMLineIndex\":1e2}}",
+        "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"candidate\":{\"candidate\":\"x\",\"sdpMLineIndex\":-0}}",
+        "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"candidate\":{\"candidate\":\"x\",\"sdpMLineIndex\":\"0\"}}",
+        "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"candidate\":{\"candidate\":null}}",
+        "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"candidate\":{\"sdpMid\":\"0\"}}",
+        "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"candidate\":{}}",
+        "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"candidate\":{\"candidate\":\"x\",\"candidate\":\"y\"}}",
+        "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"candidate\":{\"candidate\":\"x\",\"foo\":1}}",
+        "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"candidate\":{\"candidate\":\"x\",\"sdpMid\":nul}}",
+        "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"candidate\":[]}",
+        "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"candidate\":{\"candidate\":\"x\"},\"sdp\":\"v=0\"}",
+        "{\"type\":\"join\",\"roomId\":\"r\",\"peerId\":\"" P1 "\"}",
+        "{}",
+        "",
+        "[]",
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        same_as_reference(cases[i], strlen(cases[i]));
+    /* NUL bytes and invalid UTF-8 need explicit lengths. */
+    static const char nul[] = "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\0\"}";
+    same_as_reference(nul, sizeof nul - 1);
+    static const char bad[] = "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" P1 "\",\"to\":\"" P2 "\",\"sdp\":\"v=0\xc0\xaf\"}";
+    same_as_reference(bad, sizeof bad - 1);
+    /* Every prefix of a valid relay: truncation anywhere. */
+    const char *full = cases[0];
+    for (size_t n = 0; n <= strlen(full); n++)
+        same_as_reference(full, n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1115,6 +1220,7 @@ int main(void)
         cmocka_unit_test(type_names),
         cmocka_unit_test(encode_error),
         cmocka_unit_test(decode_error_round_trip),
+        cmocka_unit_test(fast_path_agrees),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
