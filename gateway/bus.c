@@ -153,7 +153,8 @@ static void on_conn_state(void *ud, sg_rconn *c, bool up, const char *err)
     if (b->available) {
         b->metrics->redis_reconnects++;
         log_redis(b, SG_LOG_WARN, "redis.disconnect", err);
-    } else if (c == b->cmd && (b->attempts <= 1 || b->attempts % 10 == 0)) {
+    } else if (c == b->cmd && err && strcmp(err, "peer connection lost") != 0 &&
+               (b->attempts <= 1 || b->attempts % 10 == 0)) {
         /* The first failed attempt, then every tenth: visible, not a flood. */
         log_redis(b, SG_LOG_WARN, "redis.connect_failed", err);
     }

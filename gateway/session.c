@@ -765,15 +765,14 @@ static void on_resume_reply(sg_server *s, sg_op *op, redisReply *r)
  * exactly once, in order, without having to resume. */
 static void send_catch_up(sg_server *s, sg_conn *c, sg_membership *m)
 {
-    char key[SG_CHANNEL_MAX], start[32];
-    snprintf(key, sizeof key, "room:{%s}:buf:%s", m->room, m->peer);
-    snprintf(start, sizeof start, "%llu-0", (unsigned long long)m->last_seq + 1);
-    const char *argv[] = {"XRANGE", key, start, "+"};
+    char last[24];
+    snprintf(last, sizeof last, "%llu", (unsigned long long)m->last_seq);
+    const char *argv[] = {m->room, m->peer, last};
     sg_op *op = op_new(s, OP_CATCHUP, c->id);
     strcpy(op->room, m->room);
     strcpy(op->peer, m->peer);
     m->catch_up = SG_CATCHUP_SENT;
-    if (sg_bus_command(s->bus, 4, argv, NULL, (uint64_t)(uintptr_t)op) < 0) {
+    if (sg_bus_eval(s->bus, SG_SCRIPT_CATCHUP, m->room, 3, argv, NULL, (uint64_t)(uintptr_t)op) < 0) {
         op_free(s, op);
         m->catch_up = SG_CATCHUP_WAITING; /* the next reconnect tries again */
     }
@@ -831,16 +830,18 @@ static void on_catch_up_reply(sg_server *s, sg_op *op, redisReply *r)
         return;
     }
     size_t n = 0;
-    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
-        const redisReply *e = r->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING ||
-            e->element[1]->type != REDIS_REPLY_ARRAY || e->element[1]->elements != 2 ||
-            e->element[1]->element[1]->type != REDIS_REPLY_STRING)
+    bool ok = r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_INTEGER &&
+              r->element[1]->type == REDIS_REPLY_ARRAY;
+    if (ok && r->element[0]->integer == 1)
+        m->last_seq = 0; /* Redis lost the buffer: seq numbering started again */
+    const redisReply *list = ok ? r->element[1] : NULL;
+    for (size_t i = 0; list && i + 1 < list->elements; i += 2) {
+        const redisReply *sq = list->element[i], *f = list->element[i + 1];
+        if (sq->type != REDIS_REPLY_STRING || f->type != REDIS_REPLY_STRING)
             continue;
-        uint64_t seq = strtoull(e->element[0]->str, NULL, 10);
+        uint64_t seq = strtoull(sq->str, NULL, 10);
         if (seq <= m->last_seq)
             continue;
-        const redisReply *f = e->element[1]->element[1];
         if (!sg_conn_send_text(c, f->str, f->len))
             return; /* cut for its output; m is gone */
         m->last_seq = seq;
@@ -1131,8 +1132,8 @@ void sg_session_on_message(void *srv, const char *channel, size_t chlen, const c
     uint64_t t0 = s->tracer ? sg_now_wall_us() : 0;
     if (!sg_conn_send_text(c, e.frame, e.flen))
         return;
-    if (m && e.kind == 'r' && e.seq > m->last_seq)
-        m->last_seq = e.seq;
+    if (m && e.kind == 'r' && e.seq)
+        m->last_seq = e.seq; /* in order on the channel; it restarts at 1 after an empty Redis restart */
     sg_span_ctx parent;
     if (s->tracer && e.kind == 'r' && sg_traceparent_parse(e.tp, e.tplen, &parent)) {
         sg_span_ctx span;

@@ -11,6 +11,7 @@ typedef enum {
     SG_SCRIPT_RELAY,
     SG_SCRIPT_REFRESH,
     SG_SCRIPT_RESUME,
+    SG_SCRIPT_CATCHUP,
     SG_SCRIPT_COUNT
 } sg_script_id;
 

@@ -495,6 +495,56 @@ def test_relays_published_while_a_subscriber_reconnects_are_caught_up(cluster):
     arun(main(), 60)
 
 
+def test_catch_up_after_an_empty_restart_restarts_its_numbering(cluster):
+    """Redis restarts empty, so relay seq numbers start again at 1 while b's
+    node remembers the last seq it delivered before (higher). Relays after
+    the restart still reach b, and when b's node later misses relays (its
+    subscriber killed), the catch-up sees the restarted numbering and
+    delivers what b missed, once each, in order."""
+    cluster.start_redis()
+    g1, g2 = cluster.add_nodes(2, env={"SIGNAL_DRAIN_MS": 2000})
+    redis = cluster.redis
+    room, pa, pb = new_room("reseq"), new_peer(), new_peer()
+
+    async def send_all(a, cids):
+        for i, cid in enumerate(cids):
+            await a.send(h.candidate(room, pa, pb, h.ice(i), cid=cid))
+            await asyncio.sleep(0.01)
+
+    async def main():
+        async with h.Clients() as cs:
+            a = await cs.connect(g1.ws_url, tok("alice"), name="a")
+            b = await cs.connect(g2.ws_url, tok("bob"), name="b")
+            await a.join(room, pa)
+            await b.join(room, pb)
+            await a.recv_type("peer_joined", peerId=pb)
+            before = [f"pre{i}" for i in range(20)]
+            await send_all(a, before)
+            got = [await b.recv_type("relay", timeout=5) for _ in before]
+            assert [m["correlationId"] for m in got] == before and got[-1]["seq"] == 20, got[-1]
+            redis.kill()
+            await h.async_wait_until(lambda: g1.readyz() == 503 and g2.readyz() == 503, 5)
+            redis.start()
+            await h.async_wait_until(lambda: g1.readyz() == 200 and g2.readyz() == 200, 10)
+            await h.async_wait_until(lambda: sorted(redis.hgetall(peers_key(room))) == sorted([pa, pb]), 5)
+            after = [f"post{i}" for i in range(3)]
+            await send_all(a, after)
+            got = [await b.recv_type("relay", timeout=5) for _ in after]
+            assert [m["correlationId"] for m in got] == after, got
+            assert got[0]["seq"] == 1, got[0]  # numbering started again
+            # now b's node misses some: its subscriber is killed while a relays
+            ids = redis_client_ids_of(redis, g2.pid, "signal-gateway-sub")
+            redis("CLIENT", "KILL", "ID", ids[0])
+            missed = [f"gap{i}" for i in range(12)]  # fewer than before the restart: seq stays below 20
+            await send_all(a, missed)
+            got = [(await b.recv_type("relay", timeout=10))["correlationId"] for _ in missed]
+            assert got == missed, got
+            await b.expect_no_message(0.5)
+            await a.leave(room, pa)
+            await b.leave(room, pb)
+    arun(main(), 60)
+
+
 # ---------------------------------------------------------------- Sentinel
 
 
