@@ -44,7 +44,8 @@ if grep -nE "^\s+SIGNAL_[A-Z_]+: (''|\"\")\s*$" "$tmp/compose.out"; then
   fail "a SIGNAL_* variable is set to an empty string in docker-compose.yml"
 fi
 ok "no SIGNAL_* variable is an empty string"
-replicas=$(docker-compose -f docker-compose.yml config | awk '/^  gateway:/{g=1} g&&/replicas:/{print $2; exit}')
+# (awk reads all of it: exiting early would SIGPIPE docker-compose under pipefail)
+replicas=$(docker-compose -f docker-compose.yml config | awk '/^  gateway:/{g=1} g&&/replicas:/&&!r{r=$2} END{print r}')
 [ "${replicas:-0}" -ge 2 ] || fail "the gateway service should run 2 or more replicas (got ${replicas:-none})"
 ok "gateway replicas: $replicas"
 
