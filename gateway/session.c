@@ -1298,12 +1298,13 @@ void sg_session_reassert(sg_server *s, bool silent)
         start_catch_ups(s);
 }
 
-/* One room's part of a refresh reply: {lost, members}. */
+/* One room's part of a refresh reply: {lost[, members]}. */
 static void on_room_refreshed(sg_server *s, const char *room, const redisReply *r)
 {
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_ARRAY)
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_ARRAY)
         return;
-    roster_set(s, room, r->element[1], 0);
+    if (r->elements == 2)
+        roster_set(s, room, r->element[1], 0);
     r = r->element[0];
     /* Peers taken over elsewhere: the 'x' message normally told us already. */
     for (size_t i = 0; i < r->elements; i++) {

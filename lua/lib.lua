@@ -67,6 +67,18 @@ local function broadcast(except, frame)
   end
 end
 
+-- A member record's conn, read without decoding the record: the relay script
+-- is what bounds throughput (and refreshes what idle rooms cost), and
+-- cjson.decode calls were a good part of both. In cjson's output an
+-- unescaped quote only delimits, so '"conn":"' can only be that key; a value
+-- holding anything cjson escapes (never the case for holders,
+-- "<node id>#<n>" with node ids of A-Za-z0-9_.:-) falls back to decoding.
+local function conn_of(rec)
+  local c = string.match(rec, '"conn":"([^"\\]*)"')
+  if c then return c end
+  return cjson.decode(rec).conn
+end
+
 local function member_list(except)
   local out = {}
   for _, p in ipairs(redis.call('HKEYS', K_PEERS)) do

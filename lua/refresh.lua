@@ -13,7 +13,10 @@
 -- their node died, while Redis was away) the lease runs out and the room
 -- hears peer_left "timeout" instead of keeping them forever.
 -- Returns, per room, {peers this node no longer holds (taken over
--- elsewhere), members}.
+-- elsewhere), members} — members only when silent (the node rebuilds its view
+-- of room-mates after a reconnect; events keep it current otherwise).
+-- Idle rooms are what this costs: the periodic refresh decodes no record and
+-- renews the keys' TTLs only once a lease has gone by.
 local silent, lease_ms, ttl_ms = ARGV[2] == '1', tonumber(ARGV[3]), tonumber(ARGV[4])
 local node, resume_ms, ghost_ms = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local now = now_ms()
@@ -38,26 +41,28 @@ for r = 1, tonumber(ARGV[8]) do
   for i = a, a + 5 * (nmembers - 1), 5 do
     local peer, holder = ARGV[i], ARGV[i + 1]
     local cur = redis.call('HGET', K_PEERS, peer)
-    local rec = cur and cjson.decode(cur)
-    if not rec or rec.ghost then
-      rec = {node = node, conn = holder, sub = ARGV[i + 2], joinedAt = tonumber(ARGV[i + 3])}
+    local held = cur and conn_of(cur) == holder
+    if not cur or string.find(cur, '"ghost":true', 1, true) then
+      local rec = {node = node, conn = holder, sub = ARGV[i + 2], joinedAt = tonumber(ARGV[i + 3])}
       if ARGV[i + 4] ~= '' then rec.rt = ARGV[i + 4] end
       redis.call('HSET', K_PEERS, peer, cjson.encode(rec))
       -- A ghost was in the room-mates' view all along: nothing to announce.
       if not silent and not cur then broadcast(peer, peer_joined_frame(peer)) end
-    elseif rec.conn ~= holder then
+      held = true
+    elseif not held then
       lost[#lost + 1] = peer
-      rec = nil
     end
-    if rec then
+    if held then
       keep[peer] = true
       redis.call('ZADD', K_LEASES, now + lease_ms, peer)
-      redis.call('PEXPIRE', rkey('buf:' .. peer), ttl_ms + resume_ms)
     end
   end
   a = a + 5 * nmembers
   reap(now, keep, resume_ms)
-  if redis.call('EXISTS', K_PEERS) == 1 then touch(ttl_ms) end
-  out[r] = {lost, member_list(nil)}
+  -- Keys live 3 leases; renewing them once a lease is enough (-1: a key
+  -- just re-created without a TTL; -2: the room is gone).
+  local left = redis.call('PTTL', K_PEERS)
+  if left == -1 or (left >= 0 and left < ttl_ms - lease_ms) then touch(ttl_ms) end
+  out[r] = silent and {lost, member_list(nil)} or {lost}
 end
 return out

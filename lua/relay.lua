@@ -10,18 +10,6 @@ local from, to, holder, kind = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ts, tp, frame = ARGV[6], ARGV[7], ARGV[8]
 local ttl_ms, resume_ms = tonumber(ARGV[15]), tonumber(ARGV[16])
 
--- A member record's conn, read without decoding the record: this script is
--- what bounds relay throughput, and two cjson.decode calls were a good part
--- of it. In cjson's output an unescaped quote only delimits, so '"conn":"'
--- can only be that key; a value holding anything cjson escapes (never the
--- case for holders, "<node id>#<n>" with node ids of A-Za-z0-9_.:-) falls
--- back to decoding.
-local function conn_of(rec)
-  local c = string.match(rec, '"conn":"([^"\\]*)"')
-  if c then return c end
-  return cjson.decode(rec).conn
-end
-
 local cur = redis.call('HGET', K_PEERS, from)
 if not cur or conn_of(cur) ~= holder then
   return {'error', 'not_joined'}
