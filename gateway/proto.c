@@ -29,6 +29,7 @@
  * and the whole message is judged on that last value.
  */
 #include "sg/proto.h"
+#include "sg/utf8.h"
 #include "sg/util.h"
 
 #include <json-c/json.h>
@@ -131,56 +132,8 @@ bool sg_peer_id_normalize(const char *s, size_t n, char out[SG_PEER_LEN + 1])
  * this module is pure and fed by other callers (and the fuzzer); bytes >= 0x80
  * are copied into relays verbatim, and a relay that is not UTF-8 would make
  * the target's browser drop its connection. json-c's own VALIDATE_UTF8 flag
- * lets surrogates and overlong forms through, hence our own check. */
-static bool utf8_valid(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        /* Messages are mostly ASCII: eight bytes at a time while they are. */
-        while (n - i >= 8) {
-            uint64_t w;
-            memcpy(&w, s + i, 8);
-            if (w & UINT64_C(0x8080808080808080))
-                break;
-            i += 8;
-        }
-        if (i >= n)
-            break;
-        unsigned char c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t need;
-        unsigned char lo = 0x80, hi = 0xBF; /* range of the second byte */
-        if (c >= 0xC2 && c <= 0xDF) {
-            need = 1;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            need = 2;
-            if (c == 0xE0)
-                lo = 0xA0; /* overlong */
-            else if (c == 0xED)
-                hi = 0x9F; /* surrogates */
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            need = 3;
-            if (c == 0xF0)
-                lo = 0x90; /* overlong */
-            else if (c == 0xF4)
-                hi = 0x8F; /* above U+10FFFF */
-        } else {
-            return false;
-        }
-        if (n - i - 1 < need)
-            return false;
-        if (s[i + 1] < lo || s[i + 1] > hi)
-            return false;
-        for (size_t k = 2; k <= need; k++)
-            if ((s[i + k] & 0xC0) != 0x80)
-                return false;
-        i += need + 1;
-    }
-    return true;
-}
+ * lets surrogates and overlong forms through, hence our own (strict) check. */
+/* (sg_utf8_valid, utf8.h) */
 
 static bool json_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
@@ -645,7 +598,7 @@ static struct json_object *parse_object(const char *text, size_t len, sg_proto_e
         fail(err, "message is too large");
         return NULL;
     }
-    if (!utf8_valid((const unsigned char *)text, len)) {
+    if (!sg_utf8_valid(text, len)) {
         fail(err, "message is not valid UTF-8");
         return NULL;
     }
@@ -970,7 +923,7 @@ int sg_proto_decode(const char *text, size_t len, sg_msg *m, sg_proto_error *err
         err = &scratch;
     error_init(err);
     msg_reset(m);
-    if (len <= PROTO_TEXT_MAX && utf8_valid((const unsigned char *)text, len) &&
+    if (len <= PROTO_TEXT_MAX && sg_utf8_valid(text, len) &&
         fast_decode(text, len, m, err) == 0)
         return 0;
     error_init(err);

@@ -1,5 +1,5 @@
-/* ws_frame: incremental RFC 6455 server-side parser, server framer and
- * incremental UTF-8 validator. See include/sg/ws_frame.h for the contract.
+/* ws_frame: incremental RFC 6455 server-side parser and server framer (text
+ * is checked with utf8.h). See include/sg/ws_frame.h for the contract.
  *
  * The parser is a two-state machine (reading a header, reading a payload) plus
  * two terminal states. Bytes are consumed straight from the caller's buffer:
@@ -30,104 +30,6 @@ enum {
     WS_REASON_MAX = 123,  /* a close payload is a 2-byte code + the reason */
     MSG_MIN_CAP = 1024,   /* first reassembly allocation; most messages fit */
 };
-
-/* ---------------------------------------------------------------- UTF-8 --- */
-
-/* A DFA over byte classes. States are the "what must come next" of RFC 3629's
- * grammar; the restricted second bytes (E0, ED, F0, F4) get their own states
- * so overlongs, surrogates and code points > U+10FFFF are refused at the
- * first byte that makes them so, not at the end of the sequence. */
-enum {
-    U8_ACCEPT = 0, /* on a character boundary */
-    U8_REJECT,     /* sticky: an invalid byte was seen */
-    U8_C1,         /* one continuation byte (80..BF) left */
-    U8_C2,         /* two left */
-    U8_C3,         /* three left */
-    U8_E0,         /* after E0: A0..BF, then one more (no overlongs) */
-    U8_ED,         /* after ED: 80..9F, then one more (no surrogates) */
-    U8_F0,         /* after F0: 90..BF, then two more (no overlongs) */
-    U8_F4,         /* after F4: 80..8F, then two more (<= U+10FFFF) */
-    U8_NSTATES,
-};
-
-/* Byte classes: 0 ASCII, 1 cont 80..8F, 2 cont 90..9F, 3 cont A0..BF,
- * 4 lead C2..DF, 5 E0, 6 E1..EC/EE..EF, 7 ED, 8 never valid (C0, C1, F5..FF),
- * 9 F0, 10 F1..F3, 11 F4. */
-enum { U8_NCLASSES = 12 };
-
-static const uint8_t u8_class[256] = {
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 00..0F */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 10..1F */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 20..2F */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 30..3F */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 40..4F */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 50..5F */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 60..6F */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 70..7F */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 80..8F */
-    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, /* 90..9F */
-    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, /* A0..AF */
-    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, /* B0..BF */
-    8, 8, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, /* C0..CF */
-    4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, /* D0..DF */
-    5, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 6, 6, /* E0..EF */
-    9, 10, 10, 10, 11, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, /* F0..FF */
-};
-
-#define R U8_REJECT
-static const uint8_t u8_next[U8_NSTATES][U8_NCLASSES] = {
-    /*            asc  80   90   A0   C2     E0     E1     ED     bad  F0     F1     F4 */
-    [U8_ACCEPT] = {0,   R,   R,   R,   U8_C1, U8_E0, U8_C2, U8_ED, R,   U8_F0, U8_C3, U8_F4},
-    [U8_REJECT] = {R,   R,   R,   R,   R,     R,     R,     R,     R,   R,     R,     R},
-    [U8_C1] = {R, U8_ACCEPT, U8_ACCEPT, U8_ACCEPT, R, R, R, R, R, R, R, R},
-    [U8_C2] = {R, U8_C1, U8_C1, U8_C1, R, R, R, R, R, R, R, R},
-    [U8_C3] = {R, U8_C2, U8_C2, U8_C2, R, R, R, R, R, R, R, R},
-    [U8_E0] = {R, R, R, U8_C1, R, R, R, R, R, R, R, R},
-    [U8_ED] = {R, U8_C1, U8_C1, R, R, R, R, R, R, R, R, R},
-    [U8_F0] = {R, R, U8_C2, U8_C2, R, R, R, R, R, R, R, R},
-    [U8_F4] = {R, U8_C2, R, R, R, R, R, R, R, R, R, R},
-};
-#undef R
-
-static inline uint32_t u8_step(uint32_t st, uint8_t b)
-{
-    return u8_next[st][u8_class[b]];
-}
-
-bool sg_utf8_feed(uint32_t *state, const uint8_t *s, size_t n)
-{
-    uint32_t st = *state;
-    if (st >= U8_NSTATES || st == U8_REJECT) {
-        *state = U8_REJECT;
-        return false;
-    }
-    size_t i = 0;
-    while (i < n) {
-        if (st == U8_ACCEPT) {
-            /* Most traffic is ASCII JSON: skip it eight bytes at a time. */
-            while (n - i >= 8) {
-                uint64_t w;
-                memcpy(&w, s + i, 8);
-                if (w & UINT64_C(0x8080808080808080))
-                    break;
-                i += 8;
-            }
-            while (i < n && s[i] < 0x80)
-                i++;
-            if (i == n)
-                break;
-        }
-        st = u8_step(st, s[i++]);
-        if (st == U8_REJECT) {
-            *state = st;
-            return false;
-        }
-    }
-    *state = st;
-    return true;
-}
-
-bool sg_utf8_complete(uint32_t state) { return state == U8_ACCEPT; }
 
 /* --------------------------------------------------------------- framer --- */
 
@@ -160,13 +62,13 @@ size_t sg_ws_close_payload(uint8_t out[125], uint16_t code, const char *reason)
      * never sees a cut sequence (it would have to fail us with 1007). An
      * invalid byte in our own reason ends it there for the same reason. */
     const uint8_t *r = (const uint8_t *)reason;
-    uint32_t st = U8_ACCEPT;
+    uint32_t st = SG_UTF8_ACCEPT;
     size_t keep = 0;
     for (size_t i = 0; i < WS_REASON_MAX && r[i]; i++) {
-        st = u8_step(st, r[i]);
-        if (st == U8_REJECT)
+        st = sg_utf8_step(st, r[i]);
+        if (st == SG_UTF8_REJECT)
             break;
-        if (st == U8_ACCEPT)
+        if (st == SG_UTF8_ACCEPT)
             keep = i + 1;
     }
     memcpy(out + 2, r, keep);
@@ -184,7 +86,7 @@ void sg_ws_parser_init(sg_ws_parser *p, const sg_ws_callbacks *cb, void *ud, siz
     p->ud = ud;
     p->max_message = max_message;
     p->state = ST_HEADER;
-    p->utf8_state = U8_ACCEPT;
+    p->utf8_state = SG_UTF8_ACCEPT;
 }
 
 static void drop_message(sg_ws_parser *p)
@@ -320,7 +222,7 @@ static int end_control(sg_ws_parser *p)
         if (!ok)
             return SG_WS_CLOSE_PROTOCOL;
         rlen = p->ctrl_len - 2u;
-        uint32_t st = U8_ACCEPT;
+        uint32_t st = SG_UTF8_ACCEPT;
         if (!sg_utf8_feed(&st, reason, rlen) || !sg_utf8_complete(st))
             return SG_WS_CLOSE_INVALID_DATA;
     }
@@ -343,7 +245,7 @@ static int end_frame(sg_ws_parser *p)
     if (!sg_utf8_complete(p->utf8_state))
         return SG_WS_CLOSE_INVALID_DATA; /* the message ends inside a character */
     p->in_message = 0;
-    p->utf8_state = U8_ACCEPT;
+    p->utf8_state = SG_UTF8_ACCEPT;
     int rc = deliver_text(p, p->msg, p->msg_len);
     /* An idle connection holds no reassembly memory. */
     drop_message(p);
@@ -383,7 +285,7 @@ static int start_frame(sg_ws_parser *p)
         if (len > (uint64_t)(p->max_message - p->msg_len))
             return SG_WS_CLOSE_TOO_BIG;
         if (p->opcode == SG_WS_OP_TEXT)
-            p->utf8_state = U8_ACCEPT;
+            p->utf8_state = SG_UTF8_ACCEPT;
         if (!p->fin)
             p->in_message = 1;
     }
@@ -428,7 +330,7 @@ static int read_header(sg_ws_parser *p, uint8_t *data, size_t len, size_t *pos)
         *pos += n2;
         p->state = ST_HEADER;
         p->hdr_len = 0;
-        uint32_t st = U8_ACCEPT;
+        uint32_t st = SG_UTF8_ACCEPT;
         if (!sg_utf8_feed(&st, d, n2) || !sg_utf8_complete(st))
             return SG_WS_CLOSE_INVALID_DATA;
         return deliver_text(p, d, n2);

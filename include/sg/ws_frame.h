@@ -26,6 +26,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "sg/utf8.h"
 #include <stdbool.h>
 
 enum {
@@ -129,10 +130,5 @@ size_t sg_ws_frame_header(uint8_t out[10], uint8_t opcode, uint64_t len);
  * UTF-8 boundary). Returns its length. out must hold 125 bytes. */
 size_t sg_ws_close_payload(uint8_t out[125], uint16_t code, const char *reason);
 
-/* Incremental UTF-8 validation (RFC 3629: no overlongs, no surrogates, max
- * U+10FFFF). state starts at 0. Returns false at the first invalid byte.
- * sg_utf8_complete(state) tells whether the input ended on a boundary. */
-bool sg_utf8_feed(uint32_t *state, const uint8_t *s, size_t n);
-bool sg_utf8_complete(uint32_t state);
 
 #endif

@@ -38,6 +38,16 @@ def tok(sub):
     return make_token(sub, rooms=["*"], exp_in=3600)
 
 
+async def call_across(cs, g1, g2, room, pa, pb):
+    """alice on g1 and bob on g2 in room as pa and pb; alice saw bob join."""
+    a = await cs.connect(g1.ws_url, tok("alice"), name="a")
+    b = await cs.connect(g2.ws_url, tok("bob"), name="b")
+    await a.join(room, pa)
+    await b.join(room, pb)
+    await a.recv_type("peer_joined", peerId=pb)
+    return a, b
+
+
 def peers_key(room):
     return f"room:{{{room}}}:peers"
 
@@ -405,11 +415,7 @@ def test_leave_during_an_outage_reaches_the_room_after_an_empty_restart(cluster)
 
     async def main():
         async with h.Clients() as cs:
-            a = await cs.connect(g1.ws_url, tok("alice"), name="a")
-            b = await cs.connect(g2.ws_url, tok("bob"), name="b")
-            await a.join(room, pa)
-            await b.join(room, pb)
-            await a.recv_type("peer_joined", peerId=pb)
+            a, b = await call_across(cs, g1, g2, room, pa, pb)
             redis.kill()
             await h.async_wait_until(lambda: g2.readyz() == 503, 3)
             await b.close()
@@ -457,11 +463,7 @@ def test_relays_published_while_a_subscriber_reconnects_are_caught_up(cluster):
 
     async def main():
         async with h.Clients() as cs:
-            a = await cs.connect(g1.ws_url, tok("alice"), name="a")
-            b = await cs.connect(g2.ws_url, tok("bob"), name="b")
-            await a.join(room, pa)
-            await b.join(room, pb)
-            await a.recv_type("peer_joined", peerId=pb)
+            a, b = await call_across(cs, g1, g2, room, pa, pb)
             for attempt in range(3):
                 ids = redis_client_ids_of(redis, g2.pid, "signal-gateway-sub")
                 assert len(ids) == 1, ids
@@ -513,11 +515,7 @@ def test_catch_up_after_an_empty_restart_restarts_its_numbering(cluster):
 
     async def main():
         async with h.Clients() as cs:
-            a = await cs.connect(g1.ws_url, tok("alice"), name="a")
-            b = await cs.connect(g2.ws_url, tok("bob"), name="b")
-            await a.join(room, pa)
-            await b.join(room, pb)
-            await a.recv_type("peer_joined", peerId=pb)
+            a, b = await call_across(cs, g1, g2, room, pa, pb)
             before = [f"pre{i}" for i in range(20)]
             await send_all(a, before)
             got = [await b.recv_type("relay", timeout=5) for _ in before]
@@ -1007,11 +1005,7 @@ def test_a_hung_redis_counts_as_down_and_is_reconnected_when_it_answers_again(cl
 
     async def main():
         async with h.Clients() as cs:
-            a = await cs.connect(g.ws_url, tok("alice"), name="a")
-            b = await cs.connect(g.ws_url, tok("bob"), name="b")
-            await a.join(room, pa)
-            await b.join(room, pb)
-            await a.recv_type("peer_joined", peerId=pb)
+            a, b = await call_across(cs, g, g, room, pa, pb)
             redis.proc.send_signal(signal.SIGSTOP)
             try:
                 await a.send(h.offer(room, pa, pb, cid="hung-1"))
