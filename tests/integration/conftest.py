@@ -162,11 +162,11 @@ class Gateway:
     def running(self):
         return self.proc.poll() is None
 
-    def terminate(self):
-        """SIGTERM without waiting (drain tests)."""
+    def terminate(self, sig=signal.SIGTERM):
+        """SIGTERM (or sig: SIGINT drains the same) without waiting (drain tests)."""
         self.deliberate_exit = True
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
 
     def wait(self, timeout):
         """Exit status, or raises subprocess.TimeoutExpired."""

@@ -1,9 +1,11 @@
 """PROTOCOL.md §5: node death (lease expiry), peer_unreachable, heartbeats,
-client pings, and the SIGTERM drain."""
+client pings, and the SIGTERM/SIGINT drain."""
 
 import asyncio
+import signal
 import time
 
+import pytest
 
 import sg_helpers as h
 from sg_helpers import Clients, RawWS, arun, make_token, new_peer, new_room
@@ -203,7 +205,9 @@ def test_websockets_client_ping(gateway):
 # ---------------------------------------------------------------- drain
 
 
-def test_sigterm_drain(gateway_factory, redis):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_drain(gateway_factory, redis, sig):
+    """PROTOCOL.md §5 shutdown, for SIGTERM and SIGINT alike."""
     drain_ms = 3000
     g1, g2 = gateway_factory(2, env={"SIGNAL_DRAIN_MS": drain_ms})
     room, room2 = new_room(), new_room()
@@ -224,7 +228,7 @@ def test_sigterm_drain(gateway_factory, redis):
             await a.recv_type("peer_joined", roomId=room2)
 
             t0 = time.monotonic()
-            g2.terminate()
+            g2.terminate(sig)
             got = []
             for _ in range(3):
                 m = await a.recv_type("peer_left", timeout=5)
