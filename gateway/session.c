@@ -126,6 +126,13 @@ static sg_membership *add_room(sg_conn *c)
     return m;
 }
 
+/* The correlationId a membership's next join or resume carries. */
+static void set_cid(sg_membership *m, const char *cid)
+{
+    free(m->cid);
+    m->cid = cid && *cid ? sg_xstrdup(cid) : NULL;
+}
+
 static void remove_room(sg_conn *c, sg_membership *m)
 {
     while (m->held) {
@@ -134,6 +141,8 @@ static void remove_room(sg_conn *c, sg_membership *m)
         free(h);
     }
     free(m->resume_token);
+    free(m->room);
+    free(m->cid);
     uint32_t i = (uint32_t)(m - c->rooms);
     c->rooms[i] = c->rooms[--c->nrooms];
 }
@@ -281,9 +290,10 @@ static void release_membership(sg_conn *c, sg_membership *m)
 /* Releases a membership that never made it and tells the client why. */
 static void fail_membership(sg_conn *c, sg_membership *m, const char *code, const char *message)
 {
-    char room[SG_ROOM_MAX + 1], cid[SG_CID_MAX + 1];
+    char room[SG_ROOM_MAX + 1], cid[SG_CID_MAX + 1] = "";
     strcpy(room, m->room);
-    strcpy(cid, m->cid);
+    if (m->cid)
+        strcpy(cid, m->cid);
     release_membership(c, m);
     sg_session_error(c, code, message, cid[0] ? cid : NULL, room);
 }
@@ -306,17 +316,19 @@ static void send_join(sg_conn *c, sg_membership *m)
     sg_op *op = op_new(s, OP_JOIN, c->id);
     strcpy(op->room, m->room);
     strcpy(op->peer, m->peer);
-    strcpy(op->cid, m->cid);
+    if (m->cid)
+        strcpy(op->cid, m->cid);
     op->t0_us = sg_now_wall_us();
     op_trace(s, op, c);
     if (sg_bus_eval(s->bus, SG_SCRIPT_JOIN, m->room, 12, argv, NULL, (uint64_t)(uintptr_t)op) < 0) {
         op_free(s, op);
         if (m->state == SG_MEM_JOINED)
-            sg_session_error(c, "unavailable", "Redis is unreachable", m->cid[0] ? m->cid : NULL, m->room);
+            sg_session_error(c, "unavailable", "Redis is unreachable", m->cid, m->room);
         else
             fail_membership(c, m, "unavailable", "Redis is unreachable");
         return;
     }
+    set_cid(m, NULL); /* the operation carries it now */
     strcpy(m->rt, rt);
     if (m->state != SG_MEM_JOINED)
         m->state = SG_MEM_JOINING;
@@ -336,7 +348,8 @@ static void send_resume(sg_conn *c, sg_membership *m)
     sg_op *op = op_new(s, OP_RESUME, c->id);
     strcpy(op->room, m->room);
     strcpy(op->peer, m->peer);
-    strcpy(op->cid, m->cid);
+    if (m->cid)
+        strcpy(op->cid, m->cid);
     op->t0_us = sg_now_wall_us();
     op_trace(s, op, c);
     if (sg_bus_eval(s->bus, SG_SCRIPT_RESUME, m->room, 10, argv, NULL, (uint64_t)(uintptr_t)op) < 0) {
@@ -344,6 +357,7 @@ static void send_resume(sg_conn *c, sg_membership *m)
         fail_membership(c, m, "unavailable", "Redis is unreachable");
         return;
     }
+    set_cid(m, NULL); /* the operation carries it now */
     strcpy(m->rt, new_rt);
     m->state = SG_MEM_RESUMING;
 }
@@ -404,9 +418,9 @@ static void start_membership(sg_conn *c, const sg_msg *msg, bool resume)
 {
     sg_server *s = c->srv;
     sg_membership *m = add_room(c);
-    strcpy(m->room, msg->room);
+    m->room = sg_xstrdup(msg->room);
     strcpy(m->peer, msg->peer);
-    strcpy(m->cid, msg->cid);
+    set_cid(m, msg->cid);
     m->state = SG_MEM_SUBSCRIBING;
     m->resume = resume;
     if (resume) {
@@ -435,7 +449,7 @@ static void handle_join(sg_conn *c, const sg_msg *msg)
             sg_session_error(c, "bad_request", "a join or resume of this room is in progress", cid, msg->room);
             return;
         }
-        strcpy(m->cid, msg->cid);
+        set_cid(m, msg->cid);
         send_join(c, m); /* idempotent in Redis: answers joined, broadcasts nothing */
         return;
     }
@@ -582,7 +596,7 @@ static void on_join_reply(sg_server *s, sg_op *op, redisReply *r)
             sg_session_error(c, code, msg, cid, m->room);
             return;
         }
-        strcpy(m->cid, op->cid);
+        set_cid(m, op->cid);
         fail_membership(c, m, code, msg);
         return;
     }
@@ -709,6 +723,7 @@ static void on_resume_reply(sg_server *s, sg_op *op, redisReply *r)
     }
     if (!ok) {
         bool failed = r && r->type == REDIS_REPLY_ARRAY;
+        set_cid(m, op->cid);
         fail_membership(c, m, failed ? "resume_failed" : "unavailable",
                         failed ? "resume token unknown, expired or not yours; join afresh"
                                : "Redis did not answer");

@@ -34,9 +34,9 @@ typedef struct sg_held {
 
 /* One room this connection is in (or joining). */
 typedef struct sg_membership {
-    char room[SG_ROOM_MAX + 1];
+    char *room;               /* heap, exact length: idle memory per connection matters */
     char peer[SG_PEER_LEN + 1];
-    char cid[SG_CID_MAX + 1]; /* of the join/resume awaiting its reply */
+    char *cid;                /* of a join/resume not sent yet (heap), NULL otherwise */
     char rt[65];              /* hash of the current resume token ("" when off) */
     uint8_t state;
     bool resume;              /* the pending operation is a resume */
