@@ -204,8 +204,8 @@ class RedisProxy:
                         with self.lock:
                             self.sub_conns += 1
                 dst.sendall(data)
-        except OSError:
-            pass
+        except (OSError, ValueError):
+            pass  # the other direction's pump closed the sockets (ValueError: fd -1 in select)
         finally:
             for s in (src, dst):
                 try:
