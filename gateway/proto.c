@@ -926,9 +926,8 @@ int sg_proto_decode(const char *text, size_t len, sg_msg *m, sg_proto_error *err
     if (len <= PROTO_TEXT_MAX && sg_utf8_valid(text, len) &&
         fast_decode(text, len, m, err) == 0)
         return 0;
-    error_init(err);
-    msg_reset(m);
-    return decode_dom(text, len, m, err);
+    /* Anything unusual: the json-c path decides, and alone words errors. */
+    return sg_proto_decode_reference(text, len, m, err);
 }
 
 int sg_proto_decode_reference(const char *text, size_t len, sg_msg *m, sg_proto_error *err)
