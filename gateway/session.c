@@ -342,7 +342,11 @@ static void send_resume(sg_conn *c, sg_membership *m)
     holder_of(s, c->id, holder, sizeof holder);
     snprintf(last, sizeof last, "%llu", (unsigned long long)m->resume_from);
     hash_token(m->resume_token, old_rt);
-    new_resume_token(m->resume_token, new_rt); /* the raw old token is not needed any more */
+    /* The client's token has its own length; the fresh one needs a buffer
+     * of the size new_resume_token writes. */
+    free(m->resume_token);
+    m->resume_token = sg_xmalloc(SG_RESUME_TOKEN_MAX + 1);
+    new_resume_token(m->resume_token, new_rt);
     const char *argv[] = {m->room, m->peer, holder, cfg->node_id, c->subhash, old_rt, new_rt, last,
                           s->lease_arg, s->ttl_arg};
     sg_op *op = op_new(s, OP_RESUME, c->id);
@@ -753,6 +757,8 @@ static void on_resume_reply(sg_server *s, sg_op *op, redisReply *r)
     append_session_fields(c, &b, m, op->cid[0] ? op->cid : NULL);
     bool alive = sg_conn_send_text(c, b.data, b.len);
     sg_buf_free(&b);
+    if (!alive)
+        return; /* cut for its output: its memberships (m too) are released */
     free(m->resume_token);
     m->resume_token = NULL;
     /* The buffer, then what arrived meanwhile and was not in it: in order,
