@@ -1,6 +1,9 @@
 #include "sg/config.h"
 #include "sg/util.h"
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -63,6 +66,7 @@ static const opt OPTS[] = {
     {"SIGNAL_REDIS_TIMEOUT_MS", I(redis_timeout_ms), "3000", 100, 600000, "no reply at all this long while a command waits: Redis is hung, reconnect"},
     {"SIGNAL_LOG_LEVEL", S(log_level), "info", 0, 0, "debug, info, warn or error"},
     {"SIGNAL_LOG_HASH_KEY", S(log_hash_key), NULL, 0, 0, "key of the hash that hides user IDs in logs; default random"},
+    {"SIGNAL_SUB_HASH_KEY", S(sub_hash_key), NULL, 0, 0, "key of the hash of sub kept in Redis; the same on every node (default: derived from SIGNAL_JWT_SECRET)"},
     {"SIGNAL_OTLP_ENDPOINT", S(otlp_endpoint), NULL, 0, 0, "OTLP/HTTP endpoint, spans go to /v1/traces"},
     {"SIGNAL_STATIC_DIR", S(static_dir), NULL, 0, 0, "serve this directory (the demo) on the public listener; unset: off"},
     {"SIGNAL_RATE_PEER", R(rate_peer), "20/200", 0, 0, "relays per peer in a room (RATE/BURST, 0 off)"},
@@ -79,6 +83,32 @@ static const opt OPTS[] = {
 };
 
 #define NOPTS (sizeof OPTS / sizeof OPTS[0])
+
+/* Member records in Redis keep a keyed hash of sub, so reading Redis does
+ * not give away who is in a room (an email-like sub would be a dictionary
+ * away from an unkeyed hash). Every node of a deployment must use the same
+ * key, or same-user takeovers across nodes fail: by default it is derived
+ * from the HS256 secret they already share. With RS256/ES256 there is no
+ * shared secret: the fixed default keeps nodes in agreement but hides
+ * nothing, and the node says so at start (SIGNAL_SUB_HASH_KEY fixes it). */
+static void default_sub_hash_key(sg_config *cfg)
+{
+    if (cfg->sub_hash_key)
+        return;
+    static const char label[] = "signal-gateway/sub-hash/v1";
+    if (cfg->jwt_secret && strcmp(cfg->jwt_alg, "HS256") == 0) {
+        uint8_t d[EVP_MAX_MD_SIZE];
+        unsigned n = 0;
+        HMAC(EVP_sha256(), cfg->jwt_secret, (int)strlen(cfg->jwt_secret), (const uint8_t *)label,
+             sizeof label - 1, d, &n);
+        char hex[2 * EVP_MAX_MD_SIZE + 1];
+        sg_hex(hex, d, n);
+        cfg->sub_hash_key = sg_xstrdup(hex);
+        return;
+    }
+    cfg->sub_hash_key = sg_xstrdup(label);
+    cfg->sub_hash_key_public = true;
+}
 
 static void flag_name(const opt *o, char *out, size_t cap)
 {
@@ -290,6 +320,7 @@ static int validate(sg_config *cfg, char *err, size_t errlen)
         seterr(err, errlen, "SIGNAL_NODE_ID: longer than 64 characters");
         return -1;
     }
+    default_sub_hash_key(cfg);
     split_origins(cfg);
     if (cfg->allowed_origins && !cfg->norigins) {
         /* "," or " " would otherwise mean "any origin": fail closed. */

@@ -4,6 +4,7 @@
 #include "sg/session.h"
 #include "sg/static_files.h"
 #include "sg/util.h"
+#include "sg/wire.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -21,7 +22,6 @@ enum { PHASE_HANDSHAKE = 1, PHASE_PING, PHASE_PONG, PHASE_CLOSE_WAIT };
 
 #define CLOSE_WAIT_MS 2000   /* how long we wait for the client's close frame */
 #define HTTP_LINGER_MS 1000  /* how long a refused handshake's response may take to flush */
-#define WARN_INTERVAL_MS 1000
 #define FLOOD_CLOSE_MS 10000 /* continuous excess before close 1008 (PROTOCOL.md §5) */
 
 static void on_read(struct bufferevent *bev, void *arg);
@@ -217,14 +217,39 @@ static void log_close(sg_conn *c, const char *why)
     sg_metrics_inc(&s->metrics.closes, label);
 }
 
-/* Leaves the rooms once, when the connection stops being usable. */
+/* Leaves the rooms once, when the connection stops being usable: from the
+ * deferred pass, never inside a call that may have come from the session. */
 static void end_session(sg_conn *c)
 {
     if (c->state != SG_CONN_OPEN)
         return;
     if (!c->leave_reason)
         c->leave_reason = "disconnect";
-    sg_session_on_close(c);
+    sg_server_defer(c->srv, c);
+}
+
+static sg_gone gone_reason(const sg_conn *c)
+{
+    const char *r = c->leave_reason ? c->leave_reason : "disconnect";
+    if (strcmp(r, "timeout") == 0)
+        return SG_GONE_TIMEOUT;
+    if (strcmp(r, "shutdown") == 0)
+        return SG_GONE_SHUTDOWN;
+    return c->lost ? SG_GONE_LOST : SG_GONE_DISCONNECT;
+}
+
+bool sg_conn_release(sg_conn *c)
+{
+    if (c->in_session) {
+        c->in_session = false;
+        sg_session_close(c->srv->session, c->id, gone_reason(c));
+    }
+    if (c->state != SG_CONN_DEAD)
+        return false;
+    disarm(c);
+    sg_ws_parser_reset(&c->ws);
+    free(c);
+    return true;
 }
 
 void sg_conn_abort(sg_conn *c, const char *why)
@@ -249,16 +274,7 @@ void sg_conn_abort(sg_conn *c, const char *why)
         else
             sg_map_put(&s->ip_counts, c->ip, strlen(c->ip), (void *)(n - 1));
     }
-    sg_server_defer_free(s, c);
-}
-
-void sg_conn_free(sg_conn *c)
-{
-    disarm(c);
-    sg_ws_parser_reset(&c->ws);
-    sg_claims_clear(&c->claims);
-    free(c->rooms);
-    free(c);
+    sg_server_defer(s, c);
 }
 
 static void on_drained_abort(struct bufferevent *bev, void *arg)
@@ -441,7 +457,7 @@ static void apply_forwarded_for(sg_conn *c, const sg_upgrade *up)
     sg_map_put(m, c->ip, len, (void *)(cur + 1));
 }
 
-static void open_ws(sg_conn *c, const sg_upgrade *up, size_t head_len);
+static void open_ws(sg_conn *c, const sg_upgrade *up, size_t head_len, sg_claims *claims);
 
 static void handle_handshake(sg_conn *c)
 {
@@ -522,8 +538,9 @@ static void handle_handshake(sg_conn *c)
         return;
     }
     sg_auth_failure fail;
+    sg_claims claims;
     int64_t now_s = (int64_t)(sg_now_wall_ms() / 1000);
-    if (sg_auth_verify(s->auth, token, up.token_len, now_s, &c->claims, &fail) < 0) {
+    if (sg_auth_verify(s->auth, token, up.token_len, now_s, &claims, &fail) < 0) {
         free(token);
         auth_failure(c, fail.reason, fail.message, true);
         return;
@@ -531,10 +548,10 @@ static void handle_handshake(sg_conn *c)
     free(token);
     if (up.traceparent.n)
         sg_traceparent_parse(up.traceparent.p, up.traceparent.n, &c->trace_parent);
-    open_ws(c, &up, head_len);
+    open_ws(c, &up, head_len, &claims);
 }
 
-static void open_ws(sg_conn *c, const sg_upgrade *up, size_t head_len)
+static void open_ws(sg_conn *c, const sg_upgrade *up, size_t head_len, sg_claims *claims)
 {
     sg_server *s = c->srv;
     const sg_config *cfg = s->cfg;
@@ -548,10 +565,7 @@ static void open_ws(sg_conn *c, const sg_upgrade *up, size_t head_len)
     sg_buf_free(&b);
     evbuffer_drain(in, head_len);
 
-    uint8_t d[SHA256_DIGEST_LENGTH];
-    SHA256((const uint8_t *)c->claims.sub, strlen(c->claims.sub), d);
-    sg_hex(c->subhash, d, sizeof d);
-    sg_log_hash(s->log, c->claims.sub, c->user);
+    sg_log_hash(s->log, claims->sub, c->user);
 
     c->state = SG_CONN_OPEN;
     uint64_t accepted_ms = c->opened_ms;
@@ -583,6 +597,8 @@ static void open_ws(sg_conn *c, const sg_upgrade *up, size_t head_len)
         sg_log_str(s->log, "user", c->user);
         sg_log_end(s->log);
     }
+    sg_session_open(s->session, c->id, claims, s->tracer ? &c->span : NULL); /* it owns the claims now */
+    c->in_session = true;
     int64_t first = cfg->ping_interval_ms;
     if (cfg->join_timeout_ms && cfg->join_timeout_ms < first)
         first = cfg->join_timeout_ms;
@@ -619,35 +635,33 @@ static bool local_admit(sg_conn *c, size_t len, uint32_t frames)
             c->frames.tokens -= frames;
         if (cfg->rate_conn_bytes.rate > 0)
             c->bytes.tokens -= (double)len;
-        if (c->last_drop_ms && now - c->last_drop_ms > WARN_INTERVAL_MS)
+        if (c->last_drop_ms && now - c->last_drop_ms > SG_WARN_INTERVAL_MS)
             c->over_since_ms = 0;
         return true;
     }
     /* Excess that goes on for FLOOD_CLOSE_MS (drops at least once a second) closes the connection. */
-    if (!c->over_since_ms || now - c->last_drop_ms > WARN_INTERVAL_MS)
+    if (!c->over_since_ms || now - c->last_drop_ms > SG_WARN_INTERVAL_MS)
         c->over_since_ms = now;
     c->last_drop_ms = now;
     return false;
 }
 
+/* An error the transport itself sends (local limits, oversize messages). */
+static void send_error(sg_conn *c, const char *code, const char *message)
+{
+    sg_metrics_inc(&c->srv->metrics.errors, code);
+    sg_buf b;
+    sg_buf_init(&b);
+    sg_wire_error(&b, code, message, NULL, NULL);
+    sg_conn_send_text(c, b.data, b.len);
+    sg_buf_free(&b);
+}
+
 static void rate_warning(sg_conn *c, const char *scope)
 {
-    sg_server *s = c->srv;
-    uint64_t now = sg_now_mono_ms();
-    sg_metrics_inc(&s->metrics.ratelimit_drops, scope);
-    c->dropped_since_warn++;
-    if (c->warn_ms && now - c->warn_ms < WARN_INTERVAL_MS)
-        return;
-    if (sg_log_begin(s->log, SG_LOG_INFO, "ratelimit.drop")) {
-        sg_log_int(s->log, "conn", (int64_t)c->id);
-        sg_log_str(s->log, "scope", scope);
-        sg_log_int(s->log, "dropped", (int64_t)c->dropped_since_warn);
-        sg_log_end(s->log);
-    }
-    c->warn_ms = now;
-    c->dropped_since_warn = 0;
-    sg_session_error(c, "rate_limited", "over this connection's message rate; messages are being dropped",
-                     NULL, NULL);
+    /* The session keeps the connection's one warning clock, shared with the
+     * Redis-held buckets: at most one warning a second in all. */
+    sg_session_dropped(c->srv->session, c->id, scope);
 }
 
 static int ws_on_frame(void *ud, uint8_t opcode, uint64_t len)
@@ -673,7 +687,7 @@ static int ws_on_text(void *ud, const uint8_t *data, size_t len)
         }
         return c->state == SG_CONN_OPEN ? 0 : 1;
     }
-    sg_session_on_text(c, (const char *)data, len, sg_now_wall_us());
+    sg_session_on_text(c->srv->session, c->id, (const char *)data, len, sg_now_wall_us());
     return c->state == SG_CONN_OPEN ? 0 : 1;
 }
 
@@ -727,7 +741,7 @@ static void protocol_violation(sg_conn *c, int code)
             reason = R[i].reason;
     if (code == SG_WS_CLOSE_TOO_BIG) {
         sg_metrics_inc(&c->srv->metrics.caps, "message_bytes");
-        sg_session_error(c, "payload_too_large", "message over the maximum size", NULL, NULL);
+        send_error(c, "payload_too_large", "message over the maximum size");
     }
     sg_conn_close(c, (uint16_t)code, reason);
 }
@@ -798,7 +812,7 @@ static int64_t next_wake(const sg_conn *c, uint64_t now, uint64_t due)
 {
     const sg_config *cfg = c->srv->cfg;
     int64_t ms = due > now ? (int64_t)(due - now) : 1;
-    if (cfg->join_timeout_ms && !c->ever_joined) {
+    if (cfg->join_timeout_ms && !sg_session_ever_joined(c->srv->session, c->id)) {
         uint64_t jd = c->opened_ms + (uint64_t)cfg->join_timeout_ms;
         int64_t jms = jd > now ? (int64_t)(jd - now) : 1;
         if (jms < ms)
@@ -819,7 +833,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         sg_conn_abort(c, "handshake timeout");
         return;
     case PHASE_PING: {
-        if (cfg->join_timeout_ms && !c->ever_joined &&
+        if (cfg->join_timeout_ms && !sg_session_ever_joined(s->session, c->id) &&
             now - c->opened_ms >= (uint64_t)cfg->join_timeout_ms) {
             sg_metrics_inc(&s->metrics.caps, "join_timeout");
             sg_conn_close(c, SG_WS_CLOSE_POLICY, "no join in time");

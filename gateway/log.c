@@ -191,3 +191,18 @@ void sg_log_end(sg_log *l)
     if (!event_pending(l->ev, EV_WRITE, NULL))
         event_active(l->ev, EV_WRITE, 0);
 }
+
+void sg_log_ratelimit_drop(sg_log *l, uint64_t conn, const char *scope, const char *room, const char *type,
+                           uint64_t dropped)
+{
+    if (!sg_log_begin(l, SG_LOG_INFO, "ratelimit.drop"))
+        return;
+    sg_log_int(l, "conn", (int64_t)conn);
+    sg_log_str(l, "scope", scope);
+    if (room)
+        sg_log_str(l, "room", room);
+    if (type)
+        sg_log_str(l, "type", type);
+    sg_log_int(l, "dropped", (int64_t)dropped);
+    sg_log_end(l);
+}

@@ -105,6 +105,11 @@ int main(int argc, char **argv)
         sg_log_str(log, "jwt_alg", cfg.jwt_alg);
         sg_log_end(log);
     }
+    if (cfg.sub_hash_key_public && sg_log_begin(log, SG_LOG_WARN, "config.sub_hash_key")) {
+        sg_log_str(log, "message", "SIGNAL_SUB_HASH_KEY is unset and there is no HS256 secret to derive it from: "
+                                   "the hash of sub in Redis member records is keyed with a public default");
+        sg_log_end(log);
+    }
     event_base_dispatch(base);
     if (sg_log_begin(log, SG_LOG_INFO, "server.stop")) {
         sg_log_int(log, "connections", (int64_t)srv->conns.count);

@@ -966,25 +966,3 @@ fail:
     return -1;
 }
 
-/* ---- encode -------------------------------------------------------------- */
-
-void sg_proto_encode_error(sg_buf *out, const char *code, const char *message,
-                           const char *cid, const char *room)
-{
-    /* Appends, like every sg_buf writer, so a caller can frame around it. */
-    sg_buf_putc(out, '{');
-    put_str(out, "type", "error");
-    sg_buf_putc(out, ',');
-    put_str(out, "code", code ? code : "internal");
-    sg_buf_putc(out, ',');
-    put_str(out, "message", message ? message : "");
-    if (cid && *cid) {
-        sg_buf_putc(out, ',');
-        put_str(out, "correlationId", cid);
-    }
-    if (room && *room) {
-        sg_buf_putc(out, ',');
-        put_str(out, "roomId", room);
-    }
-    sg_buf_putc(out, '}');
-}

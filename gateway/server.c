@@ -1,6 +1,5 @@
 #include "sg/server.h"
 #include "sg/conn.h"
-#include "sg/session.h"
 #include "sg/util.h"
 
 #include <arpa/inet.h>
@@ -18,7 +17,6 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#define LEASE_TICK_MS 100
 #define DRAIN_TICK_MS 50
 #define PROBE_INTERVAL_MS 1000
 #define PROBE_STALE_MS 5000   /* /readyz fails when no probe came back for this long */
@@ -126,7 +124,7 @@ static void on_bus_message(void *ud, const char *channel, size_t chlen, const ch
         s->metrics.probe_age_ms = 0;
         return;
     }
-    sg_session_on_message(ud, channel, chlen, payload, len);
+    sg_session_on_message(s->session, channel, chlen, payload, len);
 }
 
 /* ---- admin ----------------------------------------------------------- */
@@ -180,18 +178,24 @@ static void on_admin(struct evhttp_request *req, void *arg)
 
 /* ---- deferred frees, leases, drain ----------------------------------- */
 
+/* The deferred pass: what a connection's end owes the session, and its
+ * free, done at the top of the event loop where nobody holds them. */
 static void on_reaper(evutil_socket_t fd, short what, void *arg)
 {
     sg_server *s = arg;
     while (s->dead) {
         sg_conn *c = s->dead;
         s->dead = c->next_dead;
-        sg_conn_free(c);
+        c->deferred = false;
+        sg_conn_release(c);
     }
 }
 
-void sg_server_defer_free(sg_server *s, sg_conn *c)
+void sg_server_defer(sg_server *s, sg_conn *c)
 {
+    if (c->deferred)
+        return;
+    c->deferred = true;
     c->next_dead = s->dead;
     s->dead = c;
     event_active(s->reaper, EV_TIMEOUT, 0);
@@ -199,46 +203,10 @@ void sg_server_defer_free(sg_server *s, sg_conn *c)
 
 sg_conn *sg_server_conn(sg_server *s, uint64_t id) { return sg_map_get_u64(&s->conns, id); }
 
-void sg_server_room_add(sg_server *s, const char *room, uint64_t conn, const char *peer, uint64_t joined_at_ms)
-{
-    size_t n = strlen(room);
-    sg_local_room *lr = sg_map_get(&s->rooms, room, n);
-    if (!lr) {
-        lr = sg_xcalloc(1, sizeof *lr);
-        sg_map_put(&s->rooms, room, n, lr);
-    }
-    if (lr->n == lr->cap) {
-        lr->cap = lr->cap ? lr->cap * 2 : 2;
-        lr->m = sg_xrealloc(lr->m, lr->cap * sizeof *lr->m);
-    }
-    sg_local_member *m = &lr->m[lr->n++];
-    m->conn = conn;
-    sg_strlcpy(m->peer, peer, sizeof m->peer);
-    m->joined_at_ms = joined_at_ms;
-}
-
-void sg_server_room_remove(sg_server *s, const char *room, uint64_t conn, const char *peer)
-{
-    size_t n = strlen(room);
-    sg_local_room *lr = sg_map_get(&s->rooms, room, n);
-    if (!lr)
-        return;
-    for (size_t i = 0; i < lr->n; i++)
-        if (lr->m[i].conn == conn && strcmp(lr->m[i].peer, peer) == 0) {
-            lr->m[i] = lr->m[--lr->n];
-            break;
-        }
-    if (!lr->n) {
-        sg_map_del(&s->rooms, room, n);
-        free(lr->m);
-        free(lr->remote);
-        free(lr);
-    }
-}
-
 static void on_lease_tick(evutil_socket_t fd, short what, void *arg)
 {
-    sg_session_refresh_leases(arg);
+    sg_server *s = arg;
+    sg_session_tick(s->session);
 }
 
 static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
@@ -246,8 +214,9 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
     sg_server *s = arg;
     static const struct timeval tick = {0, DRAIN_TICK_MS * 1000};
     (void)tick;
-    /* Done when every client is gone and every leave has reached Redis. */
-    if (s->conns.count == 0 && !sg_bus_busy(s->bus)) {
+    /* Done when every client is gone and every leave has reached Redis
+     * (and none is still owed by the deferred pass). */
+    if (s->conns.count == 0 && !s->dead && !sg_bus_busy(s->bus)) {
         event_base_loopexit(s->base, NULL);
         return;
     }
@@ -329,7 +298,26 @@ static void on_bus_available(void *ud, bool available, bool fresh)
     sg_server *s = ud;
     s->available_since_ms = available ? sg_now_mono_ms() : 0;
     if (available && fresh)
-        sg_session_reassert(s, true);
+        sg_session_on_redis_back(s->session);
+}
+
+static void on_bus_reply(void *ud, uint64_t tag, redisReply *r)
+{
+    sg_server *s = ud;
+    sg_session_on_reply(s->session, tag, r);
+}
+
+static void on_bus_subscribed(void *ud, const char *channel, size_t chlen)
+{
+    sg_server *s = ud;
+    sg_session_on_subscribed(s->session, channel, chlen);
+}
+
+/* The session's way out: never frees anything (see conn.h). */
+static bool send_to_conn(void *ud, uint64_t conn_id, const char *data, size_t len)
+{
+    sg_conn *c = sg_server_conn(ud, conn_id);
+    return c && sg_conn_send_text(c, data, len);
 }
 
 /* ---- lifecycle ------------------------------------------------------- */
@@ -426,31 +414,6 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
     sg_metrics_init(&s->metrics);
     sg_map_init(&s->conns);
     sg_map_init(&s->ip_counts);
-    sg_map_init(&s->rooms);
-    sg_map_init(&s->waiters);
-    sg_msg_init(&s->msg);
-    sg_buf_init(&s->scratch);
-    snprintf(s->holder_prefix, sizeof s->holder_prefix, "%s#", cfg->node_id);
-    snprintf(s->resume_args[0], sizeof s->resume_args[0], "%lld", (long long)cfg->resume_ms);
-    snprintf(s->resume_args[1], sizeof s->resume_args[1], "%lld", (long long)cfg->resume_buffer_max);
-    snprintf(s->resume_args[2], sizeof s->resume_args[2], "%lld", (long long)cfg->resume_buffer_bytes);
-    const sg_rate *rs[3] = {&cfg->rate_peer, &cfg->rate_candidate, &cfg->rate_room};
-    for (int i = 0; i < 3; i++) {
-        snprintf(s->rate_args[2 * i], sizeof s->rate_args[0], "%.6g", rs[i]->rate);
-        snprintf(s->rate_args[2 * i + 1], sizeof s->rate_args[0], "%.6g", rs[i]->burst);
-    }
-    snprintf(s->lease_arg, sizeof s->lease_arg, "%lld", (long long)cfg->lease_ms);
-    /* Keys outlive three missed refreshes, then expire: nothing outlives a crash. */
-    snprintf(s->ttl_arg, sizeof s->ttl_arg, "%lld", (long long)cfg->lease_ms * 3);
-    snprintf(s->max_peers_arg, sizeof s->max_peers_arg, "%lld", (long long)cfg->room_max_peers);
-    /* A ghost's own node may still be in its reconnect backoff. */
-    snprintf(s->ghost_arg, sizeof s->ghost_arg, "%lld", (long long)cfg->lease_ms + SG_BUS_BACKOFF_MAX_MS);
-    uint8_t rnd[6];
-    sg_random_bytes(rnd, sizeof rnd);
-    char hex[13];
-    sg_hex(hex, rnd, sizeof rnd);
-    snprintf(s->cid_prefix, sizeof s->cid_prefix, "s.%s.", hex);
-
     s->auth = sg_server_load_auth(cfg, err, errlen);
     if (!s->auth)
         goto fail;
@@ -498,9 +461,11 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
                         .master_name = cfg->redis_master_name, .node_id = cfg->node_id,
                         .timeout_ms = cfg->redis_timeout_ms};
     sg_bus_handlers h = {.on_available = on_bus_available, .on_message = on_bus_message,
-                         .on_subscribed = sg_session_on_subscribed, .on_reply = sg_session_on_reply,
-                         .ud = s};
+                         .on_subscribed = on_bus_subscribed, .on_reply = on_bus_reply, .ud = s};
     s->bus = sg_bus_new(base, &bc, &h, log, &s->metrics);
+    sg_session_deps sd = {.cfg = cfg, .log = log, .metrics = &s->metrics, .tracer = s->tracer, .bus = s->bus,
+                          .io = {.send = send_to_conn, .ud = s}};
+    s->session = sg_session_new(&sd);
     if (sg_bus_start(s->bus, err, errlen) < 0)
         goto fail;
 
@@ -512,7 +477,7 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
     event_add(s->probe_timer, &pt);
     s->reaper = event_new(base, -1, 0, on_reaper, s);
     s->lease_timer = event_new(base, -1, EV_PERSIST, on_lease_tick, s);
-    struct timeval lt = {0, LEASE_TICK_MS * 1000};
+    struct timeval lt = {0, SG_SESSION_TICK_MS * 1000};
     event_add(s->lease_timer, &lt);
     s->drain_timer = evtimer_new(base, on_drain_deadline, s);
     s->sig_term = evsignal_new(base, SIGTERM, on_signal, s);
@@ -547,30 +512,12 @@ void sg_server_free(sg_server *s)
         evconnlistener_free(s->listener);
     if (s->admin)
         evhttp_free(s->admin);
+    /* The bus first: its pending calls get their NULL replies, and the
+     * session frees their contexts. */
     sg_bus_free(s->bus);
-    for (sg_map_entry *e = sg_map_first(&s->rooms, &i); e; e = sg_map_next(&s->rooms, &i, e)) {
-        sg_local_room *lr = e->value;
-        free(lr->m);
-        free(lr->remote);
-        free(lr);
-    }
-    for (sg_map_entry *e = sg_map_first(&s->waiters, &i); e; e = sg_map_next(&s->waiters, &i, e)) {
-        sg_waitlist *w = e->value;
-        free(w->conns);
-        free(w);
-    }
-    sg_map_free(&s->rooms);
-    sg_map_free(&s->waiters);
+    sg_session_free(s->session);
     sg_map_free(&s->conns);
     sg_map_free(&s->ip_counts);
-    while (s->op_free) {
-        struct sg_op *op = s->op_free;
-        s->op_free = *(struct sg_op **)op;
-        free(op);
-    }
-    sg_msg_clear(&s->msg);
-    sg_buf_free(&s->msg.inner);
-    sg_buf_free(&s->scratch);
     struct event *evs[] = {s->reaper, s->lease_timer, s->drain_timer, s->drain_tick, s->probe_timer,
                            s->sig_term, s->sig_int, s->sig_hup};
     for (size_t k = 0; k < sizeof evs / sizeof *evs; k++)

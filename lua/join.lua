@@ -1,6 +1,7 @@
 -- join: ARGV room, peer, holder, node, subhash, sub, claim_ok, max_peers,
 --       lease_ms, ttl_ms, resume_ms, rt (hash of the new resume token, or "")
--- Returns {"joined"|"rejoined"|"takeover", peer...} or {"error", code}.
+-- Returns {"joined"|"rejoined"|"takeover", peer, subhash, ...} (the other
+-- members) or {"error", code}.
 local peer, holder, node, subhash, sub = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local claim_ok, max_peers = ARGV[7] == '1', tonumber(ARGV[8])
 local lease_ms, ttl_ms, resume_ms, rt = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12]
@@ -30,9 +31,9 @@ if cur then
     table.insert(out, 1, 'rejoined')
     return out
   end
-  -- A ghost (re-asserted by a room-mate's node, see refresh) has no owner
-  -- left to protect: the joiner takes its place.
-  if rec.sub ~= subhash and not rec.ghost then
+  -- A ghost (re-asserted by a room-mate's node, see refresh) carries its
+  -- owner's sub hash and is protected like any member.
+  if rec.sub ~= subhash then
     return {'error', 'peer_id_taken'}
   end
   -- Same user on a new connection: it takes the place over (also from a
@@ -51,7 +52,7 @@ local rec = {node = node, conn = holder, sub = subhash, joinedAt = now}
 if rt ~= '' then rec.rt = rt end
 redis.call('HSET', K_PEERS, peer, cjson.encode(rec))
 redis.call('ZADD', K_LEASES, now + lease_ms, peer)
-broadcast(peer, peer_joined_frame(peer))
+broadcast(peer, peer_joined_frame(peer), subhash)
 touch(ttl_ms)
 local out = member_list(peer)
 table.insert(out, 1, status)

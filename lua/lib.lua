@@ -18,9 +18,10 @@
 -- A member record is {"node","conn","sub","joinedAt"[,"rt"][,"grace"][,"ghost"]}:
 -- sub is a hash of the token's sub, rt a hash of the resume token, grace is
 -- set (and conn is "") while the member's connection is lost and it may resume.
--- ghost is set (conn and sub "") on a member a room-mate's node re-asserted
--- after Redis lost the room: its own node re-asserts it for real, or its
--- lease runs out and the room hears peer_left "timeout".
+-- ghost is set (conn "") on a member a room-mate's node re-asserted after
+-- Redis lost the room, with the owner's sub hash as that node saw it: its
+-- own node re-asserts it for real, or its lease runs out and the room hears
+-- peer_left "timeout"; meanwhile only its owner may take it over.
 
 local K_PEERS, K_LEASES, K_BUCKETS = KEYS[1], KEYS[2], KEYS[3]
 local ROOM = ARGV[1]
@@ -38,8 +39,10 @@ local function channel(peer)
   return rkey('peer:' .. peer)
 end
 
-local function envelope(holder, kind, frame)
-  return holder .. '\t' .. kind .. '\t0\t-\t0\n' .. frame
+-- meta: "-", or for a peer_joined event the joiner's sub hash (the room's
+-- other nodes keep it to protect the ghost they may have to re-assert).
+local function envelope(holder, kind, frame, meta)
+  return holder .. '\t' .. kind .. '\t0\t' .. (meta or '-') .. '\t0\n' .. frame
 end
 
 -- Room and peer ids are validated by the gateway to characters that need no
@@ -55,13 +58,13 @@ end
 
 -- Sends frame to every member except `except` (members in grace have no
 -- connection to send to).
-local function broadcast(except, frame)
+local function broadcast(except, frame, meta)
   local all = redis.call('HGETALL', K_PEERS)
   for i = 1, #all, 2 do
     if all[i] ~= except then
       local rec = cjson.decode(all[i + 1])
       if rec.conn ~= '' then
-        redis.call('PUBLISH', channel(all[i]), envelope(rec.conn, 'e', frame))
+        redis.call('PUBLISH', channel(all[i]), envelope(rec.conn, 'e', frame, meta))
       end
     end
   end
@@ -79,12 +82,23 @@ local function conn_of(rec)
   return cjson.decode(rec).conn
 end
 
+-- The members but `except`, sorted, as {peer, sub hash, peer, sub hash...}:
+-- the gateway keeps room-mates' sub hashes to protect ghosts.
 local function member_list(except)
-  local out = {}
-  for _, p in ipairs(redis.call('HKEYS', K_PEERS)) do
-    if p ~= except then out[#out + 1] = p end
+  local all = redis.call('HGETALL', K_PEERS)
+  local peers, subs = {}, {}
+  for i = 1, #all, 2 do
+    if all[i] ~= except then
+      peers[#peers + 1] = all[i]
+      subs[all[i]] = string.match(all[i + 1], '"sub":"(%x*)"') or ''
+    end
   end
-  table.sort(out)
+  table.sort(peers)
+  local out = {}
+  for _, p in ipairs(peers) do
+    out[#out + 1] = p
+    out[#out + 1] = subs[p]
+  end
   return out
 end
 

@@ -1,7 +1,8 @@
 -- refresh: several rooms in one call (KEYS: the four keys of each room in
 -- turn). ARGV: first room, silent, lease_ms, ttl_ms, node, resume_ms,
--- ghost_ms, nrooms, then per room: room id, nghosts, that many peers
--- (room-mates held elsewhere, as this node last knew them), nmembers, and
+-- ghost_ms, nrooms, then per room: room id, nghosts, that many pairs of peer
+-- and sub hash (room-mates held elsewhere, as this node last knew them),
+-- nmembers, and
 -- groups of five: peer, holder, subhash, joinedAt, rt (the members this node
 -- holds there).
 -- Renews the leases of this node's members, reaps members whose lease ran
@@ -27,14 +28,14 @@ for r = 1, tonumber(ARGV[8]) do
   ROOM = ARGV[a]
   local nghosts = tonumber(ARGV[a + 1])
   a = a + 2
-  for i = a, a + nghosts - 1 do
+  for i = a, a + 2 * (nghosts - 1), 2 do
     if redis.call('HEXISTS', K_PEERS, ARGV[i]) == 0 then
       redis.call('HSET', K_PEERS, ARGV[i], cjson.encode(
-        {node = '', conn = '', sub = '', joinedAt = now, ghost = true}))
+        {node = '', conn = '', sub = ARGV[i + 1], joinedAt = now, ghost = true}))
       redis.call('ZADD', K_LEASES, now + ghost_ms, ARGV[i])
     end
   end
-  a = a + nghosts
+  a = a + 2 * nghosts
   local nmembers = tonumber(ARGV[a])
   a = a + 1
   local keep, lost = {}, {}
@@ -47,7 +48,7 @@ for r = 1, tonumber(ARGV[8]) do
       if ARGV[i + 4] ~= '' then rec.rt = ARGV[i + 4] end
       redis.call('HSET', K_PEERS, peer, cjson.encode(rec))
       -- A ghost was in the room-mates' view all along: nothing to announce.
-      if not silent and not cur then broadcast(peer, peer_joined_frame(peer)) end
+      if not silent and not cur then broadcast(peer, peer_joined_frame(peer), ARGV[i + 2]) end
       held = true
     elseif not held then
       lost[#lost + 1] = peer

@@ -1,12 +1,18 @@
 -- resume: ARGV room, peer, holder, node, subhash, rt_old, rt_new, last_seq,
---         lease_ms, ttl_ms
+--         lease_ms, ttl_ms, claim_ok, sub
 -- A new connection of the same user takes its membership back, silently,
 -- and gets every buffered relay after last_seq.
--- Returns {"resumed", {peer...}, {seq, frame, seq, frame...}} or
+-- Returns {"resumed", {peer, subhash, ...}, {seq, frame, seq, frame...}} or
 -- {"error", "resume_failed"}.
 local peer, holder, node, subhash = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local rt_old, rt_new, last_seq = ARGV[6], ARGV[7], tonumber(ARGV[8])
 local lease_ms, ttl_ms = tonumber(ARGV[9]), tonumber(ARGV[10])
+local claim_ok, sub = ARGV[11] == '1', ARGV[12]
+
+-- The same authorization as join: the token's rooms claim or the acl.
+if not claim_ok and redis.call('SISMEMBER', KEYS[4], sub) == 0 then
+  return {'error', 'resume_failed'}
+end
 
 local cur = redis.call('HGET', K_PEERS, peer)
 local rec = cur and cjson.decode(cur)

@@ -44,6 +44,8 @@ typedef struct sg_config {
     char *log_level;
     int log_level_num; /* 0 debug, 1 info, 2 warn, 3 error */
     char *log_hash_key;
+    char *sub_hash_key;       /* never NULL after load (see config.c) */
+    bool sub_hash_key_public; /* the fixed default: it hides nothing (logged at start) */
     char *otlp_endpoint;
     char *static_dir;
     sg_rate rate_peer, rate_candidate, rate_room, rate_conn_frames, rate_conn_bytes;

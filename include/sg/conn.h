@@ -1,7 +1,13 @@
 /* conn: one client connection's transport: the bounded HTTP upgrade, the
  * RFC 6455 frame layer, heartbeats, local rate limits and the output bound.
  * It is the only user of the connection's bufferevent. Messages that pass
- * go to session.h; session.h writes back through sg_conn_send_text. */
+ * go to session.h, which writes back through sg_conn_send_text.
+ *
+ * Nothing here frees a connection, or tells the session it went, inside a
+ * call that may come from the session: sg_conn_send_text over the output
+ * bound and sg_conn_close only mark the connection; its memberships are
+ * released (sg_session_close) and the struct freed by the server's deferred
+ * pass, at the top of the event loop. */
 #ifndef SG_CONN_H
 #define SG_CONN_H
 
@@ -19,34 +25,6 @@ struct event;
 struct sg_server;
 
 enum { SG_CONN_HANDSHAKE = 0, SG_CONN_HTTP_CLOSING, SG_CONN_OPEN, SG_CONN_CLOSING, SG_CONN_DEAD };
-
-enum { SG_MEM_SUBSCRIBING = 1, SG_MEM_JOINING, SG_MEM_JOINED, SG_MEM_RESUMING };
-enum { SG_CATCHUP_NONE = 0, SG_CATCHUP_WAITING, SG_CATCHUP_SENT };
-
-/* Relays that arrived for a membership whose resume (or catch-up) reply is
- * still on its way; sent after the replay, those not replayed already. */
-typedef struct sg_held {
-    struct sg_held *next;
-    uint64_t seq;
-    size_t len;
-    char frame[];
-} sg_held;
-
-/* One room this connection is in (or joining). */
-typedef struct sg_membership {
-    char *room;               /* heap, exact length: idle memory per connection matters */
-    char peer[SG_PEER_LEN + 1];
-    char *cid;                /* of a join/resume not sent yet (heap), NULL otherwise */
-    char rt[65];              /* hash of the current resume token ("" when off) */
-    uint8_t state;
-    bool resume;              /* the pending operation is a resume */
-    uint64_t joined_at_ms;
-    uint64_t resume_from;     /* lastSeq of the pending resume */
-    char *resume_token;       /* the token of a pending resume (heap, short-lived) */
-    sg_held *held;            /* short list: only while a resume or catch-up reply is on its way */
-    uint64_t last_seq;        /* highest relay seq sent to the client (resumption on) */
-    uint8_t catch_up;         /* SG_CATCHUP_*: fetching relays missed while the subscriber was down */
-} sg_membership;
 
 typedef struct sg_bucket {
     double tokens;
@@ -76,33 +54,32 @@ typedef struct sg_conn {
     uint32_t msg_frames;   /* frames of the message in progress */
     uint64_t opened_ms, last_rx_ms, ping_sent_ms;
     sg_bucket frames, bytes;
-    uint64_t warn_ms, over_since_ms, last_drop_ms;
-    uint64_t dropped_since_warn;
-    /* identity from the token */
-    sg_claims claims;
-    char subhash[65];      /* SHA-256 of sub: compared in Redis for same-user takeover */
-    char user[17];         /* keyed hash of sub for logs */
+    uint64_t over_since_ms, last_drop_ms;
+    bool in_session;       /* the session knows it: sg_session_close is still owed */
+    bool deferred;         /* on the server's deferred list */
+    char user[17];         /* keyed hash of sub for logs and spans */
     char ip[46];           /* INET6_ADDRSTRLEN; for the per-IP cap only; never logged */
     sg_span_ctx trace_parent; /* from the handshake's traceparent header, if any */
     sg_span_ctx span;         /* the connection's span (valid when tracing is on) */
     uint64_t opened_us;       /* wall clock, for spans */
-    sg_membership *rooms;  /* grown one slot at a time, up to rooms_per_connection */
-    uint32_t nrooms, rooms_cap;
-    bool ever_joined;
 } sg_conn;
 
 /* Accepts a socket (plain or TLS per server config). */
 void sg_conn_accept(struct sg_server *s, int fd, const char *ip);
 
-/* Sends one text message. Returns false (and closes the connection) when the
- * output bound would be exceeded. */
+/* Sends one text message. Returns false when the connection takes no more
+ * frames: it is closing, or the output bound would be exceeded (then it is
+ * cut: marked dead, released by the deferred pass). */
 bool sg_conn_send_text(sg_conn *c, const char *data, size_t len);
-/* Sends a close frame with code and reason, then waits for the client's. */
+/* Sends a close frame with code and reason, then waits for the client's.
+ * The session hears of it from the deferred pass. */
 void sg_conn_close(sg_conn *c, uint16_t code, const char *reason);
-/* Ends the connection now (no close handshake), e.g. a dead peer. */
+/* Ends the connection now (no close handshake), e.g. a dead peer. The
+ * struct stays valid until the deferred pass. */
 void sg_conn_abort(sg_conn *c, const char *why);
-/* Frees the struct (called by the server's deferred free). */
-void sg_conn_free(sg_conn *c);
+/* The deferred pass's work for one connection: tells the session it went
+ * (once), and frees the struct when it is dead. Returns true when freed. */
+bool sg_conn_release(sg_conn *c);
 /* Frees the server's timer wheel, once every connection is freed. */
 void sg_conn_wheel_free(struct sg_server *s);
 

@@ -38,6 +38,15 @@ void sg_log_dbl(sg_log *l, const char *key, double val);
 void sg_log_user(sg_log *l, const char *key, const char *sub);
 void sg_log_end(sg_log *l);
 
+/* Over a rate limit, a client hears of it (and the log says so) at most
+ * this often; drops in between are counted into the next warning. */
+#define SG_WARN_INTERVAL_MS 1000
+
+/* The one "ratelimit.drop" line, for the local guard (room and type NULL)
+ * and the Redis-held buckets alike. */
+void sg_log_ratelimit_drop(sg_log *l, uint64_t conn, const char *scope, const char *room, const char *type,
+                           uint64_t dropped);
+
 /* Computes the keyed hash of sub into out (17 bytes). */
 void sg_log_hash(const sg_log *l, const char *sub, char out[17]);
 

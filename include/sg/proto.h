@@ -1,5 +1,5 @@
-/* proto: validation of client messages (PROTOCOL.md §2-3, §9) and encoding of
- * server messages (§4). Pure: no I/O. Decoding uses json-c with a depth cap;
+/* proto: validation of client messages (PROTOCOL.md §2-3, §9); what the
+ * server sends is wire.h's. Pure: no I/O. Decoding uses json-c with a depth cap;
  * the decoded message owns everything it points to until sg_msg_clear. */
 #ifndef SG_PROTO_H
 #define SG_PROTO_H
@@ -77,9 +77,5 @@ bool sg_cid_valid(const char *s, size_t n);
 
 const char *sg_msg_type_name(sg_msg_type t); /* "join", "offer", ... */
 
-/* Appends {"type":"error","code":code,"message":message[,"correlationId":cid][,"roomId":room]}
- * to out. cid and room may be NULL or "". */
-void sg_proto_encode_error(sg_buf *out, const char *code, const char *message,
-                           const char *cid, const char *room);
 
 #endif

@@ -1,7 +1,7 @@
 /* server: the one object that holds a node's mutable state: listeners, the
- * connection registry (id -> conn), the Redis bus, metrics, log, deferred
- * frees, the lease timer and shutdown. Connections refer to it; nothing else
- * is global. */
+ * connection registry (id -> conn), the Redis bus, the session, metrics,
+ * log, the deferred pass, timers and shutdown. Connections refer to it;
+ * nothing else is global. */
 #ifndef SG_SERVER_H
 #define SG_SERVER_H
 
@@ -16,6 +16,7 @@
 #include "sg/map.h"
 #include "sg/metrics.h"
 #include "sg/proto.h"
+#include "sg/session.h"
 #include "sg/trace.h"
 
 struct event_base;
@@ -23,31 +24,6 @@ struct event;
 struct evconnlistener;
 struct evhttp;
 typedef struct sg_conn sg_conn;
-
-/* Channel of a peer: "room:{R}:peer:<uuid>". */
-#define SG_CHANNEL_MAX 200
-
-/* A membership this node holds, as the lease refresh needs it. */
-typedef struct sg_local_member {
-    uint64_t conn;
-    char peer[37];
-    uint64_t joined_at_ms;
-} sg_local_member;
-
-typedef struct sg_local_room {
-    size_t n, cap;
-    sg_local_member *m;
-    /* Room-mates held by other nodes as last seen (NUL-separated peer ids,
-     * NULL when none): after Redis loses the room, they are re-asserted as
-     * ghosts so a member that left meanwhile still ends in peer_left. */
-    char *remote;
-    size_t remote_len;
-} sg_local_room;
-
-typedef struct sg_waitlist {
-    size_t n, cap;
-    uint64_t *conns;
-} sg_waitlist;
 
 typedef struct sg_server {
     struct event_base *base;
@@ -60,19 +36,9 @@ typedef struct sg_server {
     struct evconnlistener *listener;
     struct evhttp *admin;
     sg_bus *bus;
+    sg_session *session;
     sg_map conns;        /* conn id -> sg_conn* */
     sg_map ip_counts;    /* source address -> count, when the per-IP cap is on */
-    sg_map rooms;        /* room id -> sg_local_room (memberships held here, for leases) */
-    sg_map waiters;      /* channel -> sg_waitlist: joins waiting for their subscription */
-    size_t lease_cursor; /* bucket of s->rooms where the incremental refresh goes on */
-    uint64_t lease_sweep_ms; /* when the current refresh sweep started (monotonic) */
-    struct sg_op *op_free; /* freelist of Redis operation contexts */
-    sg_msg msg;          /* the message being handled (reused: no allocation per message) */
-    sg_buf scratch;      /* frame being built */
-    /* Script arguments that only depend on the configuration, formatted once. */
-    char resume_args[3][24]; /* resume_ms, buffer max, buffer bytes */
-    char rate_args[6][32];   /* peer, candidate, room: rate and burst each */
-    char lease_arg[24], ttl_arg[24], max_peers_arg[24], ghost_arg[24];
     /* Delivery-path probe: this node publishes to its own channel and
      * expects it back over the subscriber connection. */
     char probe_channel[96];
@@ -80,15 +46,12 @@ typedef struct sg_server {
     uint64_t probe_ok_ms;       /* last probe that came back (monotonic) */
     uint64_t available_since_ms; /* Redis available since (monotonic); 0 while not */
     uint64_t next_conn_id;
-    sg_conn *dead;       /* closed connections freed on the next loop pass */
+    sg_conn *dead;       /* connections with deferred work (session close, free) */
     struct sg_conn_wheel *wheel; /* the connections' timers (conn.c); NULL until the first */
     struct event *reaper;
     struct event *lease_timer;
     struct event *sig_term, *sig_int, *sig_hup, *drain_timer, *drain_tick;
     bool draining;
-    char holder_prefix[80]; /* "<node>#" */
-    char cid_prefix[24];    /* prefix of server-made correlationIds */
-    uint64_t cid_counter;
     int exit_code;
 } sg_server;
 
@@ -99,12 +62,9 @@ void sg_server_free(sg_server *s);
 
 /* Registry. */
 sg_conn *sg_server_conn(sg_server *s, uint64_t id);
-/* Queues a closed connection for freeing after the current callback chain. */
-void sg_server_defer_free(sg_server *s, sg_conn *c);
-
-/* Local room index used to refresh leases. */
-void sg_server_room_add(sg_server *s, const char *room, uint64_t conn, const char *peer, uint64_t joined_at_ms);
-void sg_server_room_remove(sg_server *s, const char *room, uint64_t conn, const char *peer);
+/* Queues a connection for the deferred pass (sg_conn_release), which runs
+ * after the current callback chain returns. */
+void sg_server_defer(sg_server *s, sg_conn *c);
 
 /* Builds the JWT verifier from the config (used at start and on SIGHUP). */
 sg_auth *sg_server_load_auth(const sg_config *cfg, char *err, size_t errlen);

@@ -1,33 +1,98 @@
-/* session: protocol semantics. A validated client message becomes a Redis
- * script call; a script reply or a channel message becomes frames to the
- * client. Every Redis reply is matched to its connection by id, never by
- * pointer: the connection may be gone. */
+/* session: the protocol's semantics on one node (PROTOCOL.md §3-§5, §9). A
+ * validated client message becomes a Redis operation (ops.h); a reply or a
+ * channel message becomes frames for the clients.
+ *
+ * The session owns everything it uses: per connection, its identity and
+ * memberships; per room, the members this node holds (leases) and the
+ * room-mates seen elsewhere (ghosts); the joins waiting for their
+ * subscription; the contexts of operations in flight. It knows connections
+ * only by id, and reaches them only through sg_session_io, whose calls never
+ * re-enter the session and never free anything of it: a connection cut
+ * while a frame was being sent is released later, when its owner calls
+ * sg_session_close from the top of the event loop. Redis replies and
+ * channel messages find their connection by id; it may be gone. */
 #ifndef SG_SESSION_H
 #define SG_SESSION_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdbool.h>
 #include <hiredis/hiredis.h>
 
-struct sg_server;
-struct sg_conn;
+#include "sg/auth.h"
+#include "sg/bus.h"
+#include "sg/config.h"
+#include "sg/log.h"
+#include "sg/metrics.h"
+#include "sg/trace.h"
+
+typedef struct sg_session sg_session;
+
+/* The way out to the connections. Neither call may call back into the
+ * session or free session state; both may be made for a connection that is
+ * already gone (a no-op then). */
+typedef struct sg_session_io {
+    /* Queues one text message. False when the connection no longer takes
+     * frames (gone, closing, or just cut for not reading its output): the
+     * session then stops writing to it and waits for sg_session_close. */
+    bool (*send)(void *ud, uint64_t conn_id, const char *data, size_t len);
+    void *ud;
+} sg_session_io;
+
+typedef struct sg_session_deps {
+    const sg_config *cfg;
+    sg_log *log;
+    sg_metrics *metrics;
+    sg_tracer *tracer; /* NULL: tracing off */
+    sg_bus *bus;
+    sg_session_io io;
+} sg_session_deps;
+
+sg_session *sg_session_new(const sg_session_deps *deps);
+/* Frees everything; connections still open are dropped without a word. */
+void sg_session_free(sg_session *s);
+
+/* ---- connections (from conn.c, at the top of the event loop) ----------- */
+
+/* A connection passed its handshake. The session takes over claims (the
+ * caller's copy is zeroed); span is the connection's trace span. */
+void sg_session_open(sg_session *s, uint64_t conn_id, sg_claims *claims, const sg_span_ctx *span);
+
+/* Why a connection went: its rooms hear peer_left with this reason, or with
+ * resumption on, a lost connection enters the grace period (§9). */
+typedef enum {
+    SG_GONE_DISCONNECT = 0, /* the client closed, or a server close it answered */
+    SG_GONE_LOST,           /* TCP dropped without a close frame: resumable */
+    SG_GONE_TIMEOUT,        /* the heartbeat reaped it: resumable */
+    SG_GONE_SHUTDOWN,       /* the node drains */
+} sg_gone;
+
+/* The connection is going: leave its rooms and forget it. Idempotent. */
+void sg_session_close(sg_session *s, uint64_t conn_id, sg_gone why);
 
 /* A complete text message from an open connection. */
-void sg_session_on_text(struct sg_conn *c, const char *text, size_t len, uint64_t arrival_us);
-/* The connection is going: leave its rooms with its leave_reason. */
-void sg_session_on_close(struct sg_conn *c);
-/* Sends {"type":"error",...}; counts it. cid/room may be NULL. */
-void sg_session_error(struct sg_conn *c, const char *code, const char *message,
-                      const char *cid, const char *room);
+void sg_session_on_text(sg_session *s, uint64_t conn_id, const char *text, size_t len, uint64_t arrival_us);
 
-/* Bus handlers. */
-void sg_session_on_reply(void *srv, uint64_t tag, redisReply *r);
-void sg_session_on_message(void *srv, const char *channel, size_t chlen, const char *payload, size_t len);
-void sg_session_on_subscribed(void *srv, const char *channel, size_t chlen);
-/* Redis came back: re-assert every local membership (silently if fresh). */
-void sg_session_reassert(struct sg_server *s, bool silent);
-/* Periodic lease refresh for every local room. */
-void sg_session_refresh_leases(struct sg_server *s);
+/* A message of the connection was dropped by a local limit (scope, a
+ * metric label): counted, and the client told at most once a second. */
+void sg_session_dropped(sg_session *s, uint64_t conn_id, const char *scope);
+
+/* The connection joined a room at least once (for the join timeout). */
+bool sg_session_ever_joined(const sg_session *s, uint64_t conn_id);
+
+/* ---- Redis (from the bus's handlers) ------------------------------------ */
+
+void sg_session_on_reply(sg_session *s, uint64_t tag, redisReply *r);
+void sg_session_on_message(sg_session *s, const char *channel, size_t chlen, const char *payload, size_t len);
+void sg_session_on_subscribed(sg_session *s, const char *channel, size_t chlen);
+/* Redis is back after a reconnect (its state may be gone): re-assert every
+ * local membership silently, and catch up relays missed meanwhile. */
+void sg_session_on_redis_back(sg_session *s);
+
+/* ---- time ---------------------------------------------------------------- */
+
+/* Called every SG_SESSION_TICK_MS: renews a slice of the leases. */
+#define SG_SESSION_TICK_MS 100
+void sg_session_tick(sg_session *s);
 
 #endif

@@ -14,6 +14,7 @@
 #include <json-c/json.h>
 
 #include "sg/proto.h"
+#include "sg/wire.h"
 
 #define CHECK(cond)                                                                   \
     do {                                                                              \
@@ -86,7 +87,7 @@ static void check_rejected(const sg_msg *m, const sg_proto_error *err)
 
     sg_buf b;
     sg_buf_init(&b);
-    sg_proto_encode_error(&b, err->code, err->message, err->has_cid ? err->cid : NULL,
+    sg_wire_error(&b, err->code, err->message, err->has_cid ? err->cid : NULL,
                           err->has_room ? err->room : NULL);
     check_json_object(b.data, b.len);
     sg_buf_free(&b);

@@ -2,7 +2,7 @@
 # Runs every libFuzzer harness (tests/fuzz/fuzz_<name>.c) for a bounded time.
 # Installs nothing: needs clang and libclang-rt-14-dev (deploy/deps.sh test).
 #
-#   FUZZ_SECONDS=30 tests/fuzz/run.sh            # all four harnesses
+#   FUZZ_SECONDS=30 tests/fuzz/run.sh            # every harness
 #   FUZZ_SECONDS=60 tests/fuzz/run.sh proto auth # some of them
 #
 # Each harness gets a copy of its committed corpus (tests/fuzz/corpus/<name>/)
@@ -25,7 +25,7 @@ artifacts=${FUZZ_ARTIFACTS:-$root/$build/artifacts}
 rss_mb=${FUZZ_RSS_MB:-2048}
 per_input=${FUZZ_TIMEOUT_S:-10}
 
-all=(ws_frame http_upgrade proto auth)
+all=(ws_frame http_upgrade proto auth session)
 if [ $# -gt 0 ]; then names=("$@"); else names=("${all[@]}"); fi
 
 # -max_len per harness: a little over what the code under test accepts, so
@@ -36,6 +36,7 @@ max_len() {
     http_upgrade) echo 9216 ;;  # SIGNAL_MAX_HEADER_BYTES default 8192, plus overrun
     proto) echo 8192 ;;         # JSON messages; an SDP-sized one fits
     auth) echo 6144 ;;          # tokens up to 4096 (SG_TOKEN_MAX), JWKS documents
+    session) echo 8192 ;;       # a program of a few hundred session steps
     *) echo 4096 ;;
   esac
 }

@@ -852,7 +852,7 @@ def test_ack_statuses_and_errors(gateway_factory, redis):
     arun(main())
 
 
-def test_ack_with_resumption_off_peer_unreachable_stays_an_error(gateway_factory):
+def test_ack_with_resumption_off_peer_unreachable_stays_an_error(gateway_factory, redis):
     g1, g2 = gateway_factory(2, env=dict(h.NO_RATE_LIMITS, SIGNAL_RESUME_MS=0, SIGNAL_LEASE_MS=6000))
     room = new_room()
     pa, pb = new_peer(), new_peer()
@@ -867,6 +867,11 @@ def test_ack_with_resumption_off_peer_unreachable_stays_an_error(gateway_factory
             await a.send(dict(h.offer(room, pa, pb, cid="o1"), ack=True))
             assert (await a.recv_type("ack", correlationId="o1"))["status"] == "delivered"
             g2.kill()
+            # The kernel closed g2's sockets; Redis drops its subscriber when
+            # it reads that, which may come after our next PUBLISH.
+            channel = f"room:{{{room}}}:peer:{pb}"
+            await h.async_wait_until(lambda: redis.subscribers(channel) == 0, 5,
+                                     what="Redis noticed the dead node's subscriber")
             await a.send(dict(h.offer(room, pa, pb, cid="o2"), ack=True))
             await a.expect_error("peer_unreachable", cid="o2", room=room)
             await a.expect_no_message(0.3)

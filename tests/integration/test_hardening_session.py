@@ -8,6 +8,8 @@ the client sees and that the gateway keeps serving.
 """
 
 import asyncio
+import hashlib
+import hmac
 import json
 
 import sg_helpers as h
@@ -107,4 +109,116 @@ def test_a_resume_answer_over_the_output_cap_frees_nothing_twice(gateway_factory
             assert x.metric(gw, "output_buffer_closes_total") == 1, got[:3]
             assert raw.eof, got[:3]
             await still_serving(cs, gw)
+    arun(main())
+
+
+def _reconnect_after_flush(redis):
+    """Redis loses everything and every gateway's connections at once, as
+    an empty restart would: the gateways reconnect and re-assert."""
+    c = redis.client()
+    for cmd in (("MULTI",), ("FLUSHALL",), ("CLIENT", "KILL", "TYPE", "pubsub"), ("EXEC",)):
+        c(*cmd)
+
+
+def test_a_ghost_is_protected_like_its_owner(gateway_factory, redis):
+    """Finding 9: after Redis lost a room, a room-mate's node re-asserts the
+    members it saw held elsewhere as ghosts. A ghost used to carry no owner
+    (sub ""), so any user's join took the peerId; it now carries its owner's
+    sub hash: another user gets peer_id_taken, the owner takes it back."""
+    g1, g2 = gateway_factory(2)
+    room, pa, pb = new_room("ghost"), new_peer(), new_peer()
+
+    async def main():
+        async with Clients() as cs:
+            b = await cs.connect(g2.ws_url, tok("bob"), name="b")
+            await b.join(room, pb)
+            a = await cs.connect(g1.ws_url, tok("alice"), name="a")
+            await a.join(room, pa)
+            owner_hash = json.loads(redis("HGET", f"room:{{{room}}}:peers", pb))["sub"]
+            g2.kill()  # bob's node is gone: nobody re-asserts bob for real
+            _reconnect_after_flush(redis)
+
+            def ghost():
+                raw = redis("HGET", f"room:{{{room}}}:peers", pb)
+                return raw is not None and json.loads(raw).get("ghost")
+            await h.async_wait_until(ghost, 10, what="bob re-asserted as a ghost by alice's node")
+            rec = json.loads(redis("HGET", f"room:{{{room}}}:peers", pb))
+            assert rec["sub"] == owner_hash, rec
+
+            m = await cs.connect(g1.ws_url, tok("mallory"), name="m")
+            await m.send({"type": "join", "roomId": room, "peerId": pb, "correlationId": "steal"})
+            await m.expect_error("peer_id_taken", cid="steal", room=room)
+            assert json.loads(redis("HGET", f"room:{{{room}}}:peers", pb)).get("ghost"), "the ghost must stay"
+
+            b2 = await cs.connect(g1.ws_url, tok("bob"), name="b2")
+            await b2.join(room, pb)  # its owner may take it back
+            rec = json.loads(redis("HGET", f"room:{{{room}}}:peers", pb))
+            assert not rec.get("ghost") and rec["sub"] == owner_hash, rec
+    arun(main())
+
+
+def test_resume_is_authorized_like_a_join(gateway_factory, redis):
+    """Finding 10: a user removed from room:{R}:acl (its token names no
+    rooms) could still resume its membership. Resume now checks the same
+    authorization as join."""
+    gw, = gateway_factory(1, env=RESUME_ENV)
+    room, pa, pb = new_room("acl"), new_peer(), new_peer()
+    redis("SADD", f"room:{{{room}}}:acl", "alice", "bob")
+
+    async def main():
+        async with Clients() as cs:
+            a = await cs.connect(gw.ws_url, h.make_token("alice", rooms=[]), name="a")
+            await a.join(room, pa)
+            b = await cs.connect(gw.ws_url, h.make_token("bob", rooms=[]), name="b")
+            token = (await b.join(room, pb))["resumeToken"]
+            b.abort()
+            await wait_in_grace(redis, room, pb)
+            redis("SREM", f"room:{{{room}}}:acl", "bob")  # the application revokes bob's access
+            b2 = await cs.connect(gw.ws_url, h.make_token("bob", rooms=[]), name="b2")
+            await b2.send(resume_msg(room, pb, token, 0, cid="back"))
+            await b2.expect_error("resume_failed", cid="back", room=room)
+            assert x.in_grace(redis, room, pb), x.member(redis, room, pb)
+            # and with access again, the same token still works (it was not spent)
+            redis("SADD", f"room:{{{room}}}:acl", "bob")
+            b3 = await cs.connect(gw.ws_url, h.make_token("bob", rooms=[]), name="b3")
+            await b3.send(resume_msg(room, pb, token, 0, cid="again"))
+            r = await b3.recv_type("resumed")
+            assert r["correlationId"] == "again", r
+    arun(main())
+
+
+def _hmac_hex(key, sub):
+    return hmac.new(key.encode(), sub.encode(), hashlib.sha256).hexdigest()
+
+
+def test_member_records_keep_a_keyed_hash_of_sub(gateway_factory, redis):
+    """Finding 13: member records kept SHA-256(sub), which anyone reading
+    Redis can test guesses against (email-like subs). They keep
+    HMAC-SHA256(SIGNAL_SUB_HASH_KEY, sub) now; by default the key is derived
+    from the HS256 secret every node shares, so same-user takeovers still
+    work across nodes."""
+    key = "cluster-wide-sub-key-for-the-test"
+    g1, g2 = gateway_factory(2, env={"SIGNAL_SUB_HASH_KEY": key})
+    g3, = gateway_factory(1)  # the default key
+    room, pa, pb = new_room("hmac"), new_peer(), new_peer()
+    sub = "carol@example.com"
+
+    async def main():
+        async with Clients() as cs:
+            c1 = await cs.connect(g1.ws_url, tok(sub), name="c1")
+            await c1.join(room, pa)
+            rec = json.loads(redis("HGET", f"room:{{{room}}}:peers", pa))
+            assert rec["sub"] != hashlib.sha256(sub.encode()).hexdigest(), "unkeyed hash of sub in Redis"
+            assert rec["sub"] == _hmac_hex(key, sub), rec
+            # the same user on the other node (same key) takes the peerId over
+            c2 = await cs.connect(g2.ws_url, tok(sub), name="c2")
+            await c2.join(room, pa)
+            await c1.expect_error("replaced", room=room)
+            # the default key is derived from the shared secret: keyed too
+            c3 = await cs.connect(g3.ws_url, tok(sub), name="c3")
+            await c3.join(room, pb)
+            rec = json.loads(redis("HGET", f"room:{{{room}}}:peers", pb))
+            label = "signal-gateway/sub-hash/v1"
+            derived = hmac.new(h.JWT_SECRET.encode(), label.encode(), hashlib.sha256).hexdigest()
+            assert rec["sub"] == _hmac_hex(derived, sub), rec
     arun(main())

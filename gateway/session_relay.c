@@ -1,0 +1,232 @@
+/* Relays: an offer/answer/candidate out to Redis (one script call that
+ * checks membership, takes tokens, buffers and publishes), its answer back
+ * to the sender, and the delivery of channel messages to this node's
+ * connections. */
+#include "session_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void handle_relay(sg_session *s, sg_sconn *c, const sg_msg *msg, uint64_t arrival_us)
+{
+    const char *cid = msg->has_cid ? msg->cid : NULL;
+    sg_membership *m = find_room(c, msg->room);
+    if (!m || m->state == MEM_SUBSCRIBING) {
+        send_error(s, c, "not_joined", "join the room before relaying", cid, msg->room);
+        return;
+    }
+    if (m->state == MEM_RESUMING) {
+        send_error(s, c, "not_joined", "wait for resumed before relaying", cid, msg->room);
+        return;
+    }
+    if (strcmp(m->peer, msg->from) != 0) {
+        send_error(s, c, "forbidden", "from is not this connection's peerId in the room", cid, msg->room);
+        return;
+    }
+    sg_op *op = op_new(s, OP_RELAY, c->id);
+    sg_strlcpy(op->room, msg->room, sizeof op->room);
+    sg_strlcpy(op->peer, msg->from, sizeof op->peer);
+    sg_strlcpy(op->to, msg->to, sizeof op->to);
+    op->mtype = (uint8_t)msg->type;
+    op->t0_us = arrival_us;
+    op->ack = msg->ack;
+    if (cid)
+        sg_strlcpy(op->cid, cid, sizeof op->cid);
+    else
+        snprintf(op->cid, sizeof op->cid, "%s%llx", s->cid_prefix, (unsigned long long)++s->cid_counter);
+
+    /* The frame the target gets: built once here, forwarded as it is. */
+    sg_buf_reset(&s->out);
+    sg_wire_relay(&s->out, msg->inner.data, msg->inner.len, op->cid);
+    char holder[SG_WIRE_HOLDER_MAX], ts[24];
+    size_t hl = holder_of(s, c->id, holder);
+    snprintf(ts, sizeof ts, "%llu", (unsigned long long)arrival_us);
+    /* The relay's span travels in the Redis message so the delivery span on
+     * the target's node becomes its child. */
+    char tp[SG_TRACEPARENT_LEN + 1] = "-";
+    op_trace(s, op, c);
+    if (op->span.valid)
+        sg_traceparent_format(&op->span, tp);
+    sg_relay_args a = {.room = msg->room, .from = msg->from, .to = msg->to, .holder = holder, .holder_len = hl,
+                       .kind = sg_msg_type_name(msg->type), .ts_us = ts, .traceparent = tp,
+                       .frame = s->out.data, .frame_len = s->out.len};
+    if (sg_ops_relay(&s->ops, &a, op_tag(op)) < 0) {
+        op_free(s, op);
+        send_error(s, c, "unavailable", "Redis is unreachable", cid, msg->room);
+    }
+}
+
+static void send_ack(sg_session *s, sg_sconn *c, const char *cid, const char *status)
+{
+    sg_buf_reset(&s->out);
+    sg_wire_ack(&s->out, cid, status);
+    send_out(s, c);
+}
+
+static const char *relay_event(uint8_t mtype)
+{
+    return mtype == SG_MSG_OFFER ? "relay.offer" : mtype == SG_MSG_ANSWER ? "relay.answer" : "relay.candidate";
+}
+
+/* A drop is always counted; the client hears of it (and the log says so)
+ * at most once a second unless `always`: that one clock covers the local
+ * guard and the Redis-held buckets (PROTOCOL.md §5). */
+static bool warn_due(sg_session *s, sg_sconn *c, const char *scope, const char *room, const char *type,
+                     bool always)
+{
+    uint64_t now = sg_now_mono_ms();
+    sg_metrics_inc(&s->metrics->ratelimit_drops, scope);
+    c->dropped_since_warn++;
+    if (!always && c->warn_ms && now - c->warn_ms < SG_WARN_INTERVAL_MS)
+        return false;
+    sg_log_ratelimit_drop(s->log, c->id, scope, room, type, c->dropped_since_warn);
+    c->warn_ms = now;
+    c->dropped_since_warn = 0;
+    return true;
+}
+
+void sg_session_dropped(sg_session *s, uint64_t conn_id, const char *scope)
+{
+    sg_sconn *c = sess_conn(s, conn_id);
+    if (c && warn_due(s, c, scope, NULL, NULL, false))
+        send_error(s, c, "rate_limited", "over this connection's message rate; messages are being dropped", NULL,
+                   NULL);
+}
+
+/* Over a Redis-held bucket: dropped, and the sender told (candidates at
+ * most once a second). */
+static void rate_limited(sg_session *s, sg_sconn *c, sg_op *op, const char *arg)
+{
+    static const char *scopes[] = {"room", "peer", "candidate"};
+    const char *scope = "peer";
+    for (size_t i = 0; i < 3; i++)
+        if (strcmp(arg, scopes[i]) == 0)
+            scope = scopes[i];
+    if (op->ack) {
+        sg_metrics_inc(&s->metrics->ratelimit_drops, scope);
+        send_ack(s, c, op->cid, "dropped"); /* the sender asked for a receipt: that is its answer */
+        return;
+    }
+    const char *kind = sg_msg_type_name((sg_msg_type)op->mtype);
+    if (!warn_due(s, c, scope, op->room, kind, op->mtype != SG_MSG_CANDIDATE))
+        return;
+    char msg[96];
+    snprintf(msg, sizeof msg, "over the %s rate limit; %s dropped", scope, kind);
+    send_error(s, c, "rate_limited", msg, op->cid, op->room);
+}
+
+void on_relay_reply(sg_session *s, sg_op *op, redisReply *r)
+{
+    sg_sconn *c = sess_conn(s, op->conn_id);
+    if (!c)
+        return;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_STRING) {
+        log_script_error(s, "relay", r);
+        send_error(s, c, r ? "internal" : "unavailable", r ? "script error" : "Redis did not answer", op->cid,
+                   op->room);
+        return;
+    }
+    const char *status = r->element[0]->str;
+    const char *arg = r->elements >= 2 && r->element[1]->type == REDIS_REPLY_STRING ? r->element[1]->str : "";
+    if (strcmp(status, "ok") == 0) {
+        if (op->ack)
+            send_ack(s, c, op->cid, strcmp(arg, "buffered") == 0 ? "buffered" : "delivered");
+        if (sg_log_begin(s->log, SG_LOG_INFO, relay_event(op->mtype))) {
+            sg_log_int(s->log, "conn", (int64_t)c->id);
+            sg_log_str(s->log, "room", op->room);
+            sg_log_str(s->log, "from", op->peer);
+            sg_log_str(s->log, "to", op->to);
+            sg_log_str(s->log, "correlationId", op->cid);
+            sg_log_end(s->log);
+        }
+        return;
+    }
+    if (strcmp(status, "rate_limited") == 0) {
+        rate_limited(s, c, op, arg);
+        return;
+    }
+    static const struct { const char *code, *msg; } E[] = {
+        {"not_joined", "this connection is not in the room"},
+        {"peer_not_found", "to is not another member of the room"},
+        {"peer_unreachable", "no gateway holds the target any more"},
+    };
+    for (size_t i = 0; i < sizeof E / sizeof *E; i++)
+        if (strcmp(arg, E[i].code) == 0) {
+            send_error(s, c, E[i].code, E[i].msg, op->cid, op->room);
+            return;
+        }
+    send_error(s, c, "internal", "unexpected script reply", op->cid, op->room);
+}
+
+/* ---- deliveries ------------------------------------------------------------ */
+
+/* Our peerId went to a newer connection of the same user: forget the room
+ * locally without a leave (the record is the new holder's). */
+static void replaced(sg_session *s, sg_sconn *c, sg_membership *m, const char *room, const sg_wire_envelope *e)
+{
+    if (m) {
+        if (sg_log_begin(s->log, SG_LOG_INFO, "room.leave")) {
+            sg_log_int(s->log, "conn", (int64_t)c->id);
+            sg_log_str(s->log, "room", room);
+            sg_log_str(s->log, "peer", m->peer);
+            sg_log_str(s->log, "reason", "replaced");
+            sg_log_end(s->log);
+        }
+        release_membership(s, c, m);
+    }
+    sg_metrics_inc(&s->metrics->errors, "replaced");
+    send_frame(s, c, e->frame.p, e->frame.n);
+}
+
+static void trace_delivery(sg_session *s, const sg_sconn *c, const sg_membership *m, const char *room,
+                           const sg_wire_envelope *e, uint64_t t0)
+{
+    sg_span_ctx parent, span;
+    if (!sg_traceparent_parse(e->traceparent.p, e->traceparent.n, &parent))
+        return;
+    sg_span_start(&span, &parent);
+    sg_span_attr a[] = {{"signal.room", room, 0}, {"signal.peer", m ? m->peer : "", 0},
+                        {"ws.conn_id", NULL, (int64_t)c->id}, {"signal.seq", NULL, (int64_t)e->seq}};
+    sg_tracer_record(s->tracer, "relay.deliver", SG_SPAN_CONSUMER, &span, &parent, t0, sg_now_wall_us(), a, 4,
+                     NULL);
+}
+
+void deliver(sg_session *s, const char *channel, size_t chlen, const char *payload, size_t len)
+{
+    sg_wire_envelope e;
+    if (!sg_wire_parse_envelope(payload, len, &e))
+        return;
+    /* After a takeover two nodes may briefly listen on one channel: only the
+     * holder's connection takes the message. */
+    size_t nl = strlen(s->cfg->node_id);
+    if (e.node.n != nl || memcmp(e.node.p, s->cfg->node_id, nl) != 0)
+        return;
+    sg_sconn *c = sess_conn(s, e.conn);
+    char room[SG_ROOM_MAX + 1];
+    sg_wire_str peer;
+    if (!c || c->cut || !sg_wire_parse_channel(channel, chlen, room, sizeof room, &peer))
+        return;
+    sg_membership *m = find_room(c, room);
+    if (e.kind == 'x') {
+        replaced(s, c, m, room, &e);
+        return;
+    }
+    if (e.kind == 'e')
+        roster_event(s, room, &e);
+    if (m && (m->state == MEM_RESUMING || m->catch_up)) {
+        hold(m, e.seq, e.frame.p, e.frame.n);
+        return;
+    }
+    uint64_t t0 = s->tracer ? sg_now_wall_us() : 0;
+    if (!send_frame(s, c, e.frame.p, e.frame.n) || e.kind != 'r')
+        return;
+    if (m && e.seq)
+        m->last_seq = e.seq; /* in order on the channel; it restarts at 1 after an empty Redis restart */
+    if (s->tracer)
+        trace_delivery(s, c, m, room, &e, t0);
+    s->metrics->relays_delivered++;
+    uint64_t now = sg_now_wall_us();
+    if (e.ts_us && now >= e.ts_us)
+        sg_hist_observe(&s->metrics->relay_latency, (double)(now - e.ts_us) / 1000.0);
+}

@@ -1,0 +1,485 @@
+/* The session's state machines, specified with a scripted bus: client
+ * messages in, Redis calls out (inspected argument by argument), replies and
+ * channel messages back in a chosen order, frames out. No sockets, no
+ * sleeps. The integration suite proves the same against real Redis. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "session_world.h"
+#include "sg/scripts.h"
+#include "sg/util.h"
+
+#define A "11111111-1111-4111-8111-111111111111"
+#define B "22222222-2222-4222-8222-222222222222"
+#define C "33333333-3333-4333-8333-333333333333"
+#define HB "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+#define HC "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
+
+static int setup(void **state)
+{
+    world *w = calloc(1, sizeof *w);
+    world_init(w, NULL);
+    *state = w;
+    return 0;
+}
+
+static int setup_no_resume(void **state)
+{
+    world *w = calloc(1, sizeof *w);
+    const char *env[] = {"SIGNAL_RESUME_MS=0", NULL};
+    world_init(w, env);
+    *state = w;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    world_free(*state);
+    free(*state);
+    return 0;
+}
+
+static void assert_contains(const char *hay, const char *needle)
+{
+    if (!hay || !strstr(hay, needle))
+        fail_msg("expected %s to contain %s", hay ? hay : "(nothing)", needle);
+}
+
+static void free_call(fake_call *c)
+{
+    assert_non_null(c);
+    fake_call_free(c);
+}
+
+/* The RESP of a join reply: status, then {peer, subhash} of the others. */
+static const char *joined_with_b(void)
+{
+    return "*3\r\n$6\r\njoined\r\n$36\r\n" B "\r\n$64\r\n" HB "\r\n";
+}
+
+/* alice on conn 1 joined room r as A (B already there). */
+static void join_a(world *w)
+{
+    world_open(w, 1, "alice", "*");
+    world_text(w, 1, "{\"type\":\"join\",\"roomId\":\"r\",\"peerId\":\"" A "\"}");
+    fake_call *c = world_answer(w, joined_with_b());
+    assert_int_equal(c->script, SG_SCRIPT_JOIN);
+    fake_call_free(c);
+    assert_contains(world_last(w, 1), "\"type\":\"joined\"");
+}
+
+/* ---- joins ------------------------------------------------------------ */
+
+static void test_join_waits_for_its_subscription_then_calls_join(void **state)
+{
+    world *w = *state;
+    fake_bus_set_auto_confirm(w->bus, false);
+    world_open(w, 1, "alice", "*");
+    world_text(w, 1, "{\"type\":\"join\",\"roomId\":\"r\",\"peerId\":\"" A "\",\"correlationId\":\"j1\"}");
+    assert_int_equal(fake_bus_pending(w->bus), 0);
+    assert_string_equal(fake_bus_unconfirmed(w->bus, 0), "room:{r}:peer:" A);
+    world_confirm_all(w);
+    fake_call *c = fake_bus_peek(w->bus, 0);
+    assert_non_null(c);
+    assert_int_equal(c->script, SG_SCRIPT_JOIN);
+    assert_string_equal(c->rooms[0], "r");
+    /* lua/join.lua's ARGV names: room peer holder node subhash sub claim_ok ... rt */
+    assert_int_equal(c->argc, 12);
+    assert_string_equal(c->argv[0], "r");
+    assert_string_equal(c->argv[1], A);
+    assert_string_equal(c->argv[2], "n1#1");
+    assert_string_equal(c->argv[3], "n1");
+    assert_int_equal(strlen(c->argv[4]), 64);
+    assert_string_equal(c->argv[5], "alice");
+    assert_string_equal(c->argv[6], "1");
+    assert_string_equal(c->argv[10], "30000");
+    assert_int_equal(strlen(c->argv[11]), 64);
+    free_call(world_answer(w, joined_with_b()));
+    const char *f = world_last(w, 1);
+    assert_contains(f, "{\"type\":\"joined\",\"roomId\":\"r\",\"peerId\":\"" A "\",\"peers\":[\"" B "\"]");
+    assert_contains(f, "\"correlationId\":\"j1\"");
+    const char *rt = strstr(f, "\"resumeToken\":\"");
+    assert_non_null(rt);
+    assert_int_equal(strcspn(rt + 15, "\""), 32);
+    assert_int_equal(w->metrics.room_members, 1);
+    assert_true(sg_session_ever_joined(w->s, 1));
+}
+
+static void test_a_refused_join_releases_the_membership(void **state)
+{
+    world *w = *state;
+    world_open(w, 1, "alice", NULL);
+    world_text(w, 1, "{\"type\":\"join\",\"roomId\":\"r\",\"peerId\":\"" A "\",\"correlationId\":\"j1\"}");
+    fake_call *c = world_answer(w, "*2\r\n$5\r\nerror\r\n$9\r\nforbidden\r\n");
+    assert_string_equal(c->argv[6], "0"); /* no rooms claim: the acl decides in Redis */
+    fake_call_free(c);
+    assert_contains(world_last(w, 1), "\"code\":\"forbidden\"");
+    assert_contains(world_last(w, 1), "\"correlationId\":\"j1\"");
+    assert_contains(world_last(w, 1), "\"roomId\":\"r\"");
+    assert_int_equal(fake_bus_refs(w->bus, "room:{r}:peer:" A), 0);
+    assert_int_equal(w->metrics.room_members, 0);
+    assert_false(sg_session_ever_joined(w->s, 1));
+    world_text(w, 1, "{\"type\":\"join\",\"roomId\":\"r\",\"peerId\":\"" A "\"}");
+    assert_int_equal(fake_bus_pending(w->bus), 1); /* free to try again */
+}
+
+static void test_a_join_answered_after_its_connection_went_is_undone(void **state)
+{
+    world *w = *state;
+    world_open(w, 1, "alice", "*");
+    world_text(w, 1, "{\"type\":\"join\",\"roomId\":\"r\",\"peerId\":\"" A "\"}");
+    sg_session_close(w->s, 1, SG_GONE_DISCONNECT);
+    w->conns[1].open = false;
+    free_call(world_answer(w, joined_with_b()));
+    fake_call *leave = fake_bus_pop(w->bus);
+    assert_non_null(leave);
+    assert_int_equal(leave->script, SG_SCRIPT_LEAVE);
+    assert_string_equal(leave->argv[1], A);
+    assert_string_equal(leave->argv[2], "n1#1");
+    assert_string_equal(leave->argv[3], "disconnect");
+    world_lose(w, leave);
+    assert_int_equal(w->sends_to_unknown, 0);
+    assert_int_equal(w->metrics.room_members, 0);
+}
+
+static void test_closing_leaves_every_room_with_its_reason(void **state)
+{
+    world *w = *state;
+    join_a(w);
+    world_text(w, 1, "{\"type\":\"join\",\"roomId\":\"q\",\"peerId\":\"" A "\"}");
+    free_call(world_answer(w, "*1\r\n$6\r\njoined\r\n"));
+    sg_session_close(w->s, 1, SG_GONE_LOST);
+    for (int i = 0; i < 2; i++) {
+        fake_call *c = fake_bus_pop(w->bus);
+        assert_non_null(c);
+        assert_int_equal(c->script, SG_SCRIPT_LEAVE);
+        assert_string_equal(c->argv[3], "lost"); /* resumption on: the grace period */
+        world_lose(w, c);
+    }
+    assert_int_equal(w->metrics.room_members, 0);
+    assert_int_equal(fake_bus_refs(w->bus, "room:{r}:peer:" A), 0);
+    sg_session_close(w->s, 1, SG_GONE_LOST); /* idempotent */
+    assert_int_equal(fake_bus_pending(w->bus), 0);
+}
+
+static void test_without_resumption_a_lost_connection_disconnects(void **state)
+{
+    world *w = *state;
+    join_a(w);
+    sg_session_close(w->s, 1, SG_GONE_TIMEOUT);
+    fake_call *c = fake_bus_pop(w->bus);
+    assert_string_equal(c->argv[3], "timeout");
+    world_lose(w, c);
+    /* and the joined frame carried no resume token */
+    assert_null(strstr(world_frame(w, 1, 0), "resumeToken"));
+}
+
+static void test_redis_away_answers_unavailable(void **state)
+{
+    world *w = *state;
+    world_open(w, 1, "alice", "*");
+    fake_bus_set_available(w->bus, false);
+    world_text(w, 1, "{\"type\":\"join\",\"roomId\":\"r\",\"peerId\":\"" A "\",\"correlationId\":\"x\"}");
+    assert_contains(world_last(w, 1), "\"code\":\"unavailable\"");
+    assert_contains(world_last(w, 1), "\"correlationId\":\"x\"");
+    assert_int_equal(fake_bus_refs(w->bus, "room:{r}:peer:" A), 0);
+}
+
+/* ---- relays ------------------------------------------------------------- */
+
+static void test_a_relay_carries_the_frame_its_target_gets(void **state)
+{
+    world *w = *state;
+    join_a(w);
+    size_t before = world_count(w, 1);
+    world_text(w, 1, "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" A "\",\"to\":\"" B "\",\"sdp\":\"v=0\\r\\n\","
+                     "\"correlationId\":\"o1\",\"ack\":true}");
+    fake_call *c = fake_bus_peek(w->bus, 0);
+    assert_int_equal(c->script, SG_SCRIPT_RELAY);
+    assert_string_equal(c->argv[4], "offer");
+    assert_string_equal(c->argv[7], "{\"type\":\"relay\",\"inner\":{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" A
+                                    "\",\"to\":\"" B "\",\"sdp\":\"v=0\\r\\n\"},\"correlationId\":\"o1\"}");
+    free_call(world_answer(w, "*3\r\n$2\r\nok\r\n$8\r\nbuffered\r\n:1\r\n"));
+    assert_int_equal(world_count(w, 1), before + 1);
+    assert_string_equal(world_last(w, 1), "{\"type\":\"ack\",\"correlationId\":\"o1\",\"status\":\"buffered\"}");
+}
+
+static void test_a_relay_needs_the_membership_and_its_own_peer_id(void **state)
+{
+    world *w = *state;
+    world_open(w, 2, "alice", "*");
+    world_text(w, 2, "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" A "\",\"to\":\"" B "\","
+                     "\"candidate\":{\"candidate\":\"\"}}");
+    assert_contains(world_last(w, 2), "\"code\":\"not_joined\"");
+    join_a(w);
+    world_text(w, 1, "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" C "\",\"to\":\"" B "\","
+                     "\"candidate\":{\"candidate\":\"\"}}");
+    assert_contains(world_last(w, 1), "\"code\":\"forbidden\"");
+    assert_int_equal(fake_bus_pending(w->bus), 0);
+}
+
+static void test_warnings_share_one_clock_for_local_and_redis_limits(void **state)
+{
+    world *w = *state;
+    join_a(w);
+    size_t n = world_count(w, 1);
+    sg_session_dropped(w->s, 1, "connection");
+    assert_int_equal(world_count(w, 1), n + 1);
+    assert_contains(world_last(w, 1), "\"code\":\"rate_limited\"");
+    world_text(w, 1, "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" A "\",\"to\":\"" B "\","
+                     "\"candidate\":{\"candidate\":\"\"}}");
+    free_call(world_answer(w, "*2\r\n$12\r\nrate_limited\r\n$9\r\ncandidate\r\n"));
+    assert_int_equal(world_count(w, 1), n + 1); /* within the second: counted, not told */
+    /* Other messages over a bucket are each answered with their error. */
+    world_text(w, 1, "{\"type\":\"answer\",\"roomId\":\"r\",\"from\":\"" A "\",\"to\":\"" B "\",\"sdp\":\"v=0\"}");
+    free_call(world_answer(w, "*2\r\n$12\r\nrate_limited\r\n$4\r\nroom\r\n"));
+    assert_int_equal(world_count(w, 1), n + 2);
+    assert_contains(world_last(w, 1), "over the room rate limit");
+}
+
+/* ---- deliveries --------------------------------------------------------- */
+
+static void test_a_channel_message_goes_to_its_holder_only(void **state)
+{
+    world *w = *state;
+    join_a(w);
+    size_t n = world_count(w, 1);
+    world_deliver(w, "r", A, 1, 'r', 1, "{\"type\":\"relay\",\"seq\":1}");
+    assert_int_equal(world_count(w, 1), n + 1);
+    assert_int_equal(w->metrics.relays_delivered, 1);
+    /* another node's holder, an unknown connection, a malformed envelope */
+    char ch[] = "room:{r}:peer:" A;
+    static const char other[] = "n2#1\tr\t0\t-\t2\n{\"type\":\"relay\"}";
+    sg_session_on_message(w->s, ch, strlen(ch), other, sizeof other - 1);
+    world_deliver(w, "r", A, 9, 'r', 2, "{}");
+    static const char bad[] = "n1#1\tq\t0\t-\t2\n{}";
+    sg_session_on_message(w->s, ch, strlen(ch), bad, sizeof bad - 1);
+    assert_int_equal(world_count(w, 1), n + 1);
+    assert_int_equal(w->sends_to_unknown, 0);
+}
+
+static void test_replaced_forgets_the_room_without_a_leave(void **state)
+{
+    world *w = *state;
+    join_a(w);
+    world_deliver(w, "r", A, 1, 'x', 0, "{\"type\":\"error\",\"code\":\"replaced\",\"message\":\"m\",\"roomId\":\"r\"}");
+    assert_contains(world_last(w, 1), "\"code\":\"replaced\"");
+    assert_int_equal(w->metrics.room_members, 0);
+    assert_int_equal(fake_bus_refs(w->bus, "room:{r}:peer:" A), 0);
+    assert_int_equal(fake_bus_pending(w->bus), 0); /* the record is the new holder's: no leave */
+    world_text(w, 1, "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" A "\",\"to\":\"" B "\",\"sdp\":\"v=0\"}");
+    assert_contains(world_last(w, 1), "\"code\":\"not_joined\"");
+}
+
+/* ---- resumption (issue 12, findings 1 and 2) ----------------------------- */
+
+static void sha256_hex(const char *s, char out[65])
+{
+    uint8_t d[SHA256_DIGEST_LENGTH];
+    SHA256((const uint8_t *)s, strlen(s), d);
+    sg_hex(out, d, sizeof d);
+}
+
+static void resume(world *w, uint64_t id, const char *token, int last_seq)
+{
+    char msg[512];
+    snprintf(msg, sizeof msg,
+             "{\"type\":\"resume\",\"roomId\":\"r\",\"peerId\":\"" A "\",\"resumeToken\":\"%s\",\"lastSeq\":%d,"
+             "\"correlationId\":\"res\"}",
+             token, last_seq);
+    world_text(w, id, msg);
+}
+
+static void test_a_resume_keeps_only_the_hash_of_any_token_length(void **state)
+{
+    world *w = *state;
+    world_open(w, 1, "alice", "*");
+    char longest[129];
+    memset(longest, 'k', 128);
+    longest[128] = '\0';
+    const char *tokens[] = {"a", "abc", "x234567890123456789012345678901", longest};
+    for (size_t i = 0; i < 4; i++) {
+        resume(w, 1, tokens[i], 0);
+        fake_call *c = fake_bus_pop(w->bus);
+        assert_non_null(c);
+        assert_int_equal(c->script, SG_SCRIPT_RESUME);
+        char want[65];
+        sha256_hex(tokens[i], want);
+        assert_string_equal(c->argv[5], want); /* rt_old */
+        assert_int_equal(strlen(c->argv[6]), 64); /* rt_new */
+        assert_string_equal(c->argv[10], "1");    /* claim_ok: authorized as a join would be */
+        assert_string_equal(c->argv[11], "alice");
+        redisReply *r = fake_replyf("*2\r\n$5\r\nerror\r\n$13\r\nresume_failed\r\n");
+        sg_session_on_reply(w->s, c->tag, r);
+        freeReplyObject(r);
+        fake_call_free(c);
+        assert_contains(world_last(w, 1), "\"code\":\"resume_failed\"");
+    }
+}
+
+static const char *resumed_with(const char *buffered)
+{
+    static char buf[4096];
+    snprintf(buf, sizeof buf, "*3\r\n$7\r\nresumed\r\n*2\r\n$36\r\n" B "\r\n$64\r\n" HB "\r\n%s", buffered);
+    return buf;
+}
+
+static void test_a_resume_replays_then_sends_what_it_held_once_in_order(void **state)
+{
+    world *w = *state;
+    world_open(w, 1, "alice", "*");
+    resume(w, 1, "tok", 1);
+    /* relays 3 and 4 arrive live while the reply is on its way */
+    world_deliver(w, "r", A, 1, 'r', 3, "f3");
+    world_deliver(w, "r", A, 1, 'r', 4, "f4");
+    assert_int_equal(world_count(w, 1), 0);
+    free_call(world_answer(w, resumed_with("*4\r\n$1\r\n2\r\n$2\r\nf2\r\n$1\r\n3\r\n$2\r\nf3\r\n")));
+    assert_int_equal(world_count(w, 1), 4);
+    assert_contains(world_frame(w, 1, 0), "{\"type\":\"resumed\",\"roomId\":\"r\",\"peerId\":\"" A "\",\"peers\":[\"" B
+                                          "\"],\"replayed\":2,\"resumeToken\":\"");
+    assert_contains(world_frame(w, 1, 0), "\"correlationId\":\"res\"");
+    assert_string_equal(world_frame(w, 1, 1), "f2");
+    assert_string_equal(world_frame(w, 1, 2), "f3");
+    assert_string_equal(world_frame(w, 1, 3), "f4");
+    assert_int_equal(w->metrics.room_members, 1);
+}
+
+static void test_a_resumed_frame_refused_frees_nothing_twice(void **state)
+{
+    world *w = *state;
+    world_open(w, 1, "alice", "*");
+    resume(w, 1, "short", 0);
+    world_deliver(w, "r", A, 1, 'r', 2, "f2"); /* held */
+    w->conns[1].refuse_after = 0;              /* over its output cap from now on */
+    free_call(world_answer(w, resumed_with("*2\r\n$1\r\n1\r\n$2\r\nf1\r\n")));
+    assert_int_equal(world_count(w, 1), 0);
+    assert_int_equal(w->conns[1].sends_refused, 1); /* the first refusal stops the writing */
+    /* The connection's owner releases it later, from the top of the loop. */
+    sg_session_close(w->s, 1, SG_GONE_LOST);
+    fake_call *c = fake_bus_pop(w->bus);
+    assert_int_equal(c->script, SG_SCRIPT_LEAVE);
+    assert_string_equal(c->argv[3], "lost");
+    world_lose(w, c);
+    assert_int_equal(w->metrics.room_members, 0);
+}
+
+static void test_a_resume_for_a_gone_connection_goes_back_into_grace(void **state)
+{
+    world *w = *state;
+    world_open(w, 1, "alice", "*");
+    resume(w, 1, "tok", 0);
+    sg_session_close(w->s, 1, SG_GONE_DISCONNECT);
+    w->conns[1].open = false;
+    /* Redis runs the resume first, then this leave: the member leaves. */
+    fake_call *resume_call = fake_bus_pop(w->bus);
+    fake_call *c = fake_bus_pop(w->bus);
+    assert_int_equal(c->script, SG_SCRIPT_LEAVE);
+    assert_string_equal(c->argv[3], "disconnect");
+    world_lose(w, c);
+    /* The resume's answer finds no connection: whatever it resumed goes
+     * back into grace (a no-op in Redis after that leave). */
+    redisReply *r = fake_reply(resumed_with("*0\r\n"), strlen(resumed_with("*0\r\n")));
+    sg_session_on_reply(w->s, resume_call->tag, r);
+    freeReplyObject(r);
+    fake_call_free(resume_call);
+    c = fake_bus_pop(w->bus);
+    assert_int_equal(c->script, SG_SCRIPT_LEAVE);
+    assert_string_equal(c->argv[3], "lost");
+    world_lose(w, c);
+    assert_int_equal(w->sends_to_unknown, 0);
+}
+
+/* ---- Redis came back ---------------------------------------------------- */
+
+static void test_catch_up_after_a_subscriber_gap_is_exactly_once(void **state)
+{
+    world *w = *state;
+    join_a(w);
+    size_t n = world_count(w, 1);
+    world_deliver(w, "r", A, 1, 'r', 1, "f1");
+    sg_session_on_redis_back(w->s);
+    fake_call *refresh = fake_bus_pop(w->bus);
+    assert_int_equal(refresh->script, SG_SCRIPT_REFRESH);
+    world_lose(w, refresh);
+    fake_call *cu = fake_bus_peek(w->bus, 0);
+    assert_int_equal(cu->script, SG_SCRIPT_CATCHUP);
+    assert_string_equal(cu->argv[2], "1"); /* the last seq this node delivered */
+    world_deliver(w, "r", A, 1, 'r', 3, "f3"); /* live, while the catch-up is out: held */
+    assert_int_equal(world_count(w, 1), n + 1);
+    free_call(world_answer(w, "*2\r\n:0\r\n*4\r\n$1\r\n2\r\n$2\r\nf2\r\n$1\r\n3\r\n$2\r\nf3\r\n"));
+    assert_int_equal(world_count(w, 1), n + 3);
+    assert_string_equal(world_frame(w, 1, n + 1), "f2");
+    assert_string_equal(world_frame(w, 1, n + 2), "f3");
+}
+
+static void test_ghosts_go_back_with_their_owners_sub_hash_only(void **state)
+{
+    world *w = *state;
+    join_a(w); /* B (hash HB) was in the room */
+    char ev[256];
+    snprintf(ev, sizeof ev, "{\"type\":\"peer_joined\",\"roomId\":\"r\",\"peerId\":\"%s\"}", C);
+    /* C's join event carries C's sub hash in the envelope */
+    char ch[] = "room:{r}:peer:" A;
+    char env[512];
+    int len = snprintf(env, sizeof env, "n1#1\te\t0\t%s\t0\n%s", HC, ev);
+    sg_session_on_message(w->s, ch, strlen(ch), env, (size_t)len);
+    sg_session_on_redis_back(w->s);
+    fake_call *c = fake_bus_pop(w->bus);
+    assert_int_equal(c->script, SG_SCRIPT_REFRESH);
+    /* fixed 8, then: room, nghosts, (peer, subhash)..., nmembers, members */
+    assert_string_equal(c->argv[1], "1"); /* silent */
+    assert_string_equal(c->argv[8], "r");
+    assert_string_equal(c->argv[9], "2");
+    bool b = false, cc = false;
+    for (int i = 10; i < 14; i += 2) {
+        b |= strcmp(c->argv[i], B) == 0 && strcmp(c->argv[i + 1], HB) == 0;
+        cc |= strcmp(c->argv[i], C) == 0 && strcmp(c->argv[i + 1], HC) == 0;
+    }
+    assert_true(b && cc);
+    assert_string_equal(c->argv[14], "1");
+    assert_string_equal(c->argv[15], A);
+    world_lose(w, c);
+    /* B leaves: no longer a ghost candidate */
+    snprintf(ev, sizeof ev, "{\"type\":\"peer_left\",\"roomId\":\"r\",\"peerId\":\"%s\",\"reason\":\"leave\"}", B);
+    world_deliver(w, "r", A, 1, 'e', 0, ev);
+    while (fake_bus_pending(w->bus))
+        world_lose(w, fake_bus_pop(w->bus));
+    sg_session_on_redis_back(w->s);
+    c = fake_bus_pop(w->bus);
+    assert_string_equal(c->argv[9], "1");
+    assert_string_equal(c->argv[10], C);
+    world_lose(w, c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_join_waits_for_its_subscription_then_calls_join, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_refused_join_releases_the_membership, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_join_answered_after_its_connection_went_is_undone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_closing_leaves_every_room_with_its_reason, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_without_resumption_a_lost_connection_disconnects, setup_no_resume,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_redis_away_answers_unavailable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_relay_carries_the_frame_its_target_gets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_relay_needs_the_membership_and_its_own_peer_id, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_warnings_share_one_clock_for_local_and_redis_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_channel_message_goes_to_its_holder_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_replaced_forgets_the_room_without_a_leave, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_resume_keeps_only_the_hash_of_any_token_length, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_resume_replays_then_sends_what_it_held_once_in_order, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_resumed_frame_refused_frees_nothing_twice, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_resume_for_a_gone_connection_goes_back_into_grace, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_catch_up_after_a_subscriber_gap_is_exactly_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ghosts_go_back_with_their_owners_sub_hash_only, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

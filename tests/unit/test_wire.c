@@ -1,0 +1,200 @@
+/* wire: every server -> client message and the scripts' envelope, byte for
+ * byte. The scripts' side (lua/lib.lua) writes the same bytes; the
+ * integration suite checks them against real Redis. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <string.h>
+
+#include "sg/wire.h"
+
+#define A "11111111-1111-4111-8111-111111111111"
+#define B "22222222-2222-4222-8222-222222222222"
+
+typedef struct { sg_buf b; } fx;
+
+static int setup(void **state)
+{
+    static fx f;
+    sg_buf_init(&f.b);
+    *state = &f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    sg_buf_free(&f->b);
+    return 0;
+}
+
+static void test_joined_and_resumed(void **state)
+{
+    sg_buf *b = &((fx *)*state)->b;
+    sg_wire_str peers[] = {{B, 36}, {A, 36}};
+    sg_wire_session s = {.room = "r-1", .peer = A, .peers = peers, .npeers = 1, .resume_token = "tok",
+                         .cid = "j1"};
+    sg_wire_joined(b, &s);
+    assert_string_equal(b->data, "{\"type\":\"joined\",\"roomId\":\"r-1\",\"peerId\":\"" A "\",\"peers\":[\"" B
+                                 "\"],\"resumeToken\":\"tok\",\"correlationId\":\"j1\"}");
+    sg_buf_reset(b);
+    s.npeers = 0;
+    s.resume_token = NULL;
+    s.cid = NULL;
+    s.ice_servers = ",\"iceServers\":[]";
+    sg_wire_joined(b, &s);
+    assert_string_equal(b->data, "{\"type\":\"joined\",\"roomId\":\"r-1\",\"peerId\":\"" A
+                                 "\",\"peers\":[],\"iceServers\":[]}");
+    sg_buf_reset(b);
+    s = (sg_wire_session){.room = "r", .peer = A, .peers = peers, .npeers = 2, .replayed = 3, .resume_token = "t2"};
+    sg_wire_resumed(b, &s);
+    assert_string_equal(b->data, "{\"type\":\"resumed\",\"roomId\":\"r\",\"peerId\":\"" A "\",\"peers\":[\"" B
+                                 "\",\"" A "\"],\"replayed\":3,\"resumeToken\":\"t2\"}");
+}
+
+static void test_left_ack_error(void **state)
+{
+    sg_buf *b = &((fx *)*state)->b;
+    sg_wire_left(b, "r", A, "c");
+    assert_string_equal(b->data, "{\"type\":\"left\",\"roomId\":\"r\",\"peerId\":\"" A "\",\"correlationId\":\"c\"}");
+    sg_buf_reset(b);
+    sg_wire_left(b, "r", A, "");
+    assert_string_equal(b->data, "{\"type\":\"left\",\"roomId\":\"r\",\"peerId\":\"" A "\"}");
+    sg_buf_reset(b);
+    sg_wire_ack(b, "c9", "delivered");
+    assert_string_equal(b->data, "{\"type\":\"ack\",\"correlationId\":\"c9\",\"status\":\"delivered\"}");
+    sg_buf_reset(b);
+    sg_wire_error(b, "bad_request", "roomId: bad", "c1", "room-1");
+    assert_string_equal(b->data, "{\"type\":\"error\",\"code\":\"bad_request\",\"message\":"
+                                 "\"roomId: bad\",\"correlationId\":\"c1\",\"roomId\":\"room-1\"}");
+    sg_buf_reset(b);
+    sg_wire_error(b, "forbidden", "m", "", "r");
+    assert_string_equal(b->data, "{\"type\":\"error\",\"code\":\"forbidden\",\"message\":\"m\",\"roomId\":\"r\"}");
+    sg_buf_reset(b);
+    sg_wire_error(b, "internal", "a\"b\\c\nd\x01 \xc3\xa9", "c", NULL);
+    assert_string_equal(b->data, "{\"type\":\"error\",\"code\":\"internal\",\"message\":"
+                                 "\"a\\\"b\\\\c\\nd\\u0001 \xc3\xa9\",\"correlationId\":\"c\"}");
+    /* Writers append, so a caller can frame around them. */
+    sg_buf_reset(b);
+    sg_buf_puts(b, "X");
+    sg_wire_error(b, "rate_limited", "", NULL, NULL);
+    assert_string_equal(b->data, "X{\"type\":\"error\",\"code\":\"rate_limited\",\"message\":\"\"}");
+}
+
+static void test_relay_frame_leaves_room_for_seq(void **state)
+{
+    sg_buf *b = &((fx *)*state)->b;
+    static const char inner[] = "{\"type\":\"offer\"}";
+    sg_wire_relay(b, inner, sizeof inner - 1, "c1");
+    assert_string_equal(b->data, "{\"type\":\"relay\",\"inner\":{\"type\":\"offer\"},\"correlationId\":\"c1\"}");
+    /* lib.lua's buffer_relay keeps the first 16 bytes and puts seq after them */
+    assert_int_equal(strlen(SG_WIRE_RELAY_PREFIX), 16);
+    assert_memory_equal(b->data, SG_WIRE_RELAY_PREFIX, 16);
+}
+
+static void test_peer_events_round_trip(void **state)
+{
+    sg_buf *b = &((fx *)*state)->b;
+    sg_wire_event ev;
+    sg_wire_peer_event(b, "r", A, NULL);
+    /* byte for byte what lib.lua's peer_joined_frame writes */
+    assert_string_equal(b->data, "{\"type\":\"peer_joined\",\"roomId\":\"r\",\"peerId\":\"" A "\"}");
+    assert_true(sg_wire_parse_event(b->data, b->len, &ev));
+    assert_true(ev.joined);
+    assert_int_equal(ev.peer.n, 36);
+    assert_memory_equal(ev.peer.p, A, 36);
+    sg_buf_reset(b);
+    sg_wire_peer_event(b, "r", B, "timeout");
+    assert_string_equal(b->data, "{\"type\":\"peer_left\",\"roomId\":\"r\",\"peerId\":\"" B "\",\"reason\":\"timeout\"}");
+    assert_true(sg_wire_parse_event(b->data, b->len, &ev));
+    assert_false(ev.joined);
+    assert_memory_equal(ev.peer.p, B, 36);
+    static const char *not_events[] = {"{\"type\":\"relay\"}", "{\"type\":\"peer_joined\",\"roomId\":\"r\"}",
+                                       "{\"type\":\"peer_left\",\"peerId\":\"unterminated", ""};
+    for (size_t i = 0; i < sizeof not_events / sizeof *not_events; i++)
+        assert_false(sg_wire_parse_event(not_events[i], strlen(not_events[i]), &ev));
+}
+
+static void test_envelope_round_trip_and_refusals(void **state)
+{
+    sg_buf *b = &((fx *)*state)->b;
+    sg_wire_envelope e;
+    sg_wire_write_envelope(b, "node-1.a", 42, 'r', 1700000000123456ULL, "00-ab-cd-01", 7, "{}", 2);
+    assert_string_equal(b->data, "node-1.a#42\tr\t1700000000123456\t00-ab-cd-01\t7\n{}");
+    assert_true(sg_wire_parse_envelope(b->data, b->len, &e));
+    assert_int_equal(e.node.n, 8);
+    assert_memory_equal(e.node.p, "node-1.a", 8);
+    assert_int_equal(e.conn, 42);
+    assert_int_equal(e.kind, 'r');
+    assert_int_equal(e.ts_us, 1700000000123456ULL);
+    assert_int_equal(e.traceparent.n, 11);
+    assert_int_equal(e.seq, 7);
+    assert_int_equal(e.frame.n, 2);
+    /* what lib.lua's envelope() writes for events */
+    static const char ev[] = "n#1\te\t0\t-\t0\n{\"type\":\"peer_left\"}";
+    assert_true(sg_wire_parse_envelope(ev, sizeof ev - 1, &e));
+    assert_int_equal(e.kind, 'e');
+    static const char *bad[] = {
+        "n#1\tr\t0\t-\t0",                  /* no newline */
+        "#1\tr\t0\t-\t0\n{}",               /* no node */
+        "n1\tr\t0\t-\t0\n{}",               /* no '#' */
+        "n#\tr\t0\t-\t0\n{}",               /* no connection id */
+        "n#1x\tr\t0\t-\t0\n{}",             /* junk after the id */
+        "n#1\tq\t0\t-\t0\n{}",              /* unknown kind */
+        "n#1\tr\t\t-\t0\n{}",               /* empty number */
+        "n#1\tr\t0\t-\t99999999999999999999\n{}", /* overflow */
+        "n#1\tr\t0\t-\n{}",                 /* a field missing */
+        "n#1\tr\t0\t-\t0x\n{}",             /* junk after seq */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_false(sg_wire_parse_envelope(bad[i], strlen(bad[i]), &e));
+    /* the head must end within SG_WIRE_ENVELOPE_HEAD_MAX */
+    sg_buf_reset(b);
+    sg_buf_puts(b, "n#1\tr\t0\t");
+    for (int i = 0; i < SG_WIRE_ENVELOPE_HEAD_MAX; i++)
+        sg_buf_putc(b, 'x');
+    sg_buf_puts(b, "\t0\n{}");
+    assert_false(sg_wire_parse_envelope(b->data, b->len, &e));
+}
+
+static void test_channels_and_holders(void **state)
+{
+    char ch[SG_WIRE_CHANNEL_MAX], room[129], holder[SG_WIRE_HOLDER_MAX];
+    size_t n = sg_wire_channel(ch, "team-7/x", A);
+    assert_string_equal(ch, "room:{team-7/x}:peer:" A);
+    assert_int_equal(n, strlen(ch));
+    sg_wire_str peer;
+    assert_true(sg_wire_parse_channel(ch, n, room, sizeof room, &peer));
+    assert_string_equal(room, "team-7/x");
+    assert_int_equal(peer.n, 36);
+    static const char *bad[] = {"room:{}:peer:x", "room:{r}:peer:", "room:{r}:peers", "signal:probe:n1",
+                                "room:{r", "rom:{r}:peer:x"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_false(sg_wire_parse_channel(bad[i], strlen(bad[i]), room, sizeof room, &peer));
+    /* a room id longer than the caller's buffer is refused, not cut */
+    assert_false(sg_wire_parse_channel("room:{abcdef}:peer:x", 20, room, 4, &peer));
+    /* the longest room id (128) and peer fit */
+    char longroom[129];
+    memset(longroom, 'r', 128);
+    longroom[128] = '\0';
+    n = sg_wire_channel(ch, longroom, A);
+    assert_int_equal(n, 6 + 128 + 7 + 36);
+    assert_int_equal(sg_wire_holder(holder, "n1", 18446744073709551615ULL), strlen("n1#18446744073709551615"));
+    assert_string_equal(holder, "n1#18446744073709551615");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_joined_and_resumed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_left_ack_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_relay_frame_leaves_room_for_seq, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_peer_events_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_envelope_round_trip_and_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_channels_and_holders, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
