@@ -63,15 +63,26 @@ static const char *content_type(const char *p)
     return "application/octet-stream";
 }
 
+/* Responses are built in a growable sg_buf rather than a fixed stack buffer:
+ * snprintf into a fixed buffer returns the length it wanted, not the length
+ * it wrote, and writing that many bytes once sent the stack after a long
+ * redirect (issue 12, finding 8). */
+static void send_buf(struct bufferevent *bev, sg_buf *b)
+{
+    bufferevent_write(bev, b->data, b->len);
+    sg_buf_free(b);
+}
+
 static void simple(struct bufferevent *bev, int status, const char *reason, bool head)
 {
-    char buf[320];
-    int n = snprintf(buf, sizeof buf,
-                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n%s"
-                     "Connection: close\r\n\r\n%s%s",
-                     status, reason, strlen(reason) + 1, status == 405 ? "Allow: GET, HEAD\r\n" : "",
-                     head ? "" : reason, head ? "" : "\n");
-    bufferevent_write(bev, buf, (size_t)n);
+    sg_buf b;
+    sg_buf_init(&b);
+    sg_buf_printf(&b,
+                  "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n%s"
+                  "Connection: close\r\n\r\n%s%s",
+                  status, reason, strlen(reason) + 1, status == 405 ? "Allow: GET, HEAD\r\n" : "",
+                  head ? "" : reason, head ? "" : "\n");
+    send_buf(bev, &b);
 }
 
 bool sg_static_serve(struct bufferevent *bev, const char *root, const sg_http_request *req)
@@ -87,7 +98,12 @@ bool sg_static_serve(struct bufferevent *bev, const char *root, const sg_http_re
         return true;
     }
     char full[1400];
-    snprintf(full, sizeof full, "%s/%s", root, rel);
+    /* A truncated path names another file: refuse rather than open it. */
+    int fl = snprintf(full, sizeof full, "%s/%s", root, rel);
+    if (fl < 0 || (size_t)fl >= sizeof full) {
+        simple(bev, 404, "Not Found", head);
+        return true;
+    }
     /* O_NONBLOCK: a FIFO planted in the root must not stall the loop. */
     int fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     struct stat st;
@@ -99,16 +115,17 @@ bool sg_static_serve(struct bufferevent *bev, const char *root, const sg_http_re
         /* A directory without the trailing slash: send the browser there, so
          * relative imports resolve. */
         close(fd);
-        char loc[1200];
         /* Built from the cleaned path: "//host" must not become an
          * off-site redirect. */
         /* The query goes along (the demo reads its parameters from it);
          * it cannot hold CR/LF: the HTTP parser refused control bytes. */
-        int n = snprintf(loc, sizeof loc,
-                         "HTTP/1.1 301 Moved Permanently\r\nLocation: /%s/%s%.*s\r\nContent-Length: 0\r\n"
-                         "Connection: close\r\n\r\n",
-                         rel, req->query.n ? "?" : "", (int)(req->query.n < 512 ? req->query.n : 0), req->query.p);
-        bufferevent_write(bev, loc, (size_t)n);
+        sg_buf b;
+        sg_buf_init(&b);
+        sg_buf_printf(&b,
+                      "HTTP/1.1 301 Moved Permanently\r\nLocation: /%s/%s%.*s\r\nContent-Length: 0\r\n"
+                      "Connection: close\r\n\r\n",
+                      rel, req->query.n ? "?" : "", (int)(req->query.n < 512 ? req->query.n : 0), req->query.p);
+        send_buf(bev, &b);
         return true;
     }
     if (fd < 0 || !S_ISREG(st.st_mode) || st.st_size > SG_STATIC_MAX_FILE) {
@@ -117,14 +134,15 @@ bool sg_static_serve(struct bufferevent *bev, const char *root, const sg_http_re
         simple(bev, 404, "Not Found", head);
         return true;
     }
-    char hdr[512];
-    int n = snprintf(hdr, sizeof hdr,
-                     "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %lld\r\n"
-                     "Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n"
-                     "Connection: close\r\n\r\n",
-                     content_type(rel), (long long)st.st_size);
+    sg_buf hdr;
+    sg_buf_init(&hdr);
+    sg_buf_printf(&hdr,
+                  "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %lld\r\n"
+                  "Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n"
+                  "Connection: close\r\n\r\n",
+                  content_type(rel), (long long)st.st_size);
     struct evbuffer *out = bufferevent_get_output(bev);
-    evbuffer_add(out, hdr, (size_t)n);
+    send_buf(bev, &hdr);
     if (!head && st.st_size > 0)
         evbuffer_add_file(out, fd, 0, st.st_size); /* takes the fd */
     else

@@ -17,6 +17,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -315,7 +316,7 @@ static void serve(const char *root, const char *head, resp *r)
 
 static void get(const char *method, const char *target, resp *r)
 {
-    char head[2048];
+    char head[4096];
     snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: gw.example\r\n\r\n", method, target);
     serve(g_root, head, r);
 }
@@ -492,6 +493,67 @@ static void test_serve_301_location_is_not_protocol_relative(void **state)
     assert_string_equal(loc, "/demo/");
 }
 
+/* Finding 8 (issue 12): the 301 was formatted into a 1200-byte stack
+ * buffer and snprintf's return value (the length it wanted, up to ~1,600
+ * bytes with a long path and query) was written, sending the stack bytes
+ * past the buffer (an ASan stack-buffer-overflow; without ASan, a truncated
+ * Location followed by garbage). The response must be exactly the redirect,
+ * whatever the length of the path. */
+#define LONG_SEG 250 /* under NAME_MAX; four of them make a ~1,000-byte path */
+#define LONG_QUERY 511 /* the longest query the redirect carries along */
+
+static void long_dir_rel(char *rel, size_t cap)
+{
+    size_t o = 0;
+    for (int seg = 0; seg < 4; seg++) {
+        if (seg)
+            rel[o++] = '/';
+        for (int i = 0; i < LONG_SEG; i++)
+            rel[o++] = (char)('a' + seg);
+        assert_true(o < cap);
+    }
+    rel[o] = '\0';
+}
+
+static void test_serve_301_long_path_is_exact(void **state)
+{
+    char rel[4 * (LONG_SEG + 1) + 1];
+    long_dir_rel(rel, sizeof rel);
+    char p[2048];
+    for (char *slash = rel; (slash = strchr(slash, '/')); slash++) {
+        *slash = '\0';
+        snprintf(p, sizeof p, "%s/%s", g_root, rel);
+        assert_true(mkdir(p, 0755) == 0 || errno == EEXIST);
+        *slash = '/';
+    }
+    snprintf(p, sizeof p, "%s/%s", g_root, rel);
+    assert_true(mkdir(p, 0755) == 0 || errno == EEXIST);
+
+    char query[LONG_QUERY + 1];
+    memset(query, 'q', LONG_QUERY);
+    query[LONG_QUERY] = '\0';
+    char target[2048];
+    snprintf(target, sizeof target, "/%s?%s", rel, query);
+
+    char want[4096];
+    int wn = snprintf(want, sizeof want,
+                      "HTTP/1.1 301 Moved Permanently\r\nLocation: /%s/?%s\r\nContent-Length: 0\r\n"
+                      "Connection: close\r\n\r\n",
+                      rel, query);
+    assert_true(wn > 1200 && (size_t)wn < sizeof want); /* over the old buffer */
+
+    resp r;
+    get("GET", target, &r);
+    size_t len = r.len;
+    bool same = len == (size_t)wn && memcmp(r.raw, want, len) == 0;
+    int status = r.status;
+    free(r.raw);
+    assert_int_equal(status, 301);
+    if (!same)
+        fail_msg("301 for a %zu-byte path is %zu bytes, want exactly the %d-byte redirect",
+                 strlen(rel), len, wn);
+}
+
 static void test_serve_method_405(void **state)
 {
     static const char *methods[] = {"POST", "PUT", "DELETE", "OPTIONS", "get", "GETX", "HEA"};
@@ -597,6 +659,7 @@ int main(void)
         cmocka_unit_test(test_serve_missing_root),
         cmocka_unit_test(test_serve_directory_301),
         cmocka_unit_test(test_serve_301_location_is_not_protocol_relative),
+        cmocka_unit_test(test_serve_301_long_path_is_exact),
         cmocka_unit_test(test_serve_method_405),
         cmocka_unit_test(test_serve_405_has_allow),
         cmocka_unit_test(test_serve_head_no_body),
