@@ -249,6 +249,18 @@ static int setup_tree(void **state)
     snprintf(q, sizeof q, "%s/alias.html", g_root);
     if (symlink("index.html", q) != 0)
         return -1;
+    /* Symlinked directories: one to a directory inside the root, one to the
+     * directory holding the secret (issue 12, finding 14). */
+    snprintf(q, sizeof q, "%s/linkdir", g_root);
+    if (symlink("js", q) != 0)
+        return -1;
+    snprintf(q, sizeof q, "%s/outdir", g_root);
+    if (symlink(g_base, q) != 0)
+        return -1;
+    /* An ordinary nested file. */
+    make_dir("a");
+    make_dir("a/b");
+    write_file("a/b/c.txt", "nested\n");
     return 0;
 }
 
@@ -637,6 +649,69 @@ static void test_serve_symlink_not_followed(void **state)
     free(r.raw);
 }
 
+/* Finding 14 (issue 12): O_NOFOLLOW covers only the last component, so a
+ * symlinked directory inside the root was followed, to another part of the
+ * root or out of it. No component may be a symlink. */
+static void test_serve_symlinked_dir_refused(void **state)
+{
+    static const char *paths[] = {"/linkdir/a.js", "/outdir/secret.txt", "/outdir/root/index.html",
+                                  "/linkdir", "/outdir"};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        resp r;
+        get("GET", paths[i], &r);
+        int status = r.status;
+        bool leaked = strstr(r.raw, "top secret") || strstr(r.raw, "export const");
+        free(r.raw);
+        if (status != 404 || leaked)
+            fail_msg("%s: status %d%s, want 404", paths[i], status, leaked ? " with the file" : "");
+    }
+}
+
+static void test_serve_nested_file(void **state)
+{
+    resp r;
+    get("GET", "/a/b/c.txt", &r);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.body_len, 7);
+    assert_memory_equal(r.body, "nested\n", 7);
+    free(r.raw);
+    get("GET", "/a/b", &r);
+    assert_int_equal(r.status, 301);
+    free(r.raw);
+}
+
+typedef int (*opener)(int rootfd, const char *rel);
+
+/* The opener's contract on its own, so the fallback walk (used when the
+ * kernel has no openat2) is held to the same cases as openat2. */
+static void check_opener(opener open_rel, const char *name)
+{
+    int rootfd = open(g_root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    assert_true(rootfd >= 0);
+    static const char *ok[] = {"js/a.js", "a/b/c.txt", "index.html", "demo", "a/b"};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        int fd = open_rel(rootfd, ok[i]);
+        if (fd < 0)
+            fail_msg("%s: '%s' refused (errno %d)", name, ok[i], errno);
+        close(fd);
+    }
+    static const char *refused[] = {"linkdir/a.js", "outdir/secret.txt", "linkdir", "alias.html",
+                                    "escape.txt", "../secret.txt", "a/../../secret.txt", "a/..",
+                                    "..", "/etc/passwd", "", "a//b/c.txt", "./index.html"};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        int fd = open_rel(rootfd, refused[i]);
+        if (fd >= 0) {
+            close(fd);
+            fail_msg("%s: '%s' was opened", name, refused[i]);
+        }
+    }
+    close(rootfd);
+}
+
+static void test_open_beneath(void **state) { check_opener(sg_static_open_beneath, "openat2"); }
+
+static void test_open_walk(void **state) { check_opener(sg_static_open_walk, "walk"); }
+
 int main(void)
 {
     const struct CMUnitTest resolve_tests[] = {
@@ -665,6 +740,10 @@ int main(void)
         cmocka_unit_test(test_serve_head_no_body),
         cmocka_unit_test(test_serve_head_404_no_body),
         cmocka_unit_test(test_serve_symlink_not_followed),
+        cmocka_unit_test(test_serve_symlinked_dir_refused),
+        cmocka_unit_test(test_serve_nested_file),
+        cmocka_unit_test(test_open_beneath),
+        cmocka_unit_test(test_open_walk),
     };
     int failed = cmocka_run_group_tests_name("resolve", resolve_tests, NULL, NULL);
     failed += cmocka_run_group_tests_name("serve", serve_tests, setup_tree, teardown_tree);
