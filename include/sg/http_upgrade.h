@@ -49,6 +49,23 @@ const sg_str *sg_http_header_get(const sg_http_request *req, const char *name);
 /* Does a comma-separated header (all occurrences) contain token, case-insensitively? */
 bool sg_http_header_has_token(const sg_http_request *req, const char *name, const char *token);
 
+#define SG_IP_TEXT_MAX 46 /* INET6_ADDRSTRLEN */
+
+/* Is ip one of the comma-separated addresses of list (NULL: none)? Both are
+ * compared as addresses (inet_pton), so "::ffff:10.0.0.1" matches
+ * "10.0.0.1"; an entry that is not a numeric address matches nothing. */
+bool sg_ip_in_list(const char *ip, const char *list);
+
+/* The client address behind trusted proxies, for a request whose socket
+ * peer is one of them (the caller checks that). The entries of every
+ * X-Forwarded-For line, in order, form one list. From its right end,
+ * entries that are addresses in trusted are skipped; the first other entry
+ * decides: when it is a numeric IPv4 or IPv6 address, its canonical text
+ * (inet_ntop; IPv4-mapped IPv6 as IPv4) goes to out and the result is true.
+ * False (keep the socket address) when there is no such entry or it is not
+ * an address: a port, brackets, "unknown", a name. */
+bool sg_forwarded_client(const sg_http_request *req, const char *trusted, char out[SG_IP_TEXT_MAX]);
+
 typedef enum {
     SG_TOKEN_NONE = 0,
     SG_TOKEN_HEADER,   /* Authorization: Bearer */
@@ -75,7 +92,6 @@ typedef struct sg_upgrade {
     size_t token_len;     /* token copied NUL-terminated into the caller's buffer */
     sg_str origin;        /* empty when absent */
     sg_str traceparent;   /* empty when absent */
-    sg_str forwarded_for; /* X-Forwarded-For as sent, empty when absent */
 } sg_upgrade;
 
 /* Applies the §1 checks in this order: method GET (else 400), path (404),
