@@ -434,8 +434,14 @@ static void handle_handshake(sg_conn *c)
     size_t cap = (size_t)cfg->max_header_bytes;
     size_t take = len < cap + 1 ? len : cap + 1;
     const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)take);
+    /* Only what arrived since the last read is scanned; the head is parsed
+     * once, when complete, so a head in many small pieces costs linear time. */
+    size_t scanned = c->head_scanned;
+    int rc = sg_http_scan_head(p, take, cap, &scanned);
+    c->head_scanned = (uint32_t)scanned;
     sg_http_request req;
-    int rc = sg_http_parse_request(p, take, cap, &req);
+    if (rc > 0)
+        rc = sg_http_parse_request(p, (size_t)rc, cap, &req);
     if (rc == SG_HTTP_INCOMPLETE)
         return;
     if (rc == SG_HTTP_TOO_LARGE) {

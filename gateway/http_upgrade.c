@@ -1,9 +1,10 @@
 /* http_upgrade: a bounded, allocation-free HTTP/1.1 request-head parser and
  * the WebSocket handshake checks of PROTOCOL.md §1.
  *
- * The parser is stateless: every call re-reads buf from the start, so the
- * caller simply appends bytes and calls again. The head is capped by max_len,
- * so a call costs O(max_len) and a handshake O(max_len * reads) at worst.
+ * The parser is stateless: every call reads buf from the start, so it is
+ * called once, on a complete head. While the head arrives, sg_http_scan_head
+ * looks only at the bytes that are new since the last read: re-parsing on
+ * every read made a head sent in small pieces cost O(max_len * reads).
  * The input is hostile, so the grammar is the strict one of RFC 9112: CRLF
  * only, no control characters, no obs-fold, token header names, no
  * whitespace before the colon. */
@@ -192,6 +193,42 @@ int sg_http_parse_request(const char *buf, size_t len, size_t max_len, sg_http_r
             return SG_HTTP_MALFORMED;
         req->nheaders++;
     }
+}
+
+/* Does a line start at i? Every LF examined so far ended a CRLF (a bare one
+ * is refused), so the byte before i being LF means the line before ended. */
+static bool at_line_start(const char *buf, size_t i) { return i == 0 || buf[i - 1] == '\n'; }
+
+int sg_http_scan_head(const char *buf, size_t len, size_t max_len, size_t *scanned)
+{
+    size_t cap = max_len < (size_t)INT_MAX ? max_len : (size_t)INT_MAX;
+    size_t lim = len < cap ? len : cap;
+    size_t i = *scanned;
+    if (i > lim)
+        i = 0; /* not the buffer the position was kept for: start over */
+    for (; i < lim; i++) {
+        unsigned char c = (unsigned char)buf[i];
+        if (c == '\r') {
+            if (i + 1 == lim)
+                break; /* the LF is still to come: look at this CR again then */
+            if (buf[i + 1] != '\n')
+                return SG_HTTP_MALFORMED; /* bare CR */
+            if (i == 0)
+                return SG_HTTP_MALFORMED; /* the request must come first */
+            if (at_line_start(buf, i)) {
+                *scanned = i + 2;
+                return (int)(i + 2); /* the blank line: the head is complete */
+            }
+            i++; /* past the LF */
+            continue;
+        }
+        if (!is_line_byte(c))
+            return SG_HTTP_MALFORMED; /* bare LF, NUL, other controls */
+        if (is_ows((char)c) && i > 0 && at_line_start(buf, i))
+            return SG_HTTP_MALFORMED; /* obs-fold */
+    }
+    *scanned = i;
+    return unfinished(SG_HTTP_INCOMPLETE, len, cap);
 }
 
 /* ---- header lookups --------------------------------------------------- */

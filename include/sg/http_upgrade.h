@@ -43,6 +43,18 @@ enum {
  * HTTP/1.1 request lines are accepted; header names are tokens (RFC 9110). */
 int sg_http_parse_request(const char *buf, size_t len, size_t max_len, sg_http_request *req);
 
+/* Where a request head arriving in pieces ends, looking at each byte once:
+ * *scanned is how many bytes of buf earlier calls examined (0 for a new
+ * request; keep it between calls while buf only grows by appending). Bytes
+ * no head may hold (NUL and other controls, a bare CR or LF, obs-fold, an
+ * empty request line) are refused as soon as they arrive, as
+ * sg_http_parse_request refuses them.
+ * Returns the length of the head through its blank line, SG_HTTP_INCOMPLETE
+ * (with *scanned advanced), SG_HTTP_MALFORMED, or SG_HTTP_TOO_LARGE once
+ * len > max_len without a blank line. A complete head is then parsed, once,
+ * with sg_http_parse_request, which may still refuse it. */
+int sg_http_scan_head(const char *buf, size_t len, size_t max_len, size_t *scanned);
+
 /* First header with this name (case-insensitive), or NULL. */
 const sg_str *sg_http_header_get(const sg_http_request *req, const char *name);
 

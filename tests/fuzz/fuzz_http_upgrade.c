@@ -4,8 +4,9 @@
  * broken invariants: a complete head must end in CRLFCRLF, parse again to the
  * same length and be incomplete one byte shorter; every parsed string must
  * lie inside the head; the token must fit and be NUL-terminated; a
- * response's Content-Length must match its body; and an X-Forwarded-For
- * client address must be a canonical numeric address. */
+ * response's Content-Length must match its body; an X-Forwarded-For
+ * client address must be a canonical numeric address; and scanning the head
+ * in pieces (sg_http_scan_head) must reach the verdict parsing it whole does. */
 #include <arpa/inet.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -89,11 +90,51 @@ static void check_forwarded(const sg_http_request *req)
     }
 }
 
+/* The head as a connection reads it: scanned `step` bytes at a time, parsed
+ * once when the scanner finds its end. */
+static int scan_then_parse(const char *buf, size_t size, size_t step)
+{
+    size_t scanned = 0;
+    for (size_t len = step < size ? step : size;; len = len + step < size ? len + step : size) {
+        size_t before = scanned;
+        int rc = sg_http_scan_head(buf, len, MAX_HEAD, &scanned);
+        CHECK(scanned >= before && scanned <= len);
+        if (rc > 0) {
+            CHECK((size_t)rc == scanned && (size_t)rc <= len);
+            sg_http_request req;
+            return sg_http_parse_request(buf, (size_t)rc, MAX_HEAD, &req);
+        }
+        if (rc != SG_HTTP_INCOMPLETE || len == size)
+            return rc;
+        CHECK(scanned + 1 >= len); /* all looked at but maybe a trailing CR */
+    }
+}
+
+/* Reading the head in pieces changes when a bad head is refused, never the
+ * verdict: a complete head parses to the same length; what the scanner
+ * refuses the parser refuses; a request line or header the scanner let
+ * through can only be refused once the head is complete. */
+static void check_scan(const char *buf, size_t size, int whole)
+{
+    static const size_t steps[] = {1, 7, 1 << 20};
+    for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
+        int got = scan_then_parse(buf, size, steps[i]);
+        if (whole > 0 || whole == SG_HTTP_INCOMPLETE) {
+            CHECK(got == whole);
+        } else {
+            /* The parser stops at its first error (or at the 49th header,
+             * TOO_LARGE), the scanner may stop at a later one. */
+            CHECK(got == SG_HTTP_INCOMPLETE || got == SG_HTTP_MALFORMED || got == SG_HTTP_TOO_LARGE);
+        }
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *buf = (const char *)data;
     sg_http_request req;
     int rc = sg_http_parse_request(buf, size, MAX_HEAD, &req);
+    check_scan(buf, size, rc);
     if (rc == SG_HTTP_INCOMPLETE) {
         CHECK(size <= MAX_HEAD);
         return 0;

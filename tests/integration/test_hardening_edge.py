@@ -11,6 +11,9 @@ from outside against a real gateway:
 tests/unit/test_static_files.c.)
 """
 
+import os
+import time
+
 import sg_helpers as h
 from sg_helpers import handshake, make_token
 
@@ -82,3 +85,55 @@ def test_forwarded_for_invalid_last_entry_keeps_the_proxy_address(gateway_factor
     finally:
         for w in held:
             w.close()
+
+
+# =========================================================================
+# finding 11: a request head in small pieces
+
+
+def gateway_cpu_seconds(gw):
+    """User + system CPU time the gateway process has used so far."""
+    with open(f"/proc/{gw.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+HEAD_CAP = 65536      # SIGNAL_MAX_HEADER_BYTES: the largest head allowed
+LONG_NAME = 56000     # one complete header line early in the head
+TAIL = 4000           # then this many bytes, one TCP segment each
+CPU_BOUND_S = 0.25    # measured with TAIL = 4000: 0.03-0.04 s (release) and 0.04-0.06 s (ASan)
+                      # after the fix; 0.73-0.81 s (release) when every read re-parsed the head
+
+
+def test_head_in_single_bytes_costs_linear_cpu(gateway_factory):
+    """A head whose first ~56 KB are in and whose last 2,000 bytes come one
+    per segment. Re-parsing the head from its start on every read made each
+    of those reads cost the whole head again (a long header name is the
+    parser's slowest path: every byte checked against the token charset),
+    so the gateway spent seconds of CPU on one handshake. Now each byte is
+    looked at a bounded number of times. The bound is on CPU time used by
+    the gateway (not on wall time), generous on a loaded machine; if pieces
+    coalesce under load the old code only gets cheaper, never the new."""
+    gw = gateway_factory.start(env={"SIGNAL_MAX_HEADER_BYTES": str(HEAD_CAP),
+                                    "SIGNAL_HANDSHAKE_TIMEOUT_MS": "120000"})
+    req = h.upgrade_request(gw.host, gw.port, token=tok("alice"))
+    body = req[:-2]  # without the blank line
+    prefix = body + b"~" * LONG_NAME + b": x\r\nX-Pad: "
+    tail = b"a" * TAIL + b"\r\n\r\n"
+    assert len(prefix) + len(tail) <= HEAD_CAP
+    s = h.open_socket(gw.host, gw.port, timeout=60)
+    try:
+        s.sendall(prefix)
+        time.sleep(0.2)  # let the gateway take the bulk in before measuring
+        before = gateway_cpu_seconds(gw)
+        for i in range(len(tail)):
+            s.send(tail[i:i + 1])
+            time.sleep(0.0005)  # one segment per byte, most of them read alone
+        resp = h.read_http_response(s, timeout=60)
+        used = gateway_cpu_seconds(gw) - before
+    finally:
+        s.close()
+    print(f"\nhead of {len(prefix) + len(tail)} bytes, last {len(tail)} one per segment: "
+          f"gateway CPU {used:.3f} s")
+    assert resp.status == 101, resp
+    assert used < CPU_BOUND_S, f"{used:.3f} s of CPU for one handshake"

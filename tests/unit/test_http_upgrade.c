@@ -363,6 +363,163 @@ static void test_parse_bad_header_lines(void **state)
     assert_complete("GET /ws HTTP/1.1\r\nX-T!#$%&'*+-.^_`|~9: a:b::\r\n\r\n");
 }
 
+/* ---- sg_http_scan_head: a head arriving in pieces (issue 12, finding 11) -- */
+
+/* What a connection does: the bytes arrive `step` at a time, the scanner
+ * sees each prefix (copied into an exactly-sized heap block, so ASan
+ * catches a read past what has arrived) and the head is parsed once, when
+ * complete. Returns the verdict; *examined gets the bytes the scanner could
+ * have looked at (each call starts at *scanned). */
+static int drive(const char *s, size_t n, size_t step, size_t max_len, size_t *examined)
+{
+    size_t scanned = 0, total = 0;
+    int rc = SG_HTTP_INCOMPLETE;
+    for (size_t len = step < n ? step : n; rc == SG_HTTP_INCOMPLETE; len = len + step < n ? len + step : n) {
+        char *copy = malloc(len ? len : 1);
+        assert_non_null(copy);
+        memcpy(copy, s, len);
+        size_t before = scanned;
+        rc = sg_http_scan_head(copy, len, max_len, &scanned);
+        assert_true(scanned >= before);
+        total += len - before;
+        if (rc > 0) {
+            sg_http_request req;
+            rc = sg_http_parse_request(copy, (size_t)rc, max_len, &req);
+        }
+        free(copy);
+        if (len == n)
+            break;
+    }
+    if (examined)
+        *examined = total;
+    return rc;
+}
+
+/* Byte by byte, in 7-byte pieces and in one piece, the verdict is the one
+ * parsing the whole would give. */
+static void test_scan_same_verdict_as_parse(void **state)
+{
+    (void)state;
+    char many[4096];
+    build_headers(many, sizeof many, SG_HTTP_MAX_HEADERS + 1, true);
+    const char *const cases[] = {
+        GOOD,
+        "GET /ws HTTP/1.1\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nX: a\tb\xc3\xa9\r\n\r\n",
+        "GET /ws HTTP/1.1\n\n",
+        "GET /ws HTTP/1.1\r\nHost: a\n\r\n",
+        "GET /ws HTTP/1.1\r\nHost: a\r\n\n",
+        "GET /ws HTTP/1.1\rX\r\n\r\n",
+        "GET /ws HTTP/1.1\r\n\rX",
+        "GET /ws HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n",
+        "GET /ws HTTP/1.1\r\n Host: a\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nX: a\x01\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nX: a\x7f\r\n\r\n",
+        "G(T /ws HTTP/1.1\r\n\r\n",
+        " GET /ws HTTP/1.1\r\n\r\n",
+        "\r\nGET /ws HTTP/1.1\r\n\r\n",
+        "\r\n\r\n",
+        "GET /ws HTTP/2.0\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nHost : gw\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nHo(st: gw\r\n\r\n",
+        many,
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t n = strlen(cases[i]);
+        sg_http_request req;
+        int want = parse_n(cases[i], n, 8192, &req);
+        static const size_t steps[] = {1, 7, 100000};
+        for (size_t k = 0; k < sizeof steps / sizeof steps[0]; k++) {
+            int got = drive(cases[i], n, steps[k], 8192, NULL);
+            if (got != want)
+                fail_msg("case %zu in pieces of %zu: %d, parsing the whole: %d", i, steps[k], got, want);
+        }
+    }
+    /* With a NUL, which strlen cannot carry. */
+    static const char nul[] = "GET /ws HTTP/1.1\r\nHost: a\0b\r\n\r\n";
+    assert_int_equal(drive(nul, sizeof nul - 1, 1, 8192, NULL), SG_HTTP_MALFORMED);
+}
+
+/* The finding: every read re-parsed the head from its start, so an 8 KiB
+ * head sent one byte per segment cost ~n^2/2 = 33.5M byte looks. Each call
+ * now starts where the last one stopped (at most a trailing CR is looked at
+ * again), so the total stays within the head's length plus one per call. */
+static void test_scan_examines_each_byte_once(void **state)
+{
+    (void)state;
+    size_t n = 8192;
+    char *head = malloc(n);
+    assert_non_null(head);
+    const char *start = "GET /ws HTTP/1.1\r\nHost: gw.example\r\nX-Pad: ";
+    size_t sl = strlen(start);
+    memcpy(head, start, sl);
+    for (size_t i = sl; i < n - 4; i++)
+        head[i] = (i % 256 == 0) ? '\r' : (i % 256 == 1) ? '\n' : (i % 256 == 2) ? 'X' : (i % 256 == 3) ? ':' : 'a';
+    memcpy(head + n - 4, "\r\n\r\n", 4);
+    size_t examined = 0;
+    assert_int_equal(drive(head, n, 1, 8192, &examined), (int)n);
+    if (examined > 2 * n)
+        fail_msg("%zu bytes examined for an %zu-byte head sent byte by byte", examined, n);
+    /* In one piece, every byte once. */
+    assert_int_equal(drive(head, n, n, 8192, &examined), (int)n);
+    assert_int_equal(examined, n);
+    free(head);
+}
+
+/* Garbage is refused at the byte it arrives with, not when the head ends. */
+static void test_scan_refuses_early(void **state)
+{
+    (void)state;
+    static const struct { const char *s; size_t n; } bad[] = {
+        {"GET /w\n", 7}, {"GET /ws HTTP/1.1\r\nHo\0", 21}, {"GET /ws HTTP/1.1\r\nX: \x1b", 22},
+        {"GET /ws HTTP/1.1\rX", 18}, {"GET /ws HTTP/1.1\r\nX-A: a\r\n ", 28}, {"\r\n", 2},
+        {"\x16\x03\x01\x02\x00", 5}, /* a TLS ClientHello on the plain port */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        size_t scanned = 0;
+        char *copy = malloc(bad[i].n);
+        assert_non_null(copy);
+        memcpy(copy, bad[i].s, bad[i].n);
+        int rc = sg_http_scan_head(copy, bad[i].n, 8192, &scanned);
+        free(copy);
+        if (rc != SG_HTTP_MALFORMED)
+            fail_msg("case %zu: %d, want MALFORMED", i, rc);
+    }
+    /* A CR as the last byte so far is just incomplete, and is looked at again. */
+    size_t scanned = 0;
+    assert_int_equal(sg_http_scan_head("GET /ws HTTP/1.1\r", 17, 8192, &scanned), SG_HTTP_INCOMPLETE);
+    assert_int_equal(scanned, 16);
+    assert_int_equal(sg_http_scan_head("GET /ws HTTP/1.1\r\n\r", 19, 8192, &scanned), SG_HTTP_INCOMPLETE);
+    assert_int_equal(scanned, 18);
+    assert_int_equal(sg_http_scan_head("GET /ws HTTP/1.1\r\n\r\n", 20, 8192, &scanned), 20);
+    scanned = 0;
+    assert_int_equal(sg_http_scan_head(NULL, 0, 8192, &scanned), SG_HTTP_INCOMPLETE);
+    assert_int_equal(scanned, 0);
+}
+
+/* The size cap means what it means for sg_http_parse_request; bytes after
+ * the head (pipelined data) are not the head's. */
+static void test_scan_cap_and_pipelined(void **state)
+{
+    (void)state;
+    const char *s = GOOD;
+    size_t n = strlen(s);
+    size_t scanned = 0;
+    assert_int_equal(sg_http_scan_head(s, n, n, &scanned), (int)n);
+    scanned = 0;
+    assert_int_equal(sg_http_scan_head(s, n, n - 1, &scanned), SG_HTTP_TOO_LARGE);
+    scanned = 0;
+    assert_int_equal(sg_http_scan_head(s, 40, 40, &scanned), SG_HTTP_INCOMPLETE);
+    assert_int_equal(sg_http_scan_head(s, 41, 40, &scanned), SG_HTTP_TOO_LARGE);
+    scanned = 0;
+    assert_int_equal(sg_http_scan_head(s, n - 1, n - 1, &scanned), SG_HTTP_INCOMPLETE);
+
+    char more[512];
+    snprintf(more, sizeof more, "%s\x81\x85garbage-after-head", s);
+    scanned = 0;
+    assert_int_equal(sg_http_scan_head(more, strlen(more), 8192, &scanned), (int)n);
+}
+
 /* ---- header helpers -------------------------------------------------- */
 
 static void test_header_has_token(void **state)
@@ -1120,6 +1277,10 @@ int main(void)
         cmocka_unit_test(test_error_response_426_and_extra),
         cmocka_unit_test(test_error_response_escaping),
         cmocka_unit_test(test_error_response_reasons),
+        cmocka_unit_test(test_scan_same_verdict_as_parse),
+        cmocka_unit_test(test_scan_examines_each_byte_once),
+        cmocka_unit_test(test_scan_refuses_early),
+        cmocka_unit_test(test_scan_cap_and_pipelined),
         cmocka_unit_test(test_xff_single_line),
         cmocka_unit_test(test_xff_repeated_lines_last_wins),
         cmocka_unit_test(test_xff_skips_trusted_hops),
