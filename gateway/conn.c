@@ -413,46 +413,28 @@ static bool over_ip_cap(sg_conn *c)
     return n > (uintptr_t)cfg->max_connections_per_ip;
 }
 
-/* When the socket peer is a trusted proxy, the client address is the last
- * X-Forwarded-For entry that proxy appended. The per-IP count moves to it. */
-static void apply_forwarded_for(sg_conn *c, const sg_upgrade *up)
+/* When the socket peer is a trusted proxy, the client address is the one
+ * X-Forwarded-For gives behind our proxies (sg_forwarded_client): the
+ * per-IP count moves to it. */
+static void apply_forwarded_for(sg_conn *c, const sg_http_request *req)
 {
     const sg_config *cfg = c->srv->cfg;
-    if (!cfg->max_connections_per_ip || !cfg->trusted_proxies || !up->forwarded_for.n)
+    if (!cfg->max_connections_per_ip || !cfg->trusted_proxies)
         return;
-    bool trusted = false;
-    const char *p = cfg->trusted_proxies;
-    size_t iplen = strlen(c->ip);
-    while (*p) {
-        const char *e = strchr(p, ',');
-        size_t n = e ? (size_t)(e - p) : strlen(p);
-        while (n && *p == ' ') { p++; n--; }
-        while (n && p[n - 1] == ' ') n--;
-        if (n == iplen && memcmp(p, c->ip, n) == 0)
-            trusted = true;
-        if (!e)
-            break;
-        p = e + 1;
-    }
-    if (!trusted)
+    if (!sg_ip_in_list(c->ip, cfg->trusted_proxies))
         return;
-    const char *xff = up->forwarded_for.p;
-    size_t n = up->forwarded_for.n;
-    const char *last = memrchr(xff, ',', n);
-    const char *start = last ? last + 1 : xff;
-    size_t len = (size_t)(xff + n - start);
-    while (len && *start == ' ') { start++; len--; }
-    while (len && start[len - 1] == ' ') len--;
-    if (!len || len >= sizeof c->ip)
+    char client[SG_IP_TEXT_MAX];
+    if (!sg_forwarded_client(req, cfg->trusted_proxies, client))
         return;
     sg_map *m = &c->srv->ip_counts;
+    size_t iplen = strlen(c->ip);
     uintptr_t old = (uintptr_t)sg_map_get(m, c->ip, iplen);
     if (old <= 1)
         sg_map_del(m, c->ip, iplen);
     else
         sg_map_put(m, c->ip, iplen, (void *)(old - 1));
-    memcpy(c->ip, start, len);
-    c->ip[len] = '\0';
+    sg_strlcpy(c->ip, client, sizeof c->ip);
+    size_t len = strlen(c->ip);
     uintptr_t cur = (uintptr_t)sg_map_get(m, c->ip, len);
     sg_map_put(m, c->ip, len, (void *)(cur + 1));
 }
@@ -468,8 +450,14 @@ static void handle_handshake(sg_conn *c)
     size_t cap = (size_t)cfg->max_header_bytes;
     size_t take = len < cap + 1 ? len : cap + 1;
     const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)take);
+    /* Only what arrived since the last read is scanned; the head is parsed
+     * once, when complete, so a head in many small pieces costs linear time. */
+    size_t scanned = c->head_scanned;
+    int rc = sg_http_scan_head(p, take, cap, &scanned);
+    c->head_scanned = (uint32_t)scanned;
     sg_http_request req;
-    int rc = sg_http_parse_request(p, take, cap, &req);
+    if (rc > 0)
+        rc = sg_http_parse_request(p, (size_t)rc, cap, &req);
     if (rc == SG_HTTP_INCOMPLETE)
         return;
     if (rc == SG_HTTP_TOO_LARGE) {
@@ -518,7 +506,7 @@ static void handle_handshake(sg_conn *c)
         refuse(c, up.status, up.code, up.message, NULL);
         return;
     }
-    apply_forwarded_for(c, &up);
+    apply_forwarded_for(c, &req);
     if (over_ip_cap(c)) {
         free(token);
         sg_metrics_inc(&s->metrics.caps, "max_connections_per_ip");

@@ -1,14 +1,16 @@
 /* http_upgrade: a bounded, allocation-free HTTP/1.1 request-head parser and
  * the WebSocket handshake checks of PROTOCOL.md §1.
  *
- * The parser is stateless: every call re-reads buf from the start, so the
- * caller simply appends bytes and calls again. The head is capped by max_len,
- * so a call costs O(max_len) and a handshake O(max_len * reads) at worst.
+ * The parser is stateless: every call reads buf from the start, so it is
+ * called once, on a complete head. While the head arrives, sg_http_scan_head
+ * looks only at the bytes that are new since the last read: re-parsing on
+ * every read made a head sent in small pieces cost O(max_len * reads).
  * The input is hostile, so the grammar is the strict one of RFC 9112: CRLF
  * only, no control characters, no obs-fold, token header names, no
  * whitespace before the colon. */
 #include "sg/http_upgrade.h"
 
+#include <arpa/inet.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -193,6 +195,42 @@ int sg_http_parse_request(const char *buf, size_t len, size_t max_len, sg_http_r
     }
 }
 
+/* Does a line start at i? Every LF examined so far ended a CRLF (a bare one
+ * is refused), so the byte before i being LF means the line before ended. */
+static bool at_line_start(const char *buf, size_t i) { return i == 0 || buf[i - 1] == '\n'; }
+
+int sg_http_scan_head(const char *buf, size_t len, size_t max_len, size_t *scanned)
+{
+    size_t cap = max_len < (size_t)INT_MAX ? max_len : (size_t)INT_MAX;
+    size_t lim = len < cap ? len : cap;
+    size_t i = *scanned;
+    if (i > lim)
+        i = 0; /* not the buffer the position was kept for: start over */
+    for (; i < lim; i++) {
+        unsigned char c = (unsigned char)buf[i];
+        if (c == '\r') {
+            if (i + 1 == lim)
+                break; /* the LF is still to come: look at this CR again then */
+            if (buf[i + 1] != '\n')
+                return SG_HTTP_MALFORMED; /* bare CR */
+            if (i == 0)
+                return SG_HTTP_MALFORMED; /* the request must come first */
+            if (at_line_start(buf, i)) {
+                *scanned = i + 2;
+                return (int)(i + 2); /* the blank line: the head is complete */
+            }
+            i++; /* past the LF */
+            continue;
+        }
+        if (!is_line_byte(c))
+            return SG_HTTP_MALFORMED; /* bare LF, NUL, other controls */
+        if (is_ows((char)c) && i > 0 && at_line_start(buf, i))
+            return SG_HTTP_MALFORMED; /* obs-fold */
+    }
+    *scanned = i;
+    return unfinished(SG_HTTP_INCOMPLETE, len, cap);
+}
+
 /* ---- header lookups --------------------------------------------------- */
 
 const sg_str *sg_http_header_get(const sg_http_request *req, const char *name)
@@ -237,6 +275,103 @@ bool sg_http_header_has_token(const sg_http_request *req, const char *name, cons
         while (list_next(&rest, &elem))
             if (str_eq_ci(elem, token))
                 return true;
+    }
+    return false;
+}
+
+/* ---- X-Forwarded-For --------------------------------------------------- */
+
+/* Takes the last non-empty element of a comma-separated list off the end of
+ * *rest, trimmed of OWS. Empty elements are ignored (RFC 9110 §5.6.1). */
+static bool list_prev(sg_str *rest, sg_str *elem)
+{
+    while (rest->n) {
+        const char *comma = memrchr(rest->p, ',', rest->n);
+        size_t start = comma ? (size_t)(comma - rest->p) + 1 : 0;
+        *elem = str_trim((sg_str){rest->p + start, rest->n - start});
+        rest->n = comma ? start - 1 : 0;
+        if (elem->n)
+            return true;
+    }
+    return false;
+}
+
+typedef struct ip_addr {
+    int family; /* AF_INET or AF_INET6 */
+    unsigned char b[16];
+} ip_addr;
+
+/* A numeric IPv4 or IPv6 address and nothing else: no port, no brackets,
+ * no zone, no name. An IPv4-mapped IPv6 address becomes the IPv4 one, so a
+ * client counts once however a dual-stack hop wrote it. */
+static bool parse_ip(sg_str s, ip_addr *a)
+{
+    char text[SG_IP_TEXT_MAX];
+    if (s.n == 0 || s.n >= sizeof text || memchr(s.p, '\0', s.n))
+        return false;
+    memcpy(text, s.p, s.n);
+    text[s.n] = '\0';
+    memset(a, 0, sizeof *a);
+    if (inet_pton(AF_INET, text, a->b) == 1) {
+        a->family = AF_INET;
+        return true;
+    }
+    if (inet_pton(AF_INET6, text, a->b) != 1)
+        return false;
+    static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(a->b, v4mapped, sizeof v4mapped) == 0) {
+        memmove(a->b, a->b + 12, 4);
+        memset(a->b + 4, 0, 12);
+        a->family = AF_INET;
+    } else {
+        a->family = AF_INET6;
+    }
+    return true;
+}
+
+static bool ip_equal(const ip_addr *x, const ip_addr *y)
+{
+    return x->family == y->family && memcmp(x->b, y->b, x->family == AF_INET ? 4 : 16) == 0;
+}
+
+static bool addr_in_list(const ip_addr *a, const char *list)
+{
+    if (!list)
+        return false;
+    sg_str rest = {list, strlen(list)}, elem;
+    ip_addr t;
+    while (list_next(&rest, &elem))
+        if (parse_ip(elem, &t) && ip_equal(a, &t))
+            return true;
+    return false;
+}
+
+bool sg_ip_in_list(const char *ip, const char *list)
+{
+    ip_addr a;
+    return parse_ip((sg_str){ip, strlen(ip)}, &a) && addr_in_list(&a, list);
+}
+
+bool sg_forwarded_client(const sg_http_request *req, const char *trusted, char out[SG_IP_TEXT_MAX])
+{
+    /* Every proxy appends, to the last line or as a line of its own (haproxy's
+     * option forwardfor), so only the right end of all lines together is
+     * written by hops we trust; anything further left came from the client.
+     * Walk from the right past our own proxies; the first other entry is the
+     * address the outermost trusted proxy saw, and nothing left of it can be
+     * believed, so it decides even when it is not an address. */
+    for (size_t i = req->nheaders; i-- > 0;) {
+        if (!str_eq_ci(req->headers[i].name, "X-Forwarded-For"))
+            continue;
+        sg_str rest = req->headers[i].value, elem;
+        while (list_prev(&rest, &elem)) {
+            ip_addr a;
+            if (!parse_ip(elem, &a))
+                return false;
+            if (addr_in_list(&a, trusted))
+                continue;
+            return inet_ntop(a.family, a.b, out, SG_IP_TEXT_MAX) != NULL;
+        }
     }
     return false;
 }
@@ -476,7 +611,6 @@ void sg_upgrade_check(const sg_http_request *req, const sg_upgrade_policy *pol,
     /* Filled first, so even a refused handshake can be logged and traced. */
     out->origin = str_or_empty(sg_http_header_get(req, "Origin"));
     out->traceparent = str_or_empty(sg_http_header_get(req, "traceparent"));
-    out->forwarded_for = str_or_empty(sg_http_header_get(req, "X-Forwarded-For"));
 
     if (!str_eq(req->method, "GET")) {
         set_error(out, 400, "bad_request", "method must be GET");

@@ -52,6 +52,7 @@ typedef struct sg_conn {
     const char *leave_reason; /* peer_left reason when the connection goes */
     sg_ws_parser ws;
     uint32_t msg_frames;   /* frames of the message in progress */
+    uint32_t head_scanned; /* bytes of the upgrade head already scanned (sg_http_scan_head) */
     uint64_t opened_ms, last_rx_ms, ping_sent_ms;
     sg_bucket frames, bytes;
     uint64_t over_since_ms, last_drop_ms;

@@ -43,11 +43,40 @@ enum {
  * HTTP/1.1 request lines are accepted; header names are tokens (RFC 9110). */
 int sg_http_parse_request(const char *buf, size_t len, size_t max_len, sg_http_request *req);
 
+/* Where a request head arriving in pieces ends, looking at each byte once:
+ * *scanned is how many bytes of buf earlier calls examined (0 for a new
+ * request; keep it between calls while buf only grows by appending). Bytes
+ * no head may hold (NUL and other controls, a bare CR or LF, obs-fold, an
+ * empty request line) are refused as soon as they arrive, as
+ * sg_http_parse_request refuses them.
+ * Returns the length of the head through its blank line, SG_HTTP_INCOMPLETE
+ * (with *scanned advanced), SG_HTTP_MALFORMED, or SG_HTTP_TOO_LARGE once
+ * len > max_len without a blank line. A complete head is then parsed, once,
+ * with sg_http_parse_request, which may still refuse it. */
+int sg_http_scan_head(const char *buf, size_t len, size_t max_len, size_t *scanned);
+
 /* First header with this name (case-insensitive), or NULL. */
 const sg_str *sg_http_header_get(const sg_http_request *req, const char *name);
 
 /* Does a comma-separated header (all occurrences) contain token, case-insensitively? */
 bool sg_http_header_has_token(const sg_http_request *req, const char *name, const char *token);
+
+#define SG_IP_TEXT_MAX 46 /* INET6_ADDRSTRLEN */
+
+/* Is ip one of the comma-separated addresses of list (NULL: none)? Both are
+ * compared as addresses (inet_pton), so "::ffff:10.0.0.1" matches
+ * "10.0.0.1"; an entry that is not a numeric address matches nothing. */
+bool sg_ip_in_list(const char *ip, const char *list);
+
+/* The client address behind trusted proxies, for a request whose socket
+ * peer is one of them (the caller checks that). The entries of every
+ * X-Forwarded-For line, in order, form one list. From its right end,
+ * entries that are addresses in trusted are skipped; the first other entry
+ * decides: when it is a numeric IPv4 or IPv6 address, its canonical text
+ * (inet_ntop; IPv4-mapped IPv6 as IPv4) goes to out and the result is true.
+ * False (keep the socket address) when there is no such entry or it is not
+ * an address: a port, brackets, "unknown", a name. */
+bool sg_forwarded_client(const sg_http_request *req, const char *trusted, char out[SG_IP_TEXT_MAX]);
 
 typedef enum {
     SG_TOKEN_NONE = 0,
@@ -75,7 +104,6 @@ typedef struct sg_upgrade {
     size_t token_len;     /* token copied NUL-terminated into the caller's buffer */
     sg_str origin;        /* empty when absent */
     sg_str traceparent;   /* empty when absent */
-    sg_str forwarded_for; /* X-Forwarded-For as sent, empty when absent */
 } sg_upgrade;
 
 /* Applies the §1 checks in this order: method GET (else 400), path (404),

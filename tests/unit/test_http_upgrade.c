@@ -363,6 +363,163 @@ static void test_parse_bad_header_lines(void **state)
     assert_complete("GET /ws HTTP/1.1\r\nX-T!#$%&'*+-.^_`|~9: a:b::\r\n\r\n");
 }
 
+/* ---- sg_http_scan_head: a head arriving in pieces (issue 12, finding 11) -- */
+
+/* What a connection does: the bytes arrive `step` at a time, the scanner
+ * sees each prefix (copied into an exactly-sized heap block, so ASan
+ * catches a read past what has arrived) and the head is parsed once, when
+ * complete. Returns the verdict; *examined gets the bytes the scanner could
+ * have looked at (each call starts at *scanned). */
+static int drive(const char *s, size_t n, size_t step, size_t max_len, size_t *examined)
+{
+    size_t scanned = 0, total = 0;
+    int rc = SG_HTTP_INCOMPLETE;
+    for (size_t len = step < n ? step : n; rc == SG_HTTP_INCOMPLETE; len = len + step < n ? len + step : n) {
+        char *copy = malloc(len ? len : 1);
+        assert_non_null(copy);
+        memcpy(copy, s, len);
+        size_t before = scanned;
+        rc = sg_http_scan_head(copy, len, max_len, &scanned);
+        assert_true(scanned >= before);
+        total += len - before;
+        if (rc > 0) {
+            sg_http_request req;
+            rc = sg_http_parse_request(copy, (size_t)rc, max_len, &req);
+        }
+        free(copy);
+        if (len == n)
+            break;
+    }
+    if (examined)
+        *examined = total;
+    return rc;
+}
+
+/* Byte by byte, in 7-byte pieces and in one piece, the verdict is the one
+ * parsing the whole would give. */
+static void test_scan_same_verdict_as_parse(void **state)
+{
+    (void)state;
+    char many[4096];
+    build_headers(many, sizeof many, SG_HTTP_MAX_HEADERS + 1, true);
+    const char *const cases[] = {
+        GOOD,
+        "GET /ws HTTP/1.1\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nX: a\tb\xc3\xa9\r\n\r\n",
+        "GET /ws HTTP/1.1\n\n",
+        "GET /ws HTTP/1.1\r\nHost: a\n\r\n",
+        "GET /ws HTTP/1.1\r\nHost: a\r\n\n",
+        "GET /ws HTTP/1.1\rX\r\n\r\n",
+        "GET /ws HTTP/1.1\r\n\rX",
+        "GET /ws HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n",
+        "GET /ws HTTP/1.1\r\n Host: a\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nX: a\x01\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nX: a\x7f\r\n\r\n",
+        "G(T /ws HTTP/1.1\r\n\r\n",
+        " GET /ws HTTP/1.1\r\n\r\n",
+        "\r\nGET /ws HTTP/1.1\r\n\r\n",
+        "\r\n\r\n",
+        "GET /ws HTTP/2.0\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nHost : gw\r\n\r\n",
+        "GET /ws HTTP/1.1\r\nHo(st: gw\r\n\r\n",
+        many,
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t n = strlen(cases[i]);
+        sg_http_request req;
+        int want = parse_n(cases[i], n, 8192, &req);
+        static const size_t steps[] = {1, 7, 100000};
+        for (size_t k = 0; k < sizeof steps / sizeof steps[0]; k++) {
+            int got = drive(cases[i], n, steps[k], 8192, NULL);
+            if (got != want)
+                fail_msg("case %zu in pieces of %zu: %d, parsing the whole: %d", i, steps[k], got, want);
+        }
+    }
+    /* With a NUL, which strlen cannot carry. */
+    static const char nul[] = "GET /ws HTTP/1.1\r\nHost: a\0b\r\n\r\n";
+    assert_int_equal(drive(nul, sizeof nul - 1, 1, 8192, NULL), SG_HTTP_MALFORMED);
+}
+
+/* The finding: every read re-parsed the head from its start, so an 8 KiB
+ * head sent one byte per segment cost ~n^2/2 = 33.5M byte looks. Each call
+ * now starts where the last one stopped (at most a trailing CR is looked at
+ * again), so the total stays within the head's length plus one per call. */
+static void test_scan_examines_each_byte_once(void **state)
+{
+    (void)state;
+    size_t n = 8192;
+    char *head = malloc(n);
+    assert_non_null(head);
+    const char *start = "GET /ws HTTP/1.1\r\nHost: gw.example\r\nX-Pad: ";
+    size_t sl = strlen(start);
+    memcpy(head, start, sl);
+    for (size_t i = sl; i < n - 4; i++)
+        head[i] = (i % 256 == 0) ? '\r' : (i % 256 == 1) ? '\n' : (i % 256 == 2) ? 'X' : (i % 256 == 3) ? ':' : 'a';
+    memcpy(head + n - 4, "\r\n\r\n", 4);
+    size_t examined = 0;
+    assert_int_equal(drive(head, n, 1, 8192, &examined), (int)n);
+    if (examined > 2 * n)
+        fail_msg("%zu bytes examined for an %zu-byte head sent byte by byte", examined, n);
+    /* In one piece, every byte once. */
+    assert_int_equal(drive(head, n, n, 8192, &examined), (int)n);
+    assert_int_equal(examined, n);
+    free(head);
+}
+
+/* Garbage is refused at the byte it arrives with, not when the head ends. */
+static void test_scan_refuses_early(void **state)
+{
+    (void)state;
+    static const struct { const char *s; size_t n; } bad[] = {
+        {"GET /w\n", 7}, {"GET /ws HTTP/1.1\r\nHo\0", 21}, {"GET /ws HTTP/1.1\r\nX: \x1b", 22},
+        {"GET /ws HTTP/1.1\rX", 18}, {"GET /ws HTTP/1.1\r\nX-A: a\r\n ", 28}, {"\r\n", 2},
+        {"\x16\x03\x01\x02\x00", 5}, /* a TLS ClientHello on the plain port */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        size_t scanned = 0;
+        char *copy = malloc(bad[i].n);
+        assert_non_null(copy);
+        memcpy(copy, bad[i].s, bad[i].n);
+        int rc = sg_http_scan_head(copy, bad[i].n, 8192, &scanned);
+        free(copy);
+        if (rc != SG_HTTP_MALFORMED)
+            fail_msg("case %zu: %d, want MALFORMED", i, rc);
+    }
+    /* A CR as the last byte so far is just incomplete, and is looked at again. */
+    size_t scanned = 0;
+    assert_int_equal(sg_http_scan_head("GET /ws HTTP/1.1\r", 17, 8192, &scanned), SG_HTTP_INCOMPLETE);
+    assert_int_equal(scanned, 16);
+    assert_int_equal(sg_http_scan_head("GET /ws HTTP/1.1\r\n\r", 19, 8192, &scanned), SG_HTTP_INCOMPLETE);
+    assert_int_equal(scanned, 18);
+    assert_int_equal(sg_http_scan_head("GET /ws HTTP/1.1\r\n\r\n", 20, 8192, &scanned), 20);
+    scanned = 0;
+    assert_int_equal(sg_http_scan_head(NULL, 0, 8192, &scanned), SG_HTTP_INCOMPLETE);
+    assert_int_equal(scanned, 0);
+}
+
+/* The size cap means what it means for sg_http_parse_request; bytes after
+ * the head (pipelined data) are not the head's. */
+static void test_scan_cap_and_pipelined(void **state)
+{
+    (void)state;
+    const char *s = GOOD;
+    size_t n = strlen(s);
+    size_t scanned = 0;
+    assert_int_equal(sg_http_scan_head(s, n, n, &scanned), (int)n);
+    scanned = 0;
+    assert_int_equal(sg_http_scan_head(s, n, n - 1, &scanned), SG_HTTP_TOO_LARGE);
+    scanned = 0;
+    assert_int_equal(sg_http_scan_head(s, 40, 40, &scanned), SG_HTTP_INCOMPLETE);
+    assert_int_equal(sg_http_scan_head(s, 41, 40, &scanned), SG_HTTP_TOO_LARGE);
+    scanned = 0;
+    assert_int_equal(sg_http_scan_head(s, n - 1, n - 1, &scanned), SG_HTTP_INCOMPLETE);
+
+    char more[512];
+    snprintf(more, sizeof more, "%s\x81\x85garbage-after-head", s);
+    scanned = 0;
+    assert_int_equal(sg_http_scan_head(more, strlen(more), 8192, &scanned), (int)n);
+}
+
 /* ---- header helpers -------------------------------------------------- */
 
 static void test_header_has_token(void **state)
@@ -398,7 +555,6 @@ static void test_check_ok(void **state)
     assert_string_equal(h->token, "");
     assert_int_equal(h->up.origin.n, 0);
     assert_int_equal(h->up.traceparent.n, 0);
-    assert_int_equal(h->up.forwarded_for.n, 0);
     hs_free(h);
 
     /* Case-insensitive names and tokens, lists, a query on the path. */
@@ -626,11 +782,10 @@ static void test_check_context_headers(void **state)
     hs *h = check("GET /ws HTTP/1.1\r\n" BASE_HEADERS
                   "Origin: https://app.example\r\n"
                   "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n"
-                  "X-Forwarded-For: 203.0.113.7, 10.0.0.1\r\n\r\n");
+                  "\r\n");
     assert_int_equal(h->up.status, 0);
     assert_str(h->up.origin, "https://app.example");
     assert_str(h->up.traceparent, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-    assert_str(h->up.forwarded_for, "203.0.113.7, 10.0.0.1");
     hs_free(h);
 
     /* Filled even when the handshake is refused, for the log line. */
@@ -934,6 +1089,157 @@ static void test_error_response_reasons(void **state)
     sg_buf_free(&b);
 }
 
+/* ---- X-Forwarded-For (issue 12, finding 6) ----------------------------- */
+
+/* The client address sg_forwarded_client picks from the header lines given
+ * (each a complete "Name: value" line), with trusted as the proxy list;
+ * "" when it keeps the socket address. The head is parsed from an
+ * exactly-sized heap copy so that ASan sees any read past it. */
+static const char *xff(const char *trusted, const char *lines)
+{
+    static char result[SG_IP_TEXT_MAX + 8];
+    char head[2048];
+    int n = snprintf(head, sizeof head, "GET /ws HTTP/1.1\r\nHost: gw.example\r\n%s\r\n", lines);
+    assert_true(n > 0 && (size_t)n < sizeof head);
+    char *copy = malloc((size_t)n);
+    assert_non_null(copy);
+    memcpy(copy, head, (size_t)n);
+    sg_http_request req;
+    assert_int_equal(sg_http_parse_request(copy, (size_t)n, 8192, &req), n);
+    char out[SG_IP_TEXT_MAX];
+    memset(out, 'x', sizeof out);
+    bool ok = sg_forwarded_client(&req, trusted, out);
+    if (ok) {
+        assert_non_null(memchr(out, '\0', sizeof out));
+        snprintf(result, sizeof result, "%s", out);
+    } else {
+        result[0] = '\0';
+    }
+    free(copy);
+    return result;
+}
+
+#define LB "10.0.0.1"
+
+static void test_xff_single_line(void **state)
+{
+    (void)state;
+    assert_string_equal(xff(LB, "X-Forwarded-For: 203.0.113.7\r\n"), "203.0.113.7");
+    /* The right-most entry is the one the proxy appended. */
+    assert_string_equal(xff(LB, "X-Forwarded-For: 192.0.2.9, 203.0.113.7\r\n"), "203.0.113.7");
+    assert_string_equal(xff(LB, "X-Forwarded-For:192.0.2.9,203.0.113.7\r\n"), "203.0.113.7");
+    assert_string_equal(xff(LB, "x-forwarded-for: \t203.0.113.7 \t\r\n"), "203.0.113.7");
+    assert_string_equal(xff(LB, "X-FORWARDED-FOR: 2001:db8::7\r\n"), "2001:db8::7");
+    /* No header, an empty one: the socket address stays. */
+    assert_string_equal(xff(LB, ""), "");
+    assert_string_equal(xff(LB, "X-Forwarded-For:\r\n"), "");
+    assert_string_equal(xff(LB, "X-Forwarded-For: , ,\r\n"), "");
+    assert_string_equal(xff(LB, "X-Real-IP: 203.0.113.7\r\n"), "");
+}
+
+/* The finding: haproxy's option forwardfor adds a line of its own after
+ * the client's, so the client's line must not decide. */
+static void test_xff_repeated_lines_last_wins(void **state)
+{
+    (void)state;
+    assert_string_equal(xff(LB, "X-Forwarded-For: 198.51.100.66\r\n"
+                                "X-Forwarded-For: 203.0.113.7\r\n"),
+                        "203.0.113.7");
+    assert_string_equal(xff(LB, "X-Forwarded-For: 198.51.100.66, 198.51.100.67\r\n"
+                                "Origin: https://app.example\r\n"
+                                "x-forwarded-for: 192.0.2.1, 203.0.113.7\r\n"),
+                        "203.0.113.7");
+    /* Empty elements are ignored (RFC 9110 §5.6.1), also at a line's end. */
+    assert_string_equal(xff(LB, "X-Forwarded-For: 198.51.100.66\r\n"
+                                "X-Forwarded-For: 203.0.113.7,\r\n"),
+                        "203.0.113.7");
+    /* An empty last line is no entry: the one before decides. */
+    assert_string_equal(xff(LB, "X-Forwarded-For: 203.0.113.7\r\n"
+                                "X-Forwarded-For:\r\n"),
+                        "203.0.113.7");
+}
+
+/* Hops that are our own proxies are skipped from the right; the first other
+ * entry decides. */
+static void test_xff_skips_trusted_hops(void **state)
+{
+    (void)state;
+    const char *trusted = "10.0.0.1, 10.0.0.2,2001:db8::1";
+    assert_string_equal(xff(trusted, "X-Forwarded-For: 203.0.113.7, 10.0.0.2\r\n"), "203.0.113.7");
+    assert_string_equal(xff(trusted, "X-Forwarded-For: 198.51.100.66, 203.0.113.7\r\n"
+                                     "X-Forwarded-For: 10.0.0.2, 2001:db8::1\r\n"),
+                        "203.0.113.7");
+    /* Compared as addresses, not as text. */
+    assert_string_equal(xff(trusted, "X-Forwarded-For: 203.0.113.7, 2001:DB8:0::1, ::ffff:10.0.0.2\r\n"),
+                        "203.0.113.7");
+    /* Only trusted hops: nobody else to believe, the socket address stays. */
+    assert_string_equal(xff(trusted, "X-Forwarded-For: 10.0.0.1, 10.0.0.2\r\n"), "");
+    /* A client entry left of the first untrusted one is never reached. */
+    assert_string_equal(xff(trusted, "X-Forwarded-For: 10.0.0.1, 203.0.113.7\r\n"), "203.0.113.7");
+    /* Without a trusted list only the right-most entry counts. */
+    assert_string_equal(xff(NULL, "X-Forwarded-For: 10.0.0.1, 203.0.113.7\r\n"), "203.0.113.7");
+    assert_string_equal(xff("", "X-Forwarded-For: 203.0.113.7, 10.0.0.1\r\n"), "10.0.0.1");
+}
+
+/* The deciding entry must be a numeric address; anything else keeps the
+ * socket address rather than falling back to an entry further left, which
+ * the client wrote. */
+static void test_xff_invalid_entry_keeps_peer(void **state)
+{
+    (void)state;
+    static const char *bad[] = {
+        "unknown", "203.0.113.7:4711", "[2001:db8::7]", "[2001:db8::7]:443", "203.0.113", "203.0.113.256",
+        "203.0.113.07", "0x7f.0.0.1", "2001:db8::7%eth0", "gw.example", "_hidden", "2001:db8:::7",
+        "203.0.113.7/32", "1.2.3.4.5", "::ffff:1.2.3", "\"203.0.113.7\"",
+        "0000:0000:0000:0000:0000:0000:0000:0000:0",
+        "1111:2222:3333:4444:5555:6666:7777:8888:9999:aaaa", /* over SG_IP_TEXT_MAX */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char lines[512];
+        snprintf(lines, sizeof lines, "X-Forwarded-For: 203.0.113.7, %s\r\n", bad[i]);
+        const char *got = xff(LB, lines);
+        if (got[0])
+            fail_msg("'%s' accepted as '%s'", bad[i], got);
+        snprintf(lines, sizeof lines, "X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-For: %s\r\n", bad[i]);
+        got = xff(LB, lines);
+        if (got[0])
+            fail_msg("'%s' (own line) accepted as '%s'", bad[i], got);
+    }
+    /* A trusted hop written with a port is not a trusted hop. */
+    assert_string_equal(xff(LB, "X-Forwarded-For: 203.0.113.7, 10.0.0.1:80\r\n"), "");
+}
+
+/* The result is canonical text, so one client is one per-IP count however
+ * a hop wrote it. */
+static void test_xff_canonical_text(void **state)
+{
+    (void)state;
+    assert_string_equal(xff(LB, "X-Forwarded-For: 2001:DB8:0:0:0:0:0:7\r\n"), "2001:db8::7");
+    assert_string_equal(xff(LB, "X-Forwarded-For: ::ffff:203.0.113.7\r\n"), "203.0.113.7");
+    assert_string_equal(xff(LB, "X-Forwarded-For: ::FFFF:cb00:7107\r\n"), "203.0.113.7");
+    assert_string_equal(xff(LB, "X-Forwarded-For: ::1\r\n"), "::1");
+    assert_string_equal(xff(LB, "X-Forwarded-For: 0.0.0.0\r\n"), "0.0.0.0");
+    assert_string_equal(xff(LB, "X-Forwarded-For: ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255\r\n"),
+                        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
+}
+
+static void test_ip_in_list(void **state)
+{
+    (void)state;
+    assert_true(sg_ip_in_list("127.0.0.1", "127.0.0.1"));
+    assert_true(sg_ip_in_list("127.0.0.1", " 10.0.0.1 ,\t127.0.0.1 "));
+    assert_true(sg_ip_in_list("::ffff:127.0.0.1", "10.0.0.1,127.0.0.1"));
+    assert_true(sg_ip_in_list("127.0.0.1", "::ffff:127.0.0.1"));
+    assert_true(sg_ip_in_list("2001:db8::1", "2001:DB8:0:0::1"));
+    assert_false(sg_ip_in_list("127.0.0.1", "127.0.0.2,10.0.0.1"));
+    assert_false(sg_ip_in_list("127.0.0.1", NULL));
+    assert_false(sg_ip_in_list("127.0.0.1", ""));
+    assert_false(sg_ip_in_list("127.0.0.1", "127.0.0.0/8")); /* no CIDR: never matches */
+    assert_false(sg_ip_in_list("127.0.0.1", "localhost"));
+    assert_false(sg_ip_in_list("", "127.0.0.1"));
+    assert_false(sg_ip_in_list("garbage", "garbage"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -971,6 +1277,16 @@ int main(void)
         cmocka_unit_test(test_error_response_426_and_extra),
         cmocka_unit_test(test_error_response_escaping),
         cmocka_unit_test(test_error_response_reasons),
+        cmocka_unit_test(test_scan_same_verdict_as_parse),
+        cmocka_unit_test(test_scan_examines_each_byte_once),
+        cmocka_unit_test(test_scan_refuses_early),
+        cmocka_unit_test(test_scan_cap_and_pipelined),
+        cmocka_unit_test(test_xff_single_line),
+        cmocka_unit_test(test_xff_repeated_lines_last_wins),
+        cmocka_unit_test(test_xff_skips_trusted_hops),
+        cmocka_unit_test(test_xff_invalid_entry_keeps_peer),
+        cmocka_unit_test(test_xff_canonical_text),
+        cmocka_unit_test(test_ip_in_list),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

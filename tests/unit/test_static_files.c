@@ -17,6 +17,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -248,6 +249,18 @@ static int setup_tree(void **state)
     snprintf(q, sizeof q, "%s/alias.html", g_root);
     if (symlink("index.html", q) != 0)
         return -1;
+    /* Symlinked directories: one to a directory inside the root, one to the
+     * directory holding the secret (issue 12, finding 14). */
+    snprintf(q, sizeof q, "%s/linkdir", g_root);
+    if (symlink("js", q) != 0)
+        return -1;
+    snprintf(q, sizeof q, "%s/outdir", g_root);
+    if (symlink(g_base, q) != 0)
+        return -1;
+    /* An ordinary nested file. */
+    make_dir("a");
+    make_dir("a/b");
+    write_file("a/b/c.txt", "nested\n");
     return 0;
 }
 
@@ -315,7 +328,7 @@ static void serve(const char *root, const char *head, resp *r)
 
 static void get(const char *method, const char *target, resp *r)
 {
-    char head[2048];
+    char head[4096];
     snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: gw.example\r\n\r\n", method, target);
     serve(g_root, head, r);
 }
@@ -492,6 +505,67 @@ static void test_serve_301_location_is_not_protocol_relative(void **state)
     assert_string_equal(loc, "/demo/");
 }
 
+/* Finding 8 (issue 12): the 301 was formatted into a 1200-byte stack
+ * buffer and snprintf's return value (the length it wanted, up to ~1,600
+ * bytes with a long path and query) was written, sending the stack bytes
+ * past the buffer (an ASan stack-buffer-overflow; without ASan, a truncated
+ * Location followed by garbage). The response must be exactly the redirect,
+ * whatever the length of the path. */
+#define LONG_SEG 250 /* under NAME_MAX; four of them make a ~1,000-byte path */
+#define LONG_QUERY 511 /* the longest query the redirect carries along */
+
+static void long_dir_rel(char *rel, size_t cap)
+{
+    size_t o = 0;
+    for (int seg = 0; seg < 4; seg++) {
+        if (seg)
+            rel[o++] = '/';
+        for (int i = 0; i < LONG_SEG; i++)
+            rel[o++] = (char)('a' + seg);
+        assert_true(o < cap);
+    }
+    rel[o] = '\0';
+}
+
+static void test_serve_301_long_path_is_exact(void **state)
+{
+    char rel[4 * (LONG_SEG + 1) + 1];
+    long_dir_rel(rel, sizeof rel);
+    char p[2048];
+    for (char *slash = rel; (slash = strchr(slash, '/')); slash++) {
+        *slash = '\0';
+        snprintf(p, sizeof p, "%s/%s", g_root, rel);
+        assert_true(mkdir(p, 0755) == 0 || errno == EEXIST);
+        *slash = '/';
+    }
+    snprintf(p, sizeof p, "%s/%s", g_root, rel);
+    assert_true(mkdir(p, 0755) == 0 || errno == EEXIST);
+
+    char query[LONG_QUERY + 1];
+    memset(query, 'q', LONG_QUERY);
+    query[LONG_QUERY] = '\0';
+    char target[2048];
+    snprintf(target, sizeof target, "/%s?%s", rel, query);
+
+    char want[4096];
+    int wn = snprintf(want, sizeof want,
+                      "HTTP/1.1 301 Moved Permanently\r\nLocation: /%s/?%s\r\nContent-Length: 0\r\n"
+                      "Connection: close\r\n\r\n",
+                      rel, query);
+    assert_true(wn > 1200 && (size_t)wn < sizeof want); /* over the old buffer */
+
+    resp r;
+    get("GET", target, &r);
+    size_t len = r.len;
+    bool same = len == (size_t)wn && memcmp(r.raw, want, len) == 0;
+    int status = r.status;
+    free(r.raw);
+    assert_int_equal(status, 301);
+    if (!same)
+        fail_msg("301 for a %zu-byte path is %zu bytes, want exactly the %d-byte redirect",
+                 strlen(rel), len, wn);
+}
+
 static void test_serve_method_405(void **state)
 {
     static const char *methods[] = {"POST", "PUT", "DELETE", "OPTIONS", "get", "GETX", "HEA"};
@@ -575,6 +649,69 @@ static void test_serve_symlink_not_followed(void **state)
     free(r.raw);
 }
 
+/* Finding 14 (issue 12): O_NOFOLLOW covers only the last component, so a
+ * symlinked directory inside the root was followed, to another part of the
+ * root or out of it. No component may be a symlink. */
+static void test_serve_symlinked_dir_refused(void **state)
+{
+    static const char *paths[] = {"/linkdir/a.js", "/outdir/secret.txt", "/outdir/root/index.html",
+                                  "/linkdir", "/outdir"};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        resp r;
+        get("GET", paths[i], &r);
+        int status = r.status;
+        bool leaked = strstr(r.raw, "top secret") || strstr(r.raw, "export const");
+        free(r.raw);
+        if (status != 404 || leaked)
+            fail_msg("%s: status %d%s, want 404", paths[i], status, leaked ? " with the file" : "");
+    }
+}
+
+static void test_serve_nested_file(void **state)
+{
+    resp r;
+    get("GET", "/a/b/c.txt", &r);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.body_len, 7);
+    assert_memory_equal(r.body, "nested\n", 7);
+    free(r.raw);
+    get("GET", "/a/b", &r);
+    assert_int_equal(r.status, 301);
+    free(r.raw);
+}
+
+typedef int (*opener)(int rootfd, const char *rel);
+
+/* The opener's contract on its own, so the fallback walk (used when the
+ * kernel has no openat2) is held to the same cases as openat2. */
+static void check_opener(opener open_rel, const char *name)
+{
+    int rootfd = open(g_root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    assert_true(rootfd >= 0);
+    static const char *ok[] = {"js/a.js", "a/b/c.txt", "index.html", "demo", "a/b"};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        int fd = open_rel(rootfd, ok[i]);
+        if (fd < 0)
+            fail_msg("%s: '%s' refused (errno %d)", name, ok[i], errno);
+        close(fd);
+    }
+    static const char *refused[] = {"linkdir/a.js", "outdir/secret.txt", "linkdir", "alias.html",
+                                    "escape.txt", "../secret.txt", "a/../../secret.txt", "a/..",
+                                    "..", "/etc/passwd", "", "a//b/c.txt", "./index.html"};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        int fd = open_rel(rootfd, refused[i]);
+        if (fd >= 0) {
+            close(fd);
+            fail_msg("%s: '%s' was opened", name, refused[i]);
+        }
+    }
+    close(rootfd);
+}
+
+static void test_open_beneath(void **state) { check_opener(sg_static_open_beneath, "openat2"); }
+
+static void test_open_walk(void **state) { check_opener(sg_static_open_walk, "walk"); }
+
 int main(void)
 {
     const struct CMUnitTest resolve_tests[] = {
@@ -597,11 +734,16 @@ int main(void)
         cmocka_unit_test(test_serve_missing_root),
         cmocka_unit_test(test_serve_directory_301),
         cmocka_unit_test(test_serve_301_location_is_not_protocol_relative),
+        cmocka_unit_test(test_serve_301_long_path_is_exact),
         cmocka_unit_test(test_serve_method_405),
         cmocka_unit_test(test_serve_405_has_allow),
         cmocka_unit_test(test_serve_head_no_body),
         cmocka_unit_test(test_serve_head_404_no_body),
         cmocka_unit_test(test_serve_symlink_not_followed),
+        cmocka_unit_test(test_serve_symlinked_dir_refused),
+        cmocka_unit_test(test_serve_nested_file),
+        cmocka_unit_test(test_open_beneath),
+        cmocka_unit_test(test_open_walk),
     };
     int failed = cmocka_run_group_tests_name("resolve", resolve_tests, NULL, NULL);
     failed += cmocka_run_group_tests_name("serve", serve_tests, setup_tree, teardown_tree);
