@@ -9,6 +9,7 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/err.h>
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
@@ -21,10 +22,15 @@ enum { PHASE_HANDSHAKE = 1, PHASE_PING, PHASE_PONG, PHASE_CLOSE_WAIT };
 
 #define CLOSE_WAIT_MS 2000   /* how long we wait for the client's close frame */
 #define HTTP_LINGER_MS 1000  /* how long a refused handshake's response may take to flush */
+/* Input read and discarded after a close we started, before we stop waiting
+ * for the client's end of the stream (nginx's lingering_close reads up to
+ * lingering_time/lingering_timeout; a byte bound is cheaper to reason about). */
+#define LINGER_MAX_BYTES (256u * 1024u)
 #define WARN_INTERVAL_MS 1000
 #define FLOOD_CLOSE_MS 10000 /* continuous excess before close 1008 (PROTOCOL.md §5) */
 
 static void on_read(struct bufferevent *bev, void *arg);
+static void start_linger(sg_conn *c);
 static void on_event(struct bufferevent *bev, short what, void *arg);
 static void on_timer(evutil_socket_t fd, short what, void *arg);
 
@@ -344,6 +350,74 @@ void sg_conn_close(sg_conn *c, uint16_t code, const char *reason)
     if (c->srv->draining && c->srv->cfg->drain_ms < wait)
         wait = c->srv->cfg->drain_ms;
     arm(c, PHASE_CLOSE_WAIT, wait);
+    start_linger(c);
+}
+
+/* ---- lingering close ------------------------------------------------- */
+
+/* Ends our direction once everything we wrote has left: close_notify under
+ * TLS, then a FIN. */
+static void half_close(sg_conn *c)
+{
+    if (c->half_closed)
+        return;
+    c->half_closed = true;
+    bufferevent_disable(c->bev, EV_WRITE);
+    if (c->tls) {
+        SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+        /* One try: with the output drained the socket takes the alert. If it
+         * does not, the FIN alone still ends the stream (a "ragged" EOF). */
+        if (ssl && SSL_is_init_finished(ssl))
+            SSL_shutdown(ssl);
+        ERR_clear_error(); /* nothing of it may leak into the bufferevent's error report */
+    }
+    shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+}
+
+static void on_linger_drained(struct bufferevent *bev, void *arg)
+{
+    sg_conn *c = arg;
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        half_close(c);
+}
+
+/* A close we start (a close frame, a refused handshake) while the client may
+ * still be sending: closing a socket with unread input makes the kernel answer
+ * with a reset, which fails the client's pending send and discards whatever
+ * it had not read yet, our last frames included; the client then sees 1006.
+ * So, as nginx's lingering_close: our side ends once the output has left, and
+ * the input goes on being read (a close frame still counts) and discarded
+ * until the client ends its side (EOF), LINGER_MAX_BYTES were discarded, or
+ * the connection's close timer fires. Input already buffered stays where it
+ * is: the parser may be reading it right now. */
+static void start_linger(sg_conn *c)
+{
+    c->linger_bytes = 0;
+    bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+    bufferevent_setcb(c->bev, on_read, on_linger_drained, on_event, c);
+    bufferevent_enable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        half_close(c);
+}
+
+/* Charges n bytes read after our close to the linger bound. Returns false,
+ * the connection aborted, past it. */
+static bool linger_charge(sg_conn *c, size_t n)
+{
+    if (n > LINGER_MAX_BYTES - c->linger_bytes) {
+        sg_conn_abort(c, "linger bound");
+        return false;
+    }
+    c->linger_bytes += (uint32_t)n;
+    return true;
+}
+
+static void discard_input(sg_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t n = evbuffer_get_length(in);
+    if (linger_charge(c, n))
+        evbuffer_drain(in, n);
 }
 
 /* ---- handshake ------------------------------------------------------- */
@@ -366,7 +440,7 @@ static void refuse(sg_conn *c, int status, const char *code, const char *message
     sg_metrics_inc(&s->metrics.handshakes, l);
     c->state = SG_CONN_HTTP_CLOSING;
     arm(c, PHASE_CLOSE_WAIT, HTTP_LINGER_MS);
-    flush_then_abort(c);
+    start_linger(c);
 }
 
 static void auth_failure(sg_conn *c, const char *reason, const char *message, bool token_present)
@@ -471,7 +545,7 @@ static void handle_handshake(sg_conn *c)
             sg_metrics_inc(&s->metrics.handshakes, "static");
             c->state = SG_CONN_HTTP_CLOSING;
             arm(c, PHASE_CLOSE_WAIT, 10000);
-            flush_then_abort(c);
+            start_linger(c);
             return;
         }
         refuse(c, 404, "not_found", "no such path; the WebSocket endpoint is /ws", NULL);
@@ -732,31 +806,28 @@ static void protocol_violation(sg_conn *c, int code)
     sg_conn_close(c, (uint16_t)code, reason);
 }
 
+/* Feeds the input to the parser. After our close frame the parser still
+ * looks for the client's close, and everything read counts against the
+ * linger bound; once it failed or stopped it returns at once, so the rest is
+ * just discarded. */
 static void read_frames(sg_conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     while ((c->state == SG_CONN_OPEN || c->state == SG_CONN_CLOSING) && evbuffer_get_length(in)) {
+        if (c->close_rcvd)
+            return; /* flush_then_abort ends it; reading is off */
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             break;
+        if (c->state == SG_CONN_CLOSING && !linger_charge(c, v.iov_len))
+            return;
         int rc = sg_ws_parser_feed(&c->ws, v.iov_base, v.iov_len);
         if (c->state == SG_CONN_DEAD)
             return; /* the bufferevent is gone */
         evbuffer_drain(in, v.iov_len);
-        if (rc == SG_WS_STOPPED)
-            break;
-        if (rc > 0) {
-            if (c->state == SG_CONN_OPEN)
-                protocol_violation(c, rc);
-            else
-                sg_conn_abort(c, "protocol error while closing");
-            return;
-        }
+        if (rc > 0 && c->state == SG_CONN_OPEN)
+            protocol_violation(c, rc);
     }
-    if (c->state == SG_CONN_CLOSING && c->close_rcvd)
-        return;
-    if (c->state != SG_CONN_OPEN && c->state != SG_CONN_CLOSING && c->bev)
-        evbuffer_drain(in, evbuffer_get_length(in));
 }
 
 static void on_read(struct bufferevent *bev, void *arg)
@@ -773,8 +844,8 @@ static void on_read(struct bufferevent *bev, void *arg)
         c->last_rx_ms = sg_now_mono_ms();
         read_frames(c);
         break;
-    default:
-        evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+    default: /* a refused request's rest, while our answer leaves */
+        discard_input(c);
     }
 }
 
