@@ -673,16 +673,16 @@ static void refill(sg_bucket *b, const sg_rate *r, uint64_t now)
     b->last_ms = now;
 }
 
-/* The local guard: frames and bytes per connection, before Redis. Returns
- * true when the message may pass. */
-static bool local_admit(sg_conn *c, size_t len, uint32_t frames)
+/* The local guard: frames and bytes per connection, before Redis, charged
+ * for one frame of len payload bytes at its header. Returns true when the
+ * frame may pass. */
+static bool local_admit(sg_conn *c, uint64_t now, size_t len)
 {
     const sg_config *cfg = c->srv->cfg;
-    uint64_t now = sg_now_mono_ms();
     bool ok = true;
     if (cfg->rate_conn_frames.rate > 0) {
         refill(&c->frames, &cfg->rate_conn_frames, now);
-        ok = c->frames.tokens >= frames;
+        ok = c->frames.tokens >= 1;
     }
     if (ok && cfg->rate_conn_bytes.rate > 0) {
         refill(&c->bytes, &cfg->rate_conn_bytes, now);
@@ -690,7 +690,7 @@ static bool local_admit(sg_conn *c, size_t len, uint32_t frames)
     }
     if (ok) {
         if (cfg->rate_conn_frames.rate > 0)
-            c->frames.tokens -= frames;
+            c->frames.tokens -= 1;
         if (cfg->rate_conn_bytes.rate > 0)
             c->bytes.tokens -= (double)len;
         if (c->last_drop_ms && now - c->last_drop_ms > WARN_INTERVAL_MS)
@@ -724,27 +724,44 @@ static void rate_warning(sg_conn *c, const char *scope)
                      NULL, NULL);
 }
 
+/* Every frame is charged at its header, control frames included: a message
+ * that never ends (empty continuations) or a ping flood pays as it goes,
+ * where charging a message when it ends let both through unmetered. A data
+ * frame over the limit dooms its message (dropped when it ends, with a
+ * warning); a ping over it is not answered. A close frame is always heard. */
 static int ws_on_frame(void *ud, uint8_t opcode, uint64_t len)
 {
     sg_conn *c = ud;
-    if (opcode == SG_WS_OP_TEXT || opcode == SG_WS_OP_CONT)
-        c->msg_frames++;
+    if (c->state != SG_CONN_OPEN || opcode == SG_WS_OP_CLOSE)
+        return 0; /* after our close only the linger bound applies */
+    bool data = opcode == SG_WS_OP_TEXT || opcode == SG_WS_OP_CONT;
+    if (opcode == SG_WS_OP_TEXT)
+        c->drop_message = false;
+    uint64_t now = sg_now_mono_ms();
+    /* len <= 125 for control frames and <= the message cap for data frames:
+     * the parser checked both before this call. */
+    bool ok = local_admit(c, now, (size_t)len);
+    if (data)
+        c->drop_message |= !ok;
+    else
+        c->drop_control = !ok;
+    if (!ok && now - c->over_since_ms >= FLOOD_CLOSE_MS) {
+        sg_metrics_inc(&c->srv->metrics.caps, "flood");
+        sg_conn_close(c, SG_WS_CLOSE_POLICY, "message rate over the limit for too long");
+        return 1;
+    }
     return 0;
 }
 
 static int ws_on_text(void *ud, const uint8_t *data, size_t len)
 {
     sg_conn *c = ud;
-    uint32_t frames = c->msg_frames ? c->msg_frames : 1;
-    c->msg_frames = 0;
+    bool drop = c->drop_message;
+    c->drop_message = false;
     if (c->state != SG_CONN_OPEN)
         return 0; /* after our close frame, only the client's close matters */
-    if (!local_admit(c, len, frames)) {
+    if (drop) {
         rate_warning(c, "connection");
-        if (c->state == SG_CONN_OPEN && sg_now_mono_ms() - c->over_since_ms >= FLOOD_CLOSE_MS) {
-            sg_metrics_inc(&c->srv->metrics.caps, "flood");
-            sg_conn_close(c, SG_WS_CLOSE_POLICY, "message rate over the limit for too long");
-        }
         return c->state == SG_CONN_OPEN ? 0 : 1;
     }
     sg_session_on_text(c, (const char *)data, len, sg_now_wall_us());
@@ -754,8 +771,13 @@ static int ws_on_text(void *ud, const uint8_t *data, size_t len)
 static int ws_on_ping(void *ud, const uint8_t *data, size_t len)
 {
     sg_conn *c = ud;
-    if (c->state == SG_CONN_OPEN)
-        write_frame(c, SG_WS_OP_PONG, data, len);
+    if (c->state != SG_CONN_OPEN)
+        return 0;
+    if (c->drop_control) {
+        rate_warning(c, "connection");
+        return c->state == SG_CONN_OPEN ? 0 : 1;
+    }
+    write_frame(c, SG_WS_OP_PONG, data, len);
     return c->state >= SG_CONN_DEAD;
 }
 
@@ -793,12 +815,15 @@ static void protocol_violation(sg_conn *c, int code)
         {SG_WS_CLOSE_PROTOCOL, "protocol error"},
         {SG_WS_CLOSE_UNSUPPORTED, "binary messages are not accepted"},
         {SG_WS_CLOSE_INVALID_DATA, "invalid UTF-8"},
+        {SG_WS_CLOSE_POLICY, "message in too many fragments"},
         {SG_WS_CLOSE_TOO_BIG, "message too large"},
     };
     const char *reason = "protocol error";
     for (size_t i = 0; i < sizeof R / sizeof *R; i++)
         if (R[i].code == code)
             reason = R[i].reason;
+    if (code == SG_WS_CLOSE_POLICY)
+        sg_metrics_inc(&c->srv->metrics.caps, "fragments");
     if (code == SG_WS_CLOSE_TOO_BIG) {
         sg_metrics_inc(&c->srv->metrics.caps, "message_bytes");
         sg_session_error(c, "payload_too_large", "message over the maximum size", NULL, NULL);

@@ -12,6 +12,7 @@ import resource
 import socket
 import ssl
 import struct
+import threading
 import time
 
 import pytest
@@ -122,3 +123,108 @@ def test_refused_oversize_head_in_flight_gets_400_and_a_clean_end(gateway):
         finally:
             s.close()
     assert not problems, problems
+
+
+# =========================================================================
+# finding 4: frames and bytes charged at frame-header time; the fragments cap
+
+MAX_FRAGMENTS = 256  # SG_WS_MAX_FRAGMENTS (include/sg/ws_frame.h, docs/protocol.md §10)
+
+
+def _read_until_close(raw, timeout):
+    """Frames until the server's close frame; returns its code (None if the
+    connection ended without one or nothing came within timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            f = raw.recv_frame(max(0.0, deadline - time.monotonic()))
+        except (EOFError, TimeoutError, ConnectionResetError, ssl.SSLError, OSError):
+            return None
+        if f.opcode == OP_CLOSE:
+            return f.close_code
+
+
+def test_endless_continuation_message_is_closed_1008(gateway):
+    """A text message followed by empty continuation frames that never end:
+    each frame is charged at its header and the message may have at most
+    MAX_FRAGMENTS frames, so the connection is closed with 1008 at once
+    (it used to be parsed forever at 100% CPU, never closed)."""
+    raw = RawWS.connect(gateway, tok())
+    try:
+        raw.send_frame(OP_TEXT, b'{"type":', fin=False)
+        empty = encode_frame(OP_CONT, b"", fin=False)
+        try:
+            for _ in range(4):
+                raw.send_raw(empty * 1000)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert _read_until_close(raw, 5) == 1008, raw.frames
+    finally:
+        raw.close()
+    m = ah.metrics(gateway)
+    assert ah.metric(m, "caps_tripped_total", cap="fragments") == 1, m
+
+
+@pytest.mark.parametrize("fragments", [MAX_FRAGMENTS, MAX_FRAGMENTS + 1])
+def test_fragments_cap(gateway_factory, fragments):
+    """A join in exactly MAX_FRAGMENTS frames is answered; one frame more
+    closes the connection with 1008 before the message ends."""
+    gw = gateway_factory.start(env=h.NO_RATE_LIMITS)
+    raw = RawWS.connect(gw, tok())
+    try:
+        room, peer = h.new_room(), h.new_peer()
+        body = json.dumps({"type": "join", "roomId": room, "peerId": peer}).encode()
+        parts = [body] + [b""] * (fragments - 1)
+        raw.send_raw(b"".join(encode_frame(OP_TEXT if i == 0 else OP_CONT, p, fin=i == fragments - 1)
+                              for i, p in enumerate(parts)))
+        if fragments <= MAX_FRAGMENTS:
+            m = raw.recv_json(5)
+            assert m["type"] == "joined" and m["roomId"] == room, m
+        else:
+            assert _read_until_close(raw, 5) == 1008, raw.frames
+            assert not [f for f in raw.frames if f.opcode == OP_TEXT
+                        and json.loads(f.payload).get("type") == "joined"], raw.frames
+    finally:
+        raw.close()
+
+
+def test_ping_flood_is_answered_at_the_limit_rate_then_closed_1008(gateway_factory):
+    """Pings are frames too: with SIGNAL_RATE_CONN_FRAMES=20/20, a client
+    sending 200 pings a second gets at most 20 + 20/s pongs (the rest are
+    not answered) and, over the limit for 10 s on end, is closed with 1008
+    (it used to get every ping answered, 1.6M in 2 s, and stay)."""
+    rate, burst = 20, 20
+    gw = gateway_factory.start(env={"SIGNAL_RATE_CONN_FRAMES": f"{rate}/{burst}",
+                                    "SIGNAL_PING_INTERVAL_MS": "60000"})
+    raw = RawWS.connect(gw, tok())
+    stop = threading.Event()
+    sent = [0]
+
+    def flood():
+        frame = encode_frame(OP_PING, b"flood")
+        while not stop.is_set():
+            try:
+                raw.send_raw(frame)
+            except OSError:
+                return
+            sent[0] += 1
+            time.sleep(0.005)
+
+    t = threading.Thread(target=flood, daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    try:
+        code = _read_until_close(raw, 25)
+        elapsed = time.monotonic() - t0
+    finally:
+        stop.set()
+        t.join(5)
+        raw.close()
+    pongs = [f for f in raw.frames if f.opcode == OP_PONG]
+    warnings = [json.loads(f.payload) for f in raw.frames if f.opcode == OP_TEXT]
+    assert code == 1008, (code, len(pongs), sent[0], raw.frames[-5:])
+    assert len(pongs) <= burst + rate * elapsed + 1, (len(pongs), sent[0], elapsed)
+    assert sent[0] > 3 * (burst + rate * elapsed), "the flood was not a flood"
+    assert warnings and all(w.get("code") == "rate_limited" for w in warnings), warnings
+    m = ah.metrics(gw)
+    assert ah.metric(m, "caps_tripped_total", cap="flood") == 1, m
