@@ -160,6 +160,73 @@ void sg_conn_wheel_free(sg_server *s)
     s->wheel = NULL;
 }
 
+static void refuse(sg_conn *c, int status, const char *code, const char *message, const char *extra);
+
+/* Whether ip is one of SIGNAL_TRUSTED_PROXIES (whose clients are counted by
+ * their X-Forwarded-For address once the request head is read). */
+static bool is_trusted_proxy(const sg_config *cfg, const char *ip)
+{
+    size_t iplen = strlen(ip);
+    for (const char *p = cfg->trusted_proxies; p && *p;) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        while (n && *p == ' ') { p++; n--; }
+        while (n && p[n - 1] == ' ') n--;
+        if (n == iplen && memcmp(p, ip, n) == 0)
+            return true;
+        if (!e)
+            break;
+        p = e + 1;
+    }
+    return false;
+}
+
+/* The connection caps, checked before a byte is read: a pending handshake
+ * holds a descriptor and memory as an open connection does, so both caps
+ * count every connection from accept until it is gone. A trusted proxy's
+ * own address is exempt here: what it carries is counted per client once
+ * the head says who the client is (apply_forwarded_for, over_ip_cap).
+ * Returns the cap tripped, or NULL. */
+static const char *cap_at_accept(const sg_server *s, const char *ip)
+{
+    const sg_config *cfg = s->cfg;
+    if (s->admitted >= (uint64_t)cfg->max_connections)
+        return "max_connections";
+    if (cfg->max_connections_per_ip && !is_trusted_proxy(cfg, ip)) {
+        uintptr_t n = (uintptr_t)sg_map_get(&s->ip_counts, ip, strlen(ip));
+        if (n >= (uintptr_t)cfg->max_connections_per_ip)
+            return "max_connections_per_ip";
+    }
+    return NULL;
+}
+
+static void admit(sg_conn *c)
+{
+    sg_server *s = c->srv;
+    c->admitted = true;
+    s->admitted++;
+    if (s->cfg->max_connections_per_ip) {
+        uintptr_t n = (uintptr_t)sg_map_get(&s->ip_counts, c->ip, strlen(c->ip));
+        sg_map_put(&s->ip_counts, c->ip, strlen(c->ip), (void *)(n + 1));
+    }
+}
+
+static void unadmit(sg_conn *c)
+{
+    sg_server *s = c->srv;
+    if (!c->admitted)
+        return;
+    c->admitted = false;
+    s->admitted--;
+    if (s->cfg->max_connections_per_ip) {
+        uintptr_t n = (uintptr_t)sg_map_get(&s->ip_counts, c->ip, strlen(c->ip));
+        if (n <= 1)
+            sg_map_del(&s->ip_counts, c->ip, strlen(c->ip));
+        else
+            sg_map_put(&s->ip_counts, c->ip, strlen(c->ip), (void *)(n - 1));
+    }
+}
+
 void sg_conn_accept(sg_server *s, int fd, const char *ip)
 {
     sg_conn *c = sg_xcalloc(1, sizeof *c);
@@ -184,12 +251,20 @@ void sg_conn_accept(sg_server *s, int fd, const char *ip)
     /* Never read more of a handshake than the cap allows (+1 to see it overrun). */
     bufferevent_setwatermark(c->bev, EV_READ, 0, (size_t)s->cfg->max_header_bytes + 1);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    arm(c, PHASE_HANDSHAKE, s->cfg->handshake_timeout_ms);
     sg_map_put_u64(&s->conns, c->id, c);
-    if (s->cfg->max_connections_per_ip) {
-        uintptr_t n = (uintptr_t)sg_map_get(&s->ip_counts, c->ip, strlen(c->ip));
-        sg_map_put(&s->ip_counts, c->ip, strlen(c->ip), (void *)(n + 1));
+    const char *cap = cap_at_accept(s, c->ip);
+    if (cap) {
+        /* A 503 without reading the head, then the lingering close: the
+         * client reads why instead of a reset. */
+        sg_metrics_inc(&s->metrics.caps, cap);
+        bool node = strcmp(cap, "max_connections") == 0;
+        refuse(c, 503, "unavailable",
+               node ? "node is at its connection cap" : "too many connections from this address",
+               node ? "Retry-After: 1\r\n" : "Retry-After: 5\r\n");
+        return;
     }
+    admit(c);
+    arm(c, PHASE_HANDSHAKE, s->cfg->handshake_timeout_ms);
 }
 
 static void log_close(sg_conn *c, const char *why)
@@ -248,13 +323,7 @@ void sg_conn_abort(sg_conn *c, const char *why)
     bufferevent_free(c->bev);
     c->bev = NULL;
     sg_map_del_u64(&s->conns, c->id);
-    if (s->cfg->max_connections_per_ip) {
-        uintptr_t n = (uintptr_t)sg_map_get(&s->ip_counts, c->ip, strlen(c->ip));
-        if (n <= 1)
-            sg_map_del(&s->ip_counts, c->ip, strlen(c->ip));
-        else
-            sg_map_put(&s->ip_counts, c->ip, strlen(c->ip), (void *)(n - 1));
-    }
+    unadmit(c);
     sg_server_defer_free(s, c);
 }
 
@@ -553,11 +622,6 @@ static void handle_handshake(sg_conn *c)
     }
     if (s->draining) {
         refuse(c, 503, "unavailable", "node is draining", "Retry-After: 1\r\n");
-        return;
-    }
-    if (s->metrics.ws_connections >= cfg->max_connections) {
-        sg_metrics_inc(&s->metrics.caps, "max_connections");
-        refuse(c, 503, "unavailable", "node is at its connection cap", "Retry-After: 1\r\n");
         return;
     }
     if (!sg_bus_available(s->bus)) {

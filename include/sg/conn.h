@@ -72,6 +72,7 @@ typedef struct sg_conn {
     bool drop_message;     /* a frame of the message being received was over the local rate limit */
     bool drop_control;     /* the control frame being received is over it */
     bool half_closed;      /* our side ended (FIN sent) in a lingering close */
+    bool admitted;         /* counted against the connection caps (not refused at accept) */
     uint16_t close_code;   /* the code we sent or received, for logs and leave reasons */
     const char *leave_reason; /* peer_left reason when the connection goes */
     sg_ws_parser ws;

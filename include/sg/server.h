@@ -62,6 +62,8 @@ typedef struct sg_server {
     sg_bus *bus;
     sg_map conns;        /* conn id -> sg_conn* */
     sg_map ip_counts;    /* source address -> count, when the per-IP cap is on */
+    uint64_t admitted;   /* connections counted against SIGNAL_MAX_CONNECTIONS: from
+                          * accept until gone, those refused at accept excepted */
     sg_map rooms;        /* room id -> sg_local_room (memberships held here, for leases) */
     sg_map waiters;      /* channel -> sg_waitlist: joins waiting for their subscription */
     size_t lease_cursor; /* bucket of s->rooms where the incremental refresh goes on */

@@ -228,3 +228,108 @@ def test_ping_flood_is_answered_at_the_limit_rate_then_closed_1008(gateway_facto
     assert warnings and all(w.get("code") == "rate_limited" for w in warnings), warnings
     m = ah.metrics(gw)
     assert ah.metric(m, "caps_tripped_total", cap="flood") == 1, m
+
+
+# =========================================================================
+# finding 7: connection caps counted at accept time
+
+
+def _half_open(gw, n):
+    """n connections that send nothing."""
+    socks = []
+    for _ in range(n):
+        socks.append(h.open_socket(gw.host, gw.port))
+    return socks
+
+
+def _ended_with_503(socks, timeout):
+    """For each socket: "503" when the server answered 503 and ended TCP
+    within timeout, "open" when nothing came, or what else happened."""
+    out = []
+    deadline = time.monotonic() + timeout
+    for s in socks:
+        data = b""
+        try:
+            while True:
+                s.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except (socket.timeout, TimeoutError):
+            out.append("open" if not data else f"partial {data[:60]!r}")
+            continue
+        except OSError as e:
+            out.append(f"{e!r} after {data[:60]!r}")
+            continue
+        ok = data.startswith(b"HTTP/1.1 503 ") and b'"code":"unavailable"' in data
+        out.append("503" if ok else f"ended: {data[:80]!r}")
+        deadline = max(deadline, time.monotonic() + 0.2)  # the open ones still get a fair wait
+    return out
+
+
+def _upgrade_ok(gw, s):
+    s.sendall(h.upgrade_request(gw.host, gw.port, token=tok()))
+    return h.read_http_response(s, timeout=5).status == 101
+
+
+@pytest.mark.parametrize("cap_env,cap_name,limit", [
+    ({"SIGNAL_MAX_CONNECTIONS_PER_IP": "2"}, "max_connections_per_ip", 2),
+    ({"SIGNAL_MAX_CONNECTIONS": "3"}, "max_connections", 3),
+], ids=["per-ip", "global"])
+def test_half_open_connections_are_capped_at_accept(gateway_factory, cap_env, cap_name, limit):
+    """50 connections that never send a request head, with a cap of 2 per
+    address (or 3 per node): the cap counts them at accept, so all but the
+    first `limit` get a 503 at once and are closed, without waiting for a head
+    or the handshake timeout (30 s here); the admitted ones still upgrade."""
+    gw = gateway_factory.start(env=dict(cap_env, SIGNAL_HANDSHAKE_TIMEOUT_MS="30000"))
+    socks = _half_open(gw, 50)
+    try:
+        states = _ended_with_503(socks, 5)
+        assert states.count("503") == 50 - limit and states.count("open") == limit, states
+        admitted = [s for s, st in zip(socks, states) if st == "open"]
+        assert all(_upgrade_ok(gw, s) for s in admitted)
+        m = ah.metrics(gw)
+        assert ah.metric(m, "caps_tripped_total", cap=cap_name) == 50 - limit, m
+        assert ah.metric(m, "handshakes_total", outcome="503") == 50 - limit, m
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_slot_frees_when_a_pending_handshake_goes(gateway_factory):
+    """The count at accept is given back when a pending handshake ends."""
+    gw = gateway_factory.start(env={"SIGNAL_MAX_CONNECTIONS_PER_IP": "1",
+                                    "SIGNAL_HANDSHAKE_TIMEOUT_MS": "30000"})
+    first = h.open_socket(gw.host, gw.port)
+    second = _half_open(gw, 1)
+    try:
+        assert _ended_with_503(second, 5) == ["503"]
+    finally:
+        first.close()
+        second[0].close()
+
+    def upgrades():
+        r = h.handshake(gw, token=tok())
+        assert r.status in (101, 503), r
+        return r.status == 101
+    h.wait_until(upgrades, 5, what="a slot after the pending handshake closed")
+
+
+def test_a_trusted_proxy_is_not_capped_at_accept(gateway_factory):
+    """Connections from a trusted proxy are counted by their X-Forwarded-For
+    address once the head is read: five pending handshakes from the proxy
+    with a cap of 2 are all admitted and upgrade for distinct clients."""
+    gw = gateway_factory.start(env={"SIGNAL_MAX_CONNECTIONS_PER_IP": "2",
+                                    "SIGNAL_TRUSTED_PROXIES": "127.0.0.1",
+                                    "SIGNAL_HANDSHAKE_TIMEOUT_MS": "30000"})
+    socks = _half_open(gw, 5)
+    try:
+        time.sleep(0.3)  # the gateway has accepted them all by now (nothing to assert on)
+        for i, s in enumerate(socks):
+            s.sendall(h.upgrade_request(gw.host, gw.port, token=tok(),
+                                        headers={"X-Forwarded-For": f"10.9.9.{i + 1}"}))
+            assert h.read_http_response(s, timeout=5).status == 101
+    finally:
+        for s in socks:
+            s.close()
