@@ -38,6 +38,11 @@ void sg_log_dbl(sg_log *l, const char *key, double val);
 void sg_log_user(sg_log *l, const char *key, const char *sub);
 void sg_log_end(sg_log *l);
 
+/* One line {"event":event,"msg":msg[,"suppressed":n]} for a message from a
+ * library's own log (libevent's log callback): it never calls into the event
+ * loop, and drops the message when one of our lines is being built. */
+void sg_log_foreign(sg_log *l, int level, const char *event, const char *msg, uint64_t suppressed);
+
 /* Computes the keyed hash of sub into out (17 bytes). */
 void sg_log_hash(const sg_log *l, const char *sub, char out[17]);
 

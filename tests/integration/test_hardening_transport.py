@@ -8,6 +8,7 @@ counters come from /metrics (abuse_helpers), never from timing luck.
 """
 
 import json
+import os
 import resource
 import socket
 import ssl
@@ -333,3 +334,77 @@ def test_a_trusted_proxy_is_not_capped_at_accept(gateway_factory):
     finally:
         for s in socks:
             s.close()
+
+
+# =========================================================================
+# finding 5: descriptor exhaustion
+
+
+def _cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_descriptor_exhaustion_pauses_both_listeners(gateway_factory):
+    """Out of descriptors (RLIMIT_NOFILE lowered to what the gateway holds plus
+    8), with connections waiting on the public and the admin listener for 2 s:
+    both listeners pause and retry on a timer instead of spinning, so accept
+    errors stay few (the log line is rate-limited as well), libevent's own
+    warnings come out as JSON log lines, and once descriptors are free again
+    new connections are accepted on both listeners."""
+    gw = gateway_factory.start()
+    held = len(os.listdir(f"/proc/{gw.pid}/fd"))
+    soft, hard = resource.prlimit(gw.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(gw.pid, resource.RLIMIT_NOFILE, (held + 8, hard))
+    socks = []
+    try:
+        # 8 descriptors' worth accepted, the rest waits in the backlogs
+        socks += [h.open_socket(gw.host, gw.port) for _ in range(12)]
+        socks += [h.open_socket(gw.host, gw.admin_port) for _ in range(3)]
+        time.sleep(0.5)
+        cpu0, t0 = _cpu_seconds(gw.pid), time.monotonic()
+        while time.monotonic() - t0 < 2.0:
+            socks.append(h.open_socket(gw.host, gw.port))
+            socks.append(h.open_socket(gw.host, gw.admin_port))
+            time.sleep(0.1)
+        cpu = _cpu_seconds(gw.pid) - cpu0
+        elapsed = time.monotonic() - t0
+    finally:
+        for s in socks:
+            s.close()
+        resource.prlimit(gw.pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+    def upgrades():
+        try:
+            w = RawWS.connect(gw, tok(), timeout=2)
+        except (AssertionError, OSError, EOFError, TimeoutError):
+            return False
+        w.send_json({"type": "join", "roomId": h.new_room(), "peerId": h.new_peer()})
+        ok = w.recv_json(5)["type"] == "joined"
+        w.close()
+        return ok
+    h.wait_until(upgrades, 10, what="a ws connection accepted after the descriptors came back")
+    h.wait_until(lambda: h.http_status(gw.admin_url + "/healthz")[0] == 200, 10,
+                 what="the admin listener accepting again")
+
+    lines = gw.log_text().splitlines()
+    not_json = []
+    events = []
+    for line in lines:
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            not_json.append(line)
+    assert not not_json, f"{len(not_json)} non-JSON lines, e.g. {not_json[:3]}"
+    accept_lines = [e for e in events if e.get("event", "").endswith("accept_error")]
+    assert 1 <= len(accept_lines) <= 10, (len(accept_lines), accept_lines[:3])
+    m = ah.metrics(gw)
+    errors = ah.metric(m, "caps_tripped_total", cap="accept_error")
+    # paused and retried every 100 ms per listener: about 20 a second at most
+    assert 1 <= errors <= 40 * (elapsed + 3), errors
+    # a spinning listener takes a core (or what the machine's load leaves of it)
+    assert cpu < 0.25 * elapsed, f"{cpu:.2f} s of CPU in {elapsed:.2f} s: a listener spins"
+    # no accept error is left to libevent (it would warn on each, spinning)
+    assert not [e for e in events if e.get("event") == "libevent.log" and "accept" in e.get("msg", "")], \
+        [e for e in events if e.get("event") == "libevent.log"][:3]
