@@ -27,6 +27,10 @@
 #define ACCEPT_RETRY_MS 100        /* a listener paused by an accept error tries again after this */
 #define ACCEPT_LOG_INTERVAL_MS 1000 /* at most one accept_error line a second per listener */
 #define LIBEVENT_LOG_PER_S 10      /* libevent's own lines, at most, a second */
+#define TLS12_CIPHERS                                                                      \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                           \
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                           \
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 
 static int resolve_listen(const char *hostport, struct sockaddr_storage *ss, socklen_t *len)
 {
@@ -456,11 +460,22 @@ static SSL_CTX *make_ssl(const sg_config *cfg, char *err, size_t errlen)
     if (!ctx)
         goto fail;
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    /* Level 2: at least 112-bit security (RSA/DH keys >= 2048 bits, ECC
+     * >= 224 bits), no SHA-1 in signatures, whatever the system openssl.cnf
+     * says. TLS 1.2 suites: forward secret (ECDHE) and AEAD only, i.e.
+     * Mozilla's "intermediate" list without DHE; no RSA key exchange, no
+     * CBC, no SHA-1 MACs. TLS 1.3 keeps OpenSSL's suites, all of which are. */
+    SSL_CTX_set_security_level(ctx, 2);
+    if (SSL_CTX_set_cipher_list(ctx, TLS12_CIPHERS) != 1) {
+        snprintf(err, errlen, "TLS setup failed: no TLS 1.2 cipher suite available");
+        goto fail;
+    }
     /* Idle connections keep no TLS read/write buffers. */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1) {
-        snprintf(err, errlen, "SIGNAL_TLS_CERT: cannot load %s", cfg->tls_cert);
+        snprintf(err, errlen, "SIGNAL_TLS_CERT: cannot load %s (a PEM chain; keys of at least 2048-bit RSA "
+                              "or 224-bit ECC, signed with SHA-256 or better)", cfg->tls_cert);
         goto fail;
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key, SSL_FILETYPE_PEM) != 1 ||

@@ -408,3 +408,78 @@ def test_descriptor_exhaustion_pauses_both_listeners(gateway_factory):
     # no accept error is left to libevent (it would warn on each, spinning)
     assert not [e for e in events if e.get("event") == "libevent.log" and "accept" in e.get("msg", "")], \
         [e for e in events if e.get("event") == "libevent.log"][:3]
+
+
+# =========================================================================
+# finding 12: TLS 1.2 suites
+
+
+def _tls12_handshake(gw, ciphers):
+    """The TLS 1.2 suite negotiated with a client offering only `ciphers`, or
+    None when the server refused them all."""
+    ctx = h.insecure_ssl_context()
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(ciphers)
+    raw = socket.create_connection((gw.host, gw.port), timeout=5)
+    try:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            return s.cipher()[0]
+    except (ssl.SSLError, ConnectionResetError):
+        return None
+    finally:
+        raw.close()
+
+
+def _rsa_cert(tmp_path):
+    """A self-signed RSA-2048 certificate: RSA key exchange suites (no forward
+    secrecy) need one to be offered at all."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    (tmp_path / "rsa-cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "rsa-key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return {"SIGNAL_TLS_CERT": str(tmp_path / "rsa-cert.pem"), "SIGNAL_TLS_KEY": str(tmp_path / "rsa-key.pem")}
+
+
+WEAK_TLS12 = {
+    # no forward secrecy (RSA key exchange), CBC, SHA-1 MACs, finite-field DH
+    "rsa": ["AES128-SHA", "AES256-SHA256", "AES128-GCM-SHA256", "AES256-GCM-SHA384",
+            "ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES256-SHA384", "DHE-RSA-AES128-GCM-SHA256"],
+    "ec": ["ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384", "ECDHE-ECDSA-AES128-SHA256"],
+}
+GOOD_TLS12 = {
+    "rsa": ["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305"],
+    "ec": ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305"],
+}
+
+
+@pytest.mark.parametrize("cert", ["rsa", "ec"])
+def test_tls12_suites_are_ecdhe_with_aead_only(gateway_factory, tmp_path, cert):
+    """TLS 1.2: each weak suite offered alone (the client at security level 0,
+    so that it does offer it) is refused; each ECDHE + AES-GCM/ChaCha20 suite
+    is accepted."""
+    gw = gateway_factory.start(tls=True, env=_rsa_cert(tmp_path) if cert == "rsa" else None)
+    accepted = {c: _tls12_handshake(gw, c + ":@SECLEVEL=0") for c in WEAK_TLS12[cert]}
+    assert not {c: n for c, n in accepted.items() if n}, accepted
+    for c in GOOD_TLS12[cert]:
+        assert _tls12_handshake(gw, c) == c
+
+
+def test_tls13_still_works_and_a_wss_connection_opens(gateway_factory):
+    gw = gateway_factory.start(tls=True)
+    raw = RawWS.connect(gw, tok())
+    try:
+        assert raw.sock.version() == "TLSv1.3"
+        raw.send_json({"type": "join", "roomId": h.new_room(), "peerId": h.new_peer()})
+        assert raw.recv_json(5)["type"] == "joined"
+    finally:
+        raw.close()
