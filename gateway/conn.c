@@ -10,6 +10,7 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/err.h>
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
@@ -22,9 +23,14 @@ enum { PHASE_HANDSHAKE = 1, PHASE_PING, PHASE_PONG, PHASE_CLOSE_WAIT };
 
 #define CLOSE_WAIT_MS 2000   /* how long we wait for the client's close frame */
 #define HTTP_LINGER_MS 1000  /* how long a refused handshake's response may take to flush */
+/* Input read and discarded after a close we started, before we stop waiting
+ * for the client's end of the stream (nginx's lingering_close reads up to
+ * lingering_time/lingering_timeout; a byte bound is cheaper to reason about). */
+#define LINGER_MAX_BYTES (256u * 1024u)
 #define FLOOD_CLOSE_MS 10000 /* continuous excess before close 1008 (PROTOCOL.md §5) */
 
 static void on_read(struct bufferevent *bev, void *arg);
+static void start_linger(sg_conn *c);
 static void on_event(struct bufferevent *bev, short what, void *arg);
 static void on_timer(evutil_socket_t fd, short what, void *arg);
 
@@ -154,6 +160,73 @@ void sg_conn_wheel_free(sg_server *s)
     s->wheel = NULL;
 }
 
+static void refuse(sg_conn *c, int status, const char *code, const char *message, const char *extra);
+
+/* Whether ip is one of SIGNAL_TRUSTED_PROXIES (whose clients are counted by
+ * their X-Forwarded-For address once the request head is read). */
+static bool is_trusted_proxy(const sg_config *cfg, const char *ip)
+{
+    size_t iplen = strlen(ip);
+    for (const char *p = cfg->trusted_proxies; p && *p;) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        while (n && *p == ' ') { p++; n--; }
+        while (n && p[n - 1] == ' ') n--;
+        if (n == iplen && memcmp(p, ip, n) == 0)
+            return true;
+        if (!e)
+            break;
+        p = e + 1;
+    }
+    return false;
+}
+
+/* The connection caps, checked before a byte is read: a pending handshake
+ * holds a descriptor and memory as an open connection does, so both caps
+ * count every connection from accept until it is gone. A trusted proxy's
+ * own address is exempt here: what it carries is counted per client once
+ * the head says who the client is (apply_forwarded_for, over_ip_cap).
+ * Returns the cap tripped, or NULL. */
+static const char *cap_at_accept(const sg_server *s, const char *ip)
+{
+    const sg_config *cfg = s->cfg;
+    if (s->admitted >= (uint64_t)cfg->max_connections)
+        return "max_connections";
+    if (cfg->max_connections_per_ip && !is_trusted_proxy(cfg, ip)) {
+        uintptr_t n = (uintptr_t)sg_map_get(&s->ip_counts, ip, strlen(ip));
+        if (n >= (uintptr_t)cfg->max_connections_per_ip)
+            return "max_connections_per_ip";
+    }
+    return NULL;
+}
+
+static void admit(sg_conn *c)
+{
+    sg_server *s = c->srv;
+    c->admitted = true;
+    s->admitted++;
+    if (s->cfg->max_connections_per_ip) {
+        uintptr_t n = (uintptr_t)sg_map_get(&s->ip_counts, c->ip, strlen(c->ip));
+        sg_map_put(&s->ip_counts, c->ip, strlen(c->ip), (void *)(n + 1));
+    }
+}
+
+static void unadmit(sg_conn *c)
+{
+    sg_server *s = c->srv;
+    if (!c->admitted)
+        return;
+    c->admitted = false;
+    s->admitted--;
+    if (s->cfg->max_connections_per_ip) {
+        uintptr_t n = (uintptr_t)sg_map_get(&s->ip_counts, c->ip, strlen(c->ip));
+        if (n <= 1)
+            sg_map_del(&s->ip_counts, c->ip, strlen(c->ip));
+        else
+            sg_map_put(&s->ip_counts, c->ip, strlen(c->ip), (void *)(n - 1));
+    }
+}
+
 void sg_conn_accept(sg_server *s, int fd, const char *ip)
 {
     sg_conn *c = sg_xcalloc(1, sizeof *c);
@@ -178,12 +251,20 @@ void sg_conn_accept(sg_server *s, int fd, const char *ip)
     /* Never read more of a handshake than the cap allows (+1 to see it overrun). */
     bufferevent_setwatermark(c->bev, EV_READ, 0, (size_t)s->cfg->max_header_bytes + 1);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    arm(c, PHASE_HANDSHAKE, s->cfg->handshake_timeout_ms);
     sg_map_put_u64(&s->conns, c->id, c);
-    if (s->cfg->max_connections_per_ip) {
-        uintptr_t n = (uintptr_t)sg_map_get(&s->ip_counts, c->ip, strlen(c->ip));
-        sg_map_put(&s->ip_counts, c->ip, strlen(c->ip), (void *)(n + 1));
+    const char *cap = cap_at_accept(s, c->ip);
+    if (cap) {
+        /* A 503 without reading the head, then the lingering close: the
+         * client reads why instead of a reset. */
+        sg_metrics_inc(&s->metrics.caps, cap);
+        bool node = strcmp(cap, "max_connections") == 0;
+        refuse(c, 503, "unavailable",
+               node ? "node is at its connection cap" : "too many connections from this address",
+               node ? "Retry-After: 1\r\n" : "Retry-After: 5\r\n");
+        return;
     }
+    admit(c);
+    arm(c, PHASE_HANDSHAKE, s->cfg->handshake_timeout_ms);
 }
 
 static void log_close(sg_conn *c, const char *why)
@@ -267,13 +348,7 @@ void sg_conn_abort(sg_conn *c, const char *why)
     bufferevent_free(c->bev);
     c->bev = NULL;
     sg_map_del_u64(&s->conns, c->id);
-    if (s->cfg->max_connections_per_ip) {
-        uintptr_t n = (uintptr_t)sg_map_get(&s->ip_counts, c->ip, strlen(c->ip));
-        if (n <= 1)
-            sg_map_del(&s->ip_counts, c->ip, strlen(c->ip));
-        else
-            sg_map_put(&s->ip_counts, c->ip, strlen(c->ip), (void *)(n - 1));
-    }
+    unadmit(c);
     sg_server_defer(s, c);
 }
 
@@ -360,6 +435,74 @@ void sg_conn_close(sg_conn *c, uint16_t code, const char *reason)
     if (c->srv->draining && c->srv->cfg->drain_ms < wait)
         wait = c->srv->cfg->drain_ms;
     arm(c, PHASE_CLOSE_WAIT, wait);
+    start_linger(c);
+}
+
+/* ---- lingering close ------------------------------------------------- */
+
+/* Ends our direction once everything we wrote has left: close_notify under
+ * TLS, then a FIN. */
+static void half_close(sg_conn *c)
+{
+    if (c->half_closed)
+        return;
+    c->half_closed = true;
+    bufferevent_disable(c->bev, EV_WRITE);
+    if (c->tls) {
+        SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+        /* One try: with the output drained the socket takes the alert. If it
+         * does not, the FIN alone still ends the stream (a "ragged" EOF). */
+        if (ssl && SSL_is_init_finished(ssl))
+            SSL_shutdown(ssl);
+        ERR_clear_error(); /* nothing of it may leak into the bufferevent's error report */
+    }
+    shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+}
+
+static void on_linger_drained(struct bufferevent *bev, void *arg)
+{
+    sg_conn *c = arg;
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        half_close(c);
+}
+
+/* A close we start (a close frame, a refused handshake) while the client may
+ * still be sending: closing a socket with unread input makes the kernel answer
+ * with a reset, which fails the client's pending send and discards whatever
+ * it had not read yet, our last frames included; the client then sees 1006.
+ * So, as nginx's lingering_close: our side ends once the output has left, and
+ * the input goes on being read (a close frame still counts) and discarded
+ * until the client ends its side (EOF), LINGER_MAX_BYTES were discarded, or
+ * the connection's close timer fires. Input already buffered stays where it
+ * is: the parser may be reading it right now. */
+static void start_linger(sg_conn *c)
+{
+    c->linger_bytes = 0;
+    bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+    bufferevent_setcb(c->bev, on_read, on_linger_drained, on_event, c);
+    bufferevent_enable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        half_close(c);
+}
+
+/* Charges n bytes read after our close to the linger bound. Returns false,
+ * the connection aborted, past it. */
+static bool linger_charge(sg_conn *c, size_t n)
+{
+    if (n > LINGER_MAX_BYTES - c->linger_bytes) {
+        sg_conn_abort(c, "linger bound");
+        return false;
+    }
+    c->linger_bytes += (uint32_t)n;
+    return true;
+}
+
+static void discard_input(sg_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t n = evbuffer_get_length(in);
+    if (linger_charge(c, n))
+        evbuffer_drain(in, n);
 }
 
 /* ---- handshake ------------------------------------------------------- */
@@ -382,7 +525,7 @@ static void refuse(sg_conn *c, int status, const char *code, const char *message
     sg_metrics_inc(&s->metrics.handshakes, l);
     c->state = SG_CONN_HTTP_CLOSING;
     arm(c, PHASE_CLOSE_WAIT, HTTP_LINGER_MS);
-    flush_then_abort(c);
+    start_linger(c);
 }
 
 static void auth_failure(sg_conn *c, const char *reason, const char *message, bool token_present)
@@ -475,7 +618,7 @@ static void handle_handshake(sg_conn *c)
             sg_metrics_inc(&s->metrics.handshakes, "static");
             c->state = SG_CONN_HTTP_CLOSING;
             arm(c, PHASE_CLOSE_WAIT, 10000);
-            flush_then_abort(c);
+            start_linger(c);
             return;
         }
         refuse(c, 404, "not_found", "no such path; the WebSocket endpoint is /ws", NULL);
@@ -483,11 +626,6 @@ static void handle_handshake(sg_conn *c)
     }
     if (s->draining) {
         refuse(c, 503, "unavailable", "node is draining", "Retry-After: 1\r\n");
-        return;
-    }
-    if (s->metrics.ws_connections >= cfg->max_connections) {
-        sg_metrics_inc(&s->metrics.caps, "max_connections");
-        refuse(c, 503, "unavailable", "node is at its connection cap", "Retry-After: 1\r\n");
         return;
     }
     if (!sg_bus_available(s->bus)) {
@@ -603,16 +741,16 @@ static void refill(sg_bucket *b, const sg_rate *r, uint64_t now)
     b->last_ms = now;
 }
 
-/* The local guard: frames and bytes per connection, before Redis. Returns
- * true when the message may pass. */
-static bool local_admit(sg_conn *c, size_t len, uint32_t frames)
+/* The local guard: frames and bytes per connection, before Redis, charged
+ * for one frame of len payload bytes at its header. Returns true when the
+ * frame may pass. */
+static bool local_admit(sg_conn *c, uint64_t now, size_t len)
 {
     const sg_config *cfg = c->srv->cfg;
-    uint64_t now = sg_now_mono_ms();
     bool ok = true;
     if (cfg->rate_conn_frames.rate > 0) {
         refill(&c->frames, &cfg->rate_conn_frames, now);
-        ok = c->frames.tokens >= frames;
+        ok = c->frames.tokens >= 1;
     }
     if (ok && cfg->rate_conn_bytes.rate > 0) {
         refill(&c->bytes, &cfg->rate_conn_bytes, now);
@@ -620,7 +758,7 @@ static bool local_admit(sg_conn *c, size_t len, uint32_t frames)
     }
     if (ok) {
         if (cfg->rate_conn_frames.rate > 0)
-            c->frames.tokens -= frames;
+            c->frames.tokens -= 1;
         if (cfg->rate_conn_bytes.rate > 0)
             c->bytes.tokens -= (double)len;
         if (c->last_drop_ms && now - c->last_drop_ms > SG_WARN_INTERVAL_MS)
@@ -652,27 +790,44 @@ static void rate_warning(sg_conn *c, const char *scope)
     sg_session_dropped(c->srv->session, c->id, scope);
 }
 
+/* Every frame is charged at its header, control frames included: a message
+ * that never ends (empty continuations) or a ping flood pays as it goes,
+ * where charging a message when it ends let both through unmetered. A data
+ * frame over the limit dooms its message (dropped when it ends, with a
+ * warning); a ping over it is not answered. A close frame is always heard. */
 static int ws_on_frame(void *ud, uint8_t opcode, uint64_t len)
 {
     sg_conn *c = ud;
-    if (opcode == SG_WS_OP_TEXT || opcode == SG_WS_OP_CONT)
-        c->msg_frames++;
+    if (c->state != SG_CONN_OPEN || opcode == SG_WS_OP_CLOSE)
+        return 0; /* after our close only the linger bound applies */
+    bool data = opcode == SG_WS_OP_TEXT || opcode == SG_WS_OP_CONT;
+    if (opcode == SG_WS_OP_TEXT)
+        c->drop_message = false;
+    uint64_t now = sg_now_mono_ms();
+    /* len <= 125 for control frames and <= the message cap for data frames:
+     * the parser checked both before this call. */
+    bool ok = local_admit(c, now, (size_t)len);
+    if (data)
+        c->drop_message |= !ok;
+    else
+        c->drop_control = !ok;
+    if (!ok && now - c->over_since_ms >= FLOOD_CLOSE_MS) {
+        sg_metrics_inc(&c->srv->metrics.caps, "flood");
+        sg_conn_close(c, SG_WS_CLOSE_POLICY, "message rate over the limit for too long");
+        return 1;
+    }
     return 0;
 }
 
 static int ws_on_text(void *ud, const uint8_t *data, size_t len)
 {
     sg_conn *c = ud;
-    uint32_t frames = c->msg_frames ? c->msg_frames : 1;
-    c->msg_frames = 0;
+    bool drop = c->drop_message;
+    c->drop_message = false;
     if (c->state != SG_CONN_OPEN)
         return 0; /* after our close frame, only the client's close matters */
-    if (!local_admit(c, len, frames)) {
+    if (drop) {
         rate_warning(c, "connection");
-        if (c->state == SG_CONN_OPEN && sg_now_mono_ms() - c->over_since_ms >= FLOOD_CLOSE_MS) {
-            sg_metrics_inc(&c->srv->metrics.caps, "flood");
-            sg_conn_close(c, SG_WS_CLOSE_POLICY, "message rate over the limit for too long");
-        }
         return c->state == SG_CONN_OPEN ? 0 : 1;
     }
     sg_session_on_text(c->srv->session, c->id, (const char *)data, len, sg_now_wall_us());
@@ -682,8 +837,13 @@ static int ws_on_text(void *ud, const uint8_t *data, size_t len)
 static int ws_on_ping(void *ud, const uint8_t *data, size_t len)
 {
     sg_conn *c = ud;
-    if (c->state == SG_CONN_OPEN)
-        write_frame(c, SG_WS_OP_PONG, data, len);
+    if (c->state != SG_CONN_OPEN)
+        return 0;
+    if (c->drop_control) {
+        rate_warning(c, "connection");
+        return c->state == SG_CONN_OPEN ? 0 : 1;
+    }
+    write_frame(c, SG_WS_OP_PONG, data, len);
     return c->state >= SG_CONN_DEAD;
 }
 
@@ -721,12 +881,15 @@ static void protocol_violation(sg_conn *c, int code)
         {SG_WS_CLOSE_PROTOCOL, "protocol error"},
         {SG_WS_CLOSE_UNSUPPORTED, "binary messages are not accepted"},
         {SG_WS_CLOSE_INVALID_DATA, "invalid UTF-8"},
+        {SG_WS_CLOSE_POLICY, "message in too many fragments"},
         {SG_WS_CLOSE_TOO_BIG, "message too large"},
     };
     const char *reason = "protocol error";
     for (size_t i = 0; i < sizeof R / sizeof *R; i++)
         if (R[i].code == code)
             reason = R[i].reason;
+    if (code == SG_WS_CLOSE_POLICY)
+        sg_metrics_inc(&c->srv->metrics.caps, "fragments");
     if (code == SG_WS_CLOSE_TOO_BIG) {
         sg_metrics_inc(&c->srv->metrics.caps, "message_bytes");
         send_error(c, "payload_too_large", "message over the maximum size");
@@ -734,31 +897,28 @@ static void protocol_violation(sg_conn *c, int code)
     sg_conn_close(c, (uint16_t)code, reason);
 }
 
+/* Feeds the input to the parser. After our close frame the parser still
+ * looks for the client's close, and everything read counts against the
+ * linger bound; once it failed or stopped it returns at once, so the rest is
+ * just discarded. */
 static void read_frames(sg_conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     while ((c->state == SG_CONN_OPEN || c->state == SG_CONN_CLOSING) && evbuffer_get_length(in)) {
+        if (c->close_rcvd)
+            return; /* flush_then_abort ends it; reading is off */
         struct evbuffer_iovec v;
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
             break;
+        if (c->state == SG_CONN_CLOSING && !linger_charge(c, v.iov_len))
+            return;
         int rc = sg_ws_parser_feed(&c->ws, v.iov_base, v.iov_len);
         if (c->state == SG_CONN_DEAD)
             return; /* the bufferevent is gone */
         evbuffer_drain(in, v.iov_len);
-        if (rc == SG_WS_STOPPED)
-            break;
-        if (rc > 0) {
-            if (c->state == SG_CONN_OPEN)
-                protocol_violation(c, rc);
-            else
-                sg_conn_abort(c, "protocol error while closing");
-            return;
-        }
+        if (rc > 0 && c->state == SG_CONN_OPEN)
+            protocol_violation(c, rc);
     }
-    if (c->state == SG_CONN_CLOSING && c->close_rcvd)
-        return;
-    if (c->state != SG_CONN_OPEN && c->state != SG_CONN_CLOSING && c->bev)
-        evbuffer_drain(in, evbuffer_get_length(in));
 }
 
 static void on_read(struct bufferevent *bev, void *arg)
@@ -775,8 +935,8 @@ static void on_read(struct bufferevent *bev, void *arg)
         c->last_rx_ms = sg_now_mono_ms();
         read_frames(c);
         break;
-    default:
-        evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+    default: /* a refused request's rest, while our answer leaves */
+        discard_input(c);
     }
 }
 

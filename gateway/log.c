@@ -168,12 +168,13 @@ void sg_log_user(sg_log *l, const char *k, const char *sub)
     sg_log_str(l, k, h);
 }
 
-void sg_log_end(sg_log *l)
+/* Queues the line being built; false when it was dropped instead. */
+static bool queue_line(sg_log *l)
 {
     l->building = false;
     if (evbuffer_get_length(l->queue) > LOG_QUEUE_MAX) {
         l->dropped++;
-        return;
+        return false;
     }
     /* The first line that fits says how many were lost before it. */
     if (l->dropped != l->dropped_reported) {
@@ -182,6 +183,28 @@ void sg_log_end(sg_log *l)
     }
     sg_buf_puts(&l->line, "}\n");
     evbuffer_add(l->queue, l->line.data, l->line.len);
+    return true;
+}
+
+void sg_log_foreign(sg_log *l, int level, const char *event, const char *msg, uint64_t suppressed)
+{
+    /* Called from inside a library, maybe while one of our lines is being
+     * built (then this one is dropped: the other is not finished). */
+    if (l->building || !sg_log_begin(l, level, event))
+        return;
+    sg_log_str(l, "msg", msg);
+    if (suppressed)
+        sg_log_int(l, "suppressed", (int64_t)suppressed);
+    /* No event_active here: libevent must not be re-entered from its own log
+     * callback. What stdout does not take now leaves with the next line. */
+    if (queue_line(l))
+        drain(l);
+}
+
+void sg_log_end(sg_log *l)
+{
+    if (!queue_line(l))
+        return;
     if (!l->ev) {
         drain(l); /* before the loop runs: plain blocking write */
         return;

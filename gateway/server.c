@@ -1,4 +1,5 @@
 #include "sg/server.h"
+#include "sg/buf.h"
 #include "sg/conn.h"
 #include "sg/util.h"
 
@@ -21,6 +22,13 @@
 #define PROBE_INTERVAL_MS 1000
 #define PROBE_STALE_MS 5000   /* /readyz fails when no probe came back for this long */
 #define PROBE_RESET_MS 10000  /* then the subscriber connection is renewed */
+#define ACCEPT_RETRY_MS 100        /* a listener paused by an accept error tries again after this */
+#define ACCEPT_LOG_INTERVAL_MS 1000 /* at most one accept_error line a second per listener */
+#define LIBEVENT_LOG_PER_S 10      /* libevent's own lines, at most, a second */
+#define TLS12_CIPHERS                                                                      \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                           \
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                           \
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 
 static int resolve_listen(const char *hostport, struct sockaddr_storage *ss, socklen_t *len)
 {
@@ -59,16 +67,128 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     sg_conn_accept(s, fd, ip);
 }
 
+/* ---- accept errors ---------------------------------------------------- */
+
+/* Out of descriptors (EMFILE, ENFILE) or memory, accept fails and leaves the
+ * connection in the backlog, so the listener stays readable: accepting again
+ * at once fails again, at 100% CPU with a log line each time. A listener
+ * whose accept fails is paused instead and tried again ACCEPT_RETRY_MS later
+ * (whatever the error: none is worth a spin), meanwhile the connections we
+ * have are served and free descriptors as they go; the log line is
+ * rate-limited. Both listeners are guarded; libevent hands the admin
+ * listener's error callback evhttp's user data, not ours, so guards are
+ * found by listener in this list. */
+typedef struct sg_listen_guard {
+    struct sg_listen_guard *next;
+    sg_server *s;
+    struct evconnlistener *l;
+    struct event *retry;
+    const char *event;  /* log event name */
+    uint64_t logged_ms; /* last line (monotonic), 0: none yet */
+    uint64_t suppressed; /* errors since that line, not logged */
+} sg_listen_guard;
+
+static sg_listen_guard *guards;
+
+static void on_accept_retry(evutil_socket_t fd, short what, void *arg)
+{
+    sg_listen_guard *g = arg;
+    evconnlistener_enable(g->l);
+}
+
 static void on_accept_error(struct evconnlistener *l, void *arg)
 {
-    sg_server *s = arg;
     int err = EVUTIL_SOCKET_ERROR();
-    /* EMFILE and friends: keep serving the connections we have. */
-    if (sg_log_begin(s->log, SG_LOG_WARN, "ws.accept_error")) {
+    sg_listen_guard *g = guards;
+    while (g && g->l != l)
+        g = g->next;
+    if (!g)
+        return;
+    sg_server *s = g->s;
+    sg_metrics_inc(&s->metrics.caps, "accept_error");
+    evconnlistener_disable(l);
+    struct timeval tv = {0, ACCEPT_RETRY_MS * 1000};
+    evtimer_add(g->retry, &tv);
+    uint64_t now = sg_now_mono_ms();
+    if (g->logged_ms && now - g->logged_ms < ACCEPT_LOG_INTERVAL_MS) {
+        g->suppressed++;
+        return;
+    }
+    if (sg_log_begin(s->log, SG_LOG_WARN, g->event)) {
         sg_log_str(s->log, "error", evutil_socket_error_to_string(err));
+        sg_log_int(s->log, "suppressed", (int64_t)g->suppressed);
+        sg_log_int(s->log, "retry_ms", ACCEPT_RETRY_MS);
         sg_log_end(s->log);
     }
-    sg_metrics_inc(&s->metrics.caps, "accept_error");
+    g->logged_ms = now;
+    g->suppressed = 0;
+}
+
+static void guard_listener(sg_server *s, struct evconnlistener *l, const char *event)
+{
+    sg_listen_guard *g = sg_xcalloc(1, sizeof *g);
+    g->s = s;
+    g->l = l;
+    g->event = event;
+    g->retry = evtimer_new(s->base, on_accept_retry, g);
+    g->next = guards;
+    guards = g;
+    evconnlistener_set_error_cb(l, on_accept_error);
+}
+
+static void unguard_listeners(sg_server *s)
+{
+    for (sg_listen_guard **pp = &guards; *pp;) {
+        sg_listen_guard *g = *pp;
+        if (g->s != s) {
+            pp = &g->next;
+            continue;
+        }
+        *pp = g->next;
+        event_free(g->retry);
+        free(g);
+    }
+}
+
+/* ---- libevent's own log ----------------------------------------------- */
+
+/* libevent writes its warnings to stderr as plain text unless told
+ * otherwise; they come into the JSON log instead (stdout and stderr carry
+ * JSON only), at most LIBEVENT_LOG_PER_S lines a second. The callback takes
+ * no user pointer, hence the static. */
+static sg_log *libevent_log;
+static uint64_t libevent_log_second, libevent_log_count, libevent_log_suppressed;
+
+static void on_libevent_log(int severity, const char *msg)
+{
+    int level = severity >= EVENT_LOG_ERR ? SG_LOG_ERROR
+                : severity == EVENT_LOG_WARN ? SG_LOG_WARN
+                : severity == EVENT_LOG_MSG ? SG_LOG_INFO : SG_LOG_DEBUG;
+    if (!libevent_log) {
+        /* Before the server exists or after it is gone: still one JSON line. */
+        sg_buf b;
+        sg_buf_init(&b);
+        sg_buf_puts(&b, "{\"level\":");
+        static const char *names[] = {"debug", "info", "warn", "error"};
+        sg_buf_json_str(&b, names[level], strlen(names[level]));
+        sg_buf_puts(&b, ",\"event\":\"libevent.log\",\"msg\":");
+        sg_buf_json_str(&b, msg, strlen(msg));
+        sg_buf_puts(&b, "}\n");
+        fwrite(b.data, 1, b.len, stderr);
+        sg_buf_free(&b);
+        return;
+    }
+    uint64_t second = sg_now_mono_ms() / 1000;
+    if (second != libevent_log_second) {
+        libevent_log_second = second;
+        libevent_log_count = 0;
+    }
+    if (libevent_log_count++ >= LIBEVENT_LOG_PER_S) {
+        libevent_log_suppressed++;
+        return;
+    }
+    sg_log_foreign(libevent_log, level, "libevent.log", msg, libevent_log_suppressed);
+    libevent_log_suppressed = 0;
 }
 
 /* ---- delivery-path probe -------------------------------------------- */
@@ -328,11 +448,22 @@ static SSL_CTX *make_ssl(const sg_config *cfg, char *err, size_t errlen)
     if (!ctx)
         goto fail;
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    /* Level 2: at least 112-bit security (RSA/DH keys >= 2048 bits, ECC
+     * >= 224 bits), no SHA-1 in signatures, whatever the system openssl.cnf
+     * says. TLS 1.2 suites: forward secret (ECDHE) and AEAD only, i.e.
+     * Mozilla's "intermediate" list without DHE; no RSA key exchange, no
+     * CBC, no SHA-1 MACs. TLS 1.3 keeps OpenSSL's suites, all of which are. */
+    SSL_CTX_set_security_level(ctx, 2);
+    if (SSL_CTX_set_cipher_list(ctx, TLS12_CIPHERS) != 1) {
+        snprintf(err, errlen, "TLS setup failed: no TLS 1.2 cipher suite available");
+        goto fail;
+    }
     /* Idle connections keep no TLS read/write buffers. */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1) {
-        snprintf(err, errlen, "SIGNAL_TLS_CERT: cannot load %s", cfg->tls_cert);
+        snprintf(err, errlen, "SIGNAL_TLS_CERT: cannot load %s (a PEM chain; keys of at least 2048-bit RSA "
+                              "or 224-bit ECC, signed with SHA-256 or better)", cfg->tls_cert);
         goto fail;
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key, SSL_FILETYPE_PEM) != 1 ||
@@ -411,6 +542,8 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
     s->base = base;
     s->cfg = cfg;
     s->log = log;
+    libevent_log = log;
+    event_set_log_callback(on_libevent_log);
     sg_metrics_init(&s->metrics);
     sg_map_init(&s->conns);
     sg_map_init(&s->ip_counts);
@@ -441,7 +574,7 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
         snprintf(err, errlen, "SIGNAL_LISTEN: cannot listen on %s: %s", cfg->listen, strerror(errno));
         goto fail;
     }
-    evconnlistener_set_error_cb(s->listener, on_accept_error);
+    guard_listener(s, s->listener, "ws.accept_error");
 
     char host[256];
     int port;
@@ -452,10 +585,12 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
     evhttp_set_max_headers_size(s->admin, 8192);
     evhttp_set_max_body_size(s->admin, 0);
     evhttp_set_timeout(s->admin, 10);
-    if (evhttp_bind_socket(s->admin, host, (uint16_t)port) != 0) {
+    struct evhttp_bound_socket *admin_sock = evhttp_bind_socket_with_handle(s->admin, host, (uint16_t)port);
+    if (!admin_sock) {
         snprintf(err, errlen, "SIGNAL_ADMIN_LISTEN: cannot listen on %s", cfg->admin_listen);
         goto fail;
     }
+    guard_listener(s, evhttp_bound_socket_get_listener(admin_sock), "admin.accept_error");
 
     sg_bus_config bc = {.redis_url = cfg->redis_url, .sentinels = cfg->redis_sentinels,
                         .master_name = cfg->redis_master_name, .node_id = cfg->node_id,
@@ -508,6 +643,9 @@ void sg_server_free(sg_server *s)
     }
     on_reaper(-1, 0, s);
     sg_conn_wheel_free(s);
+    unguard_listeners(s);
+    if (libevent_log == s->log)
+        libevent_log = NULL;
     if (s->listener)
         evconnlistener_free(s->listener);
     if (s->admin)

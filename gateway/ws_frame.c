@@ -284,8 +284,12 @@ static int start_frame(sg_ws_parser *p)
          * before a byte of it is buffered. msg_len <= max_message always. */
         if (len > (uint64_t)(p->max_message - p->msg_len))
             return SG_WS_CLOSE_TOO_BIG;
-        if (p->opcode == SG_WS_OP_TEXT)
+        if (p->opcode == SG_WS_OP_TEXT) {
             p->utf8_state = SG_UTF8_ACCEPT;
+            p->fragments = 0;
+        }
+        if (++p->fragments > SG_WS_MAX_FRAGMENTS)
+            return SG_WS_CLOSE_POLICY;
         if (!p->fin)
             p->in_message = 1;
     }

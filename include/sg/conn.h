@@ -47,12 +47,15 @@ typedef struct sg_conn {
     bool close_rcvd;       /* the client's close frame arrived */
     bool lost;             /* TCP dropped or heartbeat reaped: resumable */
     bool ping_outstanding;
-    bool drop_message;     /* the message being received is over the local rate limit */
+    bool drop_message;     /* a frame of the message being received was over the local rate limit */
+    bool drop_control;     /* the control frame being received is over it */
+    bool half_closed;      /* our side ended (FIN sent) in a lingering close */
+    bool admitted;         /* counted against the connection caps (not refused at accept) */
     uint16_t close_code;   /* the code we sent or received, for logs and leave reasons */
     const char *leave_reason; /* peer_left reason when the connection goes */
     sg_ws_parser ws;
-    uint32_t msg_frames;   /* frames of the message in progress */
     uint32_t head_scanned; /* bytes of the upgrade head already scanned (sg_http_scan_head) */
+    uint32_t linger_bytes; /* input discarded since our close (conn.c's LINGER_MAX_BYTES) */
     uint64_t opened_ms, last_rx_ms, ping_sent_ms;
     sg_bucket frames, bytes;
     uint64_t over_since_ms, last_drop_ms;

@@ -47,6 +47,11 @@ void sg_log_end(sg_log *l);
 void sg_log_ratelimit_drop(sg_log *l, uint64_t conn, const char *scope, const char *room, const char *type,
                            uint64_t dropped);
 
+/* One line {"event":event,"msg":msg[,"suppressed":n]} for a message from a
+ * library's own log (libevent's log callback): it never calls into the event
+ * loop, and drops the message when one of our lines is being built. */
+void sg_log_foreign(sg_log *l, int level, const char *event, const char *msg, uint64_t suppressed);
+
 /* Computes the keyed hash of sub into out (17 bytes). */
 void sg_log_hash(const sg_log *l, const char *sub, char out[17]);
 

@@ -39,6 +39,8 @@ typedef struct sg_server {
     sg_session *session;
     sg_map conns;        /* conn id -> sg_conn* */
     sg_map ip_counts;    /* source address -> count, when the per-IP cap is on */
+    uint64_t admitted;   /* connections counted against SIGNAL_MAX_CONNECTIONS: from
+                          * accept until gone, those refused at accept excepted */
     /* Delivery-path probe: this node publishes to its own channel and
      * expects it back over the subscriber connection. */
     char probe_channel[96];

@@ -18,6 +18,8 @@
  *     sequences are caught as early as possible)                -> 1007
  *   - a message whose total length would exceed max_message is refused at the
  *     frame header that announces it, before any of it is buffered -> 1009
+ *   - a message in more than SG_WS_MAX_FRAGMENTS frames is refused at the
+ *     header of the frame one too many                          -> 1008
  *   - a close frame with a 1-byte payload, an invalid close code or a reason
  *     that is not UTF-8                                          -> 1002/1007
  */
@@ -28,6 +30,13 @@
 #include <stdint.h>
 #include "sg/utf8.h"
 #include <stdbool.h>
+
+/* Most frames one message may come in, the first included. Clients send a
+ * message in one frame, or cut a long one into frames of a few KiB (16 for a
+ * 64 KiB message at 4 KiB); without a bound, a message of empty
+ * continuation frames never ends and costs a header parse per 6 bytes
+ * forever, under any byte cap. */
+#define SG_WS_MAX_FRAGMENTS 256
 
 enum {
     SG_WS_OP_CONT = 0x0,
@@ -85,6 +94,7 @@ typedef struct sg_ws_parser {
     uint8_t mask[4];
     uint8_t mask_pos;
     uint8_t in_message;  /* a fragmented text message is in progress */
+    uint32_t fragments;  /* frames of the message in progress */
     uint8_t failed;
     uint64_t remaining;  /* payload bytes left in the current frame */
     uint32_t utf8_state;
@@ -100,7 +110,7 @@ typedef struct sg_ws_parser {
 
 enum {
     SG_WS_STOPPED = -1, /* a callback asked to stop */
-    /* any positive return value is the close code to send (1002/1003/1007/1009) */
+    /* any positive return value is the close code to send (1002/1003/1007/1008/1009) */
 };
 
 void sg_ws_parser_init(sg_ws_parser *p, const sg_ws_callbacks *cb, void *ud, size_t max_message);

@@ -391,6 +391,39 @@ static void test_cap_fragmented(void **state)
     free(pl);
 }
 
+/* A message may come in up to SG_WS_MAX_FRAGMENTS frames; the frame one too
+ * many is refused at its header with 1008. Control frames in between do not
+ * count, and the count starts again with the next message. */
+static void test_fragments_cap(void **state)
+{
+    fx *f = *state;
+    for (int over = 0; over <= 1; over++) {
+        fx_clear(f);
+        int n = SG_WS_MAX_FRAGMENTS + over;
+        for (int i = 0; i < n; i++) {
+            uint8_t op = i ? SG_WS_OP_CONT : SG_WS_OP_TEXT;
+            frame(&f->in, (uint8_t)((i == n - 1 ? FIN : 0) | op), "x", i ? 0 : 1, 0);
+            if (i < SG_WS_MAX_FRAGMENTS)
+                exp_frame(&f->exp, op, i ? 0 : 1);
+            if (i == 1) {
+                frame(&f->in, FIN | SG_WS_OP_PING, S("p"), 0);
+                exp_frame(&f->exp, SG_WS_OP_PING, 1);
+                exp_ping(&f->exp, S("p"));
+            }
+        }
+        if (!over) {
+            exp_text(&f->exp, S("x"));
+            /* The next message starts from one again. */
+            frame(&f->in, SG_WS_OP_TEXT, S("y"), 0);
+            frame(&f->in, FIN | SG_WS_OP_CONT, S(""), 0);
+            exp_frame(&f->exp, SG_WS_OP_TEXT, 1);
+            exp_frame(&f->exp, SG_WS_OP_CONT, 0);
+            exp_text(&f->exp, S("y"));
+        }
+        check(&f->in, 64, over ? SG_WS_CLOSE_POLICY : 0, &f->exp);
+    }
+}
+
 static void test_huge_lengths(void **state)
 {
     fx *f = *state;
@@ -1125,6 +1158,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_several_messages_one_feed, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_cap_single_frame, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_cap_fragmented, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_fragments_cap, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_huge_lengths, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_fragmented_with_controls, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_unmasked, fx_setup, fx_teardown),
