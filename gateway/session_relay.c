@@ -218,6 +218,14 @@ void deliver(sg_session *s, const char *channel, size_t chlen, const char *paylo
         hold(m, e.seq, e.frame.p, e.frame.n);
         return;
     }
+    /* A replay (resume, catch-up) reads the buffer on the command
+     * connection; a relay published just before it may still be on its way
+     * on the subscriber connection and arrive after the replay sent it.
+     * Outside a replay seq only goes up on a channel (a restart of the
+     * numbering always comes with a catch-up that resets it), so anything
+     * at or below the last seq sent is such a copy. */
+    if (m && e.kind == 'r' && e.seq && e.seq <= m->last_seq)
+        return;
     uint64_t t0 = s->tracer ? sg_now_wall_us() : 0;
     if (!send_frame(s, c, e.frame.p, e.frame.n) || e.kind != 'r')
         return;

@@ -419,6 +419,31 @@ static void test_catch_up_after_a_subscriber_gap_is_exactly_once(void **state)
     assert_string_equal(world_frame(w, 1, n + 2), "f3");
 }
 
+static void test_a_relay_read_after_the_replay_that_sent_it_is_not_sent_twice(void **state)
+{
+    world *w = *state;
+    join_a(w);
+    world_deliver(w, "r", A, 1, 'r', 1, "f1");
+    sg_session_on_redis_back(w->s);
+    world_lose(w, fake_bus_pop(w->bus)); /* the re-assert */
+    /* The catch-up's reply (command connection) comes before relay 2, which
+     * Redis published before running the catch-up (subscriber connection). */
+    free_call(world_answer(w, "*2\r\n:0\r\n*2\r\n$1\r\n2\r\n$2\r\nf2\r\n"));
+    size_t n = world_count(w, 1);
+    assert_string_equal(world_last(w, 1), "f2");
+    world_deliver(w, "r", A, 1, 'r', 2, "f2");
+    assert_int_equal(world_count(w, 1), n);
+    world_deliver(w, "r", A, 1, 'r', 3, "f3");
+    assert_int_equal(world_count(w, 1), n + 1);
+    /* after Redis lost the buffer the catch-up resets the numbering: seq 1 is new */
+    sg_session_on_redis_back(w->s);
+    world_lose(w, fake_bus_pop(w->bus));
+    free_call(world_answer(w, "*2\r\n:1\r\n*2\r\n$1\r\n1\r\n$3\r\nnf1\r\n"));
+    assert_string_equal(world_last(w, 1), "nf1");
+    world_deliver(w, "r", A, 1, 'r', 2, "nf2");
+    assert_string_equal(world_last(w, 1), "nf2");
+}
+
 static void test_ghosts_go_back_with_their_owners_sub_hash_only(void **state)
 {
     world *w = *state;
@@ -479,6 +504,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_resumed_frame_refused_frees_nothing_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_resume_for_a_gone_connection_goes_back_into_grace, setup, teardown),
         cmocka_unit_test_setup_teardown(test_catch_up_after_a_subscriber_gap_is_exactly_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_relay_read_after_the_replay_that_sent_it_is_not_sent_twice, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_ghosts_go_back_with_their_owners_sub_hash_only, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
