@@ -1,19 +1,24 @@
-# Writes OUT: a C file defining one string per operation script, each the
-# shared lib.lua followed by the operation's own file, so the binary carries
-# its scripts and needs no path at run time.
-# Usage: cmake -DLUA_DIR=... -DOUT=... -DOPS="join;leave;relay;refresh" -P embed_lua.cmake
-file(READ "${LUA_DIR}/lib.lua" lib_hex HEX)
-set(body "/* Generated from the lua/ scripts by cmake/embed_lua.cmake. Do not edit. */\n#include \"sg/scripts.h\"\n\n")
-set(table "")
+# Writes OUT: a C file holding the gateway's Redis function library, made of
+# lua/lib.lua and every operation's file after a header that names the
+# library and its functions after a hash of the text (lua/lib.lua says why),
+# so the binary carries its functions and needs no path at run time.
+# Usage: cmake -DLUA_DIR=... -DOUT=... -DOPS="join;leave;..." -P embed_lua.cmake
+file(READ "${LUA_DIR}/lib.lua" body)
 foreach(op IN LISTS OPS)
-  file(READ "${LUA_DIR}/${op}.lua" op_hex HEX)
-  set(hex "${lib_hex}0a${op_hex}")
-  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," arr "${hex}")
-  string(APPEND body "static const char script_${op}[] = {${arr}0x00};\n")
-  string(APPEND table "    {\"${op}\", script_${op}, sizeof script_${op} - 1},\n")
+  file(READ "${LUA_DIR}/${op}.lua" op_text)
+  string(APPEND body "\n${op_text}")
 endforeach()
-string(APPEND body "\nconst sg_script_src sg_script_sources[] = {\n${table}};\n")
-list(LENGTH OPS nops)
-string(APPEND body "const size_t sg_script_count = ${nops};\n")
-file(WRITE "${OUT}.tmp" "${body}")
+string(SHA1 hash "${body}")
+string(SUBSTRING "${hash}" 0 12 hash)
+set(lib "#!lua name=sg_${hash}\nlocal FN_PREFIX = 'sg_${hash}_'\n${body}")
+file(WRITE "${OUT}.txt.tmp" "${lib}")
+file(READ "${OUT}.txt.tmp" hex HEX)
+file(REMOVE "${OUT}.txt.tmp")
+string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," arr "${hex}")
+set(c "/* Generated from the lua/ files by cmake/embed_lua.cmake. Do not edit. */\n#include \"sg/scripts.h\"\n\n")
+string(APPEND c "const char sg_functions_library[] = {${arr}0x00};\n")
+string(APPEND c "const size_t sg_functions_library_len = sizeof sg_functions_library - 1;\n")
+string(APPEND c "const char sg_functions_prefix[] = \"sg_${hash}_\";\n")
+file(WRITE "${OUT}.tmp" "${c}")
 file(COPY_FILE "${OUT}.tmp" "${OUT}" ONLY_IF_DIFFERENT)
+file(REMOVE "${OUT}.tmp")

@@ -7,7 +7,6 @@
 
 #include <event2/dns.h>
 #include <event2/event.h>
-#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +35,8 @@ struct sg_bus {
     int port;
     char user[128], pass[256];
     int db;
-    char sha[SG_SCRIPT_COUNT][41];
+    /* "sg_<hash>_<name>" of each function, for FCALL. */
+    char fn[SG_FN_COUNT][48];
     sg_rconn *cmd, *sub, *sentinel;
     /* Subscribed to a sentinel's +switch-master, so a failover (planned or
      * not) is followed at once instead of when a command fails. */
@@ -123,13 +123,30 @@ static void resubscribe_all(sg_bus *b)
     }
 }
 
-static void load_scripts(sg_bus *b)
+/* FUNCTION LOAD (not REPLACE: another gateway of this version may have
+ * loaded it; another version's library has another name). Pipelined before
+ * any FCALL on the same connection, so none can miss it. */
+static void on_function_load(void *ud, uint64_t tag, redisReply *r)
 {
-    for (size_t i = 0; i < SG_SCRIPT_COUNT; i++) {
-        const char *argv[3] = {"SCRIPT", "LOAD", sg_script_sources[i].text};
-        size_t lens[3] = {6, 4, sg_script_sources[i].len};
-        sg_rconn_send(b->cmd, 3, argv, lens, NULL, 0);
+    sg_bus *b = ud;
+    if (!r || r->type != REDIS_REPLY_ERROR || strstr(r->str, "already exists"))
+        return;
+    /* Redis before 7.0 has no functions: say so, and keep trying (an upgrade
+     * fixes it without a restart of the gateway). */
+    if (sg_log_begin(b->log, SG_LOG_ERROR, "redis.function_load_failed")) {
+        sg_log_str(b->log, "host", b->host);
+        sg_log_strn(b->log, "error", r->str, r->len);
+        sg_log_str(b->log, "hint", "signal-gateway needs Redis 7.0 or newer");
+        sg_log_end(b->log);
     }
+    sg_rconn_close(b->cmd, "FUNCTION LOAD failed");
+}
+
+static void load_functions(sg_bus *b)
+{
+    const char *argv[3] = {"FUNCTION", "LOAD", sg_functions_library};
+    size_t lens[3] = {8, 4, sg_functions_library_len};
+    sg_rconn_send(b->cmd, 3, argv, lens, on_function_load, 0);
 }
 
 static void on_conn_state(void *ud, sg_rconn *c, bool up, const char *err)
@@ -141,7 +158,7 @@ static void on_conn_state(void *ud, sg_rconn *c, bool up, const char *err)
                 const char *argv[] = {"ROLE"};
                 sg_rconn_sendv(b->cmd, on_role, 0, 1, argv);
             }
-            load_scripts(b); /* EVALSHA after SCRIPT LOAD on one connection cannot miss */
+            load_functions(b);
         }
         else
             resubscribe_all(b);
@@ -213,9 +230,14 @@ static void on_reply(void *ud, uint64_t tag, redisReply *r)
     sg_bus *b = ud;
     if (b->h.on_reply)
         b->h.on_reply(b->h.ud, tag, r);
-    /* A demoted master answers writes with READONLY: find the new one. */
-    if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "READONLY", 8) == 0)
-        sg_rconn_close(b->cmd, "server is a replica now");
+    if (r && r->type == REDIS_REPLY_ERROR) {
+        /* A demoted master answers writes with READONLY: find the new one. */
+        if (strncmp(r->str, "READONLY", 8) == 0)
+            sg_rconn_close(b->cmd, "server is a replica now");
+        /* FUNCTION FLUSH (or DELETE) under a live gateway: load it again. */
+        else if (strstr(r->str, "Function not found"))
+            load_functions(b);
+    }
 }
 
 /* Through Sentinel, the address may be stale: talk only to a master. */
@@ -435,11 +457,8 @@ sg_bus *sg_bus_new(struct event_base *base, const sg_bus_config *cfg, const sg_b
     b->node_id = sg_xstrdup(cfg->node_id);
     b->timeout_ms = cfg->timeout_ms;
     sg_map_init(&b->chans);
-    for (size_t i = 0; i < SG_SCRIPT_COUNT; i++) {
-        uint8_t d[SHA_DIGEST_LENGTH];
-        SHA1((const uint8_t *)sg_script_sources[i].text, sg_script_sources[i].len, d);
-        sg_hex(b->sha[i], d, sizeof d);
-    }
+    for (size_t i = 0; i < SG_FN_COUNT; i++)
+        snprintf(b->fn[i], sizeof b->fn[i], "%s%s", sg_functions_prefix, sg_fn_names[i]);
     b->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
     sg_rconn_opts o = {.timeout_ms = cfg->timeout_ms, .on_state = on_conn_state,
                        .on_latency = on_latency, .dns = b->dns, .ud = b};
@@ -566,62 +585,41 @@ bool sg_bus_busy(const sg_bus *b) { return sg_rconn_pending(b->cmd) > 0; }
 
 bool sg_bus_overloaded(const sg_bus *b) { return sg_rconn_pending(b->cmd) >= SG_BUS_MAX_PENDING; }
 
-#define STACK_ARGS 48
-#define STACK_ROOMS 4
+#define STACK_ARGS 64
 
-int sg_bus_eval_rooms(sg_bus *b, sg_script_id s, const char *const *rooms, int nrooms, int argc,
-                      const char **argv, const size_t *lens, uint64_t tag)
+int sg_bus_fcall(sg_bus *b, sg_fn fn, int nkeys, const char *const *keys, int argc, const char **argv,
+                 const size_t *lens, uint64_t tag)
 {
-    if (!b->available || argc < 0 || nrooms < 1)
+    if (!b->available || argc < 0 || nkeys < 0 || (unsigned)fn >= SG_FN_COUNT)
         return -1;
-    static const char *suffix[4] = {"peers", "leases", "buckets", "acl"};
-    char keys_stack[STACK_ROOMS * 4][SG_ROOM_KEY_MAX];
-    const char *av_stack[STACK_ARGS + 3 + STACK_ROOMS * 4];
-    size_t al_stack[STACK_ARGS + 3 + STACK_ROOMS * 4];
-    size_t total = (size_t)argc + 3 + (size_t)nrooms * 4;
-    char (*keys)[SG_ROOM_KEY_MAX] = keys_stack;
+    const char *av_stack[STACK_ARGS];
+    size_t al_stack[STACK_ARGS];
+    size_t total = 3 + (size_t)nkeys + (size_t)argc;
     const char **av = av_stack;
     size_t *al = al_stack;
-    if (nrooms > STACK_ROOMS) /* a batch of lease refreshes */
-        keys = sg_xmalloc((size_t)nrooms * 4 * sizeof *keys);
-    if (total > sizeof av_stack / sizeof *av_stack) { /* or a large room */
+    if (total > STACK_ARGS) { /* a batch of re-asserts */
         av = sg_xmalloc(total * sizeof *av);
         al = sg_xmalloc(total * sizeof *al);
     }
     char nk[16];
     int n = 0;
-    av[n] = "EVALSHA"; al[n++] = 7;
-    av[n] = b->sha[s]; al[n++] = 40;
-    if (nrooms == 1) {
-        av[n] = "4"; al[n++] = 1;
-    } else {
-        av[n] = nk; al[n++] = (size_t)snprintf(nk, sizeof nk, "%d", nrooms * 4);
+    av[n] = "FCALL"; al[n++] = 5;
+    av[n] = b->fn[fn]; al[n++] = strlen(b->fn[fn]);
+    av[n] = nk; al[n++] = (size_t)snprintf(nk, sizeof nk, "%d", nkeys);
+    for (int i = 0; i < nkeys; i++) {
+        av[n] = keys[i];
+        al[n++] = strlen(keys[i]);
     }
-    for (int r = 0; r < nrooms; r++)
-        for (int i = 0; i < 4; i++) {
-            char *k = keys[r * 4 + i];
-            int kl = snprintf(k, SG_ROOM_KEY_MAX, "room:{%s}:%s", rooms[r], suffix[i]);
-            av[n] = k;
-            al[n++] = (size_t)kl;
-        }
     for (int i = 0; i < argc; i++) {
         av[n] = argv[i];
         al[n++] = lens ? lens[i] : strlen(argv[i]);
     }
     int rc = sg_rconn_send(b->cmd, n, av, al, on_reply, tag);
-    if (keys != keys_stack)
-        free(keys);
     if (av != av_stack) {
         free(av);
         free(al);
     }
     return rc;
-}
-
-int sg_bus_eval(sg_bus *b, sg_script_id s, const char *room, int argc, const char **argv,
-                const size_t *lens, uint64_t tag)
-{
-    return sg_bus_eval_rooms(b, s, &room, 1, argc, argv, lens, tag);
 }
 
 int sg_bus_command(sg_bus *b, int argc, const char **argv, const size_t *lens, uint64_t tag)

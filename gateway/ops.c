@@ -5,16 +5,40 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The names lua/<name>.lua registers, in sg_fn order. */
+const char *const sg_fn_names[SG_FN_COUNT] = {
+    [SG_FN_JOIN] = "join", [SG_FN_LEAVE] = "leave", [SG_FN_RELAY] = "relay",
+    [SG_FN_RESUME] = "resume", [SG_FN_CATCHUP] = "catchup", [SG_FN_REASSERT] = "reassert",
+    [SG_FN_EXPIRE] = "expire", [SG_FN_REAP] = "reap", [SG_FN_NODES] = "nodes",
+};
+
+#define NODES_KEY "signal:nodes"
+
+/* A token bucket of RATE/BURST as a GCRA cell: one arrival every 1000/RATE
+ * ms, BURST-1 of them early at most (lua/relay.lua). */
+static void gcra(char interval[32], char tolerance[32], const sg_rate *r)
+{
+    double iv = r->rate > 0 ? 1000.0 / r->rate : 0;
+    double tol = r->rate > 0 && r->burst > 1 ? iv * (r->burst - 1) : 0;
+    snprintf(interval, 32, "%.17g", iv);
+    snprintf(tolerance, 32, "%.17g", tol);
+}
+
 void sg_ops_init(sg_ops *o, sg_bus *bus, const sg_config *cfg)
 {
     memset(o, 0, sizeof *o);
     o->bus = bus;
     o->node = cfg->node_id;
+    uint8_t rnd[4];
+    sg_random_bytes(rnd, sizeof rnd);
+    char hex[9];
+    sg_hex(hex, rnd, sizeof rnd);
+    snprintf(o->inst, sizeof o->inst, "%s~%s", cfg->node_id, hex);
+    snprintf(o->node_rooms, sizeof o->node_rooms, "signal:node:{%s}:rooms", o->inst);
 #define FMT(field, v) snprintf(o->field, sizeof o->field, "%lld", (long long)(v))
     FMT(max_peers, cfg->room_max_peers);
     FMT(lease_ms, cfg->lease_ms);
-    /* Keys outlive three missed refreshes, then expire: nothing outlives a crash. */
-    FMT(ttl_ms, cfg->lease_ms * 3);
+    FMT(ttl_ms, SG_ROOM_TTL_MS);
     FMT(resume_ms, cfg->resume_ms);
     FMT(buf_max, cfg->resume_buffer_max);
     FMT(buf_bytes, cfg->resume_buffer_bytes);
@@ -22,33 +46,44 @@ void sg_ops_init(sg_ops *o, sg_bus *bus, const sg_config *cfg)
     FMT(ghost_ms, cfg->lease_ms + SG_BUS_BACKOFF_MAX_MS);
 #undef FMT
     const sg_rate *rs[3] = {&cfg->rate_peer, &cfg->rate_candidate, &cfg->rate_room};
-    for (int i = 0; i < 3; i++) {
-        snprintf(o->rate[i][0], sizeof o->rate[i][0], "%.6g", rs[i]->rate);
-        snprintf(o->rate[i][1], sizeof o->rate[i][1], "%.6g", rs[i]->burst);
-    }
+    for (int i = 0; i < 3; i++)
+        gcra(o->rate[i][0], o->rate[i][1], rs[i]);
 }
 
-static int eval(const sg_ops *o, sg_script_id s, const char *room, int argc, const char **argv,
-                const size_t *lens, uint64_t tag)
+void sg_room_keys_of(sg_room_keys *k, const char *room)
 {
-    return sg_bus_eval(o->bus, s, room, argc, argv, lens, tag);
+    /* Room ids are at most 128 characters (proto.h): every key fits. */
+    snprintf(k->peers, sizeof k->peers, "room:{%s}:peers", room);
+    snprintf(k->buckets, sizeof k->buckets, "room:{%s}:buckets", room);
+    snprintf(k->seq, sizeof k->seq, "room:{%s}:seq", room);
+    snprintf(k->acl, sizeof k->acl, "room:{%s}:acl", room);
 }
 
 #define NARGS(a) ((int)(sizeof(a) / sizeof *(a)))
+
+/* A room function: the room's keys (3, or 4 with the acl) and argv. */
+static int room_call(const sg_ops *o, sg_fn fn, const char *room, bool acl, int argc, const char **argv,
+                     const size_t *lens, uint64_t tag)
+{
+    sg_room_keys k;
+    sg_room_keys_of(&k, room);
+    const char *keys[] = {k.peers, k.buckets, k.seq, k.acl};
+    return sg_bus_fcall(o->bus, fn, acl ? 4 : 3, keys, argc, argv, lens, tag);
+}
 
 /* lua/join.lua */
 int sg_ops_join(const sg_ops *o, const sg_join_args *a, uint64_t tag)
 {
     const char *argv[] = {a->room, a->peer, a->holder, o->node, a->subhash, a->sub, a->claim_ok ? "1" : "0",
-                          o->max_peers, o->lease_ms, o->ttl_ms, o->resume_ms, a->rt};
-    return eval(o, SG_SCRIPT_JOIN, a->room, NARGS(argv), argv, NULL, tag);
+                          o->max_peers, o->resume_ms, a->rt, o->ttl_ms};
+    return room_call(o, SG_FN_JOIN, a->room, true, NARGS(argv), argv, NULL, tag);
 }
 
 /* lua/leave.lua */
 int sg_ops_leave(const sg_ops *o, const sg_leave_args *a, uint64_t tag)
 {
     const char *argv[] = {a->room, a->peer, a->holder, a->reason, o->resume_ms};
-    return eval(o, SG_SCRIPT_LEAVE, a->room, NARGS(argv), argv, NULL, tag);
+    return room_call(o, SG_FN_LEAVE, a->room, false, NARGS(argv), argv, NULL, tag);
 }
 
 /* lua/relay.lua: the hot path, so the lengths of what it already knows are
@@ -57,11 +92,11 @@ int sg_ops_relay(const sg_ops *o, const sg_relay_args *a, uint64_t tag)
 {
     const char *argv[] = {a->room, a->from, a->to, a->holder, a->kind, a->ts_us, a->traceparent, a->frame,
                           o->rate[0][0], o->rate[0][1], o->rate[1][0], o->rate[1][1], o->rate[2][0], o->rate[2][1],
-                          o->ttl_ms, o->resume_ms, o->buf_max, o->buf_bytes};
+                          o->resume_ms, o->buf_max, o->buf_bytes, o->ttl_ms};
     size_t lens[NARGS(argv)];
     for (int i = 0; i < NARGS(argv); i++)
         lens[i] = i == 3 ? a->holder_len : i == 7 ? a->frame_len : strlen(argv[i]);
-    return eval(o, SG_SCRIPT_RELAY, a->room, NARGS(argv), argv, lens, tag);
+    return room_call(o, SG_FN_RELAY, a->room, false, NARGS(argv), argv, lens, tag);
 }
 
 /* lua/resume.lua */
@@ -70,35 +105,103 @@ int sg_ops_resume(const sg_ops *o, const sg_resume_args *a, uint64_t tag)
     char last[24];
     snprintf(last, sizeof last, "%llu", (unsigned long long)a->last_seq);
     const char *argv[] = {a->room, a->peer, a->holder, o->node, a->subhash, a->rt_old, a->rt_new, last,
-                          o->lease_ms, o->ttl_ms, a->claim_ok ? "1" : "0", a->sub};
-    return eval(o, SG_SCRIPT_RESUME, a->room, NARGS(argv), argv, NULL, tag);
+                          a->claim_ok ? "1" : "0", a->sub, o->ttl_ms};
+    return room_call(o, SG_FN_RESUME, a->room, true, NARGS(argv), argv, NULL, tag);
 }
 
 /* lua/catchup.lua */
-int sg_ops_catchup(const sg_ops *o, const sg_catchup_args *a, uint64_t tag)
+int sg_ops_catchup(const sg_ops *o, const char *room, const char *peer, uint64_t last_seq, uint64_t tag)
 {
     char last[24];
-    snprintf(last, sizeof last, "%llu", (unsigned long long)a->last_seq);
-    const char *argv[] = {a->room, a->peer, last};
-    return eval(o, SG_SCRIPT_CATCHUP, a->room, NARGS(argv), argv, NULL, tag);
+    snprintf(last, sizeof last, "%llu", (unsigned long long)last_seq);
+    const char *argv[] = {room, peer, last};
+    return room_call(o, SG_FN_CATCHUP, room, false, NARGS(argv), argv, NULL, tag);
 }
 
-/* lua/refresh.lua: the fixed arguments, then the caller's per-room ones. */
-int sg_ops_refresh(const sg_ops *o, const char *const *rooms, int nrooms, bool silent, int nargs,
-                   const char **args, uint64_t tag)
+/* lua/reassert.lua: the fixed arguments, then the caller's per-room ones. */
+int sg_ops_reassert(const sg_ops *o, const char *const *rooms, int nrooms, bool silent, int nargs,
+                    const char **args, uint64_t tag)
 {
-    enum { FIXED = 8 };
+    enum { FIXED = 6 };
     char nr[16];
     snprintf(nr, sizeof nr, "%d", nrooms);
-    const char *stack[FIXED + 256];
-    const char **argv = (size_t)nargs + FIXED <= sizeof stack / sizeof *stack
-                            ? stack : sg_xmalloc(((size_t)nargs + FIXED) * sizeof *argv);
-    const char *fixed[FIXED] = {rooms[0], silent ? "1" : "0", o->lease_ms, o->ttl_ms, o->node,
-                                o->resume_ms, o->ghost_ms, nr};
+    const char *fixed[FIXED] = {silent ? "1" : "0", o->ttl_ms, o->node, o->inst, o->ghost_ms, nr};
+    const char **argv = sg_xmalloc(((size_t)nargs + FIXED) * sizeof *argv);
     memcpy(argv, fixed, sizeof fixed);
     memcpy(argv + FIXED, args, (size_t)nargs * sizeof *args);
-    int rc = sg_bus_eval_rooms(o->bus, SG_SCRIPT_REFRESH, rooms, nrooms, FIXED + nargs, argv, NULL, tag);
-    if (argv != stack)
-        free(argv);
+    sg_room_keys *k = sg_xmalloc((size_t)nrooms * sizeof *k);
+    const char **keys = sg_xmalloc((size_t)nrooms * 3 * sizeof *keys);
+    for (int r = 0; r < nrooms; r++) {
+        sg_room_keys_of(&k[r], rooms[r]);
+        keys[3 * r] = k[r].peers;
+        keys[3 * r + 1] = k[r].buckets;
+        keys[3 * r + 2] = k[r].seq;
+    }
+    int rc = sg_bus_fcall(o->bus, SG_FN_REASSERT, 3 * nrooms, keys, FIXED + nargs, argv, NULL, tag);
+    free(keys);
+    free(k);
+    free(argv);
+    return rc;
+}
+
+/* lua/expire.lua */
+int sg_ops_expire(const sg_ops *o, const char *room, const char *peer, uint64_t until_ms, uint64_t tag)
+{
+    char until[24];
+    snprintf(until, sizeof until, "%llu", (unsigned long long)until_ms);
+    const char *argv[] = {room, peer, until};
+    return room_call(o, SG_FN_EXPIRE, room, false, NARGS(argv), argv, NULL, tag);
+}
+
+/* lua/nodes.lua */
+int sg_ops_nodes(const sg_ops *o, uint64_t tag)
+{
+    const char *keys[] = {NODES_KEY};
+    const char *argv[] = {o->inst, o->lease_ms, o->ttl_ms};
+    return sg_bus_fcall(o->bus, SG_FN_NODES, 1, keys, NARGS(argv), argv, NULL, tag);
+}
+
+static void node_rooms_key(char out[128], const char *inst)
+{
+    snprintf(out, 128, "signal:node:{%s}:rooms", inst);
+}
+
+int sg_ops_dead_rooms(const sg_ops *o, const char *dead, uint64_t tag)
+{
+    char key[128];
+    node_rooms_key(key, dead);
+    const char *argv[] = {"SMEMBERS", key};
+    return sg_bus_command(o->bus, NARGS(argv), argv, NULL, tag);
+}
+
+/* lua/reap.lua */
+int sg_ops_reap(const sg_ops *o, const char *room, const char *dead, uint64_t tag)
+{
+    const char *argv[] = {room, dead, o->inst, o->resume_ms};
+    return room_call(o, SG_FN_REAP, room, false, NARGS(argv), argv, NULL, tag);
+}
+
+int sg_ops_forget(const sg_ops *o, const char *dead)
+{
+    char key[128];
+    node_rooms_key(key, dead);
+    const char *zrem[] = {"ZREM", NODES_KEY, dead};
+    const char *del[] = {"DEL", key};
+    int rc = sg_bus_command(o->bus, NARGS(zrem), zrem, NULL, 0);
+    return rc < 0 ? rc : sg_bus_command(o->bus, NARGS(del), del, NULL, 0);
+}
+
+int sg_ops_room_held(const sg_ops *o, const char *room, bool held)
+{
+    const char *argv[] = {held ? "SADD" : "SREM", o->node_rooms, room};
+    int rc = sg_bus_command(o->bus, NARGS(argv), argv, NULL, 0);
+    if (rc == 0 && held) {
+        /* The set lives as long as the instance heartbeats (nodes.lua), and
+         * a while more for whoever reaps it. */
+        char ttl[24];
+        snprintf(ttl, sizeof ttl, "%d", SG_ROOM_TTL_MS);
+        const char *exp[] = {"PEXPIRE", o->node_rooms, ttl};
+        sg_bus_command(o->bus, NARGS(exp), exp, NULL, 0);
+    }
     return rc;
 }

@@ -332,13 +332,16 @@ static void on_lease_tick(evutil_socket_t fd, short what, void *arg)
 static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
     sg_server *s = arg;
-    static const struct timeval tick = {0, DRAIN_TICK_MS * 1000};
-    (void)tick;
     /* Done when every client is gone and every leave has reached Redis
-     * (and none is still owed by the deferred pass). */
+     * (and none is still owed by the deferred pass); then the instance
+     * says goodbye, and that too reaches Redis. */
     if (s->conns.count == 0 && !s->dead && !sg_bus_busy(s->bus)) {
+        if (!s->said_goodbye && sg_bus_available(s->bus)) {
+            s->said_goodbye = true;
+            sg_session_goodbye(s->session);
+            return;
+        }
         event_base_loopexit(s->base, NULL);
-        return;
     }
 }
 
@@ -417,8 +420,8 @@ static void on_bus_available(void *ud, bool available, bool fresh)
 {
     sg_server *s = ud;
     s->available_since_ms = available ? sg_now_mono_ms() : 0;
-    if (available && fresh)
-        sg_session_on_redis_back(s->session);
+    if (available)
+        sg_session_on_redis_up(s->session, fresh);
 }
 
 static void on_bus_reply(void *ud, uint64_t tag, redisReply *r)

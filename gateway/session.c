@@ -23,6 +23,7 @@ sg_session *sg_session_new(const sg_session_deps *d)
     sg_map_init(&s->conns);
     sg_map_init(&s->rooms);
     sg_map_init(&s->waiters);
+    sg_map_init(&s->reaping);
     sg_msg_init(&s->msg);
     sg_buf_init(&s->out);
     uint8_t rnd[6];
@@ -114,6 +115,8 @@ void sg_session_close(sg_session *s, uint64_t conn_id, sg_gone why)
     free_sconn(c);
 }
 
+const char *sg_session_instance(const sg_session *s) { return s->ops.inst; }
+
 bool sg_session_ever_joined(const sg_session *s, uint64_t conn_id)
 {
     const sg_sconn *c = sess_conn(s, conn_id);
@@ -144,7 +147,7 @@ void send_error(sg_session *s, sg_sconn *c, const char *code, const char *messag
 
 size_t holder_of(const sg_session *s, uint64_t conn_id, char out[SG_WIRE_HOLDER_MAX])
 {
-    return sg_wire_holder(out, s->cfg->node_id, conn_id);
+    return sg_wire_holder(out, s->ops.inst, conn_id);
 }
 
 void peer_list_from(peer_list *pl, const redisReply *list, size_t from)
@@ -244,7 +247,11 @@ void sg_session_on_reply(sg_session *s, uint64_t tag, redisReply *r)
     case OP_JOIN: on_join_reply(s, op, r); break;
     case OP_LEAVE: on_leave_reply(s, op, r); break;
     case OP_RELAY: on_relay_reply(s, op, r); break;
-    case OP_REFRESH: on_refresh_reply(s, op, r); break;
+    case OP_REASSERT: on_reassert_reply(s, op, r); break;
+    case OP_NODES: on_nodes_reply(s, op, r); break;
+    case OP_DEAD_ROOMS: on_dead_rooms_reply(s, op, r); break;
+    case OP_REAP: on_reap_reply(s, op, r); break;
+    case OP_EXPIRE: on_expire_reply(s, op, r); break;
     case OP_RESUME: on_resume_reply(s, op, r); break;
     case OP_CATCHUP: on_catch_up_reply(s, op, r); break;
     }
@@ -261,14 +268,23 @@ void sg_session_on_subscribed(sg_session *s, const char *channel, size_t chlen)
     rooms_on_subscribed(s, channel, chlen);
 }
 
-void sg_session_on_redis_back(sg_session *s)
+void sg_session_on_redis_up(sg_session *s, bool fresh)
 {
-    reassert(s);
+    liveness_up(s);
+    if (!fresh)
+        return;
+    reassert(s, true);
     if (s->cfg->resume_ms > 0)
         start_catch_ups(s);
 }
 
-void sg_session_tick(sg_session *s) { refresh_leases(s); }
+void sg_session_tick(sg_session *s) { liveness_tick(s); }
+
+void sg_session_goodbye(sg_session *s)
+{
+    if (!s->rooms.count) /* a room still answered for (a grace period) stays reapable */
+        sg_ops_forget(&s->ops, s->ops.inst);
+}
 
 /* ---- client messages ----------------------------------------------------- */
 

@@ -5,8 +5,9 @@
  *   session_rooms.c   joins, leaves, memberships and their subscriptions
  *   session_relay.c   relays out, deliveries in, receipts
  *   session_resume.c  resumption and the catch-up after a subscriber gap
- *   session_lease.c   lease refreshes, re-assertion after Redis came back,
- *                     room-mates held elsewhere (ghosts)
+ *   session_liveness.c the rooms this instance answers for, its heartbeat,
+ *                     reaping dead instances, deadlines (grace periods,
+ *                     ghosts), re-assertion after Redis came back, key TTLs
  *
  * Ownership: the session owns every struct below. A connection's sconn and
  * memberships live until sg_session_close; a membership slot moves when
@@ -73,7 +74,7 @@ typedef struct sg_sconn {
     uint64_t warn_ms, dropped_since_warn; /* rate-limit warnings, at most one a second */
 } sg_sconn;
 
-/* A membership this node holds, as the lease refresh needs it. */
+/* A membership this node holds, as re-assertion needs it. */
 typedef struct sg_local_member {
     uint64_t conn;
     char peer[SG_PEER_LEN + 1];
@@ -86,9 +87,15 @@ typedef struct sg_remote_member {
     char subhash[65]; /* "" when not known */
 } sg_remote_member;
 
+/* A room this instance answers for: while it holds members there, watches
+ * a deadline there, or waits for a reply that may give it one. Such a room
+ * is in signal:node:{<instance>}:rooms, for whoever reaps the instance. */
 typedef struct sg_local_room {
     size_t n, cap;
     sg_local_member *m;
+    uint32_t watches;      /* deadlines of this room on the session's heap that hold it */
+    uint32_t pending;      /* leave/reap replies that may bring a deadline */
+    uint64_t renew_ms;     /* when the keys' TTLs were last renewed (monotonic) */
     /* Room-mates held by other nodes: after Redis loses the room they are
      * re-asserted as ghosts, so a member that left meanwhile still ends in
      * peer_left. */
@@ -101,7 +108,18 @@ typedef struct sg_waitlist {
     uint64_t *conns;
 } sg_waitlist;
 
-enum { OP_JOIN = 1, OP_LEAVE, OP_RELAY, OP_REFRESH, OP_RESUME, OP_CATCHUP };
+enum { OP_JOIN = 1, OP_LEAVE, OP_RELAY, OP_REASSERT, OP_RESUME, OP_CATCHUP, OP_NODES, OP_DEAD_ROOMS, OP_REAP,
+       OP_EXPIRE };
+
+/* A deadline (ms, Redis' clock) this instance watches: a member's grace
+ * period or a ghost's life. */
+typedef struct sg_watch {
+    uint64_t until;
+    char *room; /* heap */
+    char peer[SG_PEER_LEN + 1];
+    bool holds; /* keeps the room in the instance's set (a grace period:
+                 * if this instance dies, its reaper must find it) */
+} sg_watch;
 
 /* The context of one Redis operation. The reply finds its connection by id. */
 typedef struct sg_op {
@@ -110,10 +128,14 @@ typedef struct sg_op {
     uint8_t mtype;          /* sg_msg_type of a relay */
     bool reply_left;        /* OP_LEAVE answers the client with "left" */
     bool ack;               /* OP_RELAY: the sender asked for a delivery receipt */
+    bool silent;            /* OP_REASSERT: after a reconnect */
+    bool lost;              /* OP_LEAVE: may start a grace period this instance watches */
+    uint64_t until;         /* OP_EXPIRE: the deadline */
     uint64_t conn_id;
     uint64_t t0_us;
     sg_span_ctx span, parent; /* when tracing is on */
-    char *rooms;            /* OP_REFRESH: the batch's room ids, NUL-separated (heap) */
+    char *rooms;            /* OP_REASSERT: the batch's room ids, NUL-separated; OP_DEAD_ROOMS,
+                             * OP_REAP: the dead instance (heap) */
     uint32_t nrooms;
     char room[SG_ROOM_MAX + 1];
     char peer[SG_PEER_LEN + 1];
@@ -132,8 +154,13 @@ struct sg_session {
     sg_map conns;        /* conn id -> sg_sconn */
     sg_map rooms;        /* room id -> sg_local_room */
     sg_map waiters;      /* channel -> sg_waitlist: joins waiting for their subscription */
-    size_t lease_cursor; /* bucket of rooms where the incremental refresh goes on */
-    uint64_t lease_sweep_ms;
+    size_t renew_cursor; /* bucket of rooms where the incremental TTL renewal goes on */
+    uint64_t heartbeat_ms;  /* last heartbeat sent (monotonic) */
+    bool heartbeat_ok;   /* one came back: a "reaped" answer means it */
+    bool reasserted;     /* a silent re-assert went since the last heartbeat reply */
+    sg_watch *watch;     /* min-heap of deadlines, by until */
+    size_t nwatch, watch_cap;
+    sg_map reaping;      /* dead instance -> outstanding reaps (uintptr_t) */
     sg_op *op_free;
     sg_msg msg;          /* the message being handled (reused: no allocation per message) */
     sg_buf out;          /* frame being built */
@@ -199,14 +226,30 @@ void start_catch_ups(sg_session *s);
 void catch_up_on_subscribed(sg_session *s, const char *room, const char *peer, size_t plen);
 void on_catch_up_reply(sg_session *s, sg_op *op, redisReply *r);
 
-/* session_lease.c */
+/* session_liveness.c */
 void room_index_add(sg_session *s, const char *room, uint64_t conn, const char *peer, uint64_t joined_at_ms);
 void room_index_remove(sg_session *s, const char *room, uint64_t conn, const char *peer);
 void room_index_free(sg_session *s);
+/* A reply that may give this instance a deadline in room is on its way
+ * (room_pending), or came (room_settled): the room stays in the instance's
+ * set meanwhile. */
+void room_pending(sg_session *s, const char *room);
+void room_settled(sg_session *s, const char *room);
+/* Before a join or resume: the room goes into the instance's set first, so
+ * whoever reaps the instance finds it. */
+void room_announce(sg_session *s, const char *room);
+/* After a join or resume failed: out of the set again unless held. */
+void room_unannounce(sg_session *s, const char *room);
+void watch_deadline(sg_session *s, const char *room, const char *peer, size_t plen, uint64_t until, bool holds);
 void roster_set(sg_session *s, const char *room, const redisReply *list, size_t from);
 void roster_event(sg_session *s, const char *room, const sg_wire_envelope *e);
-void refresh_leases(sg_session *s);
-void reassert(sg_session *s);
-void on_refresh_reply(sg_session *s, sg_op *op, redisReply *r);
+void liveness_tick(sg_session *s);
+void liveness_up(sg_session *s);
+void reassert(sg_session *s, bool silent);
+void on_reassert_reply(sg_session *s, sg_op *op, redisReply *r);
+void on_nodes_reply(sg_session *s, sg_op *op, redisReply *r);
+void on_dead_rooms_reply(sg_session *s, sg_op *op, redisReply *r);
+void on_reap_reply(sg_session *s, sg_op *op, redisReply *r);
+void on_expire_reply(sg_session *s, sg_op *op, redisReply *r);
 
 #endif

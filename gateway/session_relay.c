@@ -199,8 +199,8 @@ void deliver(sg_session *s, const char *channel, size_t chlen, const char *paylo
         return;
     /* After a takeover two nodes may briefly listen on one channel: only the
      * holder's connection takes the message. */
-    size_t nl = strlen(s->cfg->node_id);
-    if (e.node.n != nl || memcmp(e.node.p, s->cfg->node_id, nl) != 0)
+    size_t nl = strlen(s->ops.inst);
+    if (e.node.n != nl || memcmp(e.node.p, s->ops.inst, nl) != 0)
         return;
     sg_sconn *c = sess_conn(s, e.conn);
     char room[SG_ROOM_MAX + 1];

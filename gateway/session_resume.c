@@ -96,6 +96,7 @@ void send_resume(sg_session *s, sg_sconn *c, sg_membership *m)
         sg_strlcpy(op->cid, m->cid, sizeof op->cid);
     op->t0_us = sg_now_wall_us();
     op_trace(s, op, c);
+    room_announce(s, m->room);
     if (sg_ops_resume(&s->ops, &a, op_tag(op)) < 0) {
         op_free(s, op);
         fail_membership(s, c, m, "unavailable", "Redis is unreachable");
@@ -113,9 +114,9 @@ void on_resume_reply(sg_session *s, sg_op *op, redisReply *r)
     sg_membership *m = c ? find_room(c, op->room) : NULL;
     if (m && (strcmp(m->peer, op->peer) != 0 || m->state != MEM_RESUMING))
         m = NULL;
-    bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 3 && r->element[0]->type == REDIS_REPLY_STRING &&
+    bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 4 && r->element[0]->type == REDIS_REPLY_STRING &&
               strcmp(r->element[0]->str, "resumed") == 0 && r->element[1]->type == REDIS_REPLY_ARRAY &&
-              r->element[2]->type == REDIS_REPLY_ARRAY;
+              r->element[2]->type == REDIS_REPLY_ARRAY && r->element[3]->type == REDIS_REPLY_INTEGER;
     if (!m) {
         if (ok) /* resumed for a connection that is gone: back into grace */
             issue_leave(s, op->conn_id, op->room, op->peer, "lost", false, NULL);
@@ -129,6 +130,7 @@ void on_resume_reply(sg_session *s, sg_op *op, redisReply *r)
                         refused ? "resume token unknown, expired or not yours, or the room no longer allows you; "
                                   "join afresh"
                                 : "Redis did not answer");
+        room_unannounce(s, op->room);
         return;
     }
     mark_joined(s, c, m);
@@ -157,8 +159,11 @@ void on_resume_reply(sg_session *s, sg_op *op, redisReply *r)
     send_out(s, c);
     free(m->fresh_token);
     m->fresh_token = NULL;
-    /* The buffer, then what arrived meanwhile and was not in it. */
+    /* The buffer, then what arrived meanwhile and was not in it. A lastSeq
+     * beyond what was ever sent would hide the next relays: the real one. */
     m->last_seq = m->resume_from;
+    if (r->element[3]->integer >= 0 && (uint64_t)r->element[3]->integer < m->last_seq)
+        m->last_seq = (uint64_t)r->element[3]->integer;
     replay(s, c, m, buffered);
     flush_held(s, c, m);
 }
@@ -171,12 +176,11 @@ void on_resume_reply(sg_session *s, sg_op *op, redisReply *r)
  * is subscribed again, holding live ones meanwhile. */
 static void send_catch_up(sg_session *s, sg_sconn *c, sg_membership *m)
 {
-    sg_catchup_args a = {.room = m->room, .peer = m->peer, .last_seq = m->last_seq};
     sg_op *op = op_new(s, OP_CATCHUP, c->id);
     sg_strlcpy(op->room, m->room, sizeof op->room);
     sg_strlcpy(op->peer, m->peer, sizeof op->peer);
     m->catch_up = CATCHUP_SENT;
-    if (sg_ops_catchup(&s->ops, &a, op_tag(op)) < 0) {
+    if (sg_ops_catchup(&s->ops, m->room, m->peer, m->last_seq, op_tag(op)) < 0) {
         op_free(s, op);
         m->catch_up = CATCHUP_WAITING; /* the next reconnect tries again */
     }

@@ -121,6 +121,7 @@ static void send_join(sg_session *s, sg_sconn *c, sg_membership *m)
     sg_join_args a = {.room = m->room, .peer = m->peer, .holder = holder, .subhash = c->subhash,
                       .sub = c->claims.sub, .claim_ok = sg_claims_room_allowed(&c->claims, m->room), .rt = rt};
     sg_op *op = membership_op(s, c, m, OP_JOIN);
+    room_announce(s, m->room);
     if (sg_ops_join(&s->ops, &a, op_tag(op)) < 0) {
         op_free(s, op);
         if (m->state == MEM_JOINED)
@@ -274,8 +275,16 @@ void issue_leave(sg_session *s, uint64_t conn_id, const char *room, const char *
     sg_sconn *c = sess_conn(s, conn_id);
     if (c)
         op_trace(s, op, c);
+    /* A grace period would be this instance's to watch: the room stays in
+     * its set until the answer says. */
+    op->lost = strcmp(reason, "lost") == 0 && s->cfg->resume_ms > 0;
+    if (op->lost)
+        room_pending(s, room);
     if (sg_ops_leave(&s->ops, &a, op_tag(op)) < 0) {
-        /* Redis is away: the lease will expire and room-mates get "timeout". */
+        /* Redis is away: when it is back this instance re-asserts what it
+         * still holds, and this member is not among it. */
+        if (op->lost)
+            room_settled(s, room);
         op_free(s, op);
         if (reply && c)
             send_error(s, c, "unavailable", "Redis is unreachable", cid, room);
@@ -310,6 +319,7 @@ static void join_failed(sg_session *s, sg_sconn *c, sg_membership *m, sg_op *op,
     }
     set_cid(m, op->cid);
     fail_membership(s, c, m, code, msg);
+    room_unannounce(s, op->room);
 }
 
 void on_join_reply(sg_session *s, sg_op *op, redisReply *r)
@@ -395,6 +405,15 @@ void handle_leave(sg_session *s, sg_sconn *c, const sg_msg *msg)
 
 void on_leave_reply(sg_session *s, sg_op *op, redisReply *r)
 {
+    if (op->lost) {
+        /* {"grace", until}: the member waits for its resume, and this
+         * instance watches the deadline. */
+        if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[1]->type == REDIS_REPLY_INTEGER &&
+            r->element[1]->integer > 0)
+            watch_deadline(s, op->room, op->peer, strlen(op->peer), (uint64_t)r->element[1]->integer, true);
+        room_settled(s, op->room);
+    }
+    log_script_error(s, "leave", r);
     sg_sconn *c = op->reply_left ? sess_conn(s, op->conn_id) : NULL;
     if (!c)
         return;

@@ -1,20 +1,24 @@
--- leave: ARGV room, peer, holder, reason, resume_ms
+-- leave (gateway/ops.c sg_ops_leave)
+--   KEYS: peers buckets seq acl
+--   ARGV: room peer holder reason resume_ms
 -- Removes the member only if this connection still holds it (a takeover may
 -- have moved it). reason "lost" (the connection dropped without a close
--- frame) starts the grace period instead when resumption is on.
--- Returns "left", "grace" or "not_member".
-local peer, holder, reason, resume_ms = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local cur = redis.call('HGET', K_PEERS, peer)
-local rec = cur and cjson.decode(cur)
-if not rec or rec.conn ~= holder then
-  return 'not_member'
-end
-if reason == 'lost' then
-  if resume_ms > 0 then
-    enter_grace(peer, rec, now_ms(), resume_ms)
-    return 'grace'
+-- frame) starts the grace period instead when resumption is on; the
+-- holder's instance then watches its deadline.
+-- Returns {"left"}, {"grace", until_ms} or {"not_member"}.
+register('leave', function(keys, args)
+  local room = room_of(keys, args)
+  local peer, holder, reason, resume_ms = args[2], args[3], args[4], tonumber(args[5])
+  local cur = redis.call('HGET', room.peers, peer)
+  if not cur or conn_of(cur) ~= holder then
+    return {'not_member'}
   end
-  reason = 'disconnect'
-end
-remove_member(peer, reason)
-return 'left'
+  if reason == 'lost' then
+    if resume_ms > 0 then
+      return {'grace', enter_grace(room, peer, cjson.decode(cur), inst_of(holder), now_ms(), resume_ms)}
+    end
+    reason = 'disconnect'
+  end
+  remove_member(room, peer, reason)
+  return {'left'}
+end)

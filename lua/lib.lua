@@ -1,33 +1,67 @@
--- Shared helpers. The gateway prepends this file to every operation script
--- before SCRIPT LOAD, so each script stays short and self-contained in Redis.
+-- The gateway's Redis function library (Redis >= 7.0). The build puts this
+-- file, then every operation file, after a header that names the library and
+-- the function prefix after a hash of the whole text:
+--   #!lua name=sg_<hash>
+--   local FN_PREFIX = 'sg_<hash>_'
+-- so gateways of different versions never call each other's functions.
+-- FUNCTION LOAD runs the file once: helpers here are built once, not per call.
 --
--- Every script gets the same four keys, all under the room's hash tag:
---   KEYS[1] room:{R}:peers    HASH peerId -> JSON member record
---   KEYS[2] room:{R}:leases   ZSET peerId -> lease (or grace) expiry, ms by Redis' clock
---   KEYS[3] room:{R}:buckets  HASH token buckets ("tokens last_ms" per bucket)
---   KEYS[4] room:{R}:acl      SET of subs (the application's; never written)
--- and ARGV[1] is the room id. Resumption (PROTOCOL.md §9) adds, under the
--- same hash tag: room:{R}:seq (HASH peer -> last relay seq, "b:"..peer ->
--- buffered bytes) and room:{R}:buf:<peer> (STREAM of relays, id "<seq>-1").
+-- Keys: every function of a room takes room:{R}:... keys only, so a call
+-- touches one hash slot (Redis Cluster) and may SPUBLISH to the room's
+-- channels. The first argument is always the room id R.
+--   room:{R}:peers    HASH peerId -> JSON member record
+--   room:{R}:buckets  HASH rate-limit cells (GCRA: "theoretical arrival
+--                     time" in ms per bucket: r, p:<peer>, c:<peer>)
+--   room:{R}:seq      HASH <peer> -> last relay seq to it, b:<peer> -> bytes
+--                     ever buffered for it (the end offset of its buffer)
+--   room:{R}:buf:<peer> STREAM of relays to <peer>, entry id
+--                     "<start offset>-<seq>", field f = the frame
+--   room:{R}:acl      SET of subs (the application's; never written)
+-- Node liveness (not per room, so idle rooms cost nothing):
+--   signal:nodes      ZSET instance -> last heartbeat (ms, Redis clock)
+--   signal:node:{<instance>}:rooms SET of rooms the instance answers for
+--                     (written by the gateway, not by these functions)
+-- An instance is one run of a gateway: "<SIGNAL_NODE_ID>~<random>", so a
+-- node restarted under the same id is not taken for its former self.
 --
--- Messages on a peer channel are "<holder>\t<kind>\t<ts_us>\t<traceparent>\t<seq>\n<frame>":
--- holder is "<node>#<connection id>" (only that connection takes it: after a
--- takeover two nodes may briefly listen on the same channel), kind is
--- r (relay), e (membership event) or x (replaced: the holder lost the peerId).
+-- A member record is {"node","inst","conn","sub","joinedAt"[,"rt"][,"grace"][,"ghost","until"]}:
+-- node is the SIGNAL_NODE_ID of the gateway that held it last, inst the
+-- instance that answers for it, conn the holder "<instance>#<connection id>"
+-- ("" while nobody holds it), sub a keyed hash of the token's sub, rt a hash
+-- of the resume token. grace (ms) is the end of the grace period of a
+-- member whose connection is lost (conn ""), until the end of a ghost's
+-- life: the instance in inst watches that deadline (expire) and takes the
+-- member out when it passes.
+-- A ghost is a member a room-mate's node re-asserted after Redis lost the
+-- room, with the owner's sub hash as that node saw it: its own node
+-- re-asserts it for real, or its deadline passes; only its owner may take
+-- it over meanwhile.
 --
--- A member record is {"node","conn","sub","joinedAt"[,"rt"][,"grace"][,"ghost"]}:
--- sub is a hash of the token's sub, rt a hash of the resume token, grace is
--- set (and conn is "") while the member's connection is lost and it may resume.
--- ghost is set (conn "") on a member a room-mate's node re-asserted after
--- Redis lost the room, with the owner's sub hash as that node saw it: its
--- own node re-asserts it for real, or its lease runs out and the room hears
--- peer_left "timeout"; meanwhile only its owner may take it over.
+-- Channel messages are "<holder>\t<kind>\t<ts_us>\t<meta>\t<seq>\n<frame>"
+-- (include/sg/wire.h): kind r (relay; meta = traceparent), e (membership
+-- event; meta = the joiner's sub hash for peer_joined, else "-"), x (the
+-- holder lost its peerId; frame = the error to send).
 
-local K_PEERS, K_LEASES, K_BUCKETS = KEYS[1], KEYS[2], KEYS[3]
-local ROOM = ARGV[1]
+local function register(name, fn)
+  redis.register_function(FN_PREFIX .. name, fn)
+end
 
-local function rkey(suffix)
-  return 'room:{' .. ROOM .. '}:' .. suffix
+-- The room a call works on: its keys and its id.
+-- The instance of a holder "<instance>#<connection id>".
+local function inst_of(holder)
+  return string.match(holder, '^([^#]*)#') or ''
+end
+
+local function room_of(keys, args)
+  return {id = args[1], peers = keys[1], buckets = keys[2], seq = keys[3], acl = keys[4]}
+end
+
+local function rkey(room, suffix)
+  return 'room:{' .. room.id .. '}:' .. suffix
+end
+
+local function channel(room, peer)
+  return rkey(room, 'peer:' .. peer)
 end
 
 local function now_ms()
@@ -35,62 +69,54 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function channel(peer)
-  return rkey('peer:' .. peer)
-end
-
--- meta: "-", or for a peer_joined event the joiner's sub hash (the room's
--- other nodes keep it to protect the ghost they may have to re-assert).
 local function envelope(holder, kind, frame, meta)
   return holder .. '\t' .. kind .. '\t0\t' .. (meta or '-') .. '\t0\n' .. frame
 end
 
 -- Room and peer ids are validated by the gateway to characters that need no
 -- JSON escaping, so frames can be concatenated.
-local function peer_joined_frame(peer)
-  return '{"type":"peer_joined","roomId":"' .. ROOM .. '","peerId":"' .. peer .. '"}'
+local function peer_joined_frame(room, peer)
+  return '{"type":"peer_joined","roomId":"' .. room.id .. '","peerId":"' .. peer .. '"}'
 end
 
-local function peer_left_frame(peer, reason)
-  return '{"type":"peer_left","roomId":"' .. ROOM .. '","peerId":"' .. peer ..
+local function peer_left_frame(room, peer, reason)
+  return '{"type":"peer_left","roomId":"' .. room.id .. '","peerId":"' .. peer ..
          '","reason":"' .. reason .. '"}'
 end
 
--- Sends frame to every member except `except` (members in grace have no
--- connection to send to).
-local function broadcast(except, frame, meta)
-  local all = redis.call('HGETALL', K_PEERS)
+-- A record's conn and sub, read without decoding it: in cjson's output an
+-- unescaped quote only delimits, and holders ("<instance>#<n>") and hashes
+-- hold nothing cjson escapes.
+local function conn_of(rec)
+  return string.match(rec, '"conn":"([^"\\]*)"') or cjson.decode(rec).conn
+end
+
+local function sub_of(rec)
+  return string.match(rec, '"sub":"(%x*)"') or ''
+end
+
+-- Sends frame to every member but `except` that has a connection.
+local function broadcast(room, except, frame, meta)
+  local all = redis.call('HGETALL', room.peers)
   for i = 1, #all, 2 do
     if all[i] ~= except then
-      local rec = cjson.decode(all[i + 1])
-      if rec.conn ~= '' then
-        redis.call('PUBLISH', channel(all[i]), envelope(rec.conn, 'e', frame, meta))
+      local conn = conn_of(all[i + 1])
+      if conn ~= '' then
+        redis.call('PUBLISH', channel(room, all[i]), envelope(conn, 'e', frame, meta))
       end
     end
   end
 end
 
--- A member record's conn, read without decoding the record: the relay script
--- is what bounds throughput (and refreshes what idle rooms cost), and
--- cjson.decode calls were a good part of both. In cjson's output an
--- unescaped quote only delimits, so '"conn":"' can only be that key; a value
--- holding anything cjson escapes (never the case for holders,
--- "<node id>#<n>" with node ids of A-Za-z0-9_.:-) falls back to decoding.
-local function conn_of(rec)
-  local c = string.match(rec, '"conn":"([^"\\]*)"')
-  if c then return c end
-  return cjson.decode(rec).conn
-end
-
 -- The members but `except`, sorted, as {peer, sub hash, peer, sub hash...}:
 -- the gateway keeps room-mates' sub hashes to protect ghosts.
-local function member_list(except)
-  local all = redis.call('HGETALL', K_PEERS)
+local function member_list(room, except)
+  local all = redis.call('HGETALL', room.peers)
   local peers, subs = {}, {}
   for i = 1, #all, 2 do
     if all[i] ~= except then
       peers[#peers + 1] = all[i]
-      subs[all[i]] = string.match(all[i + 1], '"sub":"(%x*)"') or ''
+      subs[all[i]] = sub_of(all[i + 1])
     end
   end
   table.sort(peers)
@@ -102,100 +128,92 @@ local function member_list(except)
   return out
 end
 
--- Every key the gateway writes expires, so nothing outlives a crash.
-local function touch(ttl_ms)
-  redis.call('PEXPIRE', K_PEERS, ttl_ms)
-  redis.call('PEXPIRE', K_LEASES, ttl_ms)
-  redis.call('PEXPIRE', K_BUCKETS, ttl_ms)
-  redis.call('PEXPIRE', rkey('seq'), ttl_ms)
+-- Every key the gateway writes expires, so nothing outlives a crash; the
+-- nodes holding a room renew its keys long before (reassert).
+local function touch(room, ttl_ms)
+  redis.call('PEXPIRE', room.peers, ttl_ms)
+  redis.call('PEXPIRE', room.buckets, ttl_ms)
+  redis.call('PEXPIRE', room.seq, ttl_ms)
 end
 
 -- Forgets a peer's relay buffer and sequence (a fresh join starts at 1).
-local function drop_buffer(peer)
-  redis.call('DEL', rkey('buf:' .. peer))
-  redis.call('HDEL', rkey('seq'), peer, 'b:' .. peer)
+local function drop_buffer(room, peer)
+  redis.call('DEL', rkey(room, 'buf:' .. peer))
+  redis.call('HDEL', room.seq, peer, 'b:' .. peer)
 end
 
 -- Removes a member, tells the others, and deletes the room's keys (all but
 -- the acl) when it was the last one.
-local function remove_member(peer, reason)
-  redis.call('HDEL', K_PEERS, peer)
-  redis.call('ZREM', K_LEASES, peer)
-  redis.call('HDEL', K_BUCKETS, 'p:' .. peer, 'c:' .. peer)
-  drop_buffer(peer)
-  if redis.call('HLEN', K_PEERS) == 0 then
-    redis.call('DEL', K_PEERS, K_LEASES, K_BUCKETS, rkey('seq'))
+local function remove_member(room, peer, reason)
+  redis.call('HDEL', room.peers, peer)
+  redis.call('HDEL', room.buckets, 'p:' .. peer, 'c:' .. peer)
+  drop_buffer(room, peer)
+  if redis.call('HLEN', room.peers) == 0 then
+    redis.call('DEL', room.peers, room.buckets, room.seq)
   else
-    broadcast(peer, peer_left_frame(peer, reason))
+    broadcast(room, peer, peer_left_frame(room, peer, reason))
   end
 end
 
 -- Puts a member whose connection is lost into its grace period: no
--- peer_left yet, relays to it are buffered, its token may resume it.
-local function enter_grace(peer, rec, now, resume_ms)
-  rec.conn = ''
-  rec.grace = now + resume_ms
-  redis.call('HSET', K_PEERS, peer, cjson.encode(rec))
-  redis.call('ZADD', K_LEASES, now + resume_ms, peer)
-  -- The room must outlive the grace period even when nobody else refreshes
-  -- it; only ever lengthen a key's life here (PTTL, not PEXPIRE GT: Redis 6).
-  local keep = resume_ms * 2
-  for _, k in ipairs({K_PEERS, K_LEASES, K_BUCKETS, rkey('seq'), rkey('buf:' .. peer)}) do
-    local left = redis.call('PTTL', k)
-    if left >= 0 and left < keep then redis.call('PEXPIRE', k, keep) end
-  end
+-- peer_left yet, relays to it are buffered, its token may resume it. `inst`
+-- watches the deadline. Returns the deadline.
+local function enter_grace(room, peer, rec, inst, now, resume_ms)
+  rec.conn, rec.inst, rec.grace = '', inst, now + resume_ms
+  redis.call('HSET', room.peers, peer, cjson.encode(rec))
+  return rec.grace
 end
 
--- Members whose lease ran out: their node died without a word. With
--- resumption on they enter the grace period first; when that runs out too
--- (or without resumption) they leave with reason timeout. `keep` lists
--- peers the caller holds and is refreshing.
-local function reap(now, keep, resume_ms)
-  local expired = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now)
-  for _, p in ipairs(expired) do
-    if not (keep and keep[p]) then
-      local cur = redis.call('HGET', K_PEERS, p)
-      local rec = cur and cjson.decode(cur)
-      if rec and not rec.grace and not rec.ghost and resume_ms > 0 then
-        enter_grace(p, rec, now, resume_ms)
-      else
-        remove_member(p, 'timeout')
-      end
-    end
-  end
-end
-
--- Appends a relay to the target's buffer, oldest dropped first past either
--- cap, and returns the frame with its seq.
-local function buffer_relay(peer, frame, max_count, max_bytes, ttl_ms)
-  local sk = rkey('seq')
-  local seq = redis.call('HINCRBY', sk, peer, 1)
+-- The buffer of relays to `peer` (§9): the relay's frame gets its seq, the
+-- entry goes in, and the oldest entries past either cap go out. Entry ids
+-- are "<start>-<seq>", start being the byte offset of the entry in
+-- everything ever buffered for the peer (b:<peer> is the end offset), so
+-- the byte cap is one XTRIM MINID and the count cap the XADD's MAXLEN: no
+-- read of the old entries, one append and O(1) trimming per relay. The
+-- newest entry is always kept, even alone over the byte cap.
+local function buffer_relay(room, peer, frame, max_count, max_bytes, ttl_ms)
+  local seq = redis.call('HINCRBY', room.seq, peer, 1)
   -- The gateway's frame always starts with {"type":"relay", (16 bytes).
   frame = '{"type":"relay","seq":' .. seq .. ',' .. string.sub(frame, 17)
-  local buf = rkey('buf:' .. peer)
-  -- The count cap goes with the XADD (MAXLEN); what it will drop is read
-  -- first, only for its size (a full buffer, the steady state of a long call,
-  -- drops one entry per relay). The byte cap still needs the loop below.
-  local len = redis.call('XLEN', buf)
-  local delta = #frame
-  local over = len + 1 - max_count
-  if over > 0 then
-    for _, e in ipairs(redis.call('XRANGE', buf, '-', '+', 'COUNT', over)) do
-      delta = delta - #e[2][2]
-    end
-    len = max_count
-  else
-    len = len + 1
+  local stop = redis.call('HINCRBY', room.seq, 'b:' .. peer, #frame)
+  local start = stop - #frame
+  local buf = rkey(room, 'buf:' .. peer)
+  if seq == 1 then
+    redis.call('DEL', buf) -- numbering starts again: nothing older can be replayed
   end
-  redis.call('XADD', buf, 'MAXLEN', max_count, string.format('%d-1', seq), 'f', frame)
-  redis.call('PEXPIRE', buf, ttl_ms)
-  local bytes = redis.call('HINCRBY', sk, 'b:' .. peer, delta)
-  redis.call('PEXPIRE', sk, ttl_ms) -- it may have just been created
-  while bytes > max_bytes and len > 1 do
-    local oldest = redis.call('XRANGE', buf, '-', '+', 'COUNT', 1)[1]
-    redis.call('XDEL', buf, oldest[1])
-    bytes = redis.call('HINCRBY', sk, 'b:' .. peer, -#oldest[2][2])
-    len = len - 1
+  redis.call('XADD', buf, 'MAXLEN', max_count, start .. '-' .. seq, 'f', frame)
+  if stop > max_bytes then
+    local floor = stop - max_bytes
+    if floor > start then floor = start end
+    redis.call('XTRIM', buf, 'MINID', floor)
+  end
+  if seq == 1 then
+    -- Created by this relay: its TTL once; the room's nodes renew it.
+    redis.call('PEXPIRE', buf, ttl_ms)
+    redis.call('PEXPIRE', room.seq, ttl_ms)
   end
   return frame, seq
+end
+
+-- The buffered relays after last_seq, as {seq, frame, seq, frame...}.
+local function buffered_after(room, peer, last_seq)
+  local out = {}
+  for _, e in ipairs(redis.call('XRANGE', rkey(room, 'buf:' .. peer), '-', '+')) do
+    local seq = tonumber(string.match(e[1], '%-(%d+)$'))
+    if seq > last_seq then
+      out[#out + 1] = tostring(seq)
+      out[#out + 1] = e[2][2]
+    end
+  end
+  return out
+end
+
+-- The token's rooms claim, or the application's acl set, must allow the room.
+-- The deadline a member's watcher enforces: its grace period or a ghost's life.
+local function deadline_of(rec)
+  return rec.grace or rec['until']
+end
+
+local function authorized(room, claim_ok, sub)
+  return claim_ok == '1' or redis.call('SISMEMBER', room.acl, sub) == 1
 end

@@ -1,71 +1,69 @@
--- relay: ARGV room, from, to, holder, kind, ts_us, traceparent, frame,
---        peer_rate, peer_burst, cand_rate, cand_burst, room_rate, room_burst,
---        ttl_ms, resume_ms, buf_max, buf_bytes
--- Checks membership, takes tokens from the room, peer and (for candidates)
--- candidate buckets in one step, buffers the relay for resumption (with its
--- seq) and publishes it to the target's channel.
+-- relay (gateway/ops.c sg_ops_relay): the hot path, so it reads both
+-- members in one HMGET, all buckets in one HMGET and one HSET, asks for the
+-- time only when a bucket is on, and leaves TTLs to the room's nodes.
+--   KEYS: peers buckets seq
+--   ARGV: room from to holder kind ts_us traceparent frame
+--         peer_interval peer_tolerance cand_interval cand_tolerance
+--         room_interval room_tolerance resume_ms buf_max buf_bytes ttl_ms
+-- Buckets are GCRA cells (one number each): a bucket of RATE/BURST has an
+-- interval of 1000/RATE ms and a tolerance of (BURST-1) intervals; an
+-- interval of 0 turns it off.
 -- Returns {"ok", "delivered"|"buffered", seq} or {"error", code} or
 -- {"rate_limited", scope}.
-local from, to, holder, kind = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local ts, tp, frame = ARGV[6], ARGV[7], ARGV[8]
-local ttl_ms, resume_ms = tonumber(ARGV[15]), tonumber(ARGV[16])
-
-local cur = redis.call('HGET', K_PEERS, from)
-if not cur or conn_of(cur) ~= holder then
-  return {'error', 'not_joined'}
-end
-local target = (to ~= from) and redis.call('HGET', K_PEERS, to)
-if not target then
-  return {'error', 'peer_not_found'}
-end
-
--- Token buckets: "tokens last_ms" per field. A bucket with rate 0 is off;
--- with every bucket off there is nothing to read, write or time.
-local buckets = {}
-local function bucket(field, rate, burst, scope)
-  rate = tonumber(rate)
-  if rate > 0 then buckets[#buckets + 1] = {field, rate, tonumber(burst), scope} end
-end
-bucket('r', ARGV[13], ARGV[14], 'room')
-bucket('p:' .. from, ARGV[9], ARGV[10], 'peer')
-if kind == 'candidate' then
-  bucket('c:' .. from, ARGV[11], ARGV[12], 'candidate')
-end
-if #buckets > 0 then
-  local now = now_ms()
-  local levels = {}
-  for i, b in ipairs(buckets) do
-    local tokens = b[3]
-    local v = redis.call('HGET', K_BUCKETS, b[1])
-    if v then
-      local t, last = string.match(v, '^(%S+) (%S+)$')
-      tokens = tonumber(t) + (now - tonumber(last)) * b[2] / 1000
-      if tokens > b[3] then tokens = b[3] end
+register('relay', function(keys, args)
+  local room = room_of(keys, args)
+  local from, to, holder = args[2], args[3], args[4]
+  local both = redis.call('HMGET', room.peers, from, to)
+  if not both[1] or conn_of(both[1]) ~= holder then
+    return {'error', 'not_joined'}
+  end
+  if to == from or not both[2] then
+    return {'error', 'peer_not_found'}
+  end
+  local fields, scopes, intervals, tolerances = {}, {}, {}, {}
+  local function bucket(field, interval, tolerance, scope)
+    interval = tonumber(interval)
+    if interval > 0 then
+      local n = #fields + 1
+      fields[n], scopes[n], intervals[n], tolerances[n] = field, scope, interval, tonumber(tolerance)
     end
-    if tokens < 1 then return {'rate_limited', b[4]} end
-    levels[i] = tokens
   end
-  for i, b in ipairs(buckets) do
-    redis.call('HSET', K_BUCKETS, b[1], string.format('%.3f %d', levels[i] - 1, now))
+  bucket('r', args[13], args[14], 'room')
+  bucket('p:' .. from, args[9], args[10], 'peer')
+  if args[5] == 'candidate' then
+    bucket('c:' .. from, args[11], args[12], 'candidate')
   end
-  redis.call('PEXPIRE', K_BUCKETS, ttl_ms)
-end
-
-local seq = 0
-if resume_ms > 0 then
-  frame, seq = buffer_relay(to, frame, tonumber(ARGV[17]), tonumber(ARGV[18]), ttl_ms + resume_ms)
-end
-local tconn = conn_of(target)
-if tconn == '' then
-  -- In its grace period, or a ghost re-asserted by a room-mate's node after
-  -- Redis lost it: nobody holds it right now.
-  if resume_ms > 0 then return {'ok', 'buffered', seq} end
-  return {'error', 'peer_unreachable'}
-end
-local msg = tconn .. '\tr\t' .. ts .. '\t' .. tp .. '\t' .. seq .. '\n' .. frame
-if redis.call('PUBLISH', channel(to), msg) == 0 then
-  -- Its node died and the lease has not run out yet: held for resumption.
-  if resume_ms > 0 then return {'ok', 'buffered', seq} end
-  return {'error', 'peer_unreachable'}
-end
-return {'ok', 'delivered', seq}
+  local ttl_ms = tonumber(args[18])
+  if #fields > 0 then
+    local now = now_ms()
+    local tats = redis.call('HMGET', room.buckets, unpack(fields))
+    local set, fresh = {}, true
+    for i = 1, #fields do
+      local tat = tats[i] and tonumber(tats[i]) or now
+      fresh = fresh and not tats[i]
+      if tat < now then tat = now end
+      if tat - now > tolerances[i] then return {'rate_limited', scopes[i]} end
+      set[2 * i - 1], set[2 * i] = fields[i], tat + intervals[i]
+    end
+    redis.call('HSET', room.buckets, unpack(set))
+    if fresh then redis.call('PEXPIRE', room.buckets, ttl_ms) end
+  end
+  local frame, seq = args[8], 0
+  local resume_ms = tonumber(args[15])
+  if resume_ms > 0 then
+    frame, seq = buffer_relay(room, to, frame, args[16], tonumber(args[17]), ttl_ms + resume_ms)
+  end
+  local tconn = conn_of(both[2])
+  if tconn == '' then
+    -- In its grace period, or a ghost: nobody holds it right now.
+    if resume_ms > 0 then return {'ok', 'buffered', seq} end
+    return {'error', 'peer_unreachable'}
+  end
+  local msg = tconn .. '\tr\t' .. args[6] .. '\t' .. args[7] .. '\t' .. seq .. '\n' .. frame
+  if redis.call('PUBLISH', channel(room, to), msg) == 0 then
+    -- Its node died and nobody reaped it yet: held for resumption.
+    if resume_ms > 0 then return {'ok', 'buffered', seq} end
+    return {'error', 'peer_unreachable'}
+  end
+  return {'ok', 'delivered', seq}
+end)

@@ -1,7 +1,7 @@
-/* bus: the node's side of Redis. One command connection (pipelined script
+/* bus: the node's side of Redis. One command connection (pipelined function
  * calls) and one subscriber connection (the per-peer channels of local
  * peers), reconnected with capped exponential backoff and jitter, optionally
- * through Sentinel. Scripts are loaded on every (re)connect. The bus keeps
+ * through Sentinel. The function library is loaded on every (re)connect. The bus keeps
  * the set of channels local peers need, re-subscribes them after a
  * reconnect, and tells its owner when the pair is available again so the
  * owner can re-assert its memberships. */
@@ -39,7 +39,7 @@ typedef struct sg_bus_handlers {
     void (*on_message)(void *ud, const char *channel, size_t chlen, const char *payload, size_t len);
     /* A channel's subscription is confirmed by Redis. */
     void (*on_subscribed)(void *ud, const char *channel, size_t chlen);
-    /* The reply to sg_bus_eval/sg_bus_command with that tag; NULL when the
+    /* The reply to sg_bus_fcall/sg_bus_command with that tag; NULL when the
      * connection was lost or the command timed out. */
     void (*on_reply)(void *ud, uint64_t tag, redisReply *reply);
     void *ud;
@@ -64,18 +64,13 @@ bool sg_bus_busy(const sg_bus *b);
 /* SG_BUS_MAX_PENDING commands or more await their replies. */
 bool sg_bus_overloaded(const sg_bus *b);
 
-/* EVALSHA of an operation script with the four room keys of room (see
- * lua/lib.lua) and argv (ARGV[1] must be the room id). Returns -1 when Redis
- * is unavailable (on_reply not called); otherwise on_reply runs exactly once
- * for tag. */
-int sg_bus_eval(sg_bus *b, sg_script_id s, const char *room, int argc, const char **argv,
-                const size_t *lens, uint64_t tag);
-/* The same over several rooms at once, keys room by room (4 each): for work
- * that touches many rooms (lease refreshes), one call instead of one per
- * room. The rooms' keys are in different slots, so this needs a standalone
- * Redis (with or without Sentinel), which is what the gateway talks to. */
-int sg_bus_eval_rooms(sg_bus *b, sg_script_id s, const char *const *rooms, int nrooms, int argc,
-                      const char **argv, const size_t *lens, uint64_t tag);
+/* FCALL of one of the library's functions (scripts.h) with nkeys keys,
+ * then argv (lens NULL: NUL-terminated). Returns -1 when Redis is
+ * unavailable (on_reply not called); otherwise on_reply runs exactly once
+ * for tag. The library is loaded on every (re)connect, and again when a
+ * call finds it gone. */
+int sg_bus_fcall(sg_bus *b, sg_fn fn, int nkeys, const char *const *keys, int argc, const char **argv,
+                 const size_t *lens, uint64_t tag);
 
 /* Reference-counted channel subscriptions. Returns true when the channel is
  * already confirmed (no on_subscribed will follow for this call). */

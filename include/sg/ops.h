@@ -1,9 +1,9 @@
 /* ops: the gateway's Redis operations, one function each, with named
- * arguments. Each lays its struct out in the order of the ARGV names table
- * at the top of its lua/ script and makes the call through the bus, so the
- * positional layout lives here and in the script and nowhere else.
+ * arguments. Each lays its struct out in the order of the KEYS/ARGV names
+ * at the top of its lua/ file and makes the FCALL through the bus, so the
+ * positional layout lives here and in the Lua and nowhere else.
  *
- * Every call returns what sg_bus_eval returns: 0, with the bus's on_reply
+ * Every call returns what sg_bus_fcall returns: 0, with the bus's on_reply
  * to come exactly once for tag, or -1 when Redis is unavailable (no reply).
  * Arguments are copied into the command before the call returns. */
 #ifndef SG_OPS_H
@@ -16,15 +16,31 @@
 #include "sg/bus.h"
 #include "sg/config.h"
 
+/* How long the keys of a room live without a renewal (every key the gateway
+ * writes expires, so nothing outlives a crash of every node; a node that
+ * comes back reaps the dead ones at once). The nodes holding members renew
+ * them every third of it: per room, that is the only periodic Redis work, a
+ * share of a batched call every 200 s. Liveness does not depend on it (see
+ * lua/nodes.lua). */
+#define SG_ROOM_TTL_MS 600000
+
 /* Arguments that depend on the configuration only, formatted once. */
 typedef struct sg_ops {
     sg_bus *bus;
-    const char *node;
+    const char *node;     /* SIGNAL_NODE_ID */
+    char inst[96];        /* this run of the gateway: "<node>~<random>" */
     char max_peers[24], lease_ms[24], ttl_ms[24], resume_ms[24], buf_max[24], buf_bytes[24], ghost_ms[24];
-    char rate[3][2][32]; /* peer, candidate, room: rate and burst */
+    char rate[3][2][32];  /* peer, candidate, room: GCRA interval and tolerance, ms ("0": off) */
+    char node_rooms[128]; /* signal:node:{<inst>}:rooms */
 } sg_ops;
 
 void sg_ops_init(sg_ops *o, sg_bus *bus, const sg_config *cfg);
+
+/* "room:{R}:peers" and its siblings (wire.h's channel is the peers' one). */
+typedef struct sg_room_keys {
+    char peers[SG_ROOM_KEY_MAX], buckets[SG_ROOM_KEY_MAX], seq[SG_ROOM_KEY_MAX], acl[SG_ROOM_KEY_MAX];
+} sg_room_keys;
+void sg_room_keys_of(sg_room_keys *k, const char *room);
 
 typedef struct sg_join_args {
     const char *room, *peer, *holder, *subhash, *sub;
@@ -59,15 +75,25 @@ typedef struct sg_resume_args {
 } sg_resume_args;
 int sg_ops_resume(const sg_ops *o, const sg_resume_args *a, uint64_t tag);
 
-typedef struct sg_catchup_args {
-    const char *room, *peer;
-    uint64_t last_seq;
-} sg_catchup_args;
-int sg_ops_catchup(const sg_ops *o, const sg_catchup_args *a, uint64_t tag);
+int sg_ops_catchup(const sg_ops *o, const char *room, const char *peer, uint64_t last_seq, uint64_t tag);
 
-/* The lease refresh of several rooms in one call: the caller lays out the
- * per-room arguments (see lua/refresh.lua) in argv. */
-int sg_ops_refresh(const sg_ops *o, const char *const *rooms, int nrooms, bool silent, int nargs,
-                   const char **args, uint64_t tag);
+/* Several rooms in one call (one hash slot's worth in a cluster): the caller
+ * lays out the per-room arguments (lua/reassert.lua). */
+int sg_ops_reassert(const sg_ops *o, const char *const *rooms, int nrooms, bool silent, int nargs,
+                    const char **args, uint64_t tag);
+
+/* A deadline this instance watches (grace period, ghost) has passed. */
+int sg_ops_expire(const sg_ops *o, const char *room, const char *peer, uint64_t until_ms, uint64_t tag);
+
+/* Node liveness: the heartbeat (which hands out dead instances), the rooms
+ * of a dead instance, one of them reaped, and the dead instance forgotten. */
+int sg_ops_nodes(const sg_ops *o, uint64_t tag);
+int sg_ops_dead_rooms(const sg_ops *o, const char *dead, uint64_t tag);
+int sg_ops_reap(const sg_ops *o, const char *room, const char *dead, uint64_t tag);
+int sg_ops_forget(const sg_ops *o, const char *dead);
+
+/* This instance answers for room R (members, grace periods, ghosts) or no
+ * longer does: signal:node:{<inst>}:rooms, for whoever reaps it. */
+int sg_ops_room_held(const sg_ops *o, const char *room, bool held);
 
 #endif

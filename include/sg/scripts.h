@@ -1,27 +1,31 @@
-/* scripts: the Lua operation scripts (lua/ directory, embedded at build time). The
- * order of sg_script_sources matches sg_script_id. */
+/* scripts: the gateway's Redis function library (lua/, embedded at build
+ * time by cmake/embed_lua.cmake) and the names of its functions. The
+ * library is loaded with FUNCTION LOAD once per Redis (bus.c) and every
+ * operation is an FCALL of sg_functions_prefix + its name (ops.c). */
 #ifndef SG_SCRIPTS_H
 #define SG_SCRIPTS_H
 
 #include <stddef.h>
 
+/* One per lua/<name>.lua, in the order of SG_LUA_OPS in CMakeLists.txt. */
 typedef enum {
-    SG_SCRIPT_JOIN = 0,
-    SG_SCRIPT_LEAVE,
-    SG_SCRIPT_RELAY,
-    SG_SCRIPT_REFRESH,
-    SG_SCRIPT_RESUME,
-    SG_SCRIPT_CATCHUP,
-    SG_SCRIPT_COUNT
-} sg_script_id;
+    SG_FN_JOIN = 0,
+    SG_FN_LEAVE,
+    SG_FN_RELAY,
+    SG_FN_RESUME,
+    SG_FN_CATCHUP,
+    SG_FN_REASSERT,
+    SG_FN_EXPIRE,
+    SG_FN_REAP,
+    SG_FN_NODES,
+    SG_FN_COUNT
+} sg_fn;
 
-typedef struct sg_script_src {
-    const char *name;
-    const char *text;
-    size_t len;
-} sg_script_src;
+/* "join", "leave", ...: the names the library registers after its prefix. */
+extern const char *const sg_fn_names[SG_FN_COUNT];
 
-extern const sg_script_src sg_script_sources[];
-extern const size_t sg_script_count;
+extern const char sg_functions_library[];   /* "#!lua name=sg_<hash>\n..." */
+extern const size_t sg_functions_library_len;
+extern const char sg_functions_prefix[];    /* "sg_<hash>_" */
 
 #endif

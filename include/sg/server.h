@@ -54,6 +54,7 @@ typedef struct sg_server {
     struct event *lease_timer;
     struct event *sig_term, *sig_int, *sig_hup, *drain_timer, *drain_tick;
     bool draining;
+    bool said_goodbye;   /* the drain took the instance out of signal:nodes */
     int exit_code;
 } sg_server;
 

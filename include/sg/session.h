@@ -77,6 +77,9 @@ void sg_session_on_text(sg_session *s, uint64_t conn_id, const char *text, size_
  * metric label): counted, and the client told at most once a second. */
 void sg_session_dropped(sg_session *s, uint64_t conn_id, const char *scope);
 
+/* This run's instance name in Redis, "<SIGNAL_NODE_ID>~<random>". */
+const char *sg_session_instance(const sg_session *s);
+
 /* The connection joined a room at least once (for the join timeout). */
 bool sg_session_ever_joined(const sg_session *s, uint64_t conn_id);
 
@@ -85,9 +88,15 @@ bool sg_session_ever_joined(const sg_session *s, uint64_t conn_id);
 void sg_session_on_reply(sg_session *s, uint64_t tag, redisReply *r);
 void sg_session_on_message(sg_session *s, const char *channel, size_t chlen, const char *payload, size_t len);
 void sg_session_on_subscribed(sg_session *s, const char *channel, size_t chlen);
-/* Redis is back after a reconnect (its state may be gone): re-assert every
- * local membership silently, and catch up relays missed meanwhile. */
-void sg_session_on_redis_back(sg_session *s);
+/* Redis is reachable: the instance's heartbeat goes first, before any
+ * membership can. After a reconnect (fresh: Redis' state may be gone) every
+ * local membership is re-asserted silently and relays missed meanwhile are
+ * caught up. */
+void sg_session_on_redis_up(sg_session *s, bool fresh);
+
+/* The node drained: its instance leaves signal:nodes and its set of rooms
+ * (nothing is left to reap). Call once every connection is gone. */
+void sg_session_goodbye(sg_session *s);
 
 /* ---- time ---------------------------------------------------------------- */
 

@@ -107,21 +107,21 @@ static void shaped_reply(sg_buf *r, const fake_call *c, input *in)
     const char *peer = PICK(PEERS, in);
     static const char hash[] = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     switch (c->script) {
-    case SG_SCRIPT_JOIN:
+    case SG_FN_JOIN:
         if (byte(in) & 1)
             sg_buf_printf(r, "*3\r\n$6\r\njoined\r\n$36\r\n%s\r\n$64\r\n%s\r\n", peer, hash);
         else
             sg_buf_printf(r, "*2\r\n$5\r\nerror\r\n$%d\r\n%s\r\n", 9, byte(in) & 1 ? "forbidden" : "room_full");
         break;
-    case SG_SCRIPT_RESUME:
+    case SG_FN_RESUME:
         if (byte(in) & 1)
-            sg_buf_printf(r, "*3\r\n$7\r\nresumed\r\n*2\r\n$36\r\n%s\r\n$64\r\n%s\r\n*4\r\n$1\r\n%u\r\n$2\r\nf1\r\n"
-                             "$1\r\n%u\r\n$2\r\nf2\r\n",
-                          peer, hash, byte(in) % 10, byte(in) % 10);
+            sg_buf_printf(r, "*4\r\n$7\r\nresumed\r\n*2\r\n$36\r\n%s\r\n$64\r\n%s\r\n*4\r\n$1\r\n%u\r\n$2\r\nf1\r\n"
+                             "$1\r\n%u\r\n$2\r\nf2\r\n:%u\r\n",
+                          peer, hash, byte(in) % 10, byte(in) % 10, byte(in) % 12);
         else
             sg_buf_puts(r, "*2\r\n$5\r\nerror\r\n$13\r\nresume_failed\r\n");
         break;
-    case SG_SCRIPT_RELAY: {
+    case SG_FN_RELAY: {
         static const char *const R[] = {"*3\r\n$2\r\nok\r\n$9\r\ndelivered\r\n:1\r\n",
                                         "*3\r\n$2\r\nok\r\n$8\r\nbuffered\r\n:2\r\n",
                                         "*2\r\n$12\r\nrate_limited\r\n$9\r\ncandidate\r\n",
@@ -129,16 +129,40 @@ static void shaped_reply(sg_buf *r, const fake_call *c, input *in)
         sg_buf_puts(r, PICK(R, in));
         break;
     }
-    case SG_SCRIPT_CATCHUP:
+    case SG_FN_CATCHUP:
         sg_buf_printf(r, "*2\r\n:%u\r\n*2\r\n$1\r\n%u\r\n$2\r\nfc\r\n", byte(in) & 1, byte(in) % 10);
         break;
-    case SG_SCRIPT_REFRESH:
-        /* one {lost, members} per room in the batch */
-        sg_buf_printf(r, "*%d\r\n", c->nrooms);
-        for (int i = 0; i < c->nrooms; i++)
-            sg_buf_printf(r, "*2\r\n*1\r\n$36\r\n%s\r\n*2\r\n$36\r\n%s\r\n$64\r\n%s\r\n", PICK(PEERS, in),
-                          PICK(PEERS, in), hash);
+    case SG_FN_REASSERT:
+        /* one {lost, members, ghosts written} per room in the batch */
+        sg_buf_printf(r, "*%d\r\n", (c->argc > 5 ? atoi(c->argv[5]) : 0));
+        for (int i = 0; c->argc > 5 && i < atoi(c->argv[5]); i++)
+            sg_buf_printf(r, "*3\r\n*1\r\n$36\r\n%s\r\n*2\r\n$36\r\n%s\r\n$64\r\n%s\r\n*2\r\n$36\r\n%s\r\n$1\r\n%u\r\n",
+                          PICK(PEERS, in), PICK(PEERS, in), hash, PICK(PEERS, in), byte(in) % 10);
         break;
+    case SG_FN_LEAVE:
+        if (byte(in) & 1)
+            sg_buf_printf(r, "*2\r\n$5\r\ngrace\r\n:%u\r\n", byte(in)); /* a deadline long past */
+        else
+            sg_buf_puts(r, "*1\r\n$4\r\nleft\r\n");
+        break;
+    case SG_FN_NODES: {
+        bool dead = byte(in) & 1;
+        sg_buf_printf(r, "*%d\r\n:%u\r\n", dead ? 2 : 1, byte(in) & 1);
+        if (dead)
+            sg_buf_puts(r, "$7\r\nn9~dead\r\n");
+        break;
+    }
+    case SG_FN_REAP:
+        sg_buf_printf(r, "*2\r\n$36\r\n%s\r\n$1\r\n%u\r\n", peer, byte(in) % 10);
+        break;
+    case SG_FN_EXPIRE:
+        sg_buf_puts(r, byte(in) & 1 ? "$7\r\nexpired\r\n" : "$4\r\nkept\r\n");
+        break;
+    case -1: { /* SMEMBERS of a dead instance's rooms */
+        const char *room = PICK(ROOMS, in);
+        sg_buf_printf(r, "*2\r\n$%zu\r\n%s\r\n$2\r\nr1\r\n", strlen(room), room);
+        break;
+    }
     default:
         sg_buf_puts(r, "$4\r\nleft\r\n");
     }
@@ -218,7 +242,7 @@ static void run(world *w, input *in)
         }
         case 8: w->conns[pick_conn(in)].refuse_after = (int)(byte(in) % 4); break;
         case 9: fake_bus_set_available(w->bus, byte(in) % 4 != 0); break;
-        case 10: sg_session_on_redis_back(w->s); break;
+        case 10: sg_session_on_redis_up(w->s, true); break;
         case 11: sg_session_tick(w->s); break;
         }
     }

@@ -535,6 +535,19 @@ async def connect_retry(url, token, name, timeout=10.0, cookie=None, **kw):
             await asyncio.sleep(0.1)
 
 
+# Live gateway instances heartbeat into one key (lua/nodes.lua): it stays
+# while any gateway runs, and is not a room's.
+NODES_KEY = "signal:nodes"
+# How long a key the gateway writes lives unrenewed (SG_ROOM_TTL_MS).
+KEY_TTL_MAX_MS = 600_000
+
+
+def gateway_keys(redis):
+    """Every key but the instances' heartbeat set: what must be gone once
+    the rooms are empty."""
+    return [k for k in redis.keys("*") if k != NODES_KEY]
+
+
 def ttl_problems(redis, allow_no_ttl=(":acl",)):
     """Keys without a TTL (PTTL -1) that the gateway wrote."""
     bad = []

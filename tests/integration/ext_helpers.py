@@ -57,12 +57,25 @@ async def wait_in_grace(redis, room, peer, timeout=5.0):
 
 
 def buffered(redis, room, peer):
-    """[(seq, frame dict, frame bytes)] of a peer's resumption buffer."""
+    """[(seq, frame dict, frame bytes)] of a peer's resumption buffer (entry
+    ids are "<byte offset>-<seq>", lua/lib.lua)."""
     out = []
     for entry_id, fields in redis("XRANGE", buf_key(room, peer), "-", "+"):
         d = dict(zip(fields[0::2], fields[1::2]))
-        out.append((int(entry_id.split("-")[0]), json.loads(d["f"]), len(d["f"].encode())))
+        out.append((int(entry_id.split("-")[1]), json.loads(d["f"]), len(d["f"].encode())))
     return out
+
+
+def buffered_bytes_accounted(redis, room, peer):
+    """The bytes the buffer's byte count says it holds: the end offset
+    (b:<peer>) minus the offset of its oldest entry."""
+    first = redis("XRANGE", buf_key(room, peer), "-", "+", "COUNT", 1)
+    if not first:
+        return 0
+    return int(redis("HGET", seq_key(room), "b:" + peer)) - int(first[0][0].split("-")[0])
+
+
+ROOM_TTL_MS = 600_000  # SG_ROOM_TTL_MS (include/sg/ops.h): how long a room's keys live unrenewed
 
 
 def resume_msg(room, peer, token, last_seq, cid=None):

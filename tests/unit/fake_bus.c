@@ -22,6 +22,8 @@ struct sg_bus {
     size_t pending;
     sg_map chans;
     uint64_t order;
+    char **log;
+    size_t nlog;
 };
 
 sg_bus *sg_bus_new(struct event_base *base, const sg_bus_config *cfg, const sg_bus_handlers *h,
@@ -43,8 +45,8 @@ void fake_call_free(fake_call *c)
 {
     if (!c)
         return;
-    for (int i = 0; i < c->nrooms; i++)
-        free(c->rooms[i]);
+    for (int i = 0; i < c->nkeys; i++)
+        free(c->keys[i]);
     for (int i = 0; i < c->argc; i++)
         free(c->argv[i]);
     free(c);
@@ -63,6 +65,9 @@ void sg_bus_free(sg_bus *b)
     for (sg_map_entry *e = sg_map_first(&b->chans, &i); e; e = sg_map_next(&b->chans, &i, e))
         free(e->value);
     sg_map_free(&b->chans);
+    for (size_t k = 0; k < b->nlog; k++)
+        free(b->log[k]);
+    free(b->log);
     free(b);
 }
 
@@ -71,16 +76,37 @@ bool sg_bus_busy(const sg_bus *b) { return b->pending > 0; }
 bool sg_bus_overloaded(const sg_bus *b) { return b->overloaded; }
 void sg_bus_renew_subscriber(sg_bus *b) {}
 
-static int record(sg_bus *b, int script, const char *const *rooms, int nrooms, int argc, const char **argv,
+static void log_command(sg_bus *b, int argc, const char **argv, const size_t *lens)
+{
+    size_t n = 0;
+    for (int i = 0; i < argc; i++)
+        n += (lens ? lens[i] : strlen(argv[i])) + 1;
+    char *line = sg_xmalloc(n + 1), *p = line;
+    for (int i = 0; i < argc; i++) {
+        size_t l = lens ? lens[i] : strlen(argv[i]);
+        memcpy(p, argv[i], l);
+        p += l;
+        *p++ = ' ';
+    }
+    p[p > line ? -1 : 0] = '\0';
+    b->log = sg_xrealloc(b->log, (b->nlog + 1) * sizeof *b->log);
+    b->log[b->nlog++] = line;
+}
+
+static int record(sg_bus *b, int script, const char *const *keys, int nkeys, int argc, const char **argv,
                   const size_t *lens, uint64_t tag)
 {
-    if (!b->available || argc > FAKE_MAX_ARGS || nrooms > 32)
+    if (!b->available || argc > FAKE_MAX_ARGS || nkeys > 96)
         return -1;
+    if (script < 0 && tag == 0) {
+        log_command(b, argc, argv, lens);
+        return 0;
+    }
     fake_call *c = sg_xcalloc(1, sizeof *c);
     c->script = script;
-    c->nrooms = nrooms;
-    for (int i = 0; i < nrooms; i++)
-        c->rooms[i] = sg_xstrdup(rooms[i]);
+    c->nkeys = nkeys;
+    for (int i = 0; i < nkeys; i++)
+        c->keys[i] = sg_xstrdup(keys[i]);
     c->argc = argc;
     for (int i = 0; i < argc; i++) {
         size_t n = lens ? lens[i] : strlen(argv[i]);
@@ -94,22 +120,19 @@ static int record(sg_bus *b, int script, const char *const *rooms, int nrooms, i
     return 0;
 }
 
-int sg_bus_eval(sg_bus *b, sg_script_id s, const char *room, int argc, const char **argv, const size_t *lens,
-                uint64_t tag)
+int sg_bus_fcall(sg_bus *b, sg_fn fn, int nkeys, const char *const *keys, int argc, const char **argv,
+                 const size_t *lens, uint64_t tag)
 {
-    return record(b, (int)s, &room, 1, argc, argv, lens, tag);
-}
-
-int sg_bus_eval_rooms(sg_bus *b, sg_script_id s, const char *const *rooms, int nrooms, int argc,
-                      const char **argv, const size_t *lens, uint64_t tag)
-{
-    return record(b, (int)s, rooms, nrooms, argc, argv, lens, tag);
+    return record(b, (int)fn, keys, nkeys, argc, argv, lens, tag);
 }
 
 int sg_bus_command(sg_bus *b, int argc, const char **argv, const size_t *lens, uint64_t tag)
 {
     return record(b, -1, NULL, 0, argc, argv, lens, tag);
 }
+
+size_t fake_bus_commands(sg_bus *b) { return b->nlog; }
+const char *fake_bus_command(sg_bus *b, size_t n) { return n < b->nlog ? b->log[n] : NULL; }
 
 fake_call *fake_bus_pop(sg_bus *b)
 {

@@ -17,20 +17,26 @@
 
 typedef struct fake_call {
     struct fake_call *next;
-    int script;        /* sg_script_id, or -1 for a raw command */
-    int nrooms;
-    char *rooms[32];
+    int script;        /* sg_fn, or -1 for a raw command */
+    int nkeys;
+    char *keys[96];
     int argc;
     char *argv[FAKE_MAX_ARGS];
     size_t lens[FAKE_MAX_ARGS];
     uint64_t tag;
 } fake_call;
 
-/* Calls not answered yet, oldest first (the test pops and answers them). */
+/* Calls not answered yet, oldest first (the test pops and answers them).
+ * Raw commands without a tag (fire-and-forget: SADD, SREM, PEXPIRE of the
+ * instance's room set) are not queued: they go to the command log. */
 fake_call *fake_bus_pop(sg_bus *b);
 /* The n-th call still pending (0: oldest), without removing it; NULL past the end. */
 fake_call *fake_bus_peek(sg_bus *b, size_t n);
 size_t fake_bus_pending(sg_bus *b);
+/* How many fire-and-forget commands went out, and the n-th of them as one
+ * string, arguments separated by spaces (NULL past the end). */
+size_t fake_bus_commands(sg_bus *b);
+const char *fake_bus_command(sg_bus *b, size_t n);
 void fake_call_free(fake_call *c);
 
 void fake_bus_set_available(sg_bus *b, bool up);

@@ -137,7 +137,7 @@ void world_deliver(world *w, const char *room, const char *peer, uint64_t id, ch
     size_t chlen = sg_wire_channel(ch, room, peer);
     sg_buf b;
     sg_buf_init(&b);
-    sg_wire_write_envelope(&b, "n1", id, kind, 0, "-", seq, frame, strlen(frame));
+    sg_wire_write_envelope(&b, sg_session_instance(w->s), id, kind, 0, "-", seq, frame, strlen(frame));
     sg_session_on_message(w->s, ch, chlen, b.data, b.len);
     sg_buf_free(&b);
 }

@@ -64,13 +64,28 @@ static const char *joined_with_b(void)
     return "*3\r\n$6\r\njoined\r\n$36\r\n" B "\r\n$64\r\n" HB "\r\n";
 }
 
+/* Redis came back after a reconnect: the heartbeat goes first (answered:
+ * nothing dead, not reaped), then whatever else the session sends. */
+static void redis_back(world *w)
+{
+    sg_session_on_redis_up(w->s, true);
+    fake_call *hb = fake_bus_pop(w->bus);
+    assert_non_null(hb);
+    assert_int_equal(hb->script, SG_FN_NODES);
+    assert_string_equal(hb->keys[0], "signal:nodes");
+    redisReply *r = fake_reply("*1\r\n:0\r\n", 6);
+    sg_session_on_reply(w->s, hb->tag, r);
+    freeReplyObject(r);
+    fake_call_free(hb);
+}
+
 /* alice on conn 1 joined room r as A (B already there). */
 static void join_a(world *w)
 {
     world_open(w, 1, "alice", "*");
     world_text(w, 1, "{\"type\":\"join\",\"roomId\":\"r\",\"peerId\":\"" A "\"}");
     fake_call *c = world_answer(w, joined_with_b());
-    assert_int_equal(c->script, SG_SCRIPT_JOIN);
+    assert_int_equal(c->script, SG_FN_JOIN);
     fake_call_free(c);
     assert_contains(world_last(w, 1), "\"type\":\"joined\"");
 }
@@ -88,19 +103,26 @@ static void test_join_waits_for_its_subscription_then_calls_join(void **state)
     world_confirm_all(w);
     fake_call *c = fake_bus_peek(w->bus, 0);
     assert_non_null(c);
-    assert_int_equal(c->script, SG_SCRIPT_JOIN);
-    assert_string_equal(c->rooms[0], "r");
-    /* lua/join.lua's ARGV names: room peer holder node subhash sub claim_ok ... rt */
-    assert_int_equal(c->argc, 12);
+    assert_int_equal(c->script, SG_FN_JOIN);
+    assert_string_equal(c->keys[0], "room:{r}:peers");
+    assert_string_equal(c->keys[3], "room:{r}:acl");
+    /* lua/join.lua's ARGV names: room peer holder node subhash sub claim_ok max_peers resume_ms rt ttl_ms */
+    assert_int_equal(c->argc, 11);
     assert_string_equal(c->argv[0], "r");
     assert_string_equal(c->argv[1], A);
-    assert_string_equal(c->argv[2], "n1#1");
+    char holder[128];
+    snprintf(holder, sizeof holder, "%s#1", sg_session_instance(w->s));
+    assert_string_equal(c->argv[2], holder);
+    assert_int_equal(strncmp(holder, "n1~", 3), 0);
     assert_string_equal(c->argv[3], "n1");
     assert_int_equal(strlen(c->argv[4]), 64);
     assert_string_equal(c->argv[5], "alice");
     assert_string_equal(c->argv[6], "1");
-    assert_string_equal(c->argv[10], "30000");
-    assert_int_equal(strlen(c->argv[11]), 64);
+    assert_string_equal(c->argv[8], "30000");
+    assert_int_equal(strlen(c->argv[9]), 64);
+    /* the room went into the instance's set first, for whoever reaps it */
+    assert_non_null(fake_bus_command(w->bus, 0));
+    assert_int_equal(strncmp(fake_bus_command(w->bus, 0), "SADD signal:node:{n1~", 21), 0);
     free_call(world_answer(w, joined_with_b()));
     const char *f = world_last(w, 1);
     assert_contains(f, "{\"type\":\"joined\",\"roomId\":\"r\",\"peerId\":\"" A "\",\"peers\":[\"" B "\"]");
@@ -140,9 +162,9 @@ static void test_a_join_answered_after_its_connection_went_is_undone(void **stat
     free_call(world_answer(w, joined_with_b()));
     fake_call *leave = fake_bus_pop(w->bus);
     assert_non_null(leave);
-    assert_int_equal(leave->script, SG_SCRIPT_LEAVE);
+    assert_int_equal(leave->script, SG_FN_LEAVE);
     assert_string_equal(leave->argv[1], A);
-    assert_string_equal(leave->argv[2], "n1#1");
+    assert_int_equal(strncmp(leave->argv[2], "n1~", 3), 0);
     assert_string_equal(leave->argv[3], "disconnect");
     world_lose(w, leave);
     assert_int_equal(w->sends_to_unknown, 0);
@@ -159,7 +181,7 @@ static void test_closing_leaves_every_room_with_its_reason(void **state)
     for (int i = 0; i < 2; i++) {
         fake_call *c = fake_bus_pop(w->bus);
         assert_non_null(c);
-        assert_int_equal(c->script, SG_SCRIPT_LEAVE);
+        assert_int_equal(c->script, SG_FN_LEAVE);
         assert_string_equal(c->argv[3], "lost"); /* resumption on: the grace period */
         world_lose(w, c);
     }
@@ -202,7 +224,7 @@ static void test_a_relay_carries_the_frame_its_target_gets(void **state)
     world_text(w, 1, "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" A "\",\"to\":\"" B "\",\"sdp\":\"v=0\\r\\n\","
                      "\"correlationId\":\"o1\",\"ack\":true}");
     fake_call *c = fake_bus_peek(w->bus, 0);
-    assert_int_equal(c->script, SG_SCRIPT_RELAY);
+    assert_int_equal(c->script, SG_FN_RELAY);
     assert_string_equal(c->argv[4], "offer");
     assert_string_equal(c->argv[7], "{\"type\":\"relay\",\"inner\":{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" A
                                     "\",\"to\":\"" B "\",\"sdp\":\"v=0\\r\\n\"},\"correlationId\":\"o1\"}");
@@ -256,11 +278,13 @@ static void test_a_channel_message_goes_to_its_holder_only(void **state)
     assert_int_equal(w->metrics.relays_delivered, 1);
     /* another node's holder, an unknown connection, a malformed envelope */
     char ch[] = "room:{r}:peer:" A;
-    static const char other[] = "n2#1\tr\t0\t-\t2\n{\"type\":\"relay\"}";
+    /* the same node id, another run of it: not ours */
+    static const char other[] = "n1~00000000#1\tr\t0\t-\t2\n{\"type\":\"relay\"}";
     sg_session_on_message(w->s, ch, strlen(ch), other, sizeof other - 1);
     world_deliver(w, "r", A, 9, 'r', 2, "{}");
-    static const char bad[] = "n1#1\tq\t0\t-\t2\n{}";
-    sg_session_on_message(w->s, ch, strlen(ch), bad, sizeof bad - 1);
+    char bad[128];
+    int bl = snprintf(bad, sizeof bad, "%s#1\tq\t0\t-\t2\n{}", sg_session_instance(w->s));
+    sg_session_on_message(w->s, ch, strlen(ch), bad, (size_t)bl);
     assert_int_equal(world_count(w, 1), n + 1);
     assert_int_equal(w->sends_to_unknown, 0);
 }
@@ -309,13 +333,13 @@ static void test_a_resume_keeps_only_the_hash_of_any_token_length(void **state)
         resume(w, 1, tokens[i], 0);
         fake_call *c = fake_bus_pop(w->bus);
         assert_non_null(c);
-        assert_int_equal(c->script, SG_SCRIPT_RESUME);
+        assert_int_equal(c->script, SG_FN_RESUME);
         char want[65];
         sha256_hex(tokens[i], want);
         assert_string_equal(c->argv[5], want); /* rt_old */
         assert_int_equal(strlen(c->argv[6]), 64); /* rt_new */
-        assert_string_equal(c->argv[10], "1");    /* claim_ok: authorized as a join would be */
-        assert_string_equal(c->argv[11], "alice");
+        assert_string_equal(c->argv[8], "1");     /* claim_ok: authorized as a join would be */
+        assert_string_equal(c->argv[9], "alice");
         redisReply *r = fake_replyf("*2\r\n$5\r\nerror\r\n$13\r\nresume_failed\r\n");
         sg_session_on_reply(w->s, c->tag, r);
         freeReplyObject(r);
@@ -327,7 +351,7 @@ static void test_a_resume_keeps_only_the_hash_of_any_token_length(void **state)
 static const char *resumed_with(const char *buffered)
 {
     static char buf[4096];
-    snprintf(buf, sizeof buf, "*3\r\n$7\r\nresumed\r\n*2\r\n$36\r\n" B "\r\n$64\r\n" HB "\r\n%s", buffered);
+    snprintf(buf, sizeof buf, "*4\r\n$7\r\nresumed\r\n*2\r\n$36\r\n" B "\r\n$64\r\n" HB "\r\n%s:9\r\n", buffered);
     return buf;
 }
 
@@ -364,7 +388,7 @@ static void test_a_resumed_frame_refused_frees_nothing_twice(void **state)
     /* The connection's owner releases it later, from the top of the loop. */
     sg_session_close(w->s, 1, SG_GONE_LOST);
     fake_call *c = fake_bus_pop(w->bus);
-    assert_int_equal(c->script, SG_SCRIPT_LEAVE);
+    assert_int_equal(c->script, SG_FN_LEAVE);
     assert_string_equal(c->argv[3], "lost");
     world_lose(w, c);
     assert_int_equal(w->metrics.room_members, 0);
@@ -380,7 +404,7 @@ static void test_a_resume_for_a_gone_connection_goes_back_into_grace(void **stat
     /* Redis runs the resume first, then this leave: the member leaves. */
     fake_call *resume_call = fake_bus_pop(w->bus);
     fake_call *c = fake_bus_pop(w->bus);
-    assert_int_equal(c->script, SG_SCRIPT_LEAVE);
+    assert_int_equal(c->script, SG_FN_LEAVE);
     assert_string_equal(c->argv[3], "disconnect");
     world_lose(w, c);
     /* The resume's answer finds no connection: whatever it resumed goes
@@ -390,7 +414,7 @@ static void test_a_resume_for_a_gone_connection_goes_back_into_grace(void **stat
     freeReplyObject(r);
     fake_call_free(resume_call);
     c = fake_bus_pop(w->bus);
-    assert_int_equal(c->script, SG_SCRIPT_LEAVE);
+    assert_int_equal(c->script, SG_FN_LEAVE);
     assert_string_equal(c->argv[3], "lost");
     world_lose(w, c);
     assert_int_equal(w->sends_to_unknown, 0);
@@ -404,12 +428,12 @@ static void test_catch_up_after_a_subscriber_gap_is_exactly_once(void **state)
     join_a(w);
     size_t n = world_count(w, 1);
     world_deliver(w, "r", A, 1, 'r', 1, "f1");
-    sg_session_on_redis_back(w->s);
+    redis_back(w);
     fake_call *refresh = fake_bus_pop(w->bus);
-    assert_int_equal(refresh->script, SG_SCRIPT_REFRESH);
+    assert_int_equal(refresh->script, SG_FN_REASSERT);
     world_lose(w, refresh);
     fake_call *cu = fake_bus_peek(w->bus, 0);
-    assert_int_equal(cu->script, SG_SCRIPT_CATCHUP);
+    assert_int_equal(cu->script, SG_FN_CATCHUP);
     assert_string_equal(cu->argv[2], "1"); /* the last seq this node delivered */
     world_deliver(w, "r", A, 1, 'r', 3, "f3"); /* live, while the catch-up is out: held */
     assert_int_equal(world_count(w, 1), n + 1);
@@ -424,7 +448,7 @@ static void test_a_relay_read_after_the_replay_that_sent_it_is_not_sent_twice(vo
     world *w = *state;
     join_a(w);
     world_deliver(w, "r", A, 1, 'r', 1, "f1");
-    sg_session_on_redis_back(w->s);
+    redis_back(w);
     world_lose(w, fake_bus_pop(w->bus)); /* the re-assert */
     /* The catch-up's reply (command connection) comes before relay 2, which
      * Redis published before running the catch-up (subscriber connection). */
@@ -436,7 +460,7 @@ static void test_a_relay_read_after_the_replay_that_sent_it_is_not_sent_twice(vo
     world_deliver(w, "r", A, 1, 'r', 3, "f3");
     assert_int_equal(world_count(w, 1), n + 1);
     /* after Redis lost the buffer the catch-up resets the numbering: seq 1 is new */
-    sg_session_on_redis_back(w->s);
+    redis_back(w);
     world_lose(w, fake_bus_pop(w->bus));
     free_call(world_answer(w, "*2\r\n:1\r\n*2\r\n$1\r\n1\r\n$3\r\nnf1\r\n"));
     assert_string_equal(world_last(w, 1), "nf1");
@@ -453,33 +477,145 @@ static void test_ghosts_go_back_with_their_owners_sub_hash_only(void **state)
     /* C's join event carries C's sub hash in the envelope */
     char ch[] = "room:{r}:peer:" A;
     char env[512];
-    int len = snprintf(env, sizeof env, "n1#1\te\t0\t%s\t0\n%s", HC, ev);
+    int len = snprintf(env, sizeof env, "%s#1\te\t0\t%s\t0\n%s", sg_session_instance(w->s), HC, ev);
     sg_session_on_message(w->s, ch, strlen(ch), env, (size_t)len);
-    sg_session_on_redis_back(w->s);
+    redis_back(w);
     fake_call *c = fake_bus_pop(w->bus);
-    assert_int_equal(c->script, SG_SCRIPT_REFRESH);
-    /* fixed 8, then: room, nghosts, (peer, subhash)..., nmembers, members */
-    assert_string_equal(c->argv[1], "1"); /* silent */
-    assert_string_equal(c->argv[8], "r");
-    assert_string_equal(c->argv[9], "2");
+    assert_int_equal(c->script, SG_FN_REASSERT);
+    /* fixed 6, then: room, nghosts, (peer, subhash)..., nmembers, members */
+    assert_string_equal(c->argv[0], "1"); /* silent */
+    assert_string_equal(c->argv[6], "r");
+    assert_string_equal(c->argv[7], "2");
     bool b = false, cc = false;
-    for (int i = 10; i < 14; i += 2) {
+    for (int i = 8; i < 12; i += 2) {
         b |= strcmp(c->argv[i], B) == 0 && strcmp(c->argv[i + 1], HB) == 0;
         cc |= strcmp(c->argv[i], C) == 0 && strcmp(c->argv[i + 1], HC) == 0;
     }
     assert_true(b && cc);
-    assert_string_equal(c->argv[14], "1");
-    assert_string_equal(c->argv[15], A);
+    assert_string_equal(c->argv[12], "1");
+    assert_string_equal(c->argv[13], A);
     world_lose(w, c);
     /* B leaves: no longer a ghost candidate */
     snprintf(ev, sizeof ev, "{\"type\":\"peer_left\",\"roomId\":\"r\",\"peerId\":\"%s\",\"reason\":\"leave\"}", B);
     world_deliver(w, "r", A, 1, 'e', 0, ev);
     while (fake_bus_pending(w->bus))
         world_lose(w, fake_bus_pop(w->bus));
-    sg_session_on_redis_back(w->s);
+    redis_back(w);
     c = fake_bus_pop(w->bus);
-    assert_string_equal(c->argv[9], "1");
-    assert_string_equal(c->argv[10], C);
+    assert_string_equal(c->argv[7], "1");
+    assert_string_equal(c->argv[8], C);
+    world_lose(w, c);
+}
+
+/* ---- liveness (lua/nodes.lua, reap.lua, expire.lua) ---------------------- */
+
+static void tick_at_least(world *w, int n)
+{
+    for (int i = 0; i < n; i++)
+        sg_session_tick(w->s);
+}
+
+static void test_a_lost_connection_s_grace_period_is_watched_and_ended(void **state)
+{
+    world *w = *state;
+    join_a(w);
+    sg_session_close(w->s, 1, SG_GONE_LOST);
+    fake_call *leave = fake_bus_pop(w->bus);
+    assert_string_equal(leave->argv[3], "lost");
+    /* {"grace", until}: a deadline already passed, so the next tick ends it */
+    char reply[64];
+    snprintf(reply, sizeof reply, "*2\r\n$5\r\ngrace\r\n:%llu\r\n", (unsigned long long)(sg_now_wall_ms() - 1));
+    redisReply *r = fake_reply(reply, strlen(reply));
+    sg_session_on_reply(w->s, leave->tag, r);
+    freeReplyObject(r);
+    fake_call_free(leave);
+    size_t before = fake_bus_commands(w->bus);
+    tick_at_least(w, 1);
+    fake_call *c;
+    while ((c = fake_bus_pop(w->bus)) && c->script != SG_FN_EXPIRE)
+        world_lose(w, c);
+    assert_non_null(c);
+    assert_string_equal(c->argv[0], "r");
+    assert_string_equal(c->argv[1], A);
+    assert_int_equal(fake_bus_commands(w->bus), before); /* still its room until the answer */
+    r = fake_reply("$7\r\nexpired\r\n", 13);
+    sg_session_on_reply(w->s, c->tag, r);
+    freeReplyObject(r);
+    fake_call_free(c);
+    /* nothing left to answer for in r: out of the instance's set */
+    const char *last = fake_bus_command(w->bus, fake_bus_commands(w->bus) - 1);
+    assert_int_equal(strncmp(last, "SREM signal:node:{n1~", 21), 0);
+    assert_string_equal(last + strlen(last) - 8, ":rooms r");
+}
+
+static void test_a_dead_instance_is_reaped_room_by_room_then_forgotten(void **state)
+{
+    world *w = *state;
+    sg_session_tick(w->s);
+    fake_call *hb = fake_bus_pop(w->bus);
+    assert_int_equal(hb->script, SG_FN_NODES);
+    redisReply *r = fake_reply("*2\r\n:0\r\n$10\r\nn2~deadbee\r\n", 27);
+    sg_session_on_reply(w->s, hb->tag, r);
+    freeReplyObject(r);
+    fake_call_free(hb);
+    fake_call *rooms = fake_bus_pop(w->bus);
+    assert_int_equal(rooms->script, -1);
+    assert_string_equal(rooms->argv[0], "SMEMBERS");
+    assert_string_equal(rooms->argv[1], "signal:node:{n2~deadbee}:rooms");
+    r = fake_reply("*2\r\n$2\r\nr1\r\n$2\r\nr2\r\n", 24);
+    sg_session_on_reply(w->s, rooms->tag, r);
+    freeReplyObject(r);
+    fake_call_free(rooms);
+    fake_call *reap1 = fake_bus_pop(w->bus), *reap2 = fake_bus_pop(w->bus);
+    assert_int_equal(reap1->script, SG_FN_REAP);
+    assert_string_equal(reap1->argv[0], "r1");
+    assert_string_equal(reap1->argv[1], "n2~deadbee");
+    assert_int_equal(strncmp(reap1->argv[2], "n1~", 3), 0);
+    assert_int_equal(reap2->script, SG_FN_REAP);
+    size_t cmds = fake_bus_commands(w->bus);
+    /* r1: one member now in its grace period, watched here */
+    char reply[96];
+    snprintf(reply, sizeof reply, "*2\r\n$36\r\n" B "\r\n$13\r\n%llu\r\n", (unsigned long long)sg_now_wall_ms() + 60000);
+    r = fake_reply(reply, strlen(reply));
+    sg_session_on_reply(w->s, reap1->tag, r);
+    freeReplyObject(r);
+    assert_int_equal(fake_bus_commands(w->bus), cmds); /* not forgotten before r2 is done */
+    r = fake_reply("*0\r\n", 4);
+    sg_session_on_reply(w->s, reap2->tag, r);
+    freeReplyObject(r);
+    fake_call_free(reap1);
+    fake_call_free(reap2);
+    bool zrem = false, del = false, srem_r2 = false, srem_r1 = false;
+    for (size_t i = cmds; i < fake_bus_commands(w->bus); i++) {
+        const char *cmd = fake_bus_command(w->bus, i);
+        zrem |= strcmp(cmd, "ZREM signal:nodes n2~deadbee") == 0;
+        del |= strcmp(cmd, "DEL signal:node:{n2~deadbee}:rooms") == 0;
+        srem_r2 |= strncmp(cmd, "SREM", 4) == 0 && strstr(cmd, " r2");
+        srem_r1 |= strncmp(cmd, "SREM", 4) == 0 && strstr(cmd, " r1");
+    }
+    assert_true(zrem && del);
+    assert_true(srem_r2);  /* nothing to watch there */
+    assert_false(srem_r1); /* B's grace period is ours to end */
+}
+
+static void test_found_reaped_it_puts_its_members_back(void **state)
+{
+    world *w = *state;
+    join_a(w);
+    for (int round = 0; round < 2; round++) {
+        /* the first heartbeat of a life finds no entry: not a reaping */
+        sg_session_on_redis_up(w->s, false);
+        fake_call *hb = fake_bus_pop(w->bus);
+        redisReply *r = fake_reply("*1\r\n:1\r\n", 8);
+        sg_session_on_reply(w->s, hb->tag, r);
+        freeReplyObject(r);
+        fake_call_free(hb);
+    }
+    fake_call *c = fake_bus_pop(w->bus);
+    assert_non_null(c);
+    assert_int_equal(c->script, SG_FN_REASSERT);
+    assert_string_equal(c->argv[0], "0"); /* not silent: room-mates saw it go */
+    assert_null(fake_bus_pop(w->bus));
     world_lose(w, c);
 }
 
@@ -507,6 +643,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_relay_read_after_the_replay_that_sent_it_is_not_sent_twice, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_ghosts_go_back_with_their_owners_sub_hash_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_lost_connection_s_grace_period_is_watched_and_ended, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_dead_instance_is_reaped_room_by_room_then_forgotten, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_found_reaped_it_puts_its_members_back, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
