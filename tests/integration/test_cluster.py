@@ -770,7 +770,8 @@ def test_cluster_script_start_status_restart_stop(tmp_path):
     state = tmp_path / "cluster"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNAL_")}
     env.update({"SG_CLUSTER_DIR": str(state), "SG_GATEWAY_BIN": h.GATEWAY_BIN,
-                "SG_CLUSTER_LB_PORT": str(h.free_port()), "SIGNAL_JWT_SECRET": h.JWT_SECRET,
+                "SG_CLUSTER_LB_PORT": str(h.free_port()), "SG_CLUSTER_STATS_PORT": str(h.free_port()),
+                "SG_CLUSTER_REDIS_PORT": str(h.free_port()), "SIGNAL_JWT_SECRET": h.JWT_SECRET,
                 "SIGNAL_DRAIN_MS": "2000", "SIGNAL_LEASE_MS": "3000"})
 
     def sh(*args, check=True, timeout=60):
