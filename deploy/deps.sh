@@ -4,7 +4,7 @@
 set -euo pipefail
 build=(build-essential cmake pkg-config libevent-dev libssl-dev libhiredis-dev libjson-c-dev
        libjwt-dev libcmocka-dev redis-server openssl)
-test=(python3-pytest python3-websockets python3-jwt python3-cryptography clang prometheus coturn python3-aiortc
+test=(python3-pytest python3-pytest-xdist python3-websockets python3-jwt python3-cryptography clang prometheus coturn python3-aiortc
       chromium haproxy iproute2 docker-compose curl
       libclang-rt-14-dev nodejs)
 want=("${build[@]}")

@@ -161,6 +161,16 @@ sentinel parallel-syncs {name} 1
 """
 
 
+def ask(server, *args):
+    """server(*args), or None when the connection fails: Sentinel kills every
+    normal client of a server it promotes or demotes (CLIENT KILL TYPE
+    normal), so a poll that meets that moment answers "not yet"."""
+    try:
+        return server(*args)
+    except (OSError, h.RedisError):
+        return None
+
+
 class SentinelProc:
     def __init__(self, workdir, index, master_port, name="mymaster", down_after_ms=1000,
                  failover_timeout_ms=3000):

@@ -10,11 +10,13 @@ Run with Debian's interpreter: /usr/bin/python3 -m pytest tests/integration
 
 import asyncio
 import base64
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import pathlib
+import random
 import socket
 import ssl
 import struct
@@ -32,6 +34,12 @@ GATEWAY_BIN = os.environ.get("SG_GATEWAY_BIN") or str(REPO / "build" / "signal-g
 JWT_SECRET = "sg-integration-secret-5b0a8f3e-please-never-log-me"
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 HOST = "127.0.0.1"
+# The gateway under test is the ASan+UBSan build (tests/run.sh sets this).
+# Its resident memory then says nothing about the gateway's own use: ASan
+# keeps freed blocks in quarantine (256 MiB by default) and maps shadow
+# memory. Tests marked `rss` check RSS bounds only without it; tests/run.sh
+# runs them against the release build as well.
+SANITIZED = os.environ.get("SG_SANITIZED") == "1"
 
 # Rate limits off, for tests that push many messages quickly (PROTOCOL.md §7:
 # "0 turns one off").
@@ -50,11 +58,125 @@ OMIT = object()  # claim value meaning "leave this claim out"
 # small utilities
 
 
-def free_port():
-    """A port that was free a moment ago. Callers retry when it is taken."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+# Ports for the servers the tests start (redis-server, gateways, haproxy,
+# coturn) are handed out from outside the kernel's ephemeral range: bind(0)
+# and every outgoing connection (the kernel picks its local port from that
+# range) could otherwise take a port between free_port() and the server's own
+# bind. The range is cut into blocks; each test process (one per
+# pytest-xdist worker, or a plain pytest run) claims a block of its own for
+# its lifetime with a non-blocking flock on a file named after the block, so
+# parallel workers, and test runs from other checkouts at the same time, never
+# hand out the same port. The kernel drops the lock when the process exits,
+# however it exits. Within its block a process walks the ports in turn, so a
+# port a finished test used is not handed out again soon (a server may still
+# be exiting, a connection still in TIME_WAIT), and skips any port it cannot
+# bind at that moment.
+
+PORT_BLOCK = 1000
+_PORT_LOCK_DIR = pathlib.Path(os.environ.get("SG_PORT_LOCK_DIR") or "/tmp/sg-test-ports")
+_port_block = None  # (fd holding the lock, first port, last port + 1)
+_port_next = None
+_port_random = random.Random()  # a test seeding `random` must not make runs pick alike
+
+
+def _ephemeral_range():
+    try:
+        lo, hi = (int(x) for x in pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _port_spans():
+    """Port spans [a, b) outside the ephemeral range and above the
+    well-known/registered low ports, the largest first."""
+    lo, hi = _ephemeral_range()
+    spans = [(10000, min(lo, 65536)), (max(hi + 1, 10000), 65536)]
+    return sorted((s for s in spans if s[1] - s[0] >= PORT_BLOCK), key=lambda s: s[0] - s[1])
+
+
+def _claim_port_block():
+    """Lock a block no other test process holds: (fd, first, end) or None."""
+    try:
+        _PORT_LOCK_DIR.mkdir()
+        os.chmod(_PORT_LOCK_DIR, 0o1777)  # shared by every user's test runs, like /tmp
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    blocks = [(a + i * PORT_BLOCK, a + (i + 1) * PORT_BLOCK)
+              for a, b in _port_spans() for i in range((b - a) // PORT_BLOCK)]
+    # start from a random block: fewer lock attempts when many runs are about
+    _port_random.shuffle(blocks)
+    for first, end in blocks:
+        path = _PORT_LOCK_DIR / f"block-{first}.lock"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        return fd, first, end
+    return None
+
+
+def _bindable(port, udp):
+    kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp else (socket.SOCK_STREAM,)
+    for kind in kinds:
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                # no SO_REUSEADDR: a port with a connection in TIME_WAIT is
+                # skipped too, not just one a server listens on
+                s.bind((HOST, port))
+            except OSError:
+                return False
+    return True
+
+
+def _own_port_block():
+    """This process' block (claimed on first use), or False."""
+    global _port_block, _port_next
+    if _port_block is None:
+        _port_block = _claim_port_block() or False
+        if _port_block:
+            _port_next = _port_random.randrange(_port_block[1], _port_block[2])
+    return _port_block
+
+
+def free_port(udp=False):
+    """A port nobody else is handed and that was free a moment ago (TCP, and
+    UDP too when udp=True). Servers are started on it right away; callers
+    still retry when a process outside the test suite took it."""
+    global _port_next
+    if not _own_port_block():  # no lock directory, or every block taken: the kernel's pick
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            return s.getsockname()[1]
+    _, first, end = _port_block
+    for _ in range(end - first):
+        port = _port_next
+        _port_next = first + (port + 1 - first) % (end - first)
+        if _bindable(port, udp):
+            return port
+    raise RuntimeError(f"no bindable port left in this process' block {first}-{end - 1}")
+
+
+def port_range(n):
+    """n consecutive ports of this process' own block (coturn's relay range),
+    handed to nothing else before the block wraps."""
+    global _port_next
+    if not _own_port_block():
+        lo = _port_random.randrange(20000, 29000)
+        return range(lo, lo + n)
+    _, first, end = _port_block
+    if _port_next + n > end:
+        _port_next = first
+    r = range(_port_next, _port_next + n)
+    _port_next = first + (_port_next + n - first) % (end - first)
+    return r
 
 
 def new_peer():

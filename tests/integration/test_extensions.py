@@ -592,7 +592,9 @@ def test_fresh_join_replaces_the_resume_token(gateway_factory, redis):
             assert (await b2.recv_type("relay"))["seq"] == 1
             b2.abort()
             await wait_in_grace(redis, room, pb)
-            await a.send(h.candidate(room, pa, pb, cand(1), cid="c1"))
+            # buffered before the fresh join (acknowledged), not racing it
+            await a.send(dict(h.candidate(room, pa, pb, cand(1), cid="c1"), ack=True))
+            assert (await a.recv_type("ack", correlationId="c1"))["status"] == "buffered"
             b3 = await c.connect(g1.ws_url, tok("bob"), name="b3")
             j = await b3.join(room, pb)
             t4 = j["resumeToken"]

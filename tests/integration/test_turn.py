@@ -7,7 +7,6 @@ Needs the Debian packages coturn and python3-aiortc (deploy/deps.sh).
 """
 
 import asyncio
-import random
 import re
 import shutil
 import socket
@@ -120,8 +119,8 @@ class Coturn:
             pytest.fail("coturn's turnserver is not installed (apt-get install coturn)", pytrace=False)
         last = ""
         for attempt in range(4):
-            port = _free_udp_tcp_port()
-            lo = random.randrange(20000, 29000, 50)
+            port = h.free_port(udp=True)
+            lo = h.port_range(50)[0]
             self.log_path = self.tmp_path / f"coturn-{port}.log"
             cmd = [exe, "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}",
                    "--use-auth-secret", f"--static-auth-secret={SECRET}", "--realm=test",
@@ -162,20 +161,6 @@ def _stop(proc):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
-
-
-def _free_udp_tcp_port():
-    for _ in range(50):
-        port = h.free_port()
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            u.bind((h.HOST, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            u.close()
-    raise RuntimeError("no free port")
 
 
 def _stun_binding_ok(port):
