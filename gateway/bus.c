@@ -90,7 +90,7 @@ static void resubscribe_all(sg_bus *b)
 {
     const char *argv[SUBSCRIBE_BATCH + 1];
     int argc = 0;
-    argv[argc++] = "SUBSCRIBE";
+    argv[argc++] = "SSUBSCRIBE";
     size_t i;
     for (sg_map_entry *e = sg_map_first(&b->chans, &i); e; e = sg_map_next(&b->chans, &i, e)) {
         chan *c = e->value;
@@ -192,14 +192,17 @@ static void on_push(void *ud, redisReply *r)
     redisReply *ch = r->element[1];
     if (ch->type != REDIS_REPLY_STRING)
         return;
-    if (strcmp(kind, "message") == 0) {
+    /* Sharded pub/sub (SSUBSCRIBE/SPUBLISH): a room's channels live in its
+     * hash slot, on one shard of a cluster, and it works the same on a
+     * single Redis. */
+    if (strcmp(kind, "smessage") == 0) {
         redisReply *pl = r->element[2];
         if (pl->type == REDIS_REPLY_STRING && b->h.on_message)
             b->h.on_message(b->h.ud, ch->str, ch->len, pl->str, pl->len);
         return;
     }
-    bool is_sub = strcmp(kind, "subscribe") == 0;
-    if (!is_sub && strcmp(kind, "unsubscribe") != 0)
+    bool is_sub = strcmp(kind, "ssubscribe") == 0;
+    if (!is_sub && strcmp(kind, "sunsubscribe") != 0)
         return;
     chan *c = sg_map_get(&b->chans, ch->str, ch->len);
     if (!c)
@@ -642,7 +645,7 @@ bool sg_bus_subscribe(sg_bus *b, const char *channel)
     /* First reference, or the entry was waiting for its UNSUBSCRIBE ack. */
     c->confirmed = false;
     if (sg_rconn_is_up(b->sub)) {
-        const char *argv[] = {"SUBSCRIBE", channel};
+        const char *argv[] = {"SSUBSCRIBE", channel};
         if (sg_rconn_sendv(b->sub, NULL, 0, 2, argv) == 0)
             c->inflight++;
     }
@@ -659,7 +662,7 @@ void sg_bus_unsubscribe(sg_bus *b, const char *channel)
         return;
     c->confirmed = false;
     if (sg_rconn_is_up(b->sub)) {
-        const char *argv[] = {"UNSUBSCRIBE", channel};
+        const char *argv[] = {"SUNSUBSCRIBE", channel};
         if (sg_rconn_sendv(b->sub, NULL, 0, 2, argv) == 0) {
             c->inflight++;
             return;

@@ -229,7 +229,7 @@ static void on_probe_tick(evutil_socket_t fd, short what, void *arg)
     }
     char payload[32];
     snprintf(payload, sizeof payload, "%llu", (unsigned long long)now);
-    const char *argv[] = {"PUBLISH", s->probe_channel, payload};
+    const char *argv[] = {"SPUBLISH", s->probe_channel, payload};
     if (sg_bus_command(s->bus, 3, argv, NULL, 0) == 0)
         s->metrics.probes_sent++;
 }

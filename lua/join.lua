@@ -33,7 +33,7 @@ register('join', function(keys, args)
     -- Same user on a new connection: it takes the place over (also from a
     -- member in its grace period, which then starts afresh).
     if rec.conn ~= '' then
-      redis.call('PUBLISH', channel(room, peer), envelope(rec.conn, 'x',
+      redis.call('SPUBLISH', channel(room, peer), envelope(rec.conn, 'x',
         '{"type":"error","code":"replaced","message":"peerId taken over by a newer connection of the same user","roomId":"' .. room.id .. '"}'))
     end
     status = 'takeover'

@@ -102,7 +102,7 @@ local function broadcast(room, except, frame, meta)
     if all[i] ~= except then
       local conn = conn_of(all[i + 1])
       if conn ~= '' then
-        redis.call('PUBLISH', channel(room, all[i]), envelope(conn, 'e', frame, meta))
+        redis.call('SPUBLISH', channel(room, all[i]), envelope(conn, 'e', frame, meta))
       end
     end
   end

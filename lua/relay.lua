@@ -60,7 +60,7 @@ register('relay', function(keys, args)
     return {'error', 'peer_unreachable'}
   end
   local msg = tconn .. '\tr\t' .. args[6] .. '\t' .. args[7] .. '\t' .. seq .. '\n' .. frame
-  if redis.call('PUBLISH', channel(room, to), msg) == 0 then
+  if redis.call('SPUBLISH', channel(room, to), msg) == 0 then
     -- Its node died and nobody reaped it yet: held for resumption.
     if resume_ms > 0 then return {'ok', 'buffered', seq} end
     return {'error', 'peer_unreachable'}

@@ -26,7 +26,7 @@ register('resume', function(keys, args)
   end
   -- The old connection may not have been noticed as lost yet: it gives way.
   if rec.conn ~= '' and rec.conn ~= holder then
-    redis.call('PUBLISH', channel(room, peer), envelope(rec.conn, 'x',
+    redis.call('SPUBLISH', channel(room, peer), envelope(rec.conn, 'x',
       '{"type":"error","code":"replaced","message":"peerId resumed by a newer connection of the same user","roomId":"' .. room.id .. '"}'))
   end
   rec.conn, rec.node, rec.inst, rec.rt, rec.grace = holder, node, inst_of(holder), rt_new, nil
