@@ -1,8 +1,14 @@
+/* See include/sg/bus.h for what the bus does; this file: the topologies
+ * (one Redis, Sentinel, Cluster) over links (link.h), routing and
+ * redirections, subscriptions, the function library, the probes. */
 #include "sg/bus.h"
+#include "sg/link.h"
 #include "sg/log.h"
 #include "sg/map.h"
 #include "sg/metrics.h"
 #include "sg/rconn.h"
+#include "sg/resp.h"
+#include "sg/slots.h"
 #include "sg/util.h"
 
 #include <event2/dns.h>
@@ -12,64 +18,133 @@
 #include <string.h>
 
 #define BACKOFF_MIN_MS 100
-#define SUBSCRIBE_BATCH 512 /* channels per SUBSCRIBE when re-subscribing */
+#define SUBSCRIBE_BATCH 512 /* channels per SSUBSCRIBE when re-subscribing on one Redis */
 
-/* A channel local peers need. The entry lives while it is referenced or a
- * SUBSCRIBE/UNSUBSCRIBE for it is unanswered, so crossing commands for the
+enum { MODE_SINGLE = 0, MODE_SENTINEL, MODE_CLUSTER };
+
+/* A channel local peers need. The entry lives while it is referenced or an
+ * SSUBSCRIBE/SUNSUBSCRIBE for it is unanswered, so crossing commands for the
  * same channel never confuse its state. */
 typedef struct chan {
     uint32_t refs;
-    uint32_t inflight;  /* SUBSCRIBE/UNSUBSCRIBE sent, not yet acknowledged */
-    bool confirmed;     /* Redis acknowledged our last SUBSCRIBE and nothing is in flight */
+    uint32_t inflight;  /* SSUBSCRIBE/SUNSUBSCRIBE sent, not yet acknowledged */
+    bool confirmed;     /* Redis acknowledged our last SSUBSCRIBE and nothing is in flight */
+    sg_link *at;        /* where the last SSUBSCRIBE went (NULL: nowhere yet) */
 } chan;
+
+/* One master the bus talks to. */
+typedef struct node {
+    sg_link *l;
+    bool connecting;        /* a connect is under way */
+    uint16_t *inflight;     /* cluster: commands in flight per slot */
+    char probe_channel[128];
+    uint64_t probe_ok_ms;   /* last probe back (monotonic), 0: none since it came up */
+} node;
+
+enum { REQ_USER = 0, REQ_LOAD, REQ_ROLE, REQ_SHARDS, REQ_IGNORE /* ASKING, probes */ };
+
+/* A command the bus sent: its owner's tag, and in a cluster what it needs
+ * to go out again after a redirection. */
+typedef struct req {
+    struct req *next;       /* the free list, or the held queue */
+    uint64_t tag;
+    uint8_t kind;           /* REQ_* */
+    bool asked, moved;      /* already sent again after an ASK / a MOVED */
+    uint16_t slot;
+    sg_link *at;            /* where it is in flight */
+    size_t len;
+    char *bytes;            /* cluster: the encoded command (heap) */
+} req;
 
 struct sg_bus {
     struct event_base *base;
     sg_bus_handlers h;
     sg_log *log;
     sg_metrics *metrics;
-    char *url, *sentinels, *master_name, *node_id;
+    int mode;
+    char *url, *sentinels, *master_name, *seeds, *node_id;
     int64_t timeout_ms;
-    /* parsed target */
-    char host[256];
-    int port;
-    char user[128], pass[256];
-    int db;
-    /* "sg_<hash>_<name>" of each function, for FCALL. */
-    char fn[SG_FN_COUNT][48];
-    sg_rconn *cmd, *sub, *sentinel;
-    /* Subscribed to a sentinel's +switch-master, so a failover (planned or
-     * not) is followed at once instead of when a command fails. */
-    sg_rconn *watch;
-    struct evdns_base *dns; /* Redis and sentinel names, resolved off the loop */
+    sg_link_target target;    /* the URL's: where (single) and as whom */
+    char fn[SG_FN_COUNT][48]; /* "sg_<hash>_<name>" of each function, for FCALL */
+    struct evdns_base *dns;   /* Redis and sentinel names, resolved off the loop */
+    node *nodes;
+    size_t nnodes;
+    /* cluster */
+    sg_slot_map *map;
+    bool have_map;
+    sg_link **holding;        /* per slot: the link a MOVED slot drains from (NULL: none) */
+    req *held, **held_tail;   /* commands of slots being drained, in order */
+    sg_rconn *seed;           /* asks a seed for CLUSTER SHARDS when no link is up */
+    size_t seed_idx;
+    bool refreshing, refresh_again;
+    /* Sentinel */
+    sg_rconn *sentinel, *watch;
+    size_t sentinel_idx;
+    bool watch_active;
     struct event *watch_retry;
-    bool watch_active; /* connecting or up */
     struct event *retry;
     int attempts;
     bool available;
-    bool was_available; /* a reconnect after this is "fresh" */
-    size_t sentinel_idx;
+    bool was_available;       /* a return after this is "fresh" */
     sg_map chans;
+    req *req_free;
+    uint64_t probes_sent, probes_received;
 };
 
 static void schedule_connect(sg_bus *b);
-static void on_role(void *ud, uint64_t tag, redisReply *r);
-static bool nth_sentinel(const char *list, size_t idx, char *host, size_t hostlen, int *port);
+static void refresh_map(sg_bus *b);
 
-static void log_redis(sg_bus *b, int level, const char *event, const char *why)
+static void log_redis(sg_bus *b, int level, const char *event, const char *host, int port, const char *why)
 {
     if (sg_log_begin(b->log, level, event)) {
-        sg_log_str(b->log, "host", b->host);
-        sg_log_int(b->log, "port", b->port);
+        sg_log_str(b->log, "host", host);
+        sg_log_int(b->log, "port", port);
         if (why)
             sg_log_str(b->log, "reason", why);
         sg_log_end(b->log);
     }
 }
 
+static node *node_of(const sg_bus *b, const sg_link *l)
+{
+    for (size_t i = 0; l && i < b->nnodes; i++)
+        if (b->nodes[i].l == l)
+            return &b->nodes[i];
+    return NULL;
+}
+
+static node *node_at(const sg_bus *b, const char *host, int port)
+{
+    for (size_t i = 0; i < b->nnodes; i++)
+        if (sg_link_is(b->nodes[i].l, host, port))
+            return &b->nodes[i];
+    return NULL;
+}
+
+/* The master of a slot (cluster) or the one link. */
+static node *owner(const sg_bus *b, uint16_t slot)
+{
+    if (b->mode != MODE_CLUSTER)
+        return b->nnodes ? &b->nodes[0] : NULL;
+    int n = b->have_map ? sg_slot_owner(b->map, slot) : -1;
+    return n >= 0 && (size_t)n < b->nnodes ? &b->nodes[n] : NULL;
+}
+
+/* ---- availability ------------------------------------------------------ */
+
+static bool all_up(const sg_bus *b)
+{
+    if (!b->nnodes || (b->mode == MODE_CLUSTER && (!b->have_map || !sg_slot_map_complete(b->map))))
+        return false;
+    for (size_t i = 0; i < b->nnodes; i++)
+        if (!sg_link_up(b->nodes[i].l))
+            return false;
+    return true;
+}
+
 static void set_available(sg_bus *b)
 {
-    bool now = sg_rconn_is_up(b->cmd) && sg_rconn_is_up(b->sub);
+    bool now = all_up(b);
     if (now == b->available)
         return;
     b->available = now;
@@ -78,135 +153,347 @@ static void set_available(sg_bus *b)
     if (now) {
         b->was_available = true;
         b->attempts = 0;
-        log_redis(b, SG_LOG_INFO, "redis.connect", NULL);
+        const sg_link_target *t = sg_link_target_of(b->nodes[0].l);
+        if (sg_log_begin(b->log, SG_LOG_INFO, "redis.connect")) {
+            sg_log_str(b->log, "host", t->host);
+            sg_log_int(b->log, "port", t->port);
+            if (b->mode == MODE_CLUSTER)
+                sg_log_int(b->log, "masters", (int64_t)b->nnodes);
+            sg_log_end(b->log);
+        }
     }
     if (b->h.on_available)
         b->h.on_available(b->h.ud, now, fresh);
 }
 
-/* Sends SUBSCRIBE for every referenced channel (after the subscriber
- * connection came up) in batches. */
-static void resubscribe_all(sg_bus *b)
+/* ---- requests ------------------------------------------------------------ */
+
+static req *req_new(sg_bus *b, uint8_t kind, uint64_t tag, uint16_t slot)
+{
+    req *q = b->req_free;
+    if (q)
+        b->req_free = q->next;
+    else
+        q = sg_xmalloc(sizeof *q);
+    memset(q, 0, sizeof *q);
+    q->kind = kind;
+    q->tag = tag;
+    q->slot = slot;
+    return q;
+}
+
+static void req_free(sg_bus *b, req *q)
+{
+    free(q->bytes);
+    q->bytes = NULL;
+    q->next = b->req_free;
+    b->req_free = q;
+}
+
+/* The owner's callback, once, and the request back to the pool. */
+static void req_done(sg_bus *b, req *q, redisReply *r)
+{
+    uint64_t tag = q->tag;
+    bool user = q->kind == REQ_USER;
+    req_free(b, q);
+    if (user && tag && b->h.on_reply)
+        b->h.on_reply(b->h.ud, tag, r);
+}
+
+/* An internal command (function load, ROLE, ASKING, CLUSTER SHARDS). */
+static bool send_internal(sg_bus *b, node *nd, uint8_t kind, int argc, const char **argv, const size_t *lens)
+{
+    req *q = req_new(b, kind, 0, 0);
+    q->at = nd->l;
+    if (sg_link_send(nd->l, argc, argv, lens, (uint64_t)(uintptr_t)q) < 0) {
+        req_free(b, q);
+        return false;
+    }
+    return true;
+}
+
+static int send_encoded(sg_bus *b, node *nd, req *q)
+{
+    if (sg_link_send_encoded(nd->l, q->bytes, q->len, (uint64_t)(uintptr_t)q) < 0)
+        return -1;
+    q->at = nd->l;
+    nd->inflight[q->slot]++;
+    return 0;
+}
+
+static int route(sg_bus *b, uint16_t slot, int argc, const char **argv, const size_t *lens, uint64_t tag)
+{
+    node *nd = owner(b, slot);
+    if (!nd || !sg_link_up(nd->l))
+        return -1;
+    req *q = req_new(b, REQ_USER, tag, slot);
+    if (b->mode != MODE_CLUSTER) {
+        if (sg_link_send(nd->l, argc, argv, lens, (uint64_t)(uintptr_t)q) < 0) {
+            req_free(b, q);
+            return -1;
+        }
+        q->at = nd->l;
+        return 0;
+    }
+    /* In a cluster the command is kept encoded, for a redirection. */
+    q->len = sg_resp_len(argc, argv, lens);
+    if (!q->len) {
+        req_free(b, q);
+        return -1;
+    }
+    q->bytes = sg_xmalloc(q->len);
+    sg_resp_encode(q->bytes, argc, argv, lens);
+    if (b->holding[slot]) {
+        /* After a MOVED of this slot: behind what the old owner still has. */
+        *b->held_tail = q;
+        b->held_tail = &q->next;
+        return 0;
+    }
+    if (send_encoded(b, nd, q) < 0) {
+        req_free(b, q);
+        return -1;
+    }
+    return 0;
+}
+
+static void fix_held_tail(sg_bus *b)
+{
+    b->held_tail = &b->held;
+    while (*b->held_tail)
+        b->held_tail = &(*b->held_tail)->next;
+}
+
+/* A lost link, a new map: what was held is answered NULL (unavailable). */
+static void fail_held(sg_bus *b)
+{
+    while (b->held) {
+        req *q = b->held;
+        b->held = q->next;
+        req_done(b, q, NULL);
+    }
+    b->held_tail = &b->held;
+    if (b->holding)
+        memset(b->holding, 0, SG_SLOTS * sizeof *b->holding);
+}
+
+/* The old owner of a slot answered everything it had of it: what waited
+ * goes to the new owner, in order. */
+static void release_slot(sg_bus *b, uint16_t slot)
+{
+    b->holding[slot] = NULL;
+    req **pp = &b->held;
+    while (*pp) {
+        req *q = *pp;
+        if (q->slot != slot) {
+            pp = &q->next;
+            continue;
+        }
+        *pp = q->next;
+        node *nd = owner(b, slot);
+        if (!nd || send_encoded(b, nd, q) < 0)
+            req_done(b, q, NULL);
+    }
+    fix_held_tail(b);
+}
+
+/* MOVED or ASK: true when the request went out again (its reply will be
+ * the next one's business). */
+static bool redirect(sg_bus *b, req *q, node *from, const redisReply *r)
+{
+    sg_redirect d;
+    if (b->mode != MODE_CLUSTER || q->kind != REQ_USER || r->type != REDIS_REPLY_ERROR ||
+        !sg_redirect_parse(r->str, r->len, &d) || d.slot != q->slot)
+        return false;
+    node *to = node_at(b, d.host, d.port);
+    if (d.ask) {
+        /* ASKING holds for the next command on that connection only: one
+         * retry there, the map unchanged. */
+        const char *asking[] = {"ASKING"};
+        if (q->asked || !to || !send_internal(b, to, REQ_IGNORE, 1, asking, NULL))
+            return false;
+        q->asked = true;
+        return send_encoded(b, to, q) == 0;
+    }
+    /* MOVED: the slot has a new owner. Its later commands wait until the
+     * old owner answered all it had (each MOVED, sent again in order), so
+     * the order per slot, hence per room, holds. */
+    refresh_map(b);
+    if (!to || q->moved || !sg_link_up(to->l))
+        return false;
+    b->map->owner[q->slot] = (int16_t)(to - b->nodes);
+    q->moved = true;
+    if (send_encoded(b, to, q) < 0)
+        return false;
+    if (from && from->inflight[q->slot])
+        b->holding[q->slot] = from->l;
+    return true;
+}
+
+static void load_functions(sg_bus *b, node *nd);
+static void apply_map(sg_bus *b, const redisReply *r);
+
+static void on_internal_reply(sg_bus *b, req *q, node *nd, redisReply *r)
+{
+    switch (q->kind) {
+    case REQ_LOAD:
+        if (r && r->type == REDIS_REPLY_ERROR && !strstr(r->str, "already exists") && nd) {
+            /* Redis before 7.0 has no functions: say so, and keep trying
+             * (an upgrade fixes it without a restart of the gateway). */
+            if (sg_log_begin(b->log, SG_LOG_ERROR, "redis.function_load_failed")) {
+                sg_log_str(b->log, "host", sg_link_target_of(nd->l)->host);
+                sg_log_strn(b->log, "error", r->str, r->len);
+                sg_log_str(b->log, "hint", "signal-gateway needs Redis 7.0 or newer");
+                sg_log_end(b->log);
+            }
+            sg_link_close(nd->l, "FUNCTION LOAD failed");
+        }
+        break;
+    case REQ_ROLE:
+        /* Through Sentinel the address may be stale: talk only to a master. */
+        if (r && nd && (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_STRING ||
+                        strcmp(r->element[0]->str, "master") != 0)) {
+            b->sentinel_idx++;
+            sg_link_close(nd->l, "not a master");
+        }
+        break;
+    case REQ_SHARDS:
+        b->refreshing = false;
+        if (r)
+            apply_map(b, r);
+        if (!r || r->type != REDIS_REPLY_ARRAY || b->refresh_again) {
+            b->refresh_again = false;
+            schedule_connect(b);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+static void on_link_reply(void *ud, sg_link *l, uint64_t tag, redisReply *r)
+{
+    sg_bus *b = ud;
+    req *q = (req *)(uintptr_t)tag;
+    node *nd = node_of(b, q->at);
+    if (q->kind != REQ_USER) {
+        on_internal_reply(b, q, nd, r);
+        req_free(b, q);
+        return;
+    }
+    uint16_t slot = q->slot;
+    bool drain_check = b->mode == MODE_CLUSTER && nd;
+    if (drain_check && nd->inflight[slot])
+        nd->inflight[slot]--;
+    if (!(r && redirect(b, q, nd, r))) {
+        if (r && r->type == REDIS_REPLY_ERROR && nd) {
+            /* A demoted master answers writes with READONLY: find the new one. */
+            if (strncmp(r->str, "READONLY", 8) == 0) {
+                if (b->mode == MODE_CLUSTER)
+                    refresh_map(b);
+                else
+                    sg_link_close(nd->l, "server is a replica now");
+            } else if (strstr(r->str, "Function not found")) {
+                /* FUNCTION FLUSH, or an empty shard, under a live gateway. */
+                load_functions(b, nd);
+            }
+        }
+        req_done(b, q, r);
+    }
+    if (drain_check && b->holding[slot] == l && !nd->inflight[slot])
+        release_slot(b, slot);
+}
+
+/* FUNCTION LOAD (not REPLACE: another gateway of this version may have
+ * loaded it; another version's library has another name). Sent first on a
+ * link that comes up, so no call on that connection can miss it. */
+static void load_functions(sg_bus *b, node *nd)
+{
+    const char *argv[3] = {"FUNCTION", "LOAD", sg_functions_library};
+    size_t lens[3] = {8, 4, sg_functions_library_len};
+    send_internal(b, nd, REQ_LOAD, 3, argv, lens);
+}
+
+/* ---- subscriptions ----------------------------------------------------- */
+
+static node *chan_owner(const sg_bus *b, const char *channel, size_t len)
+{
+    return owner(b, b->mode == MODE_CLUSTER ? sg_key_slot(channel, len) : 0);
+}
+
+static void send_ssubscribe(sg_bus *b, node *nd, int argc, const char **argv)
+{
+    argv[0] = "SSUBSCRIBE";
+    sg_link_sub_send(nd->l, argc, argv);
+}
+
+/* SSUBSCRIBE of every referenced channel that belongs to nd and is not
+ * subscribed there: after its link came up, or a new map. Batched on one
+ * Redis; one channel a command in a cluster (a command's channels must share
+ * a slot there). */
+static void resubscribe(sg_bus *b, node *nd)
 {
     const char *argv[SUBSCRIBE_BATCH + 1];
-    int argc = 0;
-    argv[argc++] = "SSUBSCRIBE";
+    int argc = 1;
     size_t i;
     for (sg_map_entry *e = sg_map_first(&b->chans, &i); e; e = sg_map_next(&b->chans, &i, e)) {
         chan *c = e->value;
-        c->inflight = 0;
-        c->confirmed = false;
-        if (!c->refs)
+        if (!c->refs || chan_owner(b, e->key, e->klen) != nd || (c->at == nd->l && (c->confirmed || c->inflight)))
             continue;
+        c->confirmed = false;
         c->inflight = 1;
+        c->at = nd->l;
         argv[argc++] = e->key;
-        if (argc == SUBSCRIBE_BATCH + 1) {
-            sg_rconn_sendv(b->sub, NULL, 0, argc, argv);
+        if (argc == SUBSCRIBE_BATCH + 1 || b->mode == MODE_CLUSTER) {
+            send_ssubscribe(b, nd, argc, argv);
             argc = 1;
         }
     }
     if (argc > 1)
-        sg_rconn_sendv(b->sub, NULL, 0, argc, argv);
-    /* Entries nobody references any more are dropped now that nothing is in flight. */
-    for (;;) {
-        bool removed = false;
-        for (sg_map_entry *e = sg_map_first(&b->chans, &i); e; e = sg_map_next(&b->chans, &i, e)) {
-            chan *c = e->value;
-            if (!c->refs) {
-                free(sg_map_del(&b->chans, e->key, e->klen));
-                removed = true;
-                break;
-            }
-        }
-        if (!removed)
-            break;
-    }
+        send_ssubscribe(b, nd, argc, argv);
 }
 
-/* FUNCTION LOAD (not REPLACE: another gateway of this version may have
- * loaded it; another version's library has another name). Pipelined before
- * any FCALL on the same connection, so none can miss it. */
-static void on_function_load(void *ud, uint64_t tag, redisReply *r)
+static bool is_probe(const node *nd, const char *channel, size_t len)
+{
+    return strlen(nd->probe_channel) == len && memcmp(nd->probe_channel, channel, len) == 0;
+}
+
+static void on_link_push(void *ud, sg_link *l, redisReply *r)
 {
     sg_bus *b = ud;
-    if (!r || r->type != REDIS_REPLY_ERROR || strstr(r->str, "already exists"))
-        return;
-    /* Redis before 7.0 has no functions: say so, and keep trying (an upgrade
-     * fixes it without a restart of the gateway). */
-    if (sg_log_begin(b->log, SG_LOG_ERROR, "redis.function_load_failed")) {
-        sg_log_str(b->log, "host", b->host);
-        sg_log_strn(b->log, "error", r->str, r->len);
-        sg_log_str(b->log, "hint", "signal-gateway needs Redis 7.0 or newer");
-        sg_log_end(b->log);
-    }
-    sg_rconn_close(b->cmd, "FUNCTION LOAD failed");
-}
-
-static void load_functions(sg_bus *b)
-{
-    const char *argv[3] = {"FUNCTION", "LOAD", sg_functions_library};
-    size_t lens[3] = {8, 4, sg_functions_library_len};
-    sg_rconn_send(b->cmd, 3, argv, lens, on_function_load, 0);
-}
-
-static void on_conn_state(void *ud, sg_rconn *c, bool up, const char *err)
-{
-    sg_bus *b = ud;
-    if (up) {
-        if (c == b->cmd) {
-            if (b->sentinels) {
-                const char *argv[] = {"ROLE"};
-                sg_rconn_sendv(b->cmd, on_role, 0, 1, argv);
-            }
-            load_functions(b);
-        }
-        else
-            resubscribe_all(b);
-        set_available(b);
-        return;
-    }
-    /* Either connection lost: drop both and start over, so the pair is
-     * always against the same server (a failover must not split them). */
-    if (b->available) {
-        b->metrics->redis_reconnects++;
-        log_redis(b, SG_LOG_WARN, "redis.disconnect", err);
-    } else if (c == b->cmd && err && strcmp(err, "peer connection lost") != 0 &&
-               (b->attempts <= 1 || b->attempts % 10 == 0)) {
-        /* The first failed attempt, then every tenth: visible, not a flood. */
-        log_redis(b, SG_LOG_WARN, "redis.connect_failed", err);
-    }
-    set_available(b); /* before closing the other one, which comes back here */
-    if (c == b->cmd && sg_rconn_is_up(b->sub))
-        sg_rconn_close(b->sub, "peer connection lost");
-    else if (c == b->sub && sg_rconn_is_up(b->cmd))
-        sg_rconn_close(b->cmd, "peer connection lost");
-    schedule_connect(b);
-}
-
-static void on_push(void *ud, redisReply *r)
-{
-    sg_bus *b = ud;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 || r->element[0]->type != REDIS_REPLY_STRING)
+    node *nd = node_of(b, l);
+    if (!nd || r->type != REDIS_REPLY_ARRAY || r->elements < 3 || r->element[0]->type != REDIS_REPLY_STRING)
         return;
     const char *kind = r->element[0]->str;
     redisReply *ch = r->element[1];
     if (ch->type != REDIS_REPLY_STRING)
         return;
-    /* Sharded pub/sub (SSUBSCRIBE/SPUBLISH): a room's channels live in its
-     * hash slot, on one shard of a cluster, and it works the same on a
-     * single Redis. */
     if (strcmp(kind, "smessage") == 0) {
         redisReply *pl = r->element[2];
-        if (pl->type == REDIS_REPLY_STRING && b->h.on_message)
+        if (is_probe(nd, ch->str, ch->len)) {
+            nd->probe_ok_ms = sg_now_mono_ms();
+            b->probes_received++;
+        } else if (pl->type == REDIS_REPLY_STRING && b->h.on_message) {
             b->h.on_message(b->h.ud, ch->str, ch->len, pl->str, pl->len);
+        }
         return;
     }
     bool is_sub = strcmp(kind, "ssubscribe") == 0;
     if (!is_sub && strcmp(kind, "sunsubscribe") != 0)
         return;
     chan *c = sg_map_get(&b->chans, ch->str, ch->len);
-    if (!c)
+    if (!c || c->at != l)
         return;
+    if (!is_sub && !c->inflight && c->refs) {
+        /* Not asked for: the slot left this master (migrated, or it was
+         * demoted). Subscribed again on the new owner once the map says
+         * which; what was published meanwhile is the owner's to catch up. */
+        c->confirmed = false;
+        c->at = NULL;
+        if (b->h.on_channel_moved)
+            b->h.on_channel_moved(b->h.ud, ch->str, ch->len);
+        refresh_map(b);
+        return;
+    }
     if (c->inflight)
         c->inflight--;
     if (c->inflight)
@@ -222,72 +509,347 @@ static void on_push(void *ud, redisReply *r)
     }
 }
 
+bool sg_bus_subscribe(sg_bus *b, const char *channel)
+{
+    size_t n = strlen(channel);
+    chan *c = sg_map_get(&b->chans, channel, n);
+    if (!c) {
+        c = sg_xcalloc(1, sizeof *c);
+        sg_map_put(&b->chans, channel, n, c);
+    }
+    if (c->refs++ > 0 && (c->confirmed || c->inflight))
+        return c->confirmed;
+    /* First reference, or the entry was waiting for its SUNSUBSCRIBE ack. */
+    c->confirmed = false;
+    node *nd = chan_owner(b, channel, n);
+    const char *argv[] = {"SSUBSCRIBE", channel};
+    if (nd && sg_link_sub_send(nd->l, 2, argv) == 0) {
+        c->inflight++;
+        c->at = nd->l;
+    }
+    return false;
+}
+
+void sg_bus_unsubscribe(sg_bus *b, const char *channel)
+{
+    size_t n = strlen(channel);
+    chan *c = sg_map_get(&b->chans, channel, n);
+    if (!c || !c->refs || --c->refs)
+        return;
+    c->confirmed = false;
+    const char *argv[] = {"SUNSUBSCRIBE", channel};
+    if (c->at && node_of(b, c->at) && sg_link_sub_send(c->at, 2, argv) == 0) {
+        c->inflight++;
+        return;
+    }
+    if (!c->inflight)
+        free(sg_map_del(&b->chans, channel, n));
+}
+
+bool sg_bus_subscribed(const sg_bus *b, const char *channel)
+{
+    chan *c = sg_map_get(&b->chans, channel, strlen(channel));
+    return c && c->confirmed;
+}
+
+/* Entries nobody references whose subscription went with a link. */
+static void forget_chans_of(sg_bus *b, const sg_link *l)
+{
+    for (bool removed = true; removed;) {
+        removed = false;
+        size_t i;
+        for (sg_map_entry *e = sg_map_first(&b->chans, &i); e; e = sg_map_next(&b->chans, &i, e)) {
+            chan *c = e->value;
+            if (c->at != l)
+                continue;
+            c->at = NULL;
+            c->confirmed = false;
+            c->inflight = 0;
+            if (!c->refs) {
+                free(sg_map_del(&b->chans, e->key, e->klen));
+                removed = true;
+                break;
+            }
+        }
+    }
+}
+
+/* ---- links come and go --------------------------------------------------- */
+
+static void probe_channel_of(sg_bus *b, node *nd)
+{
+    char tag[8];
+    if (b->mode == MODE_CLUSTER && b->have_map && sg_slot_tag_for(b->map, (int)(nd - b->nodes), tag))
+        snprintf(nd->probe_channel, sizeof nd->probe_channel, "signal:probe:{%s}:%s", tag, b->node_id);
+    else
+        snprintf(nd->probe_channel, sizeof nd->probe_channel, "signal:probe:%s", b->node_id);
+}
+
+static void on_link_state(void *ud, sg_link *l, bool up, const char *why)
+{
+    sg_bus *b = ud;
+    node *nd = node_of(b, l);
+    if (!nd)
+        return; /* a link being dropped from the map */
+    nd->connecting = false;
+    const sg_link_target *t = sg_link_target_of(l);
+    if (up) {
+        load_functions(b, nd);
+        if (b->mode == MODE_SENTINEL) {
+            const char *argv[] = {"ROLE"};
+            send_internal(b, nd, REQ_ROLE, 1, argv, NULL);
+        }
+        probe_channel_of(b, nd);
+        const char *argv[] = {"SSUBSCRIBE", nd->probe_channel};
+        sg_link_sub_send(l, 2, argv);
+        resubscribe(b, nd);
+        set_available(b);
+        return;
+    }
+    if (b->available) {
+        b->metrics->redis_reconnects++;
+        log_redis(b, SG_LOG_WARN, "redis.disconnect", t->host, t->port, why);
+    } else if (why && strcmp(why, "peer connection lost") != 0 && (b->attempts <= 1 || b->attempts % 10 == 0)) {
+        /* The first failed attempt, then every tenth: visible, not a flood. */
+        log_redis(b, SG_LOG_WARN, "redis.connect_failed", t->host, t->port, why);
+    }
+    nd->probe_ok_ms = 0;
+    forget_chans_of(b, l);
+    if (nd->inflight)
+        memset(nd->inflight, 0, SG_SLOTS * sizeof *nd->inflight);
+    if (b->mode == MODE_CLUSTER)
+        fail_held(b);
+    set_available(b);
+    schedule_connect(b);
+}
+
 static void on_latency(void *ud, double ms)
 {
     sg_bus *b = ud;
     sg_hist_observe(&b->metrics->redis_latency, ms);
 }
 
-static void on_reply(void *ud, uint64_t tag, redisReply *r)
+static node *add_node(sg_bus *b, const sg_link_target *t)
 {
-    sg_bus *b = ud;
-    if (b->h.on_reply)
-        b->h.on_reply(b->h.ud, tag, r);
-    if (r && r->type == REDIS_REPLY_ERROR) {
-        /* A demoted master answers writes with READONLY: find the new one. */
-        if (strncmp(r->str, "READONLY", 8) == 0)
-            sg_rconn_close(b->cmd, "server is a replica now");
-        /* FUNCTION FLUSH (or DELETE) under a live gateway: load it again. */
-        else if (strstr(r->str, "Function not found"))
-            load_functions(b);
-    }
+    b->nodes = sg_xrealloc(b->nodes, (b->nnodes + 1) * sizeof *b->nodes);
+    node *nd = &b->nodes[b->nnodes++];
+    memset(nd, 0, sizeof *nd);
+    sg_link_opts o = {.timeout_ms = b->timeout_ms, .dns = b->dns, .name = "signal-gateway"};
+    sg_link_handlers h = {.on_state = on_link_state, .on_reply = on_link_reply, .on_push = on_link_push,
+                          .on_latency = on_latency, .ud = b};
+    nd->l = sg_link_new(b->base, &o, &h);
+    if (b->mode == MODE_CLUSTER)
+        nd->inflight = sg_xcalloc(SG_SLOTS, sizeof *nd->inflight);
+    sg_link_set_target(nd->l, t);
+    return nd;
 }
 
-/* Through Sentinel, the address may be stale: talk only to a master. */
-static void on_role(void *ud, uint64_t tag, redisReply *r)
+static void connect_node(sg_bus *b, node *nd)
 {
-    sg_bus *b = ud;
-    if (!r)
+    if (nd->connecting || sg_link_up(nd->l))
         return;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_STRING ||
-        strcmp(r->element[0]->str, "master") != 0) {
-        b->sentinel_idx++;
-        sg_rconn_close(b->cmd, "not a master");
+    nd->connecting = true;
+    if (sg_link_connect(nd->l) < 0) {
+        nd->connecting = false;
+        schedule_connect(b);
     }
 }
 
-static int connect_pair(sg_bus *b)
+/* ---- Redis Cluster: the slot map --------------------------------------- */
+
+/* The shards as CLUSTER SHARDS lists them become the nodes, in the map's
+ * order: a link to a master that stays is kept (and its subscriptions);
+ * one no longer a master is dropped (its commands in flight are answered
+ * NULL); a new master gets a link. */
+static void apply_map(sg_bus *b, const redisReply *r)
 {
-    char db[16];
-    snprintf(db, sizeof db, "%d", b->db);
-    const char *auth1[] = {"AUTH", b->pass, NULL};
-    const char *auth2[] = {"AUTH", b->user, b->pass, NULL};
-    const char *sel[] = {"SELECT", db, NULL};
-    const char *cname_cmd[] = {"CLIENT", "SETNAME", "signal-gateway-cmd", NULL};
-    const char *cname_sub[] = {"CLIENT", "SETNAME", "signal-gateway-sub", NULL};
-    const char *const *init[5];
-    for (int which = 0; which < 2; which++) {
-        int n = 0;
-        if (b->pass[0])
-            init[n++] = b->user[0] ? auth2 : auth1;
-        if (which == 0 && b->db)
-            init[n++] = sel;
-        init[n++] = which == 0 ? cname_cmd : cname_sub;
-        init[n] = NULL;
-        sg_rconn *c = which == 0 ? b->cmd : b->sub;
-        if (sg_rconn_connect(c, b->host, b->port, init) < 0)
-            return -1;
+    char err[128];
+    sg_slot_map *m = sg_xmalloc(sizeof *m);
+    if (sg_slot_map_parse(m, r, false, err, sizeof err) < 0 || !m->nshards) {
+        if (sg_log_begin(b->log, SG_LOG_WARN, "redis.cluster_map_failed")) {
+            sg_log_str(b->log, "reason", m->nshards ? err : "no master serves any slot");
+            sg_log_end(b->log);
+        }
+        free(m);
+        return;
     }
-    return 0;
+    node *old = b->nodes;
+    size_t nold = b->nnodes;
+    node *fresh = sg_xcalloc(m->nshards, sizeof *fresh);
+    for (size_t i = 0; i < m->nshards; i++) {
+        for (size_t k = 0; k < nold; k++)
+            if (old[k].l && sg_link_is(old[k].l, m->shard[i].host, m->shard[i].port)) {
+                fresh[i] = old[k];
+                old[k].l = NULL;
+                break;
+            }
+    }
+    /* Swap first: a link dropped below answers its commands through
+     * on_link_reply, which must no longer find it. */
+    b->nodes = fresh;
+    b->nnodes = m->nshards;
+    free(b->map);
+    b->map = m;
+    b->have_map = true;
+    for (size_t i = 0; i < b->nnodes; i++) {
+        if (b->nodes[i].l)
+            continue;
+        sg_link_target t = b->target;
+        sg_strlcpy(t.host, m->shard[i].host, sizeof t.host);
+        t.port = m->shard[i].port;
+        t.db = 0;
+        sg_link_opts o = {.timeout_ms = b->timeout_ms, .dns = b->dns, .name = "signal-gateway"};
+        sg_link_handlers h = {.on_state = on_link_state, .on_reply = on_link_reply, .on_push = on_link_push,
+                              .on_latency = on_latency, .ud = b};
+        b->nodes[i].l = sg_link_new(b->base, &o, &h);
+        sg_link_set_target(b->nodes[i].l, &t);
+        b->nodes[i].inflight = sg_xcalloc(SG_SLOTS, sizeof *b->nodes[i].inflight);
+    }
+    for (size_t k = 0; k < nold; k++)
+        if (old[k].l) {
+            forget_chans_of(b, old[k].l);
+            sg_link_free(old[k].l);
+            free(old[k].inflight);
+        }
+    free(old);
+    /* Slots draining from a link that is gone have nothing left to wait for. */
+    for (size_t s = 0; s < SG_SLOTS; s++)
+        if (b->holding[s] && !node_of(b, b->holding[s]))
+            release_slot(b, (uint16_t)s);
+    for (size_t i = 0; i < b->nnodes; i++) {
+        node *nd = &b->nodes[i];
+        char before[sizeof nd->probe_channel];
+        memcpy(before, nd->probe_channel, sizeof before);
+        probe_channel_of(b, nd);
+        if (sg_link_up(nd->l)) {
+            if (strcmp(before, nd->probe_channel) != 0) {
+                const char *argv[] = {"SSUBSCRIBE", nd->probe_channel};
+                sg_link_sub_send(nd->l, 2, argv);
+            }
+            resubscribe(b, nd);
+        } else {
+            connect_node(b, nd);
+        }
+    }
+    set_available(b);
 }
 
-/* ---- following failovers --------------------------------------------- */
+/* "host:port" or a URL from the seed list, the idx-th (wrapping). */
+static bool nth_address(const char *list, size_t idx, char *host, size_t hostlen, int *port)
+{
+    size_t count = 1;
+    for (const char *p = list; *p; p++)
+        count += *p == ',';
+    idx %= count;
+    const char *p = list;
+    while (idx--)
+        p = strchr(p, ',') + 1;
+    const char *e = strchr(p, ',');
+    size_t n = e ? (size_t)(e - p) : strlen(p);
+    while (n && *p == ' ') {
+        p++;
+        n--;
+    }
+    char item[300];
+    if (n >= sizeof item)
+        return false;
+    memcpy(item, p, n);
+    item[n] = '\0';
+    char *start = item;
+    char *scheme = strstr(start, "://");
+    if (scheme)
+        start = scheme + 3;
+    char *at = strrchr(start, '@');
+    if (at)
+        start = at + 1;
+    char *slash = strchr(start, '/');
+    if (slash)
+        *slash = '\0';
+    char *colon = strrchr(start, ':');
+    if (!colon)
+        return false;
+    *colon = '\0';
+    if (start[0] == '[' && colon[-1] == ']') {
+        start++;
+        colon[-1] = '\0';
+    }
+    sg_strlcpy(host, start, hostlen);
+    *port = atoi(colon + 1);
+    return *port > 0 && *port <= 65535 && host[0];
+}
+
+static void on_seed_reply(void *ud, uint64_t tag, redisReply *r)
+{
+    sg_bus *b = ud;
+    b->refreshing = false;
+    if (r && r->type == REDIS_REPLY_ARRAY) {
+        apply_map(b, r);
+        sg_rconn_close(b->seed, "done");
+        return;
+    }
+    sg_rconn_close(b->seed, "no map");
+    b->seed_idx++;
+    schedule_connect(b);
+}
+
+static void on_seed_state(void *ud, sg_rconn *c, bool up, const char *why)
+{
+    sg_bus *b = ud;
+    if (up) {
+        const char *argv[] = {"CLUSTER", "SHARDS"};
+        if (sg_rconn_sendv(c, on_seed_reply, 0, 2, argv) < 0)
+            sg_rconn_close(c, "send failed");
+        return;
+    }
+    if (why && strcmp(why, "done") != 0 && strcmp(why, "no map") != 0) {
+        b->refreshing = false;
+        b->seed_idx++;
+        if (b->attempts <= 1 || b->attempts % 10 == 0) {
+            char host[256];
+            int port = 0;
+            nth_address(b->seeds, b->seed_idx - 1, host, sizeof host, &port);
+            log_redis(b, SG_LOG_WARN, "redis.connect_failed", host, port, why);
+        }
+        schedule_connect(b);
+    }
+}
+
+/* A new slot map: from any master that is up, or else from a seed. */
+static void refresh_map(sg_bus *b)
+{
+    if (b->mode != MODE_CLUSTER)
+        return;
+    if (b->refreshing) {
+        b->refresh_again = true;
+        return;
+    }
+    const char *argv[] = {"CLUSTER", "SHARDS"};
+    for (size_t i = 0; i < b->nnodes; i++)
+        if (sg_link_up(b->nodes[i].l) && send_internal(b, &b->nodes[i], REQ_SHARDS, 2, argv, NULL)) {
+            b->refreshing = true;
+            return;
+        }
+    char host[256];
+    int port;
+    const char *auth1[] = {"AUTH", b->target.pass, NULL};
+    const char *auth2[] = {"AUTH", b->target.user, b->target.pass, NULL};
+    const char *const *init[] = {b->target.user[0] ? auth2 : auth1, NULL};
+    if (!nth_address(b->seeds, b->seed_idx, host, sizeof host, &port) ||
+        sg_rconn_connect(b->seed, host, port, b->target.pass[0] ? init : NULL) < 0) {
+        b->seed_idx++;
+        schedule_connect(b);
+        return;
+    }
+    b->refreshing = true;
+}
+
+/* ---- Sentinel ---------------------------------------------------------- */
 
 static void watch_connect(sg_bus *b)
 {
     char host[256];
     int port;
-    if (b->watch_active || !nth_sentinel(b->sentinels, b->sentinel_idx, host, sizeof host, &port))
+    if (b->watch_active || !nth_address(b->sentinels, b->sentinel_idx, host, sizeof host, &port))
         return;
     b->watch_active = sg_rconn_connect(b->watch, host, port, NULL) == 0;
     if (!b->watch_active) {
@@ -322,7 +884,7 @@ static void on_watch_push(void *ud, redisReply *r)
     sg_bus *b = ud;
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 || r->element[0]->type != REDIS_REPLY_STRING ||
         strcmp(r->element[0]->str, "message") != 0 || r->element[2]->type != REDIS_REPLY_STRING ||
-        r->element[2]->len >= 600)
+        r->element[2]->len >= 600 || !b->nnodes)
         return;
     char msg[600], *save = NULL;
     memcpy(msg, r->element[2]->str, r->element[2]->len + 1);
@@ -333,30 +895,30 @@ static void on_watch_push(void *ud, redisReply *r)
     if (n != 5 || strcmp(f[0], b->master_name) != 0)
         return;
     int port = atoi(f[4]);
-    if (port == b->port && strcmp(f[3], b->host) == 0)
+    if (sg_link_is(b->nodes[0].l, f[3], port))
         return;
-    sg_strlcpy(b->host, f[3], sizeof b->host);
-    b->port = port;
-    log_redis(b, SG_LOG_WARN, "redis.switch_master", "announced by the sentinels");
-    /* Closing one closes the pair; the reconnect asks the sentinels again. */
-    if (sg_rconn_is_up(b->cmd))
-        sg_rconn_close(b->cmd, "sentinel switched master");
-    else if (sg_rconn_is_up(b->sub))
-        sg_rconn_close(b->sub, "sentinel switched master");
+    sg_link_target t = *sg_link_target_of(b->nodes[0].l);
+    sg_strlcpy(t.host, f[3], sizeof t.host);
+    t.port = port;
+    sg_link_set_target(b->nodes[0].l, &t);
+    log_redis(b, SG_LOG_WARN, "redis.switch_master", t.host, t.port, "announced by the sentinels");
+    /* The reconnect asks the sentinels again. */
+    sg_link_close(b->nodes[0].l, "sentinel switched master");
 }
 
 /* Sentinel: ask each sentinel in turn for the master's address. */
 static void on_sentinel_reply(void *ud, uint64_t tag, redisReply *r)
 {
     sg_bus *b = ud;
-    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-        r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING) {
-        sg_strlcpy(b->host, r->element[0]->str, sizeof b->host);
-        b->port = atoi(r->element[1]->str);
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_STRING &&
+        r->element[1]->type == REDIS_REPLY_STRING) {
+        sg_link_target t = b->target;
+        sg_strlcpy(t.host, r->element[0]->str, sizeof t.host);
+        t.port = atoi(r->element[1]->str);
+        sg_link_set_target(b->nodes[0].l, &t);
         sg_rconn_close(b->sentinel, "done");
         watch_connect(b);
-        if (connect_pair(b) < 0)
-            schedule_connect(b);
+        connect_node(b, &b->nodes[0]);
         return;
     }
     sg_rconn_close(b->sentinel, "no master");
@@ -381,49 +943,34 @@ static void on_sentinel_state(void *ud, sg_rconn *c, bool up, const char *err)
     }
 }
 
-static bool nth_sentinel(const char *list, size_t idx, char *host, size_t hostlen, int *port)
-{
-    size_t count = 1;
-    for (const char *p = list; *p; p++)
-        count += *p == ',';
-    idx %= count;
-    const char *p = list;
-    while (idx--)
-        p = strchr(p, ',') + 1;
-    const char *e = strchr(p, ',');
-    size_t n = e ? (size_t)(e - p) : strlen(p);
-    char item[300];
-    if (n >= sizeof item)
-        return false;
-    memcpy(item, p, n);
-    item[n] = '\0';
-    char *colon = strrchr(item, ':');
-    if (!colon)
-        return false;
-    *colon = '\0';
-    sg_strlcpy(host, item, hostlen);
-    *port = atoi(colon + 1);
-    return *port > 0;
-}
+/* ---- (re)connecting ------------------------------------------------------ */
 
 static void do_connect(evutil_socket_t fd, short what, void *arg)
 {
     sg_bus *b = arg;
-    if (sg_rconn_is_up(b->cmd) || sg_rconn_is_up(b->sub))
-        return;
     b->attempts++;
-    if (b->sentinels) {
+    switch (b->mode) {
+    case MODE_SINGLE:
+        connect_node(b, &b->nodes[0]);
+        break;
+    case MODE_SENTINEL: {
+        if (sg_link_up(b->nodes[0].l) || b->nodes[0].connecting)
+            return;
         char host[256];
         int port;
-        if (!nth_sentinel(b->sentinels, b->sentinel_idx, host, sizeof host, &port) ||
+        if (!nth_address(b->sentinels, b->sentinel_idx, host, sizeof host, &port) ||
             sg_rconn_connect(b->sentinel, host, port, NULL) < 0) {
             b->sentinel_idx++;
             schedule_connect(b);
         }
-        return;
+        break;
     }
-    if (connect_pair(b) < 0)
-        schedule_connect(b);
+    case MODE_CLUSTER:
+        /* Whatever went, the map may have changed (a failover): ask again;
+         * the answer reconnects what is down. */
+        refresh_map(b);
+        break;
+    }
 }
 
 static void schedule_connect(sg_bus *b)
@@ -446,147 +993,69 @@ static void schedule_connect(sg_bus *b)
     evtimer_add(b->retry, &tv);
 }
 
-sg_bus *sg_bus_new(struct event_base *base, const sg_bus_config *cfg, const sg_bus_handlers *h,
-                   sg_log *log, sg_metrics *metrics)
+/* ---- probes ------------------------------------------------------------ */
+
+void sg_bus_probe(sg_bus *b)
 {
-    sg_bus *b = sg_xcalloc(1, sizeof *b);
-    b->base = base;
-    b->h = *h;
-    b->log = log;
-    b->metrics = metrics;
-    b->url = sg_xstrdup(cfg->redis_url);
-    b->sentinels = cfg->sentinels ? sg_xstrdup(cfg->sentinels) : NULL;
-    b->master_name = sg_xstrdup(cfg->master_name ? cfg->master_name : "mymaster");
-    b->node_id = sg_xstrdup(cfg->node_id);
-    b->timeout_ms = cfg->timeout_ms;
-    sg_map_init(&b->chans);
-    for (size_t i = 0; i < SG_FN_COUNT; i++)
-        snprintf(b->fn[i], sizeof b->fn[i], "%s%s", sg_functions_prefix, sg_fn_names[i]);
-    b->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
-    sg_rconn_opts o = {.timeout_ms = cfg->timeout_ms, .on_state = on_conn_state,
-                       .on_latency = on_latency, .dns = b->dns, .ud = b};
-    b->cmd = sg_rconn_new(base, &o);
-    o.pubsub = true;
-    o.on_push = on_push;
-    o.on_latency = NULL;
-    o.timeout_ms = 0;
-    b->sub = sg_rconn_new(base, &o);
-    sg_rconn_opts so = {.timeout_ms = cfg->timeout_ms, .on_state = on_sentinel_state, .dns = b->dns, .ud = b};
-    b->sentinel = sg_rconn_new(base, &so);
-    sg_rconn_opts wo = {.pubsub = true, .on_state = on_watch_state, .on_push = on_watch_push, .dns = b->dns,
-                        .ud = b};
-    b->watch = sg_rconn_new(base, &wo);
-    b->watch_retry = evtimer_new(base, on_watch_retry, b);
-    b->retry = evtimer_new(base, do_connect, b);
-    return b;
+    char payload[32];
+    snprintf(payload, sizeof payload, "%llu", (unsigned long long)sg_now_mono_ms());
+    for (size_t i = 0; i < b->nnodes; i++) {
+        node *nd = &b->nodes[i];
+        const char *argv[] = {"SPUBLISH", nd->probe_channel, payload};
+        if (sg_link_up(nd->l) && send_internal(b, nd, REQ_IGNORE, 3, argv, NULL))
+            b->probes_sent++;
+    }
 }
 
-/* redis://[[user]:password@]host[:port][/db] */
-static int parse_url(sg_bus *b, char *err, size_t errlen)
+int64_t sg_bus_probe_age(const sg_bus *b)
 {
-    const char *p = b->url + strlen("redis://");
-    const char *at = strrchr(p, '@');
-    if (at) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        if (!colon) {
-            snprintf(err, errlen, "redis URL: credentials must be [user]:password@");
+    uint64_t now = sg_now_mono_ms();
+    int64_t worst = b->nnodes ? 0 : -1;
+    for (size_t i = 0; i < b->nnodes; i++) {
+        if (!b->nodes[i].probe_ok_ms)
             return -1;
-        }
-        size_t ul = (size_t)(colon - p), pl = (size_t)(at - colon - 1);
-        if (ul >= sizeof b->user || pl >= sizeof b->pass) {
-            snprintf(err, errlen, "redis URL: credentials too long");
-            return -1;
-        }
-        memcpy(b->user, p, ul);
-        b->user[ul] = '\0';
-        memcpy(b->pass, colon + 1, pl);
-        b->pass[pl] = '\0';
-        p = at + 1;
+        int64_t age = (int64_t)(now - b->nodes[i].probe_ok_ms);
+        if (age > worst)
+            worst = age;
     }
-    const char *slash = strchr(p, '/');
-    size_t hl = slash ? (size_t)(slash - p) : strlen(p);
-    char hp[300];
-    if (hl == 0 || hl >= sizeof hp) {
-        snprintf(err, errlen, "redis URL: missing host");
-        return -1;
-    }
-    memcpy(hp, p, hl);
-    hp[hl] = '\0';
-    b->port = 6379;
-    char *colon = strrchr(hp, ':');
-    if (hp[0] == '[') {
-        char *rb = strchr(hp, ']');
-        if (!rb) {
-            snprintf(err, errlen, "redis URL: bad IPv6 host");
-            return -1;
-        }
-        *rb = '\0';
-        sg_strlcpy(b->host, hp + 1, sizeof b->host);
-        if (rb[1] == ':')
-            b->port = atoi(rb + 2);
-    } else {
-        if (colon) {
-            *colon = '\0';
-            b->port = atoi(colon + 1);
-        }
-        sg_strlcpy(b->host, hp, sizeof b->host);
-    }
-    if (b->port <= 0 || b->port > 65535) {
-        snprintf(err, errlen, "redis URL: bad port");
-        return -1;
-    }
-    b->db = slash && slash[1] ? atoi(slash + 1) : 0;
-    if (b->db < 0 || b->db > 1000) {
-        snprintf(err, errlen, "redis URL: bad database number");
-        return -1;
-    }
-    return 0;
+    return worst;
 }
 
-int sg_bus_start(sg_bus *b, char *err, size_t errlen)
+void sg_bus_probe_renew(sg_bus *b, int64_t stale_ms)
 {
-    if (parse_url(b, err, errlen) < 0)
-        return -1;
-    b->attempts = 0;
-    schedule_connect(b);
-    return 0;
+    uint64_t now = sg_now_mono_ms();
+    for (size_t i = 0; i < b->nnodes; i++) {
+        node *nd = &b->nodes[i];
+        if (sg_link_up(nd->l) && (!nd->probe_ok_ms || (int64_t)(now - nd->probe_ok_ms) > stale_ms)) {
+            nd->probe_ok_ms = now; /* give the renewed one its time */
+            sg_link_renew_subscriber(nd->l);
+        }
+    }
 }
 
-void sg_bus_free(sg_bus *b)
-{
-    if (!b)
-        return;
-    event_free(b->retry);
-    event_free(b->watch_retry);
-    sg_rconn_free(b->watch);
-    sg_rconn_free(b->cmd);
-    sg_rconn_free(b->sub);
-    sg_rconn_free(b->sentinel);
-    if (b->dns)
-        evdns_base_free(b->dns, 0);
-    size_t i;
-    for (sg_map_entry *e = sg_map_first(&b->chans, &i); e; e = sg_map_next(&b->chans, &i, e))
-        free(e->value);
-    sg_map_free(&b->chans);
-    free(b->url);
-    free(b->sentinels);
-    free(b->master_name);
-    free(b->node_id);
-    free(b);
-}
+uint64_t sg_bus_probes_sent(const sg_bus *b) { return b->probes_sent; }
+uint64_t sg_bus_probes_received(const sg_bus *b) { return b->probes_received; }
+
+/* ---- the API ------------------------------------------------------------- */
 
 bool sg_bus_available(const sg_bus *b) { return b->available; }
+bool sg_bus_clustered(const sg_bus *b) { return b->mode == MODE_CLUSTER; }
 
-void sg_bus_renew_subscriber(sg_bus *b)
+bool sg_bus_busy(const sg_bus *b)
 {
-    /* Closing one closes the pair and reconnects with the usual backoff. */
-    if (sg_rconn_is_up(b->sub))
-        sg_rconn_close(b->sub, "delivery probe stale");
+    for (size_t i = 0; i < b->nnodes; i++)
+        if (sg_link_pending(b->nodes[i].l))
+            return true;
+    return b->held != NULL;
 }
 
-bool sg_bus_busy(const sg_bus *b) { return sg_rconn_pending(b->cmd) > 0; }
-
-bool sg_bus_overloaded(const sg_bus *b) { return sg_rconn_pending(b->cmd) >= SG_BUS_MAX_PENDING; }
+bool sg_bus_overloaded(const sg_bus *b)
+{
+    for (size_t i = 0; i < b->nnodes; i++)
+        if (sg_link_pending(b->nodes[i].l) >= SG_BUS_MAX_PENDING)
+            return true;
+    return false;
+}
 
 #define STACK_ARGS 64
 
@@ -617,7 +1086,8 @@ int sg_bus_fcall(sg_bus *b, sg_fn fn, int nkeys, const char *const *keys, int ar
         av[n] = argv[i];
         al[n++] = lens ? lens[i] : strlen(argv[i]);
     }
-    int rc = sg_rconn_send(b->cmd, n, av, al, on_reply, tag);
+    uint16_t slot = nkeys && b->mode == MODE_CLUSTER ? sg_key_slot(keys[0], strlen(keys[0])) : 0;
+    int rc = route(b, slot, n, av, al, tag);
     if (av != av_stack) {
         free(av);
         free(al);
@@ -627,53 +1097,206 @@ int sg_bus_fcall(sg_bus *b, sg_fn fn, int nkeys, const char *const *keys, int ar
 
 int sg_bus_command(sg_bus *b, int argc, const char **argv, const size_t *lens, uint64_t tag)
 {
-    if (!b->available)
+    if (!b->available || argc < 2)
         return -1;
-    return sg_rconn_send(b->cmd, argc, argv, lens, on_reply, tag);
+    uint16_t slot = b->mode == MODE_CLUSTER ? sg_key_slot(argv[1], lens ? lens[1] : strlen(argv[1])) : 0;
+    return route(b, slot, argc, argv, lens, tag);
 }
 
-bool sg_bus_subscribe(sg_bus *b, const char *channel)
+/* ---- lifecycle ----------------------------------------------------------- */
+
+sg_bus *sg_bus_new(struct event_base *base, const sg_bus_config *cfg, const sg_bus_handlers *h,
+                   sg_log *log, sg_metrics *metrics)
 {
-    size_t n = strlen(channel);
-    chan *c = sg_map_get(&b->chans, channel, n);
-    if (!c) {
-        c = sg_xcalloc(1, sizeof *c);
-        sg_map_put(&b->chans, channel, n, c);
+    sg_bus *b = sg_xcalloc(1, sizeof *b);
+    b->base = base;
+    b->h = *h;
+    b->log = log;
+    b->metrics = metrics;
+    b->url = sg_xstrdup(cfg->redis_url);
+    b->sentinels = cfg->sentinels ? sg_xstrdup(cfg->sentinels) : NULL;
+    b->seeds = cfg->cluster ? sg_xstrdup(cfg->cluster) : NULL;
+    b->mode = b->seeds ? MODE_CLUSTER : b->sentinels ? MODE_SENTINEL : MODE_SINGLE;
+    b->master_name = sg_xstrdup(cfg->master_name ? cfg->master_name : "mymaster");
+    b->node_id = sg_xstrdup(cfg->node_id);
+    b->timeout_ms = cfg->timeout_ms;
+    sg_map_init(&b->chans);
+    b->held_tail = &b->held;
+    for (size_t i = 0; i < SG_FN_COUNT; i++)
+        snprintf(b->fn[i], sizeof b->fn[i], "%s%s", sg_functions_prefix, sg_fn_names[i]);
+    b->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+    sg_rconn_opts so = {.timeout_ms = cfg->timeout_ms, .on_state = on_sentinel_state, .dns = b->dns, .ud = b};
+    b->sentinel = sg_rconn_new(base, &so);
+    sg_rconn_opts wo = {.pubsub = true, .on_state = on_watch_state, .on_push = on_watch_push, .dns = b->dns,
+                        .ud = b};
+    b->watch = sg_rconn_new(base, &wo);
+    sg_rconn_opts eo = {.timeout_ms = cfg->timeout_ms, .on_state = on_seed_state, .dns = b->dns, .ud = b};
+    b->seed = sg_rconn_new(base, &eo);
+    b->watch_retry = evtimer_new(base, on_watch_retry, b);
+    b->retry = evtimer_new(base, do_connect, b);
+    if (b->mode == MODE_CLUSTER) {
+        b->map = sg_xcalloc(1, sizeof *b->map);
+        b->holding = sg_xcalloc(SG_SLOTS, sizeof *b->holding);
     }
-    if (c->refs++ > 0 && (c->confirmed || c->inflight))
-        return c->confirmed;
-    /* First reference, or the entry was waiting for its UNSUBSCRIBE ack. */
-    c->confirmed = false;
-    if (sg_rconn_is_up(b->sub)) {
-        const char *argv[] = {"SSUBSCRIBE", channel};
-        if (sg_rconn_sendv(b->sub, NULL, 0, 2, argv) == 0)
-            c->inflight++;
-    }
-    return false;
+    return b;
 }
 
-void sg_bus_unsubscribe(sg_bus *b, const char *channel)
+/* redis://[[user]:password@]host[:port][/db] into t. */
+static int parse_url(const char *url, sg_link_target *t, char *err, size_t errlen)
 {
-    size_t n = strlen(channel);
-    chan *c = sg_map_get(&b->chans, channel, n);
-    if (!c || !c->refs)
-        return;
-    if (--c->refs)
-        return;
-    c->confirmed = false;
-    if (sg_rconn_is_up(b->sub)) {
-        const char *argv[] = {"SUNSUBSCRIBE", channel};
-        if (sg_rconn_sendv(b->sub, NULL, 0, 2, argv) == 0) {
-            c->inflight++;
-            return;
+    memset(t, 0, sizeof *t);
+    if (strncmp(url, "redis://", 8) != 0) {
+        snprintf(err, errlen, "redis URL: must start with redis://");
+        return -1;
+    }
+    const char *p = url + strlen("redis://");
+    const char *at = strrchr(p, '@');
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        if (!colon) {
+            snprintf(err, errlen, "redis URL: credentials must be [user]:password@");
+            return -1;
         }
+        size_t ul = (size_t)(colon - p), pl = (size_t)(at - colon - 1);
+        if (ul >= sizeof t->user || pl >= sizeof t->pass) {
+            snprintf(err, errlen, "redis URL: credentials too long");
+            return -1;
+        }
+        memcpy(t->user, p, ul);
+        t->user[ul] = '\0';
+        memcpy(t->pass, colon + 1, pl);
+        t->pass[pl] = '\0';
+        p = at + 1;
     }
-    if (!c->inflight)
-        free(sg_map_del(&b->chans, channel, n));
+    const char *slash = strchr(p, '/');
+    size_t hl = slash ? (size_t)(slash - p) : strlen(p);
+    char hp[300];
+    if (hl == 0 || hl >= sizeof hp) {
+        snprintf(err, errlen, "redis URL: missing host");
+        return -1;
+    }
+    memcpy(hp, p, hl);
+    hp[hl] = '\0';
+    t->port = 6379;
+    char *colon = strrchr(hp, ':');
+    if (hp[0] == '[') {
+        char *rb = strchr(hp, ']');
+        if (!rb) {
+            snprintf(err, errlen, "redis URL: bad IPv6 host");
+            return -1;
+        }
+        *rb = '\0';
+        sg_strlcpy(t->host, hp + 1, sizeof t->host);
+        if (rb[1] == ':')
+            t->port = atoi(rb + 2);
+    } else {
+        if (colon) {
+            *colon = '\0';
+            t->port = atoi(colon + 1);
+        }
+        sg_strlcpy(t->host, hp, sizeof t->host);
+    }
+    if (t->port <= 0 || t->port > 65535) {
+        snprintf(err, errlen, "redis URL: bad port");
+        return -1;
+    }
+    t->db = slash && slash[1] ? atoi(slash + 1) : 0;
+    if (t->db < 0 || t->db > 1000) {
+        snprintf(err, errlen, "redis URL: bad database number");
+        return -1;
+    }
+    return 0;
 }
 
-bool sg_bus_subscribed(const sg_bus *b, const char *channel)
+/* The seeds' credentials: those of the first seed given as a URL with any. */
+static int seed_credentials(sg_bus *b, char *err, size_t errlen)
 {
-    chan *c = sg_map_get(&b->chans, channel, strlen(channel));
-    return c && c->confirmed;
+    const char *p = b->seeds;
+    while (*p) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        char item[600];
+        if (n >= sizeof item) {
+            snprintf(err, errlen, "SIGNAL_REDIS_CLUSTER: an entry is too long");
+            return -1;
+        }
+        memcpy(item, p, n);
+        item[n] = '\0';
+        char host[256];
+        int port;
+        if (!nth_address(item, 0, host, sizeof host, &port)) {
+            snprintf(err, errlen, "SIGNAL_REDIS_CLUSTER: '%s' is not host:port or a redis:// URL", item);
+            return -1;
+        }
+        sg_link_target t;
+        if (strstr(item, "://") && parse_url(item, &t, err, errlen) < 0)
+            return -1;
+        if (strstr(item, "://") && t.pass[0] && !b->target.pass[0]) {
+            sg_strlcpy(b->target.user, t.user, sizeof b->target.user);
+            sg_strlcpy(b->target.pass, t.pass, sizeof b->target.pass);
+        }
+        if (!e)
+            break;
+        p = e + 1;
+    }
+    return 0;
+}
+
+int sg_bus_start(sg_bus *b, char *err, size_t errlen)
+{
+    if (b->mode == MODE_CLUSTER) {
+        memset(&b->target, 0, sizeof b->target);
+        if (seed_credentials(b, err, errlen) < 0)
+            return -1;
+    } else {
+        if (parse_url(b->url, &b->target, err, errlen) < 0)
+            return -1;
+        node *nd = add_node(b, &b->target);
+        probe_channel_of(b, nd);
+    }
+    b->attempts = 0;
+    schedule_connect(b);
+    return 0;
+}
+
+void sg_bus_free(sg_bus *b)
+{
+    if (!b)
+        return;
+    event_free(b->retry);
+    event_free(b->watch_retry);
+    sg_rconn_free(b->watch);
+    sg_rconn_free(b->sentinel);
+    sg_rconn_free(b->seed);
+    /* Links: their commands in flight are answered NULL, which must find
+     * no node any more. */
+    node *nodes = b->nodes;
+    size_t n = b->nnodes;
+    b->nodes = NULL;
+    b->nnodes = 0;
+    fail_held(b);
+    for (size_t i = 0; i < n; i++) {
+        sg_link_free(nodes[i].l);
+        free(nodes[i].inflight);
+    }
+    free(nodes);
+    while (b->req_free) {
+        req *q = b->req_free;
+        b->req_free = q->next;
+        free(q);
+    }
+    if (b->dns)
+        evdns_base_free(b->dns, 0);
+    size_t i;
+    for (sg_map_entry *e = sg_map_first(&b->chans, &i); e; e = sg_map_next(&b->chans, &i, e))
+        free(e->value);
+    sg_map_free(&b->chans);
+    free(b->map);
+    free(b->holding);
+    free(b->url);
+    free(b->sentinels);
+    free(b->seeds);
+    free(b->master_name);
+    free(b->node_id);
+    free(b);
 }

@@ -40,6 +40,7 @@ static const opt OPTS[] = {
     {"SIGNAL_REDIS_URL", S(redis_url), "redis://127.0.0.1:6379/0", 0, 0, "redis://[:password@]host:port/db"},
     {"SIGNAL_REDIS_SENTINELS", S(redis_sentinels), NULL, 0, 0, "host:port,... find the master through Sentinel"},
     {"SIGNAL_REDIS_MASTER_NAME", S(redis_master_name), "mymaster", 0, 0, "Sentinel master name"},
+    {"SIGNAL_REDIS_CLUSTER", S(redis_cluster), NULL, 0, 0, "Redis Cluster seed nodes host:port or redis:// URLs, comma-separated; SIGNAL_REDIS_URL is then ignored"},
     {"SIGNAL_JWT_SECRET", S(jwt_secret), NULL, 0, 0, "HS256 shared secret"},
     {"SIGNAL_JWT_PUBLIC_KEY", S(jwt_public_key), NULL, 0, 0, "PEM public key file for RS256/ES256"},
     {"SIGNAL_JWT_JWKS_FILE", S(jwt_jwks_file), NULL, 0, 0, "JWKS file (kid-selected keys, reloaded on SIGHUP)"},
@@ -256,6 +257,7 @@ static int validate(sg_config *cfg, char *err, size_t errlen)
                                  {"SIGNAL_NODE_ID", cfg->node_id},
                                  {"SIGNAL_STATIC_DIR", cfg->static_dir},
                                  {"SIGNAL_REDIS_SENTINELS", cfg->redis_sentinels},
+                                 {"SIGNAL_REDIS_CLUSTER", cfg->redis_cluster},
                                  {"SIGNAL_TURN_SECRET", cfg->turn_secret},
                                  {"SIGNAL_TURN_URLS", cfg->turn_urls}};
     for (size_t i = 0; i < sizeof nonempty / sizeof *nonempty; i++)
@@ -265,6 +267,10 @@ static int validate(sg_config *cfg, char *err, size_t errlen)
         }
     if (!!cfg->tls_cert != !!cfg->tls_key) {
         seterr(err, errlen, "SIGNAL_TLS_CERT and SIGNAL_TLS_KEY must be set together");
+        return -1;
+    }
+    if (cfg->redis_cluster && cfg->redis_sentinels) {
+        seterr(err, errlen, "SIGNAL_REDIS_CLUSTER and SIGNAL_REDIS_SENTINELS are two topologies: set one");
         return -1;
     }
     if (strncmp(cfg->redis_url, "redis://", 8) != 0) {

@@ -321,6 +321,17 @@ int sg_rconn_send(sg_rconn *c, int argc, const char **argv, const size_t *lens,
     return 0;
 }
 
+int sg_rconn_send_encoded(sg_rconn *c, const char *bytes, size_t len, sg_rconn_reply_cb cb, uint64_t tag)
+{
+    if (!c->up || !c->bev || c->close_wanted || c->qlen >= c->o.max_pending)
+        return -1;
+    if (evbuffer_add(bufferevent_get_output(c->bev), bytes, len) != 0)
+        abort(); /* out of memory: see util.h */
+    if (!c->o.pubsub)
+        q_push(c, cb, tag);
+    return 0;
+}
+
 int sg_rconn_sendv(sg_rconn *c, sg_rconn_reply_cb cb, uint64_t tag, int argc, const char **argv)
 {
     return sg_rconn_send(c, argc, argv, NULL, cb, tag);

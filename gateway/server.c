@@ -193,10 +193,10 @@ static void on_libevent_log(int severity, const char *msg)
 
 /* ---- delivery-path probe -------------------------------------------- */
 
-static int64_t probe_age(const sg_server *s)
-{
-    return s->probe_ok_ms ? (int64_t)(sg_now_mono_ms() - s->probe_ok_ms) : -1;
-}
+/* Each link to Redis publishes a probe to a channel of its own shard and
+ * expects it back on its subscriber connection (bus.h): a wedged
+ * subscription is caught even while commands succeed. */
+static int64_t probe_age(const sg_server *s) { return sg_bus_probe_age(s->bus); }
 
 bool sg_server_ready(sg_server *s)
 {
@@ -206,45 +206,42 @@ bool sg_server_ready(sg_server *s)
     /* Just (re)connected: give the first probes time to come back. */
     if (now - s->available_since_ms < PROBE_STALE_MS)
         return true;
-    return s->probe_ok_ms && now - s->probe_ok_ms <= PROBE_STALE_MS;
+    int64_t age = probe_age(s);
+    return age >= 0 && age <= PROBE_STALE_MS;
 }
 
 static void on_probe_tick(evutil_socket_t fd, short what, void *arg)
 {
     sg_server *s = arg;
     s->metrics.probe_age_ms = probe_age(s);
+    s->metrics.probes_sent = sg_bus_probes_sent(s->bus);
+    s->metrics.probes_received = sg_bus_probes_received(s->bus);
     if (!sg_bus_available(s->bus))
         return;
     uint64_t now = sg_now_mono_ms();
-    uint64_t since = s->probe_ok_ms > s->available_since_ms ? s->probe_ok_ms : s->available_since_ms;
-    if (now - since > PROBE_RESET_MS) {
-        /* Commands work but nothing comes back on the subscription: renew it. */
+    int64_t age = probe_age(s);
+    if (now - s->available_since_ms > PROBE_RESET_MS && (age < 0 || age > PROBE_RESET_MS)) {
+        /* Commands work but nothing comes back on a subscription: renew it. */
         if (sg_log_begin(s->log, SG_LOG_WARN, "redis.probe_stale")) {
-            sg_log_int(s->log, "age_ms", probe_age(s));
+            sg_log_int(s->log, "age_ms", age);
             sg_log_end(s->log);
         }
-        s->available_since_ms = now;
-        sg_bus_renew_subscriber(s->bus);
+        sg_bus_probe_renew(s->bus, PROBE_RESET_MS);
         return;
     }
-    char payload[32];
-    snprintf(payload, sizeof payload, "%llu", (unsigned long long)now);
-    const char *argv[] = {"SPUBLISH", s->probe_channel, payload};
-    if (sg_bus_command(s->bus, 3, argv, NULL, 0) == 0)
-        s->metrics.probes_sent++;
+    sg_bus_probe(s->bus);
 }
 
-/* Channel messages: the probe is ours; everything else is the session's. */
 static void on_bus_message(void *ud, const char *channel, size_t chlen, const char *payload, size_t len)
 {
     sg_server *s = ud;
-    if (chlen == strlen(s->probe_channel) && memcmp(channel, s->probe_channel, chlen) == 0) {
-        s->probe_ok_ms = sg_now_mono_ms();
-        s->metrics.probes_received++;
-        s->metrics.probe_age_ms = 0;
-        return;
-    }
     sg_session_on_message(s->session, channel, chlen, payload, len);
+}
+
+static void on_bus_channel_moved(void *ud, const char *channel, size_t chlen)
+{
+    sg_server *s = ud;
+    sg_session_on_channel_moved(s->session, channel, chlen);
 }
 
 /* ---- admin ----------------------------------------------------------- */
@@ -596,10 +593,11 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
     guard_listener(s, evhttp_bound_socket_get_listener(admin_sock), "admin.accept_error");
 
     sg_bus_config bc = {.redis_url = cfg->redis_url, .sentinels = cfg->redis_sentinels,
-                        .master_name = cfg->redis_master_name, .node_id = cfg->node_id,
-                        .timeout_ms = cfg->redis_timeout_ms};
+                        .master_name = cfg->redis_master_name, .cluster = cfg->redis_cluster,
+                        .node_id = cfg->node_id, .timeout_ms = cfg->redis_timeout_ms};
     sg_bus_handlers h = {.on_available = on_bus_available, .on_message = on_bus_message,
-                         .on_subscribed = on_bus_subscribed, .on_reply = on_bus_reply, .ud = s};
+                         .on_subscribed = on_bus_subscribed, .on_channel_moved = on_bus_channel_moved,
+                         .on_reply = on_bus_reply, .ud = s};
     s->bus = sg_bus_new(base, &bc, &h, log, &s->metrics);
     sg_session_deps sd = {.cfg = cfg, .log = log, .metrics = &s->metrics, .tracer = s->tracer, .bus = s->bus,
                           .io = {.send = send_to_conn, .ud = s}};
@@ -607,8 +605,6 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
     if (sg_bus_start(s->bus, err, errlen) < 0)
         goto fail;
 
-    snprintf(s->probe_channel, sizeof s->probe_channel, "signal:probe:%s", cfg->node_id);
-    sg_bus_subscribe(s->bus, s->probe_channel); /* held for the node's life */
     s->metrics.probe_age_ms = -1;
     s->probe_timer = event_new(base, -1, EV_PERSIST, on_probe_tick, s);
     struct timeval pt = {PROBE_INTERVAL_MS / 1000, (PROBE_INTERVAL_MS % 1000) * 1000};

@@ -268,6 +268,14 @@ void sg_session_on_subscribed(sg_session *s, const char *channel, size_t chlen)
     rooms_on_subscribed(s, channel, chlen);
 }
 
+void sg_session_on_channel_moved(sg_session *s, const char *channel, size_t chlen)
+{
+    char room[SG_ROOM_MAX + 1];
+    sg_wire_str peer;
+    if (s->cfg->resume_ms > 0 && sg_wire_parse_channel(channel, chlen, room, sizeof room, &peer))
+        catch_up_after_move(s, room, peer.p, peer.n);
+}
+
 void sg_session_on_redis_up(sg_session *s, bool fresh)
 {
     liveness_up(s);

@@ -224,6 +224,7 @@ void drop_held(sg_membership *m);
 void flush_held(sg_session *s, sg_sconn *c, sg_membership *m);
 void start_catch_ups(sg_session *s);
 void catch_up_on_subscribed(sg_session *s, const char *room, const char *peer, size_t plen);
+void catch_up_after_move(sg_session *s, const char *room, const char *peer, size_t plen);
 void on_catch_up_reply(sg_session *s, sg_op *op, redisReply *r);
 
 /* session_liveness.c */

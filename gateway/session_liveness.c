@@ -12,6 +12,7 @@
  * member who left while Redis was away still ends in peer_left. The keys of
  * a room get their TTL renewed by the same call every SG_ROOM_TTL_MS/3. */
 #include "session_internal.h"
+#include "sg/slots.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -286,12 +287,15 @@ void roster_event(sg_session *s, const char *room, const sg_wire_envelope *e)
 
 /* ---- re-assertion batches ------------------------------------------------------ */
 
-/* Many rooms in one call. (In a cluster a batch must stay in one hash slot.) */
+/* Many rooms in one call; in a cluster a call stays in one hash slot, so a
+ * batch holds rooms of one slot only (rooms rarely share one: in practice a
+ * call a room there). */
 #define REASSERT_BATCH_ROOMS 32
 #define REASSERT_BATCH_ARGS 1024
 
 typedef struct reassert_batch {
     bool silent;
+    int slot;              /* the batch's slot in a cluster, -1: any */
     int nrooms;
     const char *rooms[REASSERT_BATCH_ROOMS];
     sg_buf arena;          /* the rooms' arguments, each NUL-terminated */
@@ -359,8 +363,10 @@ static void batch_room(sg_session *s, reassert_batch *b, const char *room, const
     }
     if (!nmembers)
         return;
-    if (b->nrooms == REASSERT_BATCH_ROOMS || b->n > REASSERT_BATCH_ARGS)
+    int slot = sg_bus_clustered(s->bus) ? sg_crc16(room, strlen(room)) & (SG_SLOTS - 1) : -1;
+    if (b->nrooms == REASSERT_BATCH_ROOMS || b->n > REASSERT_BATCH_ARGS || (b->nrooms && slot != b->slot))
         batch_flush(s, b);
+    b->slot = slot;
     b->rooms[b->nrooms++] = room;
     batch_arg(b, room, strlen(room));
     /* A ghost must be protected like any member: only one whose owner's sub

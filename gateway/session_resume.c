@@ -218,6 +218,21 @@ void catch_up_on_subscribed(sg_session *s, const char *room, const char *peer, s
     }
 }
 
+/* The channel left its shard (a slot moved): relays published until it is
+ * subscribed again on the new owner are fetched then. */
+void catch_up_after_move(sg_session *s, const char *room, const char *peer, size_t plen)
+{
+    sg_local_room *lr = sg_map_get(&s->rooms, room, strlen(room));
+    for (size_t j = 0; lr && j < lr->n; j++) {
+        if (strlen(lr->m[j].peer) != plen || memcmp(lr->m[j].peer, peer, plen) != 0)
+            continue;
+        sg_sconn *c = sess_conn(s, lr->m[j].conn);
+        sg_membership *m = c ? find_room(c, room) : NULL;
+        if (m && m->state == MEM_JOINED && m->catch_up == CATCHUP_NONE)
+            m->catch_up = CATCHUP_WAITING; /* live relays are held meanwhile */
+    }
+}
+
 void on_catch_up_reply(sg_session *s, sg_op *op, redisReply *r)
 {
     sg_sconn *c = sess_conn(s, op->conn_id);

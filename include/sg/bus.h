@@ -1,10 +1,21 @@
-/* bus: the node's side of Redis. One command connection (pipelined function
- * calls) and one subscriber connection (the per-peer channels of local
- * peers), reconnected with capped exponential backoff and jitter, optionally
- * through Sentinel. The function library is loaded on every (re)connect. The bus keeps
- * the set of channels local peers need, re-subscribes them after a
- * reconnect, and tells its owner when the pair is available again so the
- * owner can re-assert its memberships. */
+/* bus: the node's side of Redis, in one of three topologies:
+ *   - one Redis (SIGNAL_REDIS_URL);
+ *   - a master found through Sentinel (SIGNAL_REDIS_SENTINELS), followed on
+ *     +switch-master;
+ *   - a Redis Cluster (SIGNAL_REDIS_CLUSTER): one link per master, every
+ *     command routed to the master of its key's hash slot (slots.h), the slot
+ *     map from CLUSTER SHARDS at start and again on MOVED, on a lost link and
+ *     on a channel the server unsubscribed (a slot that moved); ASK answered
+ *     with ASKING and one retry; a MOVED command sent again to the new owner,
+ *     with later commands of its slot held until the old owner answered all
+ *     it had, so per-slot (per-room) order holds.
+ * Each link is a pipelined command connection and a sharded pub/sub
+ * subscriber connection to one master (link.h). The function library is
+ * loaded on every link when it comes up, and again when a call finds it gone.
+ * The bus keeps the set of channels local peers need, (re)subscribes each on
+ * the master of its slot, and tells its owner when Redis is available again
+ * after a loss so the owner can re-assert its memberships. It also runs the
+ * delivery-path probe, one per link. */
 #ifndef SG_BUS_H
 #define SG_BUS_H
 
@@ -20,7 +31,7 @@
 /* Commands in flight past which client messages are refused (about half a second
  * of Redis work): an overloaded Redis answers late, and a prompt
  * "unavailable" serves the client better than a relay seconds old. Internal
- * work (re-asserts after a reconnect, lease refreshes) is never refused. */
+ * work (re-asserts after a reconnect, heartbeats) is never refused. */
 #define SG_BUS_MAX_PENDING 8192
 
 /* "room:{" + 128-char room id + "}:buckets" and the NUL, with room to spare. */
@@ -32,13 +43,18 @@ struct sg_log;
 struct sg_metrics;
 
 typedef struct sg_bus_handlers {
-    /* available: both connections up and scripts loaded. `fresh` is true
-     * when this follows a reconnect (state in Redis may be gone). */
+    /* available: every link up (and, in a cluster, every slot served) with
+     * the functions loaded. `fresh` is true when this follows a loss (state
+     * in Redis may be gone). */
     void (*on_available)(void *ud, bool available, bool fresh);
-    /* A message on a subscribed channel. */
+    /* A message on a subscribed channel (not the bus's own probes). */
     void (*on_message)(void *ud, const char *channel, size_t chlen, const char *payload, size_t len);
     /* A channel's subscription is confirmed by Redis. */
     void (*on_subscribed)(void *ud, const char *channel, size_t chlen);
+    /* A subscribed channel was dropped by the server (its slot moved): it is
+     * subscribed again on the new owner (on_subscribed follows), and what was
+     * published meanwhile is to be caught up. */
+    void (*on_channel_moved)(void *ud, const char *channel, size_t chlen);
     /* The reply to sg_bus_fcall/sg_bus_command with that tag; NULL when the
      * connection was lost or the command timed out. */
     void (*on_reply)(void *ud, uint64_t tag, redisReply *reply);
@@ -49,39 +65,50 @@ typedef struct sg_bus_config {
     const char *redis_url;      /* redis://[[user]:pass@]host[:port][/db] */
     const char *sentinels;      /* host:port,... or NULL */
     const char *master_name;
+    const char *cluster;        /* seed nodes host:port or URLs, comma-separated, or NULL */
     const char *node_id;
     int64_t timeout_ms;
 } sg_bus_config;
 
 sg_bus *sg_bus_new(struct event_base *base, const sg_bus_config *cfg, const sg_bus_handlers *h,
                    struct sg_log *log, struct sg_metrics *metrics);
-/* Parses the URL; returns -1 with err set when it is unusable. */
+/* Parses the addresses; returns -1 with err set when they are unusable. */
 int sg_bus_start(sg_bus *b, char *err, size_t errlen);
 void sg_bus_free(sg_bus *b);
 bool sg_bus_available(const sg_bus *b);
-/* Commands are still unanswered on the command connection. */
+bool sg_bus_clustered(const sg_bus *b);
+/* Commands are still unanswered. */
 bool sg_bus_busy(const sg_bus *b);
-/* SG_BUS_MAX_PENDING commands or more await their replies. */
+/* SG_BUS_MAX_PENDING commands or more await their replies on some link. */
 bool sg_bus_overloaded(const sg_bus *b);
 
 /* FCALL of one of the library's functions (scripts.h) with nkeys keys,
- * then argv (lens NULL: NUL-terminated). Returns -1 when Redis is
+ * then argv (lens NULL: NUL-terminated). Routed by keys[0] in a cluster
+ * (every key of a call shares its slot). Returns -1 when Redis is
  * unavailable (on_reply not called); otherwise on_reply runs exactly once
- * for tag. The library is loaded on every (re)connect, and again when a
- * call finds it gone. */
+ * for tag. */
 int sg_bus_fcall(sg_bus *b, sg_fn fn, int nkeys, const char *const *keys, int argc, const char **argv,
                  const size_t *lens, uint64_t tag);
+/* A plain command whose key is argv[1] (SADD, SREM, SMEMBERS, ZREM, DEL,
+ * PEXPIRE, SPUBLISH...); the same contract. tag 0: the reply is dropped. */
+int sg_bus_command(sg_bus *b, int argc, const char **argv, const size_t *lens, uint64_t tag);
 
-/* Reference-counted channel subscriptions. Returns true when the channel is
- * already confirmed (no on_subscribed will follow for this call). */
+/* Reference-counted channel subscriptions (sharded). Returns true when the
+ * channel is already confirmed (no on_subscribed will follow for this call). */
 bool sg_bus_subscribe(sg_bus *b, const char *channel);
 void sg_bus_unsubscribe(sg_bus *b, const char *channel);
 bool sg_bus_subscribed(const sg_bus *b, const char *channel);
 
-/* Drops and remakes both connections (a wedged subscription). */
-void sg_bus_renew_subscriber(sg_bus *b);
-
-/* Sends a raw command on the command connection (for probes, PUBLISH). */
-int sg_bus_command(sg_bus *b, int argc, const char **argv, const size_t *lens, uint64_t tag);
+/* The delivery-path probe: each link publishes to a channel of its own shard
+ * and expects it back on its subscriber connection. sg_bus_probe sends one
+ * round; sg_bus_probe_age is the age in ms of the stalest link's last
+ * answer (-1: some link never answered); sg_bus_probe_renew renews the
+ * subscriber connection of every link whose last answer is older than
+ * stale_ms. */
+void sg_bus_probe(sg_bus *b);
+int64_t sg_bus_probe_age(const sg_bus *b);
+void sg_bus_probe_renew(sg_bus *b, int64_t stale_ms);
+uint64_t sg_bus_probes_sent(const sg_bus *b);
+uint64_t sg_bus_probes_received(const sg_bus *b);
 
 #endif

@@ -58,6 +58,8 @@ size_t sg_rconn_pending(const sg_rconn *c);
  * the connection is not up or too many commands are pending (cb not called). */
 int sg_rconn_send(sg_rconn *c, int argc, const char **argv, const size_t *lens,
                   sg_rconn_reply_cb cb, uint64_t tag);
+/* The same with a command already RESP-encoded (len bytes, one command). */
+int sg_rconn_send_encoded(sg_rconn *c, const char *bytes, size_t len, sg_rconn_reply_cb cb, uint64_t tag);
 /* Convenience for commands from NUL-terminated strings. */
 int sg_rconn_sendv(sg_rconn *c, sg_rconn_reply_cb cb, uint64_t tag, int argc, const char **argv);
 

@@ -41,11 +41,7 @@ typedef struct sg_server {
     sg_map ip_counts;    /* source address -> count, when the per-IP cap is on */
     uint64_t admitted;   /* connections counted against SIGNAL_MAX_CONNECTIONS: from
                           * accept until gone, those refused at accept excepted */
-    /* Delivery-path probe: this node publishes to its own channel and
-     * expects it back over the subscriber connection. */
-    char probe_channel[96];
-    struct event *probe_timer;
-    uint64_t probe_ok_ms;       /* last probe that came back (monotonic) */
+    struct event *probe_timer; /* the delivery-path probe (bus.h) */
     uint64_t available_since_ms; /* Redis available since (monotonic); 0 while not */
     uint64_t next_conn_id;
     sg_conn *dead;       /* connections with deferred work (session close, free) */

@@ -88,6 +88,9 @@ bool sg_session_ever_joined(const sg_session *s, uint64_t conn_id);
 void sg_session_on_reply(sg_session *s, uint64_t tag, redisReply *r);
 void sg_session_on_message(sg_session *s, const char *channel, size_t chlen, const char *payload, size_t len);
 void sg_session_on_subscribed(sg_session *s, const char *channel, size_t chlen);
+/* A channel's slot moved (Redis Cluster): once it is subscribed on its new
+ * owner, what was published meanwhile is caught up. */
+void sg_session_on_channel_moved(sg_session *s, const char *channel, size_t chlen);
 /* Redis is reachable: the instance's heartbeat goes first, before any
  * membership can. After a reconnect (fresh: Redis' state may be gone) every
  * local membership is re-asserted silently and relays missed meanwhile are

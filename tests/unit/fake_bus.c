@@ -74,7 +74,12 @@ void sg_bus_free(sg_bus *b)
 bool sg_bus_available(const sg_bus *b) { return b->available; }
 bool sg_bus_busy(const sg_bus *b) { return b->pending > 0; }
 bool sg_bus_overloaded(const sg_bus *b) { return b->overloaded; }
-void sg_bus_renew_subscriber(sg_bus *b) {}
+bool sg_bus_clustered(const sg_bus *b) { return false; }
+void sg_bus_probe(sg_bus *b) {}
+int64_t sg_bus_probe_age(const sg_bus *b) { return 0; }
+void sg_bus_probe_renew(sg_bus *b, int64_t stale_ms) {}
+uint64_t sg_bus_probes_sent(const sg_bus *b) { return 0; }
+uint64_t sg_bus_probes_received(const sg_bus *b) { return 0; }
 
 static void log_command(sg_bus *b, int argc, const char **argv, const size_t *lens)
 {
