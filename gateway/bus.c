@@ -89,6 +89,9 @@ struct sg_bus {
     sg_map chans;
     req *req_free;
     uint64_t probes_sent, probes_received;
+    sg_link **dead_links;     /* dropped from the map, freed by the reaper */
+    size_t ndead;
+    struct event *reaper;
 };
 
 static void schedule_connect(sg_bus *b);
@@ -280,6 +283,10 @@ static void fail_held(sg_bus *b)
  * goes to the new owner, in order. */
 static void release_slot(sg_bus *b, uint16_t slot)
 {
+    if (sg_log_begin(b->log, SG_LOG_DEBUG, "redis.release")) {
+        sg_log_int(b->log, "slot", slot);
+        sg_log_end(b->log);
+    }
     b->holding[slot] = NULL;
     req **pp = &b->held;
     while (*pp) {
@@ -293,6 +300,45 @@ static void release_slot(sg_bus *b, uint16_t slot)
         if (!nd || send_encoded(b, nd, q) < 0)
             req_done(b, q, NULL);
     }
+    fix_held_tail(b);
+}
+
+/* A slot being moved is released once its old owner has nothing of it in
+ * flight and the map names a new owner that is up. */
+static void try_release(sg_bus *b, uint16_t slot)
+{
+    sg_link *from = b->holding[slot];
+    if (!from)
+        return;
+    node *old = node_of(b, from);
+    node *nd = owner(b, slot);
+    if ((!old || !old->inflight[slot]) && nd && nd->l != from && sg_link_up(nd->l))
+        release_slot(b, slot);
+}
+
+/* A command the old owner sent back (MOVED to a master not linked yet):
+ * it waits with its slot, behind those that came back before it and ahead
+ * of every command sent since. */
+static void hold_moved(sg_bus *b, req *q, sg_link *from)
+{
+    if (sg_log_begin(b->log, SG_LOG_DEBUG, "redis.hold")) {
+        sg_log_int(b->log, "slot", q->slot);
+        sg_log_end(b->log);
+    }
+    if (!b->holding[q->slot])
+        b->holding[q->slot] = from;
+    q->moved = true;
+    req **at = NULL, **first = NULL;
+    for (req **pp = &b->held; *pp; pp = &(*pp)->next)
+        if ((*pp)->slot == q->slot) {
+            if (!first)
+                first = pp;
+            if ((*pp)->moved)
+                at = &(*pp)->next;
+        }
+    req **pos = at ? at : first ? first : b->held_tail;
+    q->next = *pos;
+    *pos = q;
     fix_held_tail(b);
 }
 
@@ -316,15 +362,20 @@ static bool redirect(sg_bus *b, req *q, node *from, const redisReply *r)
     }
     /* MOVED: the slot has a new owner. Its later commands wait until the
      * old owner answered all it had (each MOVED, sent again in order), so
-     * the order per slot, hence per room, holds. */
+     * the order per slot, hence per room, holds. A new owner not linked yet
+     * (a promoted replica) gets them once the refreshed map brings it. */
     refresh_map(b);
-    if (!to || q->moved || !sg_link_up(to->l))
+    if (q->moved || !from)
         return false;
+    if (!to || !sg_link_up(to->l) || b->holding[q->slot]) {
+        hold_moved(b, q, from->l);
+        return true;
+    }
     b->map->owner[q->slot] = (int16_t)(to - b->nodes);
     q->moved = true;
     if (send_encoded(b, to, q) < 0)
         return false;
-    if (from && from->inflight[q->slot])
+    if (from->inflight[q->slot])
         b->holding[q->slot] = from->l;
     return true;
 }
@@ -370,6 +421,15 @@ static void on_internal_reply(sg_bus *b, req *q, node *nd, redisReply *r)
     }
 }
 
+static bool unavailable_error(const redisReply *r)
+{
+    static const char *const E[] = {"CLUSTERDOWN", "LOADING", "MASTERDOWN", "TRYAGAIN"};
+    for (size_t i = 0; i < sizeof E / sizeof *E; i++)
+        if (strncmp(r->str, E[i], strlen(E[i])) == 0)
+            return true;
+    return false;
+}
+
 static void on_link_reply(void *ud, sg_link *l, uint64_t tag, redisReply *r)
 {
     sg_bus *b = ud;
@@ -384,7 +444,17 @@ static void on_link_reply(void *ud, sg_link *l, uint64_t tag, redisReply *r)
     bool drain_check = b->mode == MODE_CLUSTER && nd;
     if (drain_check && nd->inflight[slot])
         nd->inflight[slot]--;
-    if (!(r && redirect(b, q, nd, r))) {
+    if (r && r->type == REDIS_REPLY_ERROR && unavailable_error(r)) {
+        /* Not the call's fault: Redis cannot serve it right now (a cluster
+         * that lost a shard, a replica still loading, keys of a slot being
+         * migrated). The owner hears "unavailable"; when the server says it
+         * is down, the link starts over, so what follows a reconnect
+         * (re-assertion, catch-ups) runs again once it serves. */
+        bool down = strncmp(r->str, "TRYAGAIN", 8) != 0;
+        req_done(b, q, NULL);
+        if (down && nd)
+            sg_link_close(nd->l, r->str);
+    } else if (!(r && redirect(b, q, nd, r))) {
         if (r && r->type == REDIS_REPLY_ERROR && nd) {
             /* A demoted master answers writes with READONLY: find the new one. */
             if (strncmp(r->str, "READONLY", 8) == 0) {
@@ -399,8 +469,8 @@ static void on_link_reply(void *ud, sg_link *l, uint64_t tag, redisReply *r)
         }
         req_done(b, q, r);
     }
-    if (drain_check && b->holding[slot] == l && !nd->inflight[slot])
-        release_slot(b, slot);
+    if (drain_check && b->holding[slot] == l)
+        try_release(b, slot);
 }
 
 /* FUNCTION LOAD (not REPLACE: another gateway of this version may have
@@ -457,10 +527,39 @@ static bool is_probe(const node *nd, const char *channel, size_t len)
     return strlen(nd->probe_channel) == len && memcmp(nd->probe_channel, channel, len) == 0;
 }
 
+/* An SSUBSCRIBE answered MOVED: this master no longer serves the slot (the
+ * map we had was older than the cluster's). Its channels go to the owner
+ * the error names, and the map is asked for again. */
+static void subscribe_moved(sg_bus *b, sg_link *l, const redisReply *r)
+{
+    sg_redirect d;
+    if (b->mode != MODE_CLUSTER || !sg_redirect_parse(r->str, r->len, &d) || d.ask)
+        return;
+    node *to = node_at(b, d.host, d.port);
+    if (to && b->have_map)
+        b->map->owner[d.slot] = (int16_t)(to - b->nodes);
+    size_t i;
+    for (sg_map_entry *e = sg_map_first(&b->chans, &i); e; e = sg_map_next(&b->chans, &i, e)) {
+        chan *c = e->value;
+        if (c->at == l && c->inflight && sg_key_slot(e->key, e->klen) == d.slot) {
+            c->inflight = 0;
+            c->confirmed = false;
+            c->at = NULL;
+        }
+    }
+    if (to && sg_link_up(to->l))
+        resubscribe(b, to);
+    refresh_map(b);
+}
+
 static void on_link_push(void *ud, sg_link *l, redisReply *r)
 {
     sg_bus *b = ud;
     node *nd = node_of(b, l);
+    if (nd && r->type == REDIS_REPLY_ERROR) {
+        subscribe_moved(b, l, r);
+        return;
+    }
     if (!nd || r->type != REDIS_REPLY_ARRAY || r->elements < 3 || r->element[0]->type != REDIS_REPLY_STRING)
         return;
     const char *kind = r->element[0]->str;
@@ -489,6 +588,12 @@ static void on_link_push(void *ud, sg_link *l, redisReply *r)
          * which; what was published meanwhile is the owner's to catch up. */
         c->confirmed = false;
         c->at = NULL;
+        if (sg_log_begin(b->log, SG_LOG_INFO, "redis.channel_moved")) {
+            sg_log_int(b->log, "slot", sg_key_slot(ch->str, ch->len));
+            sg_log_str(b->log, "host", sg_link_target_of(l)->host);
+            sg_log_int(b->log, "port", sg_link_target_of(l)->port);
+            sg_log_end(b->log);
+        }
         if (b->h.on_channel_moved)
             b->h.on_channel_moved(b->h.ud, ch->str, ch->len);
         refresh_map(b);
@@ -604,6 +709,9 @@ static void on_link_state(void *ud, sg_link *l, bool up, const char *why)
         sg_link_sub_send(l, 2, argv);
         resubscribe(b, nd);
         set_available(b);
+        if (b->mode == MODE_CLUSTER && b->held)
+            for (size_t s = 0; s < SG_SLOTS; s++)
+                try_release(b, (uint16_t)s);
         return;
     }
     if (b->available) {
@@ -673,6 +781,11 @@ static void apply_map(sg_bus *b, const redisReply *r)
         free(m);
         return;
     }
+    if (sg_log_begin(b->log, SG_LOG_INFO, "redis.cluster_map")) {
+        sg_log_int(b->log, "masters", (int64_t)m->nshards);
+        sg_log_str(b->log, "complete", sg_slot_map_complete(m) ? "true" : "false");
+        sg_log_end(b->log);
+    }
     node *old = b->nodes;
     size_t nold = b->nnodes;
     node *fresh = sg_xcalloc(m->nshards, sizeof *fresh);
@@ -707,15 +820,20 @@ static void apply_map(sg_bus *b, const redisReply *r)
     }
     for (size_t k = 0; k < nold; k++)
         if (old[k].l) {
+            /* Not a master any more. This may run inside that very link's
+             * reply callback (the map came from it): close it now, free it
+             * from the top of the loop. */
             forget_chans_of(b, old[k].l);
-            sg_link_free(old[k].l);
+            sg_link_close(old[k].l, "no longer a master");
+            b->dead_links = sg_xrealloc(b->dead_links, (b->ndead + 1) * sizeof *b->dead_links);
+            b->dead_links[b->ndead++] = old[k].l;
+            event_active(b->reaper, EV_TIMEOUT, 0);
             free(old[k].inflight);
         }
     free(old);
-    /* Slots draining from a link that is gone have nothing left to wait for. */
+    /* Slots being moved may have their new owner now. */
     for (size_t s = 0; s < SG_SLOTS; s++)
-        if (b->holding[s] && !node_of(b, b->holding[s]))
-            release_slot(b, (uint16_t)s);
+        try_release(b, (uint16_t)s);
     for (size_t i = 0; i < b->nnodes; i++) {
         node *nd = &b->nodes[i];
         char before[sizeof nd->probe_channel];
@@ -732,6 +850,9 @@ static void apply_map(sg_bus *b, const redisReply *r)
         }
     }
     set_available(b);
+    /* A failover under way: a shard has no master yet. Ask again soon. */
+    if (!sg_slot_map_complete(m))
+        schedule_connect(b);
 }
 
 /* "host:port" or a URL from the seed list, the idx-th (wrapping). */
@@ -827,6 +948,10 @@ static void refresh_map(sg_bus *b)
     for (size_t i = 0; i < b->nnodes; i++)
         if (sg_link_up(b->nodes[i].l) && send_internal(b, &b->nodes[i], REQ_SHARDS, 2, argv, NULL)) {
             b->refreshing = true;
+            if (sg_log_begin(b->log, SG_LOG_DEBUG, "redis.cluster_refresh")) {
+                sg_log_int(b->log, "port", sg_link_target_of(b->nodes[i].l)->port);
+                sg_log_end(b->log);
+            }
             return;
         }
     char host[256];
@@ -1105,6 +1230,14 @@ int sg_bus_command(sg_bus *b, int argc, const char **argv, const size_t *lens, u
 
 /* ---- lifecycle ----------------------------------------------------------- */
 
+static void reap_links(evutil_socket_t fd, short what, void *arg)
+{
+    sg_bus *b = arg;
+    for (size_t i = 0; i < b->ndead; i++)
+        sg_link_free(b->dead_links[i]);
+    b->ndead = 0;
+}
+
 sg_bus *sg_bus_new(struct event_base *base, const sg_bus_config *cfg, const sg_bus_handlers *h,
                    sg_log *log, sg_metrics *metrics)
 {
@@ -1134,6 +1267,7 @@ sg_bus *sg_bus_new(struct event_base *base, const sg_bus_config *cfg, const sg_b
     b->seed = sg_rconn_new(base, &eo);
     b->watch_retry = evtimer_new(base, on_watch_retry, b);
     b->retry = evtimer_new(base, do_connect, b);
+    b->reaper = event_new(base, -1, 0, reap_links, b);
     if (b->mode == MODE_CLUSTER) {
         b->map = sg_xcalloc(1, sizeof *b->map);
         b->holding = sg_xcalloc(SG_SLOTS, sizeof *b->holding);
@@ -1265,6 +1399,9 @@ void sg_bus_free(sg_bus *b)
         return;
     event_free(b->retry);
     event_free(b->watch_retry);
+    reap_links(-1, 0, b);
+    free(b->dead_links);
+    event_free(b->reaper);
     sg_rconn_free(b->watch);
     sg_rconn_free(b->sentinel);
     sg_rconn_free(b->seed);
