@@ -3,10 +3,14 @@
 #include "sg/map.h"
 #include "sg/metrics.h"
 #include "sg/rconn.h"
+#include "sg/redis_tls.h"
+#include "sg/redis_url.h"
 #include "sg/util.h"
 
 #include <event2/dns.h>
 #include <event2/event.h>
+#include <openssl/crypto.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,12 +33,14 @@ struct sg_bus {
     sg_log *log;
     sg_metrics *metrics;
     char *url, *sentinels, *master_name, *node_id;
+    char *tls_ca_file, *tls_cert_file, *tls_key_file;
     int64_t timeout_ms;
-    /* parsed target */
-    char host[256];
-    int port;
-    char user[128], pass[256];
-    int db;
+    /* The data node: SIGNAL_REDIS_URL (scheme, credentials, database), its
+     * address replaced by what the sentinels say when there are some. */
+    sg_redis_endpoint redis;
+    sg_redis_endpoint *sentinel_eps; /* each with its own scheme and credentials */
+    size_t nsentinels;
+    SSL_CTX *tls; /* built at start when any endpoint is rediss:// */
     /* "sg_<hash>_<name>" of each function, for FCALL. */
     char fn[SG_FN_COUNT][48];
     sg_rconn *cmd, *sub, *sentinel;
@@ -54,13 +60,16 @@ struct sg_bus {
 
 static void schedule_connect(sg_bus *b);
 static void on_role(void *ud, uint64_t tag, redisReply *r);
-static bool nth_sentinel(const char *list, size_t idx, char *host, size_t hostlen, int *port);
+static const sg_redis_endpoint *current_sentinel(const sg_bus *b);
+static int connect_endpoint(sg_bus *b, sg_rconn *c, const sg_redis_endpoint *ep,
+                            const char *const *const *extra_init);
+static void log_sentinel_failure(sg_bus *b, const char *why);
 
 static void log_redis(sg_bus *b, int level, const char *event, const char *why)
 {
     if (sg_log_begin(b->log, level, event)) {
-        sg_log_str(b->log, "host", b->host);
-        sg_log_int(b->log, "port", b->port);
+        sg_log_str(b->log, "host", b->redis.host);
+        sg_log_int(b->log, "port", b->redis.port);
         if (why)
             sg_log_str(b->log, "reason", why);
         sg_log_end(b->log);
@@ -134,7 +143,7 @@ static void on_function_load(void *ud, uint64_t tag, redisReply *r)
     /* Redis before 7.0 has no functions: say so, and keep trying (an upgrade
      * fixes it without a restart of the gateway). */
     if (sg_log_begin(b->log, SG_LOG_ERROR, "redis.function_load_failed")) {
-        sg_log_str(b->log, "host", b->host);
+        sg_log_str(b->log, "host", b->redis.host);
         sg_log_strn(b->log, "error", r->str, r->len);
         sg_log_str(b->log, "hint", "signal-gateway needs Redis 7.0 or newer");
         sg_log_end(b->log);
@@ -246,6 +255,13 @@ static void on_role(void *ud, uint64_t tag, redisReply *r)
     sg_bus *b = ud;
     if (!r)
         return;
+    if (r->type == REDIS_REPLY_ERROR) {
+        /* Most likely an ACL user without +role: say so, not "not a master". */
+        char why[160];
+        snprintf(why, sizeof why, "ROLE failed: %.120s", r->str);
+        sg_rconn_close(b->cmd, why);
+        return;
+    }
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_STRING ||
         strcmp(r->element[0]->str, "master") != 0) {
         b->sentinel_idx++;
@@ -256,23 +272,19 @@ static void on_role(void *ud, uint64_t tag, redisReply *r)
 static int connect_pair(sg_bus *b)
 {
     char db[16];
-    snprintf(db, sizeof db, "%d", b->db);
-    const char *auth1[] = {"AUTH", b->pass, NULL};
-    const char *auth2[] = {"AUTH", b->user, b->pass, NULL};
+    snprintf(db, sizeof db, "%d", b->redis.db);
     const char *sel[] = {"SELECT", db, NULL};
     const char *cname_cmd[] = {"CLIENT", "SETNAME", "signal-gateway-cmd", NULL};
     const char *cname_sub[] = {"CLIENT", "SETNAME", "signal-gateway-sub", NULL};
-    const char *const *init[5];
     for (int which = 0; which < 2; which++) {
+        const char *const *init[3];
         int n = 0;
-        if (b->pass[0])
-            init[n++] = b->user[0] ? auth2 : auth1;
-        if (which == 0 && b->db)
+        if (which == 0 && b->redis.db)
             init[n++] = sel;
         init[n++] = which == 0 ? cname_cmd : cname_sub;
         init[n] = NULL;
         sg_rconn *c = which == 0 ? b->cmd : b->sub;
-        if (sg_rconn_connect(c, b->host, b->port, init) < 0)
+        if (connect_endpoint(b, c, &b->redis, init) < 0)
             return -1;
     }
     return 0;
@@ -282,11 +294,10 @@ static int connect_pair(sg_bus *b)
 
 static void watch_connect(sg_bus *b)
 {
-    char host[256];
-    int port;
-    if (b->watch_active || !nth_sentinel(b->sentinels, b->sentinel_idx, host, sizeof host, &port))
+    const sg_redis_endpoint *ep = current_sentinel(b);
+    if (b->watch_active || !ep)
         return;
-    b->watch_active = sg_rconn_connect(b->watch, host, port, NULL) == 0;
+    b->watch_active = connect_endpoint(b, b->watch, ep, NULL) == 0;
     if (!b->watch_active) {
         struct timeval tv = {1, 0};
         evtimer_add(b->watch_retry, &tv);
@@ -330,10 +341,12 @@ static void on_watch_push(void *ud, redisReply *r)
     if (n != 5 || strcmp(f[0], b->master_name) != 0)
         return;
     int port = atoi(f[4]);
-    if (port == b->port && strcmp(f[3], b->host) == 0)
+    if (port < 1 || port > 65535 || strlen(f[3]) > SG_REDIS_HOST_MAX)
         return;
-    sg_strlcpy(b->host, f[3], sizeof b->host);
-    b->port = port;
+    if (port == b->redis.port && strcmp(f[3], b->redis.host) == 0)
+        return;
+    sg_strlcpy(b->redis.host, f[3], sizeof b->redis.host);
+    b->redis.port = port;
     log_redis(b, SG_LOG_WARN, "redis.switch_master", "announced by the sentinels");
     /* Closing one closes the pair; the reconnect asks the sentinels again. */
     if (sg_rconn_is_up(b->cmd))
@@ -346,10 +359,12 @@ static void on_watch_push(void *ud, redisReply *r)
 static void on_sentinel_reply(void *ud, uint64_t tag, redisReply *r)
 {
     sg_bus *b = ud;
-    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-        r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING) {
-        sg_strlcpy(b->host, r->element[0]->str, sizeof b->host);
-        b->port = atoi(r->element[1]->str);
+    bool addr = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+                r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING;
+    int port = addr ? atoi(r->element[1]->str) : 0;
+    if (addr && r->element[0]->len && r->element[0]->len <= SG_REDIS_HOST_MAX && port > 0 && port <= 65535) {
+        sg_strlcpy(b->redis.host, r->element[0]->str, sizeof b->redis.host);
+        b->redis.port = port;
         sg_rconn_close(b->sentinel, "done");
         watch_connect(b);
         if (connect_pair(b) < 0)
@@ -371,36 +386,13 @@ static void on_sentinel_state(void *ud, sg_rconn *c, bool up, const char *err)
         return;
     }
     /* "done" and "no master" were handled by the reply; anything else means
-     * this sentinel is unreachable: try the next one. */
+     * this sentinel is unreachable (or refused our credentials or TLS): say
+     * so as for the data node, and try the next one. */
     if (err && strcmp(err, "done") != 0 && strcmp(err, "no master") != 0) {
+        log_sentinel_failure(b, err);
         b->sentinel_idx++;
         schedule_connect(b);
     }
-}
-
-static bool nth_sentinel(const char *list, size_t idx, char *host, size_t hostlen, int *port)
-{
-    size_t count = 1;
-    for (const char *p = list; *p; p++)
-        count += *p == ',';
-    idx %= count;
-    const char *p = list;
-    while (idx--)
-        p = strchr(p, ',') + 1;
-    const char *e = strchr(p, ',');
-    size_t n = e ? (size_t)(e - p) : strlen(p);
-    char item[300];
-    if (n >= sizeof item)
-        return false;
-    memcpy(item, p, n);
-    item[n] = '\0';
-    char *colon = strrchr(item, ':');
-    if (!colon)
-        return false;
-    *colon = '\0';
-    sg_strlcpy(host, item, hostlen);
-    *port = atoi(colon + 1);
-    return *port > 0;
 }
 
 static void do_connect(evutil_socket_t fd, short what, void *arg)
@@ -410,10 +402,8 @@ static void do_connect(evutil_socket_t fd, short what, void *arg)
         return;
     b->attempts++;
     if (b->sentinels) {
-        char host[256];
-        int port;
-        if (!nth_sentinel(b->sentinels, b->sentinel_idx, host, sizeof host, &port) ||
-            sg_rconn_connect(b->sentinel, host, port, NULL) < 0) {
+        const sg_redis_endpoint *ep = current_sentinel(b);
+        if (!ep || connect_endpoint(b, b->sentinel, ep, NULL) < 0) {
             b->sentinel_idx++;
             schedule_connect(b);
         }
@@ -455,6 +445,9 @@ sg_bus *sg_bus_new(struct event_base *base, const sg_bus_config *cfg, const sg_b
     b->sentinels = cfg->sentinels ? sg_xstrdup(cfg->sentinels) : NULL;
     b->master_name = sg_xstrdup(cfg->master_name ? cfg->master_name : "mymaster");
     b->node_id = sg_xstrdup(cfg->node_id);
+    b->tls_ca_file = cfg->tls_ca_file ? sg_xstrdup(cfg->tls_ca_file) : NULL;
+    b->tls_cert_file = cfg->tls_cert_file ? sg_xstrdup(cfg->tls_cert_file) : NULL;
+    b->tls_key_file = cfg->tls_key_file ? sg_xstrdup(cfg->tls_key_file) : NULL;
     b->timeout_ms = cfg->timeout_ms;
     sg_map_init(&b->chans);
     for (size_t i = 0; i < SG_FN_COUNT; i++)
@@ -478,71 +471,80 @@ sg_bus *sg_bus_new(struct event_base *base, const sg_bus_config *cfg, const sg_b
     return b;
 }
 
-/* redis://[[user]:password@]host[:port][/db] */
-static int parse_url(sg_bus *b, char *err, size_t errlen)
+/* ---- endpoints: URLs, credentials, TLS ------------------------------------ */
+
+static const sg_redis_endpoint *current_sentinel(const sg_bus *b)
 {
-    const char *p = b->url + strlen("redis://");
-    const char *at = strrchr(p, '@');
-    if (at) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        if (!colon) {
-            snprintf(err, errlen, "redis URL: credentials must be [user]:password@");
-            return -1;
-        }
-        size_t ul = (size_t)(colon - p), pl = (size_t)(at - colon - 1);
-        if (ul >= sizeof b->user || pl >= sizeof b->pass) {
-            snprintf(err, errlen, "redis URL: credentials too long");
-            return -1;
-        }
-        memcpy(b->user, p, ul);
-        b->user[ul] = '\0';
-        memcpy(b->pass, colon + 1, pl);
-        b->pass[pl] = '\0';
-        p = at + 1;
+    return b->nsentinels ? &b->sentinel_eps[b->sentinel_idx % b->nsentinels] : NULL;
+}
+
+/* Connects c to the endpoint (for the data node: the master the sentinels
+ * named, when they did) with its scheme, and its credentials as the first
+ * init command: "AUTH password" for the default user, "AUTH user password"
+ * for an ACL user. extra_init (NULL-terminated, may be NULL) follows. Under
+ * TLS the certificate must name the host as written or as announced by the
+ * sentinels (usually an address: an IP SAN). */
+static int connect_endpoint(sg_bus *b, sg_rconn *c, const sg_redis_endpoint *ep,
+                            const char *const *const *extra_init)
+{
+    const char *auth[4];
+    int a = 0;
+    auth[a++] = "AUTH";
+    if (ep->user[0])
+        auth[a++] = ep->user;
+    auth[a++] = ep->pass;
+    auth[a] = NULL;
+    const char *const *init[8];
+    int n = 0;
+    if (ep->auth)
+        init[n++] = auth;
+    for (size_t i = 0; extra_init && extra_init[i] && n < 7; i++)
+        init[n++] = extra_init[i];
+    init[n] = NULL;
+    sg_rconn_set_tls(c, ep->tls ? b->tls : NULL);
+    return sg_rconn_connect(c, ep->host, ep->port, init);
+}
+
+static void log_sentinel_failure(sg_bus *b, const char *why)
+{
+    const sg_redis_endpoint *ep = current_sentinel(b);
+    /* The first failed attempt, then every tenth, as for the data node. */
+    if (!ep || (b->attempts > 1 && b->attempts % 10 != 0))
+        return;
+    if (sg_log_begin(b->log, SG_LOG_WARN, "redis.connect_failed")) {
+        sg_log_str(b->log, "role", "sentinel");
+        sg_log_str(b->log, "host", ep->host);
+        sg_log_int(b->log, "port", ep->port);
+        sg_log_str(b->log, "reason", why);
+        sg_log_end(b->log);
     }
-    const char *slash = strchr(p, '/');
-    size_t hl = slash ? (size_t)(slash - p) : strlen(p);
-    char hp[300];
-    if (hl == 0 || hl >= sizeof hp) {
-        snprintf(err, errlen, "redis URL: missing host");
+}
+
+/* Parses SIGNAL_REDIS_URL and the sentinel list, and builds the one TLS
+ * context they share when any of them is rediss://. */
+static int parse_endpoints(sg_bus *b, char *err, size_t errlen)
+{
+    char why[200];
+    if (sg_redis_endpoint_parse(b->url, strlen(b->url), 0, &b->redis, why, sizeof why) < 0) {
+        snprintf(err, errlen, "SIGNAL_REDIS_URL: %s", why);
         return -1;
     }
-    memcpy(hp, p, hl);
-    hp[hl] = '\0';
-    b->port = 6379;
-    char *colon = strrchr(hp, ':');
-    if (hp[0] == '[') {
-        char *rb = strchr(hp, ']');
-        if (!rb) {
-            snprintf(err, errlen, "redis URL: bad IPv6 host");
-            return -1;
-        }
-        *rb = '\0';
-        sg_strlcpy(b->host, hp + 1, sizeof b->host);
-        if (rb[1] == ':')
-            b->port = atoi(rb + 2);
-    } else {
-        if (colon) {
-            *colon = '\0';
-            b->port = atoi(colon + 1);
-        }
-        sg_strlcpy(b->host, hp, sizeof b->host);
-    }
-    if (b->port <= 0 || b->port > 65535) {
-        snprintf(err, errlen, "redis URL: bad port");
+    if (b->sentinels && sg_redis_list_parse(b->sentinels, SG_REDIS_BARE | SG_REDIS_NO_DB, &b->sentinel_eps,
+                                            &b->nsentinels, why, sizeof why) < 0) {
+        snprintf(err, errlen, "SIGNAL_REDIS_SENTINELS: %s", why);
         return -1;
     }
-    b->db = slash && slash[1] ? atoi(slash + 1) : 0;
-    if (b->db < 0 || b->db > 1000) {
-        snprintf(err, errlen, "redis URL: bad database number");
+    bool tls = b->redis.tls;
+    for (size_t i = 0; i < b->nsentinels; i++)
+        tls = tls || b->sentinel_eps[i].tls;
+    if (tls && !(b->tls = sg_redis_tls_ctx_new(b->tls_ca_file, b->tls_cert_file, b->tls_key_file, err, errlen)))
         return -1;
-    }
     return 0;
 }
 
 int sg_bus_start(sg_bus *b, char *err, size_t errlen)
 {
-    if (parse_url(b, err, errlen) < 0)
+    if (parse_endpoints(b, err, errlen) < 0)
         return -1;
     b->attempts = 0;
     schedule_connect(b);
@@ -567,6 +569,12 @@ void sg_bus_free(sg_bus *b)
     sg_map_free(&b->chans);
     free(b->url);
     free(b->sentinels);
+    sg_redis_list_free(b->sentinel_eps, b->nsentinels);
+    OPENSSL_cleanse(&b->redis, sizeof b->redis);
+    SSL_CTX_free(b->tls);
+    free(b->tls_ca_file);
+    free(b->tls_cert_file);
+    free(b->tls_key_file);
     free(b->master_name);
     free(b->node_id);
     free(b);
