@@ -53,6 +53,10 @@ struct sg_bus {
     struct event *retry;
     int attempts;
     bool available;
+    /* Through Sentinel: ROLE said this server is the master. Until then the
+     * pair is not available, so a server that is not (or a user that may
+     * not ask) is retried with backoff instead of flapping at once. */
+    bool role_ok;
     bool was_available; /* a reconnect after this is "fresh" */
     size_t sentinel_idx;
     sg_map chans;
@@ -78,7 +82,7 @@ static void log_redis(sg_bus *b, int level, const char *event, const char *why)
 
 static void set_available(sg_bus *b)
 {
-    bool now = sg_rconn_is_up(b->cmd) && sg_rconn_is_up(b->sub);
+    bool now = sg_rconn_is_up(b->cmd) && sg_rconn_is_up(b->sub) && (!b->sentinels || b->role_ok);
     if (now == b->available)
         return;
     b->available = now;
@@ -266,7 +270,10 @@ static void on_role(void *ud, uint64_t tag, redisReply *r)
         strcmp(r->element[0]->str, "master") != 0) {
         b->sentinel_idx++;
         sg_rconn_close(b->cmd, "not a master");
+        return;
     }
+    b->role_ok = true;
+    set_available(b);
 }
 
 static int connect_pair(sg_bus *b)
@@ -276,6 +283,7 @@ static int connect_pair(sg_bus *b)
     const char *sel[] = {"SELECT", db, NULL};
     const char *cname_cmd[] = {"CLIENT", "SETNAME", "signal-gateway-cmd", NULL};
     const char *cname_sub[] = {"CLIENT", "SETNAME", "signal-gateway-sub", NULL};
+    b->role_ok = false;
     for (int which = 0; which < 2; which++) {
         const char *const *init[3];
         int n = 0;

@@ -443,6 +443,23 @@ def test_sentinel_with_credentials(gateway_factory, servers, pki, tls):
     assert SENTINEL_PW not in text and q(SENTINEL_PW) not in text
 
 
+def test_sentinel_master_user_without_role(gateway_factory, servers):
+    """Through Sentinel the gateway asks the server it was sent to for ROLE
+    before using it: an ACL user without +role gets that refusal named, and
+    the node stays unready, retrying with backoff (it used to count as
+    connected for an instant each time, and reconnect at once)."""
+    master = servers("master")
+    add_gateway_users(master)
+    master("ACL", "SETUSER", "gw-norole", *[a.replace(GW_PW, "norole-pw") for a in GW_ACL if a != "+role"])
+    sentinel = servers("sentinel", sentinel_of=master)
+    h.wait_until(lambda: sentinel("SENTINEL", "get-master-addr-by-name", "mymaster",
+                                  user=SENTINEL_USER, password=SENTINEL_PW), 10, what="the sentinel knowing the master")
+    env = {"SIGNAL_REDIS_URL": f"redis://gw-norole:norole-pw@{h.HOST}:1/0",
+           "SIGNAL_REDIS_SENTINELS": f"redis://{SENTINEL_USER}:{q(SENTINEL_PW)}@{h.HOST}:{sentinel.port}"}
+    text = expect_never_ready(gateway_factory, env, "ROLE failed: NOPERM")
+    assert "redis.disconnect" not in text
+
+
 # --------------------------------------------------------------------------
 # configuration mistakes stop the start
 
