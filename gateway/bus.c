@@ -7,12 +7,16 @@
 #include "sg/map.h"
 #include "sg/metrics.h"
 #include "sg/rconn.h"
+#include "sg/redis_tls.h"
+#include "sg/redis_url.h"
 #include "sg/resp.h"
 #include "sg/slots.h"
 #include "sg/util.h"
 
 #include <event2/dns.h>
 #include <event2/event.h>
+#include <openssl/crypto.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +40,9 @@ typedef struct chan {
 typedef struct node {
     sg_link *l;
     bool connecting;        /* a connect is under way */
+    /* Through Sentinel: ROLE said this server is the master. Until then
+     * the link is up but not used (the sentinels' answer may be stale). */
+    bool role_ok;
     uint16_t *inflight;     /* cluster: commands in flight per slot */
     char probe_channel[128];
     uint64_t probe_ok_ms;   /* last probe back (monotonic), 0: none since it came up */
@@ -64,7 +71,13 @@ struct sg_bus {
     int mode;
     char *url, *sentinels, *master_name, *seeds, *node_id;
     int64_t timeout_ms;
-    sg_link_target target;    /* the URL's: where (single) and as whom */
+    /* The URL's endpoint: where (single) and as whom. In a cluster, the
+     * first seed's scheme and credentials, which every master shares. */
+    sg_link_target target;
+    sg_redis_endpoint *sentinel_eps, *seed_eps; /* each with its own scheme and credentials */
+    size_t nsentinels, nseeds;
+    char *tls_ca_file, *tls_cert_file, *tls_key_file;
+    SSL_CTX *tls;             /* built at start when any endpoint is rediss:// */
     char fn[SG_FN_COUNT][48]; /* "sg_<hash>_<name>" of each function, for FCALL */
     struct evdns_base *dns;   /* Redis and sentinel names, resolved off the loop */
     node *nodes;
@@ -140,7 +153,7 @@ static bool all_up(const sg_bus *b)
     if (!b->nnodes || (b->mode == MODE_CLUSTER && (!b->have_map || !sg_slot_map_complete(b->map))))
         return false;
     for (size_t i = 0; i < b->nnodes; i++)
-        if (!sg_link_up(b->nodes[i].l))
+        if (!sg_link_up(b->nodes[i].l) || (b->mode == MODE_SENTINEL && !b->nodes[i].role_ok))
             return false;
     return true;
 }
@@ -401,10 +414,20 @@ static void on_internal_reply(sg_bus *b, req *q, node *nd, redisReply *r)
         break;
     case REQ_ROLE:
         /* Through Sentinel the address may be stale: talk only to a master. */
-        if (r && nd && (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_STRING ||
-                        strcmp(r->element[0]->str, "master") != 0)) {
+        if (!r || !nd)
+            break;
+        if (r->type == REDIS_REPLY_ERROR) {
+            /* Most likely an ACL user without +role: say so, not "not a master". */
+            char why[160];
+            snprintf(why, sizeof why, "ROLE failed: %.120s", r->str);
+            sg_link_close(nd->l, why);
+        } else if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_STRING ||
+                   strcmp(r->element[0]->str, "master") != 0) {
             b->sentinel_idx++;
             sg_link_close(nd->l, "not a master");
+        } else {
+            nd->role_ok = true;
+            set_available(b);
         }
         break;
     case REQ_SHARDS:
@@ -697,6 +720,7 @@ static void on_link_state(void *ud, sg_link *l, bool up, const char *why)
     if (!nd)
         return; /* a link being dropped from the map */
     nd->connecting = false;
+    nd->role_ok = false;
     const sg_link_target *t = sg_link_target_of(l);
     if (up) {
         load_functions(b, nd);
@@ -742,7 +766,7 @@ static node *add_node(sg_bus *b, const sg_link_target *t)
     b->nodes = sg_xrealloc(b->nodes, (b->nnodes + 1) * sizeof *b->nodes);
     node *nd = &b->nodes[b->nnodes++];
     memset(nd, 0, sizeof *nd);
-    sg_link_opts o = {.timeout_ms = b->timeout_ms, .dns = b->dns, .name = "signal-gateway"};
+    sg_link_opts o = {.timeout_ms = b->timeout_ms, .dns = b->dns, .name = "signal-gateway", .tls = b->tls};
     sg_link_handlers h = {.on_state = on_link_state, .on_reply = on_link_reply, .on_push = on_link_push,
                           .on_latency = on_latency, .ud = b};
     nd->l = sg_link_new(b->base, &o, &h);
@@ -773,7 +797,7 @@ static void apply_map(sg_bus *b, const redisReply *r)
 {
     char err[128];
     sg_slot_map *m = sg_xmalloc(sizeof *m);
-    if (sg_slot_map_parse(m, r, false, err, sizeof err) < 0 || !m->nshards) {
+    if (sg_slot_map_parse(m, r, b->target.tls, err, sizeof err) < 0 || !m->nshards) {
         if (sg_log_begin(b->log, SG_LOG_WARN, "redis.cluster_map_failed")) {
             sg_log_str(b->log, "reason", m->nshards ? err : "no master serves any slot");
             sg_log_end(b->log);
@@ -811,7 +835,7 @@ static void apply_map(sg_bus *b, const redisReply *r)
         sg_strlcpy(t.host, m->shard[i].host, sizeof t.host);
         t.port = m->shard[i].port;
         t.db = 0;
-        sg_link_opts o = {.timeout_ms = b->timeout_ms, .dns = b->dns, .name = "signal-gateway"};
+        sg_link_opts o = {.timeout_ms = b->timeout_ms, .dns = b->dns, .name = "signal-gateway", .tls = b->tls};
         sg_link_handlers h = {.on_state = on_link_state, .on_reply = on_link_reply, .on_push = on_link_push,
                               .on_latency = on_latency, .ud = b};
         b->nodes[i].l = sg_link_new(b->base, &o, &h);
@@ -855,48 +879,45 @@ static void apply_map(sg_bus *b, const redisReply *r)
         schedule_connect(b);
 }
 
-/* "host:port" or a URL from the seed list, the idx-th (wrapping). */
-static bool nth_address(const char *list, size_t idx, char *host, size_t hostlen, int *port)
+static const sg_redis_endpoint *current_seed(const sg_bus *b)
 {
-    size_t count = 1;
-    for (const char *p = list; *p; p++)
-        count += *p == ',';
-    idx %= count;
-    const char *p = list;
-    while (idx--)
-        p = strchr(p, ',') + 1;
-    const char *e = strchr(p, ',');
-    size_t n = e ? (size_t)(e - p) : strlen(p);
-    while (n && *p == ' ') {
-        p++;
-        n--;
+    return b->nseeds ? &b->seed_eps[b->seed_idx % b->nseeds] : NULL;
+}
+
+static const sg_redis_endpoint *current_sentinel(const sg_bus *b)
+{
+    return b->nsentinels ? &b->sentinel_eps[b->sentinel_idx % b->nsentinels] : NULL;
+}
+
+/* Connects c (a seed, a sentinel, the sentinel watch) to the endpoint with
+ * its scheme, and its credentials as the first command: "AUTH password"
+ * for the default user, "AUTH user password" for an ACL user. */
+static int connect_endpoint(sg_bus *b, sg_rconn *c, const sg_redis_endpoint *ep)
+{
+    const char *auth[4] = {"AUTH"};
+    int a = 1;
+    if (ep->user[0])
+        auth[a++] = ep->user;
+    auth[a++] = ep->pass;
+    auth[a] = NULL;
+    const char *const *init[] = {auth, NULL};
+    sg_rconn_set_tls(c, ep->tls ? b->tls : NULL);
+    return sg_rconn_connect(c, ep->host, ep->port, ep->auth ? init : NULL);
+}
+
+/* A seed or a sentinel that failed: the first failed attempt, then every
+ * tenth, as for the masters. */
+static void log_helper_failure(sg_bus *b, const char *role, const sg_redis_endpoint *ep, const char *why)
+{
+    if (!ep || (b->attempts > 1 && b->attempts % 10 != 0))
+        return;
+    if (sg_log_begin(b->log, SG_LOG_WARN, "redis.connect_failed")) {
+        sg_log_str(b->log, "role", role);
+        sg_log_str(b->log, "host", ep->host);
+        sg_log_int(b->log, "port", ep->port);
+        sg_log_str(b->log, "reason", why);
+        sg_log_end(b->log);
     }
-    char item[300];
-    if (n >= sizeof item)
-        return false;
-    memcpy(item, p, n);
-    item[n] = '\0';
-    char *start = item;
-    char *scheme = strstr(start, "://");
-    if (scheme)
-        start = scheme + 3;
-    char *at = strrchr(start, '@');
-    if (at)
-        start = at + 1;
-    char *slash = strchr(start, '/');
-    if (slash)
-        *slash = '\0';
-    char *colon = strrchr(start, ':');
-    if (!colon)
-        return false;
-    *colon = '\0';
-    if (start[0] == '[' && colon[-1] == ']') {
-        start++;
-        colon[-1] = '\0';
-    }
-    sg_strlcpy(host, start, hostlen);
-    *port = atoi(colon + 1);
-    return *port > 0 && *port <= 65535 && host[0];
 }
 
 static void on_seed_reply(void *ud, uint64_t tag, redisReply *r)
@@ -924,13 +945,8 @@ static void on_seed_state(void *ud, sg_rconn *c, bool up, const char *why)
     }
     if (why && strcmp(why, "done") != 0 && strcmp(why, "no map") != 0) {
         b->refreshing = false;
+        log_helper_failure(b, "seed", current_seed(b), why);
         b->seed_idx++;
-        if (b->attempts <= 1 || b->attempts % 10 == 0) {
-            char host[256];
-            int port = 0;
-            nth_address(b->seeds, b->seed_idx - 1, host, sizeof host, &port);
-            log_redis(b, SG_LOG_WARN, "redis.connect_failed", host, port, why);
-        }
         schedule_connect(b);
     }
 }
@@ -954,13 +970,8 @@ static void refresh_map(sg_bus *b)
             }
             return;
         }
-    char host[256];
-    int port;
-    const char *auth1[] = {"AUTH", b->target.pass, NULL};
-    const char *auth2[] = {"AUTH", b->target.user, b->target.pass, NULL};
-    const char *const *init[] = {b->target.user[0] ? auth2 : auth1, NULL};
-    if (!nth_address(b->seeds, b->seed_idx, host, sizeof host, &port) ||
-        sg_rconn_connect(b->seed, host, port, b->target.pass[0] ? init : NULL) < 0) {
+    const sg_redis_endpoint *ep = current_seed(b);
+    if (!ep || connect_endpoint(b, b->seed, ep) < 0) {
         b->seed_idx++;
         schedule_connect(b);
         return;
@@ -972,11 +983,10 @@ static void refresh_map(sg_bus *b)
 
 static void watch_connect(sg_bus *b)
 {
-    char host[256];
-    int port;
-    if (b->watch_active || !nth_address(b->sentinels, b->sentinel_idx, host, sizeof host, &port))
+    const sg_redis_endpoint *ep = current_sentinel(b);
+    if (b->watch_active || !ep)
         return;
-    b->watch_active = sg_rconn_connect(b->watch, host, port, NULL) == 0;
+    b->watch_active = connect_endpoint(b, b->watch, ep) == 0;
     if (!b->watch_active) {
         struct timeval tv = {1, 0};
         evtimer_add(b->watch_retry, &tv);
@@ -1020,7 +1030,7 @@ static void on_watch_push(void *ud, redisReply *r)
     if (n != 5 || strcmp(f[0], b->master_name) != 0)
         return;
     int port = atoi(f[4]);
-    if (sg_link_is(b->nodes[0].l, f[3], port))
+    if (port < 1 || port > 65535 || strlen(f[3]) > SG_REDIS_HOST_MAX || sg_link_is(b->nodes[0].l, f[3], port))
         return;
     sg_link_target t = *sg_link_target_of(b->nodes[0].l);
     sg_strlcpy(t.host, f[3], sizeof t.host);
@@ -1035,11 +1045,16 @@ static void on_watch_push(void *ud, redisReply *r)
 static void on_sentinel_reply(void *ud, uint64_t tag, redisReply *r)
 {
     sg_bus *b = ud;
-    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_STRING &&
-        r->element[1]->type == REDIS_REPLY_STRING) {
+    bool addr = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+                r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING;
+    int port = addr ? atoi(r->element[1]->str) : 0;
+    if (addr && r->element[0]->len && r->element[0]->len <= SG_REDIS_HOST_MAX && port > 0 && port <= 65535) {
+        /* The master as announced (usually an address: under TLS its
+         * certificate must carry it as an IP SAN), with the URL's scheme,
+         * credentials and database. */
         sg_link_target t = b->target;
         sg_strlcpy(t.host, r->element[0]->str, sizeof t.host);
-        t.port = atoi(r->element[1]->str);
+        t.port = port;
         sg_link_set_target(b->nodes[0].l, &t);
         sg_rconn_close(b->sentinel, "done");
         watch_connect(b);
@@ -1061,8 +1076,10 @@ static void on_sentinel_state(void *ud, sg_rconn *c, bool up, const char *err)
         return;
     }
     /* "done" and "no master" were handled by the reply; anything else means
-     * this sentinel is unreachable: try the next one. */
+     * this sentinel is unreachable (or refused our credentials or TLS): say
+     * so as for the masters, and try the next one. */
     if (err && strcmp(err, "done") != 0 && strcmp(err, "no master") != 0) {
+        log_helper_failure(b, "sentinel", current_sentinel(b), err);
         b->sentinel_idx++;
         schedule_connect(b);
     }
@@ -1081,10 +1098,8 @@ static void do_connect(evutil_socket_t fd, short what, void *arg)
     case MODE_SENTINEL: {
         if (sg_link_up(b->nodes[0].l) || b->nodes[0].connecting)
             return;
-        char host[256];
-        int port;
-        if (!nth_address(b->sentinels, b->sentinel_idx, host, sizeof host, &port) ||
-            sg_rconn_connect(b->sentinel, host, port, NULL) < 0) {
+        const sg_redis_endpoint *ep = current_sentinel(b);
+        if (!ep || connect_endpoint(b, b->sentinel, ep) < 0) {
             b->sentinel_idx++;
             schedule_connect(b);
         }
@@ -1252,6 +1267,9 @@ sg_bus *sg_bus_new(struct event_base *base, const sg_bus_config *cfg, const sg_b
     b->mode = b->seeds ? MODE_CLUSTER : b->sentinels ? MODE_SENTINEL : MODE_SINGLE;
     b->master_name = sg_xstrdup(cfg->master_name ? cfg->master_name : "mymaster");
     b->node_id = sg_xstrdup(cfg->node_id);
+    b->tls_ca_file = cfg->tls_ca_file ? sg_xstrdup(cfg->tls_ca_file) : NULL;
+    b->tls_cert_file = cfg->tls_cert_file ? sg_xstrdup(cfg->tls_cert_file) : NULL;
+    b->tls_key_file = cfg->tls_key_file ? sg_xstrdup(cfg->tls_key_file) : NULL;
     b->timeout_ms = cfg->timeout_ms;
     sg_map_init(&b->chans);
     b->held_tail = &b->held;
@@ -1275,116 +1293,49 @@ sg_bus *sg_bus_new(struct event_base *base, const sg_bus_config *cfg, const sg_b
     return b;
 }
 
-/* redis://[[user]:password@]host[:port][/db] into t. */
-static int parse_url(const char *url, sg_link_target *t, char *err, size_t errlen)
+/* SIGNAL_REDIS_URL (or, in a cluster, the seeds) and the sentinel list,
+ * and the one TLS context they share when any of them is rediss://. */
+static int parse_endpoints(sg_bus *b, char *err, size_t errlen)
 {
-    memset(t, 0, sizeof *t);
-    if (strncmp(url, "redis://", 8) != 0) {
-        snprintf(err, errlen, "redis URL: must start with redis://");
+    char why[200];
+    if (b->mode == MODE_CLUSTER) {
+        if (sg_redis_list_parse(b->seeds, SG_REDIS_BARE | SG_REDIS_NO_DB, &b->seed_eps, &b->nseeds, why,
+                                sizeof why) < 0) {
+            snprintf(err, errlen, "SIGNAL_REDIS_CLUSTER: %s", why);
+            return -1;
+        }
+        /* The masters the map names are reached as the first seed was:
+         * one scheme and one user for the whole cluster. */
+        for (size_t i = 1; i < b->nseeds; i++)
+            if (b->seed_eps[i].tls != b->seed_eps[0].tls) {
+                snprintf(err, errlen, "SIGNAL_REDIS_CLUSTER: entry %zu: every seed must use the same scheme",
+                         i + 1);
+                return -1;
+            }
+        b->target = b->seed_eps[0];
+        b->target.db = 0;
+    } else if (sg_redis_endpoint_parse(b->url, strlen(b->url), 0, &b->target, why, sizeof why) < 0) {
+        snprintf(err, errlen, "SIGNAL_REDIS_URL: %s", why);
         return -1;
     }
-    const char *p = url + strlen("redis://");
-    const char *at = strrchr(p, '@');
-    if (at) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        if (!colon) {
-            snprintf(err, errlen, "redis URL: credentials must be [user]:password@");
-            return -1;
-        }
-        size_t ul = (size_t)(colon - p), pl = (size_t)(at - colon - 1);
-        if (ul >= sizeof t->user || pl >= sizeof t->pass) {
-            snprintf(err, errlen, "redis URL: credentials too long");
-            return -1;
-        }
-        memcpy(t->user, p, ul);
-        t->user[ul] = '\0';
-        memcpy(t->pass, colon + 1, pl);
-        t->pass[pl] = '\0';
-        p = at + 1;
-    }
-    const char *slash = strchr(p, '/');
-    size_t hl = slash ? (size_t)(slash - p) : strlen(p);
-    char hp[300];
-    if (hl == 0 || hl >= sizeof hp) {
-        snprintf(err, errlen, "redis URL: missing host");
+    if (b->mode == MODE_SENTINEL && sg_redis_list_parse(b->sentinels, SG_REDIS_BARE | SG_REDIS_NO_DB,
+                                                        &b->sentinel_eps, &b->nsentinels, why, sizeof why) < 0) {
+        snprintf(err, errlen, "SIGNAL_REDIS_SENTINELS: %s", why);
         return -1;
     }
-    memcpy(hp, p, hl);
-    hp[hl] = '\0';
-    t->port = 6379;
-    char *colon = strrchr(hp, ':');
-    if (hp[0] == '[') {
-        char *rb = strchr(hp, ']');
-        if (!rb) {
-            snprintf(err, errlen, "redis URL: bad IPv6 host");
-            return -1;
-        }
-        *rb = '\0';
-        sg_strlcpy(t->host, hp + 1, sizeof t->host);
-        if (rb[1] == ':')
-            t->port = atoi(rb + 2);
-    } else {
-        if (colon) {
-            *colon = '\0';
-            t->port = atoi(colon + 1);
-        }
-        sg_strlcpy(t->host, hp, sizeof t->host);
-    }
-    if (t->port <= 0 || t->port > 65535) {
-        snprintf(err, errlen, "redis URL: bad port");
+    bool tls = b->target.tls;
+    for (size_t i = 0; i < b->nsentinels; i++)
+        tls = tls || b->sentinel_eps[i].tls;
+    if (tls && !(b->tls = sg_redis_tls_ctx_new(b->tls_ca_file, b->tls_cert_file, b->tls_key_file, err, errlen)))
         return -1;
-    }
-    t->db = slash && slash[1] ? atoi(slash + 1) : 0;
-    if (t->db < 0 || t->db > 1000) {
-        snprintf(err, errlen, "redis URL: bad database number");
-        return -1;
-    }
-    return 0;
-}
-
-/* The seeds' credentials: those of the first seed given as a URL with any. */
-static int seed_credentials(sg_bus *b, char *err, size_t errlen)
-{
-    const char *p = b->seeds;
-    while (*p) {
-        const char *e = strchr(p, ',');
-        size_t n = e ? (size_t)(e - p) : strlen(p);
-        char item[600];
-        if (n >= sizeof item) {
-            snprintf(err, errlen, "SIGNAL_REDIS_CLUSTER: an entry is too long");
-            return -1;
-        }
-        memcpy(item, p, n);
-        item[n] = '\0';
-        char host[256];
-        int port;
-        if (!nth_address(item, 0, host, sizeof host, &port)) {
-            snprintf(err, errlen, "SIGNAL_REDIS_CLUSTER: '%s' is not host:port or a redis:// URL", item);
-            return -1;
-        }
-        sg_link_target t;
-        if (strstr(item, "://") && parse_url(item, &t, err, errlen) < 0)
-            return -1;
-        if (strstr(item, "://") && t.pass[0] && !b->target.pass[0]) {
-            sg_strlcpy(b->target.user, t.user, sizeof b->target.user);
-            sg_strlcpy(b->target.pass, t.pass, sizeof b->target.pass);
-        }
-        if (!e)
-            break;
-        p = e + 1;
-    }
     return 0;
 }
 
 int sg_bus_start(sg_bus *b, char *err, size_t errlen)
 {
-    if (b->mode == MODE_CLUSTER) {
-        memset(&b->target, 0, sizeof b->target);
-        if (seed_credentials(b, err, errlen) < 0)
-            return -1;
-    } else {
-        if (parse_url(b->url, &b->target, err, errlen) < 0)
-            return -1;
+    if (parse_endpoints(b, err, errlen) < 0)
+        return -1;
+    if (b->mode != MODE_CLUSTER) {
         node *nd = add_node(b, &b->target);
         probe_channel_of(b, nd);
     }
@@ -1433,6 +1384,13 @@ void sg_bus_free(sg_bus *b)
     free(b->url);
     free(b->sentinels);
     free(b->seeds);
+    sg_redis_list_free(b->sentinel_eps, b->nsentinels);
+    sg_redis_list_free(b->seed_eps, b->nseeds);
+    OPENSSL_cleanse(&b->target, sizeof b->target);
+    SSL_CTX_free(b->tls);
+    free(b->tls_ca_file);
+    free(b->tls_cert_file);
+    free(b->tls_key_file);
     free(b->master_name);
     free(b->node_id);
     free(b);

@@ -1,4 +1,5 @@
 #include "sg/config.h"
+#include "sg/redis_url.h"
 #include "sg/util.h"
 
 #include <openssl/evp.h>
@@ -37,10 +38,13 @@ static const opt OPTS[] = {
     {"SIGNAL_TLS_CERT", S(tls_cert), NULL, 0, 0, "PEM certificate chain; unset means plain ws://"},
     {"SIGNAL_TLS_KEY", S(tls_key), NULL, 0, 0, "PEM private key"},
     {"SIGNAL_ADMIN_LISTEN", S(admin_listen), "127.0.0.1:9090", 0, 0, "/metrics, /healthz, /readyz"},
-    {"SIGNAL_REDIS_URL", S(redis_url), "redis://127.0.0.1:6379/0", 0, 0, "redis://[:password@]host:port/db"},
-    {"SIGNAL_REDIS_SENTINELS", S(redis_sentinels), NULL, 0, 0, "host:port,... find the master through Sentinel"},
+    {"SIGNAL_REDIS_URL", S(redis_url), "redis://127.0.0.1:6379/0", 0, 0, "redis[s]://[[user]:password@]host[:port][/db]; rediss: TLS"},
+    {"SIGNAL_REDIS_SENTINELS", S(redis_sentinels), NULL, 0, 0, "host:port or redis[s]://[[user]:password@]host:port, comma-separated: find the master through Sentinel"},
     {"SIGNAL_REDIS_MASTER_NAME", S(redis_master_name), "mymaster", 0, 0, "Sentinel master name"},
     {"SIGNAL_REDIS_CLUSTER", S(redis_cluster), NULL, 0, 0, "Redis Cluster seed nodes host:port or redis:// URLs, comma-separated; SIGNAL_REDIS_URL is then ignored"},
+    {"SIGNAL_REDIS_TLS_CA_FILE", S(redis_tls_ca_file), NULL, 0, 0, "PEM CA certificate(s) to verify rediss:// servers with; unset: the system's store"},
+    {"SIGNAL_REDIS_TLS_CERT_FILE", S(redis_tls_cert_file), NULL, 0, 0, "PEM client certificate for rediss:// (Redis tls-auth-clients)"},
+    {"SIGNAL_REDIS_TLS_KEY_FILE", S(redis_tls_key_file), NULL, 0, 0, "PEM private key of SIGNAL_REDIS_TLS_CERT_FILE"},
     {"SIGNAL_JWT_SECRET", S(jwt_secret), NULL, 0, 0, "HS256 shared secret"},
     {"SIGNAL_JWT_PUBLIC_KEY", S(jwt_public_key), NULL, 0, 0, "PEM public key file for RS256/ES256"},
     {"SIGNAL_JWT_JWKS_FILE", S(jwt_jwks_file), NULL, 0, 0, "JWKS file (kid-selected keys, reloaded on SIGHUP)"},
@@ -236,6 +240,81 @@ static int split_origins(sg_config *cfg)
     return 0;
 }
 
+/* The file can be opened and read now, so a typo or a permission fails the
+ * start instead of every connection to Redis later. */
+static int check_readable(const char *var, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (f) {
+        (void)fgetc(f);
+        if (!ferror(f)) {
+            fclose(f);
+            return 0;
+        }
+        fclose(f);
+        errno = errno ? errno : EIO;
+    }
+    seterr(err, errlen, "%s: cannot read %s: %s", var, path, strerror(errno));
+    return -1;
+}
+
+/* The URL and the sentinel list parse (redis_url.h; the messages never echo
+ * them, as they may hold passwords), and the TLS files are readable and
+ * used. */
+static int validate_redis(const sg_config *cfg, char *err, size_t errlen)
+{
+    char why[200];
+    sg_redis_endpoint ep;
+    if (sg_redis_endpoint_parse(cfg->redis_url, strlen(cfg->redis_url), 0, &ep, why, sizeof why) < 0) {
+        seterr(err, errlen, "SIGNAL_REDIS_URL: %s", why);
+        return -1;
+    }
+    bool tls = ep.tls;
+    sg_redis_endpoint *eps = NULL;
+    size_t n = 0;
+    if (cfg->redis_sentinels) {
+        if (sg_redis_list_parse(cfg->redis_sentinels, SG_REDIS_BARE | SG_REDIS_NO_DB, &eps, &n, why,
+                                sizeof why) < 0) {
+            seterr(err, errlen, "SIGNAL_REDIS_SENTINELS: %s", why);
+            return -1;
+        }
+        for (size_t i = 0; i < n; i++)
+            tls = tls || eps[i].tls;
+        sg_redis_list_free(eps, n);
+    }
+    if (cfg->redis_cluster) {
+        /* The seeds decide the scheme: SIGNAL_REDIS_URL is not used. */
+        if (sg_redis_list_parse(cfg->redis_cluster, SG_REDIS_BARE | SG_REDIS_NO_DB, &eps, &n, why, sizeof why) < 0) {
+            seterr(err, errlen, "SIGNAL_REDIS_CLUSTER: %s", why);
+            return -1;
+        }
+        tls = false;
+        for (size_t i = 0; i < n; i++)
+            tls = tls || eps[i].tls;
+        sg_redis_list_free(eps, n);
+    }
+    if (!!cfg->redis_tls_cert_file != !!cfg->redis_tls_key_file) {
+        seterr(err, errlen, "SIGNAL_REDIS_TLS_CERT_FILE and SIGNAL_REDIS_TLS_KEY_FILE must be set together");
+        return -1;
+    }
+    const char *files[][2] = {{"SIGNAL_REDIS_TLS_CA_FILE", cfg->redis_tls_ca_file},
+                              {"SIGNAL_REDIS_TLS_CERT_FILE", cfg->redis_tls_cert_file},
+                              {"SIGNAL_REDIS_TLS_KEY_FILE", cfg->redis_tls_key_file}};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        if (!files[i][1])
+            continue;
+        /* Files for TLS that nothing uses: the operator meant TLS and would
+         * get plain TCP. */
+        if (!tls) {
+            seterr(err, errlen, "%s is set but no Redis URL is rediss:// (TLS)", files[i][0]);
+            return -1;
+        }
+        if (check_readable(files[i][0], files[i][1], err, errlen) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 static int validate(sg_config *cfg, char *err, size_t errlen)
 {
     char host[256];
@@ -258,6 +337,9 @@ static int validate(sg_config *cfg, char *err, size_t errlen)
                                  {"SIGNAL_STATIC_DIR", cfg->static_dir},
                                  {"SIGNAL_REDIS_SENTINELS", cfg->redis_sentinels},
                                  {"SIGNAL_REDIS_CLUSTER", cfg->redis_cluster},
+                                 {"SIGNAL_REDIS_TLS_CA_FILE", cfg->redis_tls_ca_file},
+                                 {"SIGNAL_REDIS_TLS_CERT_FILE", cfg->redis_tls_cert_file},
+                                 {"SIGNAL_REDIS_TLS_KEY_FILE", cfg->redis_tls_key_file},
                                  {"SIGNAL_TURN_SECRET", cfg->turn_secret},
                                  {"SIGNAL_TURN_URLS", cfg->turn_urls}};
     for (size_t i = 0; i < sizeof nonempty / sizeof *nonempty; i++)
@@ -273,10 +355,8 @@ static int validate(sg_config *cfg, char *err, size_t errlen)
         seterr(err, errlen, "SIGNAL_REDIS_CLUSTER and SIGNAL_REDIS_SENTINELS are two topologies: set one");
         return -1;
     }
-    if (strncmp(cfg->redis_url, "redis://", 8) != 0) {
-        seterr(err, errlen, "SIGNAL_REDIS_URL: '%s' must start with redis://", cfg->redis_url);
+    if (validate_redis(cfg, err, errlen) < 0)
         return -1;
-    }
     if (strcmp(cfg->jwt_alg, "HS256") == 0) {
         if (!cfg->jwt_secret || !*cfg->jwt_secret) {
             seterr(err, errlen, "SIGNAL_JWT_SECRET is required for HS256 (there is no unauthenticated mode)");

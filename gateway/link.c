@@ -2,12 +2,15 @@
 #include "sg/rconn.h"
 #include "sg/util.h"
 
+#include <openssl/crypto.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 struct sg_link {
     sg_link_handlers h;
+    struct ssl_ctx_st *tls;
     sg_rconn *cmd, *sub;
     sg_link_target t;
     bool up;        /* on_state(true) was the last word */
@@ -67,6 +70,7 @@ sg_link *sg_link_new(struct event_base *base, const sg_link_opts *o, const sg_li
 {
     sg_link *l = sg_xcalloc(1, sizeof *l);
     l->h = *h;
+    l->tls = o->tls;
     snprintf(l->name_cmd, sizeof l->name_cmd, "%s-cmd", o->name ? o->name : "signal-gateway");
     snprintf(l->name_sub, sizeof l->name_sub, "%s-sub", o->name ? o->name : "signal-gateway");
     sg_rconn_opts ro = {.timeout_ms = o->timeout_ms, .on_state = on_conn_state, .on_latency = on_latency,
@@ -86,6 +90,7 @@ void sg_link_free(sg_link *l)
         return;
     sg_rconn_free(l->cmd);
     sg_rconn_free(l->sub);
+    OPENSSL_cleanse(&l->t, sizeof l->t);
     free(l);
 }
 
@@ -97,21 +102,28 @@ int sg_link_connect(sg_link *l)
     l->down = false;
     char db[16];
     snprintf(db, sizeof db, "%d", l->t.db);
-    const char *auth1[] = {"AUTH", l->t.pass, NULL};
-    const char *auth2[] = {"AUTH", l->t.user, l->t.pass, NULL};
+    /* "AUTH password" for the default user, "AUTH user password" for an ACL user. */
+    const char *auth[4] = {"AUTH"};
+    int a = 1;
+    if (l->t.user[0])
+        auth[a++] = l->t.user;
+    auth[a++] = l->t.pass;
+    auth[a] = NULL;
     const char *sel[] = {"SELECT", db, NULL};
     const char *name_cmd[] = {"CLIENT", "SETNAME", l->name_cmd, NULL};
     const char *name_sub[] = {"CLIENT", "SETNAME", l->name_sub, NULL};
     const char *const *init[5];
     for (int which = 0; which < 2; which++) {
         int n = 0;
-        if (l->t.pass[0])
-            init[n++] = l->t.user[0] ? auth2 : auth1;
+        if (l->t.auth)
+            init[n++] = auth;
         if (which == 0 && l->t.db)
             init[n++] = sel;
         init[n++] = which == 0 ? name_cmd : name_sub;
         init[n] = NULL;
-        if (sg_rconn_connect(which == 0 ? l->cmd : l->sub, l->t.host, l->t.port, init) < 0) {
+        sg_rconn *c = which == 0 ? l->cmd : l->sub;
+        sg_rconn_set_tls(c, l->t.tls ? l->tls : NULL);
+        if (sg_rconn_connect(c, l->t.host, l->t.port, init) < 0) {
             l->closing = true;
             sg_rconn_close(l->cmd, "connect failed");
             l->closing = false;

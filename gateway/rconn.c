@@ -1,11 +1,15 @@
 #include "sg/rconn.h"
+#include "sg/redis_tls.h"
 #include "sg/resp.h"
 #include "sg/util.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -30,10 +34,12 @@ struct sg_rconn {
     size_t qcap, qhead, qlen;
     size_t init_left; /* init replies still expected */
     uint64_t last_reply_us; /* when Redis last answered anything */
+    bool connected;         /* TCP (and TLS handshake) done on this connection */
+    bool answered;          /* this connection has had a reply */
     bool up;
     bool in_cb;
     bool close_wanted;
-    char close_why[128];
+    char close_why[192];
 };
 
 static void q_push(sg_rconn *c, sg_rconn_reply_cb cb, uint64_t tag)
@@ -67,7 +73,17 @@ sg_rconn *sg_rconn_new(struct event_base *base, const sg_rconn_opts *opts)
     c->o = *opts;
     if (!c->o.max_pending)
         c->o.max_pending = 1u << 20;
+    if (c->o.tls)
+        SSL_CTX_up_ref(c->o.tls);
     return c;
+}
+
+void sg_rconn_set_tls(sg_rconn *c, struct ssl_ctx_st *tls)
+{
+    if (tls)
+        SSL_CTX_up_ref(tls);
+    SSL_CTX_free(c->o.tls);
+    c->o.tls = tls;
 }
 
 /* Fails every pending command with NULL. Commands sent by those callbacks
@@ -124,6 +140,7 @@ void sg_rconn_free(sg_rconn *c)
     teardown(c);
     c->in_cb = true;
     fail_pending(c);
+    SSL_CTX_free(c->o.tls);
     free(c->q);
     free(c);
 }
@@ -134,6 +151,7 @@ size_t sg_rconn_pending(const sg_rconn *c) { return c->qlen; }
 static void handle_reply(sg_rconn *c, redisReply *r)
 {
     c->last_reply_us = sg_now_mono_us();
+    c->answered = true;
     if (c->init_left) {
         pending p = q_pop(c);
         (void)p;
@@ -204,10 +222,32 @@ static void on_read(struct bufferevent *bev, void *arg)
     }
 }
 
+/* Fills why when OpenSSL named what failed on this connection (a refused
+ * certificate, a handshake alert, a bad record). libevent's error list
+ * also holds bare SSL_get_error() codes, which name nothing: skipped. A
+ * connection reset before the server's alert could be read (TLS 1.3
+ * reports a refused client certificate only after the handshake) leaves
+ * only those: the socket error or the EOF says it then. */
+static bool tls_failure(sg_rconn *c, struct bufferevent *bev, char *why, size_t n)
+{
+    if (!c->o.tls)
+        return false;
+    unsigned long e, named = 0;
+    while ((e = bufferevent_get_openssl_error(bev)))
+        if (!named && ERR_reason_error_string(e))
+            named = e;
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    if (!named && (!ssl || SSL_get_verify_result(ssl) == X509_V_OK))
+        return false;
+    sg_redis_tls_describe(ssl, named, why, n);
+    return true;
+}
+
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     sg_rconn *c = arg;
     if (what & BEV_EVENT_CONNECTED) {
+        c->connected = true;
         int fd = bufferevent_getfd(bev);
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -219,14 +259,24 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         }
         return;
     }
-    char why[128];
+    char why[192];
     int dns_err = bufferevent_socket_get_dns_error(bev);
-    if (what & BEV_EVENT_EOF)
-        snprintf(why, sizeof why, "connection closed by Redis");
+    if (tls_failure(c, bev, why, sizeof why))
+        ; /* verification, a handshake alert, a bad record: say which */
+    else if ((what & BEV_EVENT_EOF) && c->o.tls && !c->answered)
+        /* Under TLS 1.3 a server that wants a client certificate refuses a
+         * missing or unknown one after the client's side of the handshake,
+         * and its alert is often lost to the reset of the connection. */
+        snprintf(why, sizeof why, "TLS: connection closed by Redis before any reply "
+                                  "(does it require a client certificate?)");
     else if (dns_err)
         snprintf(why, sizeof why, "cannot resolve: %s", evutil_gai_strerror(dns_err));
     else
-        snprintf(why, sizeof why, "%s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+        snprintf(why, sizeof why, "%s%s",
+                 what & BEV_EVENT_EOF ? "connection closed by Redis"
+                                      : evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()),
+                 /* A TLS port drops what is not a handshake without a word. */
+                 !c->o.tls && c->connected && !c->answered ? " before any reply (a TLS port? use rediss://)" : "");
     drop(c, why);
 }
 
@@ -238,7 +288,11 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     uint64_t now = sg_now_mono_us(), limit = (uint64_t)c->o.timeout_ms * 1000u;
     if (c->qlen && c->o.timeout_ms && now - c->q[c->qhead].sent_us > limit &&
         now - c->last_reply_us > limit)
-        drop(c, "command timed out");
+        /* A plain port answers a ClientHello with silence (Redis waits for
+         * the end of the "inline command" it takes it for). */
+        drop(c, c->connected ? "command timed out"
+                : c->o.tls ? "TLS: handshake timed out (is the port a TLS port?)"
+                           : "connect timed out");
 }
 
 /* Encoded in place in the output evbuffer: hiredis' formatter printf'd a
@@ -261,6 +315,28 @@ static void write_cmd(sg_rconn *c, int argc, const char **argv, const size_t *le
         abort();
 }
 
+/* A plain socket bufferevent, or one that speaks TLS as a client to host.
+ * Either is connected later (by address, or by name through evdns: with
+ * TLS too, libevent resolves first and starts the handshake once the
+ * socket is up). */
+static struct bufferevent *new_bev(sg_rconn *c, const char *host)
+{
+    if (!c->o.tls)
+        return bufferevent_socket_new(c->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    SSL *ssl = sg_redis_tls_ssl_new(c->o.tls, host);
+    if (!ssl)
+        return NULL;
+    /* On failure libevent frees the SSL itself (BEV_OPT_CLOSE_ON_FREE). */
+    struct bufferevent *bev =
+        bufferevent_openssl_socket_new(c->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+    /* Redis closes TLS connections without a close_notify (CLIENT KILL,
+     * timeout, shutdown): that is the end of the stream, as over TCP, not
+     * an attack on it; replies are framed by RESP, so truncation shows. */
+    if (bev)
+        bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    return bev;
+}
+
 int sg_rconn_connect(sg_rconn *c, const char *host, int port, const char *const *const *init)
 {
     teardown(c);
@@ -275,7 +351,12 @@ int sg_rconn_connect(sg_rconn *c, const char *host, int port, const char *const 
     bool by_name = getaddrinfo(host, ps, &hints, &res) != 0 || !res;
     if (by_name && !c->o.dns)
         return -1;
-    c->bev = bufferevent_socket_new(c->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    c->bev = new_bev(c, host);
+    if (!c->bev) {
+        if (res)
+            freeaddrinfo(res);
+        return -1;
+    }
     /* Replies and pub/sub messages come in bulk under load: read them in
      * bigger bites than libevent's 16 KiB so Redis' output keeps up with
      * what thousands of client sockets feed in. */
@@ -295,6 +376,8 @@ int sg_rconn_connect(sg_rconn *c, const char *host, int port, const char *const 
         return -1;
     }
     c->last_reply_us = sg_now_mono_us();
+    c->answered = false;
+    c->connected = false;
     c->timer = event_new(c->base, -1, EV_PERSIST, on_timer, c);
     struct timeval tv = {0, 200 * 1000};
     event_add(c->timer, &tv);

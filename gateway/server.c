@@ -593,6 +593,8 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
     guard_listener(s, evhttp_bound_socket_get_listener(admin_sock), "admin.accept_error");
 
     sg_bus_config bc = {.redis_url = cfg->redis_url, .sentinels = cfg->redis_sentinels,
+                        .tls_ca_file = cfg->redis_tls_ca_file, .tls_cert_file = cfg->redis_tls_cert_file,
+                        .tls_key_file = cfg->redis_tls_key_file,
                         .master_name = cfg->redis_master_name, .cluster = cfg->redis_cluster,
                         .node_id = cfg->node_id, .timeout_ms = cfg->redis_timeout_ms};
     sg_bus_handlers h = {.on_available = on_bus_available, .on_message = on_bus_message,

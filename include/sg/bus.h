@@ -62,8 +62,11 @@ typedef struct sg_bus_handlers {
 } sg_bus_handlers;
 
 typedef struct sg_bus_config {
-    const char *redis_url;      /* redis://[[user]:pass@]host[:port][/db] */
-    const char *sentinels;      /* host:port,... or NULL */
+    const char *redis_url;      /* redis_url.h: redis:// or rediss:// */
+    const char *sentinels;      /* host:port or redis(s):// URLs, comma-separated, or NULL */
+    /* For rediss:// endpoints (redis_tls.h): CA file (NULL: the system's
+     * store), optional client certificate and key. */
+    const char *tls_ca_file, *tls_cert_file, *tls_key_file;
     const char *master_name;
     const char *cluster;        /* seed nodes host:port or URLs, comma-separated, or NULL */
     const char *node_id;
@@ -72,7 +75,8 @@ typedef struct sg_bus_config {
 
 sg_bus *sg_bus_new(struct event_base *base, const sg_bus_config *cfg, const sg_bus_handlers *h,
                    struct sg_log *log, struct sg_metrics *metrics);
-/* Parses the addresses; returns -1 with err set when they are unusable. */
+/* Parses the URL, the sentinel or seed list, and builds the TLS context
+ * they need; returns -1 with err set when any of it is unusable. */
 int sg_bus_start(sg_bus *b, char *err, size_t errlen);
 void sg_bus_free(sg_bus *b);
 bool sg_bus_available(const sg_bus *b);

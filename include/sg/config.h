@@ -22,6 +22,7 @@ typedef struct sg_config {
     bool redis_url_set; /* false: the default was used (dev scripts start a local Redis) */
     char *redis_sentinels, *redis_master_name;
     char *redis_cluster;   /* seed nodes: cluster mode when set */
+    char *redis_tls_ca_file, *redis_tls_cert_file, *redis_tls_key_file;
     char *jwt_secret, *jwt_public_key, *jwt_alg, *jwt_issuer, *jwt_audience, *jwt_jwks_file;
     char *allowed_origins; /* comma-separated as given */
     char **origins;        /* split */

@@ -17,17 +17,16 @@
 #include <stdint.h>
 #include <hiredis/hiredis.h>
 
+#include "sg/redis_url.h"
+
 struct event_base;
+struct ssl_ctx_st;
 struct evdns_base;
 typedef struct sg_link sg_link;
 
-/* Where a link connects and as whom. */
-typedef struct sg_link_target {
-    char host[256];
-    int port;
-    char user[128], pass[256]; /* pass "" : no AUTH */
-    int db;                    /* SELECT when not 0 (not in cluster mode) */
-} sg_link_target;
+/* Where a link connects and as whom: a redis_url.h endpoint (host, port,
+ * scheme, credentials, database). */
+typedef sg_redis_endpoint sg_link_target;
 
 typedef struct sg_link_handlers {
     /* Both connections up (and their init commands answered), or the link
@@ -43,6 +42,7 @@ typedef struct sg_link_opts {
     int64_t timeout_ms;        /* a command unanswered this long, with Redis silent: down */
     struct evdns_base *dns;
     const char *name;          /* CLIENT SETNAME prefix: "<name>-cmd", "<name>-sub" */
+    struct ssl_ctx_st *tls;    /* for rediss:// targets (redis_tls.h); NULL: none can be */
 } sg_link_opts;
 
 sg_link *sg_link_new(struct event_base *base, const sg_link_opts *o, const sg_link_handlers *h);

@@ -19,6 +19,7 @@
 #include <hiredis/hiredis.h>
 
 struct event_base;
+struct ssl_ctx_st;
 typedef struct sg_rconn sg_rconn;
 
 typedef void (*sg_rconn_reply_cb)(void *ud, uint64_t tag, redisReply *reply);
@@ -38,6 +39,12 @@ typedef struct sg_rconn_opts {
     void (*on_latency)(void *ud, double ms);
     /* Resolves host names without blocking the loop; NULL: getaddrinfo. */
     struct evdns_base *dns;
+    /* NULL: plain TCP. Set (redis_tls.h): every connection is TLS, with SNI
+     * and the certificate check bound to the host given to
+     * sg_rconn_connect, and a failed handshake or verification reported
+     * through on_state as "TLS: <reason>". The rconn takes its own
+     * reference to the context. */
+    struct ssl_ctx_st *tls;
     void *ud;
 } sg_rconn_opts;
 
@@ -49,6 +56,9 @@ void sg_rconn_free(sg_rconn *c);
  * list of NUL-terminated strings) sent first, e.g. AUTH and SELECT, whose
  * replies must not be errors. Returns 0 or -1 (state cb not called then). */
 int sg_rconn_connect(sg_rconn *c, const char *host, int port, const char *const *const *init);
+/* Replaces opts.tls for the next sg_rconn_connect (a connection whose
+ * targets differ: sentinels of a list, some rediss://, some not). */
+void sg_rconn_set_tls(sg_rconn *c, struct ssl_ctx_st *tls);
 /* Drops the connection: pending callbacks get NULL, then on_state(false). */
 void sg_rconn_close(sg_rconn *c, const char *why);
 bool sg_rconn_is_up(const sg_rconn *c);

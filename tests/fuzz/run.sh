@@ -25,7 +25,7 @@ artifacts=${FUZZ_ARTIFACTS:-$root/$build/artifacts}
 rss_mb=${FUZZ_RSS_MB:-2048}
 per_input=${FUZZ_TIMEOUT_S:-10}
 
-all=(ws_frame http_upgrade proto auth session)
+all=(ws_frame http_upgrade proto auth session redis_url)
 if [ $# -gt 0 ]; then names=("$@"); else names=("${all[@]}"); fi
 
 # -max_len per harness: a little over what the code under test accepts, so
@@ -37,6 +37,7 @@ max_len() {
     proto) echo 8192 ;;         # JSON messages; an SDP-sized one fits
     auth) echo 6144 ;;          # tokens up to 4096 (SG_TOKEN_MAX), JWKS documents
     session) echo 8192 ;;       # a program of a few hundred session steps
+    redis_url) echo 2600 ;;     # one URL or list entry up to SG_REDIS_INPUT_MAX (2048), and lists
     *) echo 4096 ;;
   esac
 }

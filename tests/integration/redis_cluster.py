@@ -12,8 +12,14 @@ import sg_helpers as h
 
 
 class ClusterNode:
-    def __init__(self, tmp, port, bus_port, node_timeout_ms):
+    def __init__(self, tmp, port, bus_port, node_timeout_ms, tls=None):
         self.port, self.bus_port = port, bus_port
+        # With tls ({"cert", "key", "ca", "client_cert", "client_key"} paths;
+        # the bus asks its peers for a client certificate): a TLS port too, the one the
+        # cluster announces to clients (tls-cluster); the plain port stays
+        # for the test's own commands.
+        self.tls = tls
+        self.tls_port = h.free_port() if tls else None
         self.dir = tmp / f"node-{port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.node_timeout_ms = node_timeout_ms
@@ -31,11 +37,20 @@ class ClusterNode:
             ["redis-server", "--port", str(self.port), "--bind", h.HOST, "--cluster-enabled", "yes",
              "--cluster-port", str(self.bus_port), "--cluster-config-file", "nodes.conf",
              "--cluster-node-timeout", str(self.node_timeout_ms), "--save", "", "--appendonly", "no",
-             "--protected-mode", "no", "--daemonize", "no", "--dir", str(self.dir)],
+             "--protected-mode", "no", "--daemonize", "no", "--dir", str(self.dir), *self.tls_args()],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         h.wait_until(self.pingable, 5, what=f"redis cluster node {self.port} answering")
         return self
+
+    def tls_args(self):
+        if not self.tls:
+            return []
+        return ["--tls-port", str(self.tls_port), "--tls-cert-file", str(self.tls["cert"]),
+                "--tls-key-file", str(self.tls["key"]), "--tls-ca-cert-file", str(self.tls["ca"]),
+                "--tls-client-cert-file", str(self.tls["client_cert"]),
+                "--tls-client-key-file", str(self.tls["client_key"]),
+                "--tls-cluster", "yes", "--tls-replication", "yes", "--tls-auth-clients", "no"]
 
     def pingable(self):
         try:
@@ -88,9 +103,9 @@ class RedisCluster:
     """masters masters with a replica each; .nodes[i] for i < masters are the
     masters at creation."""
 
-    def __init__(self, tmp, masters=3, replicas=1, node_timeout_ms=1000):
+    def __init__(self, tmp, masters=3, replicas=1, node_timeout_ms=1000, tls=None):
         self.tmp = tmp
-        self.nodes = [ClusterNode(tmp, h.free_port(), h.free_port(), node_timeout_ms)
+        self.nodes = [ClusterNode(tmp, h.free_port(), h.free_port(), node_timeout_ms, tls)
                       for _ in range(masters * (1 + replicas))]
         self.masters, self.replicas = masters, replicas
 
@@ -136,6 +151,10 @@ class RedisCluster:
     @property
     def seeds(self):
         return ",".join(f"{h.HOST}:{n.port}" for n in self.nodes[:2])
+
+    @property
+    def tls_seeds(self):
+        return ",".join(f"rediss://{h.HOST}:{n.tls_port}" for n in self.nodes[:2])
 
     def live(self):
         return [n for n in self.nodes if n.proc and n.proc.poll() is None]
