@@ -22,6 +22,9 @@
 #define HB "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
 #define HC "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
 
+/* A reply from a RESP literal, its length counted by the compiler. */
+#define REPLY(lit) fake_reply(lit, sizeof lit - 1)
+
 static int setup(void **state)
 {
     world *w = calloc(1, sizeof *w);
@@ -73,7 +76,7 @@ static void redis_back(world *w)
     assert_non_null(hb);
     assert_int_equal(hb->script, SG_FN_NODES);
     assert_string_equal(hb->keys[0], "signal:nodes");
-    redisReply *r = fake_reply("*1\r\n:0\r\n", 6);
+    redisReply *r = REPLY("*1\r\n:0\r\n");
     sg_session_on_reply(w->s, hb->tag, r);
     freeReplyObject(r);
     fake_call_free(hb);
@@ -538,7 +541,7 @@ static void test_a_lost_connection_s_grace_period_is_watched_and_ended(void **st
     assert_string_equal(c->argv[0], "r");
     assert_string_equal(c->argv[1], A);
     assert_int_equal(fake_bus_commands(w->bus), before); /* still its room until the answer */
-    r = fake_reply("$7\r\nexpired\r\n", 13);
+    r = REPLY("$7\r\nexpired\r\n");
     sg_session_on_reply(w->s, c->tag, r);
     freeReplyObject(r);
     fake_call_free(c);
@@ -554,7 +557,7 @@ static void test_a_dead_instance_is_reaped_room_by_room_then_forgotten(void **st
     sg_session_tick(w->s);
     fake_call *hb = fake_bus_pop(w->bus);
     assert_int_equal(hb->script, SG_FN_NODES);
-    redisReply *r = fake_reply("*2\r\n:0\r\n$10\r\nn2~deadbee\r\n", 27);
+    redisReply *r = REPLY("*2\r\n:0\r\n$10\r\nn2~deadbee\r\n");
     sg_session_on_reply(w->s, hb->tag, r);
     freeReplyObject(r);
     fake_call_free(hb);
@@ -562,7 +565,7 @@ static void test_a_dead_instance_is_reaped_room_by_room_then_forgotten(void **st
     assert_int_equal(rooms->script, -1);
     assert_string_equal(rooms->argv[0], "SMEMBERS");
     assert_string_equal(rooms->argv[1], "signal:node:{n2~deadbee}:rooms");
-    r = fake_reply("*2\r\n$2\r\nr1\r\n$2\r\nr2\r\n", 24);
+    r = REPLY("*2\r\n$2\r\nr1\r\n$2\r\nr2\r\n");
     sg_session_on_reply(w->s, rooms->tag, r);
     freeReplyObject(r);
     fake_call_free(rooms);
@@ -580,7 +583,7 @@ static void test_a_dead_instance_is_reaped_room_by_room_then_forgotten(void **st
     sg_session_on_reply(w->s, reap1->tag, r);
     freeReplyObject(r);
     assert_int_equal(fake_bus_commands(w->bus), cmds); /* not forgotten before r2 is done */
-    r = fake_reply("*0\r\n", 4);
+    r = REPLY("*0\r\n");
     sg_session_on_reply(w->s, reap2->tag, r);
     freeReplyObject(r);
     fake_call_free(reap1);
@@ -606,7 +609,7 @@ static void test_found_reaped_it_puts_its_members_back(void **state)
         /* the first heartbeat of a life finds no entry: not a reaping */
         sg_session_on_redis_up(w->s, false);
         fake_call *hb = fake_bus_pop(w->bus);
-        redisReply *r = fake_reply("*1\r\n:1\r\n", 8);
+        redisReply *r = REPLY("*1\r\n:1\r\n");
         sg_session_on_reply(w->s, hb->tag, r);
         freeReplyObject(r);
         fake_call_free(hb);
