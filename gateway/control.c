@@ -328,7 +328,7 @@ static bool redirect_of(const redisReply *r, bool *ask, target *t)
     *ask = strncmp(r->str, "ASK ", 4) == 0;
     if (!*ask && strncmp(r->str, "MOVED ", 6) != 0)
         return false;
-    const char *addr = strchr(r->str + 4, ' ');
+    const char *addr = strchr(r->str + (*ask ? 4 : 6), ' '); /* past the slot */
     const char *colon = addr ? strrchr(addr, ':') : NULL;
     if (!colon || (size_t)(colon - addr - 1) >= sizeof t->host)
         return false;
