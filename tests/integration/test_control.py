@@ -523,3 +523,104 @@ def test_exit_codes_and_usage_errors(redis):
     # with the rights, a Redis no gateway loaded yet gets the library from the command
     rc, out, err = control(url, "close-room", "--room", room)
     assert rc == 0, (rc, out, err)
+
+
+# --------------------------------------------------------------------------
+# how the subcommands find Redis: Sentinel, cluster seeds
+
+
+def test_the_subcommands_find_the_master_through_sentinel(redis, tmp_path):
+    import cluster_helpers as ch
+    s = ch.SentinelProc(tmp_path, 0, redis.port).start()
+    try:
+        env = {"SIGNAL_REDIS_SENTINELS": f"{h.HOST}:{h.free_port()},{h.HOST}:{s.port}",  # the first is down
+               "SIGNAL_REDIS_MASTER_NAME": "mymaster"}
+        nowhere = f"redis://{h.HOST}:1/0"  # only the credentials and database would come from it
+        rc, out, err = control(nowhere, "revoke", "--sub", "sentinel-user", "--ttl", "30", env=env)
+        assert rc == 0, (rc, out, err)
+        assert redis("ZCARD", "signal:{control}:revoked") == 1
+        rc, out, err = control(nowhere, "kick", "--room", new_room("s"), "--peer", new_peer(), env=env)
+        assert rc == 1, (rc, out, err)
+        rc, out, err = control(nowhere, "revoke", "--sub", "x", "--ttl", "30",
+                               env=dict(env, SIGNAL_REDIS_SENTINELS=f"{h.HOST}:{h.free_port()}"))
+        assert rc == 3, (rc, out, err)
+    finally:
+        s.stop()
+
+
+def test_the_subcommands_follow_a_cluster_to_the_slot_of_the_key(tmp_path):
+    """Three masters; the seed is one of them: each call reaches the node of
+    its room's (or the revocations') slot through MOVED, and loads the
+    control library there when it has none."""
+    import cluster_helpers as ch
+    procs = []
+    try:
+        nodes = []
+        for i in range(3):
+            port, bus = h.free_port(), h.free_port()
+            d = tmp_path / f"cluster{i}"
+            d.mkdir()
+            log = open(tmp_path / f"cluster{i}.log", "wb")
+            procs.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", h.HOST, "--cluster-enabled", "yes",
+                 "--cluster-port", str(bus), "--cluster-config-file", str(d / "nodes.conf"),
+                 "--dir", str(d), "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+            log.close()
+            nodes.append(port)
+
+        def up(port):
+            try:
+                c = h.RedisClient(port, timeout=1)
+                try:
+                    return c("PING") == "PONG"
+                finally:
+                    c.close()
+            except (OSError, h.RedisError):
+                return False
+        h.wait_until(lambda: all(up(p) for p in nodes), 10, what="cluster nodes up")
+        subprocess.run(["redis-cli", "--cluster", "create", *[f"{h.HOST}:{p}" for p in nodes],
+                        "--cluster-yes"], check=True, capture_output=True, timeout=60)
+
+        def ask(port, *args):
+            c = h.RedisClient(port, timeout=2)
+            try:
+                return c(*args)
+            finally:
+                c.close()
+        h.wait_until(lambda: all("cluster_state:ok" in ask(p, "CLUSTER", "INFO") for p in nodes), 20,
+                     interval=0.1, what="cluster_state:ok on every node")
+
+        env = {"SIGNAL_REDIS_CLUSTER": f"{h.HOST}:{h.free_port()},{h.HOST}:{nodes[0]}"}  # first seed down
+        rc, out, err = control(f"redis://{h.HOST}:1/0", "revoke", "--sub", "clustered", "--ttl", "30", env=env)
+        assert rc == 0, (rc, out, err)
+        owner = [p for p in nodes if ask(p, "CLUSTER", "COUNTKEYSINSLOT",
+                                        ask(p, "CLUSTER", "KEYSLOT", "signal:{control}:revoked")) == 1]
+        assert len(owner) == 1, owner
+        # rooms spread over the three masters: a member on each, kicked through the one seed
+        rooms, seen = [], set()
+        for i in range(200):
+            r = f"cl{i}"
+            slot = ask(nodes[0], "CLUSTER", "KEYSLOT", f"room:{{{r}}}:peers")
+            shards = ask(nodes[0], "CLUSTER", "SLOTS")
+            port = next(s[2][1] for s in shards if s[0] <= slot <= s[1])
+            if port not in seen:
+                seen.add(port)
+                rooms.append((r, port))
+            if len(seen) == 3:
+                break
+        assert len(rooms) == 3
+        for r, port in rooms:
+            p = new_peer()
+            ask(port, "HSET", f"room:{{{r}}}:peers", p,
+                json.dumps({"node": "n", "inst": "i", "conn": "", "sub": "ab", "joinedAt": 1}))
+            rc, out, err = control(f"redis://{h.HOST}:1/0", "kick", "--room", r, "--peer", p, env=env)
+            assert rc == 0, (r, rc, out, err)
+            assert ask(port, "EXISTS", f"room:{{{r}}}:peers") == 0
+            rc, out, err = control(f"redis://{h.HOST}:1/0", "close-room", "--room", r, env=env)
+            assert rc == 0, (r, rc, out, err)
+        for port in nodes:
+            assert ask(port, "FUNCTION", "LIST", "LIBRARYNAME", "signal_control"), port
+    finally:
+        for p in procs:
+            ch.stop_process(p, 5)
