@@ -364,6 +364,25 @@ def test_a_handshake_waits_for_the_check_and_gets_503_when_redis_does_not_answer
                  what="handshakes accepted again once Redis answers")
 
 
+def test_frames_sent_with_the_upgrade_request_are_read_after_the_check(gateway_factory):
+    """A client may send its first frames in the same write as its upgrade
+    request: they wait in the input while the revocation check is out and
+    are read once the connection opened."""
+    g1, = gateway_factory(1)
+    room, pa = new_room("pipe"), new_peer()
+    s = h.open_socket(g1.host, g1.port)
+    try:
+        join = json.dumps({"type": "join", "roomId": room, "peerId": pa, "correlationId": "j"}).encode()
+        s.sendall(h.upgrade_request(g1.host, g1.port, token=tok("alice")) + h.encode_frame(h.OP_TEXT, join))
+        resp = h.read_http_response(s)
+        assert resp.status == 101, resp
+        ws = h.RawWS(s, resp.leftover, resp)
+        m = ws.recv_json()
+        assert m["type"] == "joined" and m["correlationId"] == "j", m
+    finally:
+        s.close()
+
+
 # --------------------------------------------------------------------------
 # the documented Redis calls and the limited ACL user
 
