@@ -48,7 +48,7 @@ typedef struct node {
     uint64_t probe_ok_ms;   /* last probe back (monotonic), 0: none since it came up */
 } node;
 
-enum { REQ_USER = 0, REQ_LOAD, REQ_ROLE, REQ_SHARDS, REQ_IGNORE /* ASKING, probes */ };
+enum { REQ_USER = 0, REQ_LOAD, REQ_LOAD_CONTROL, REQ_ROLE, REQ_SHARDS, REQ_IGNORE /* ASKING, probes */ };
 
 /* A command the bus sent: its owner's tag, and in a cluster what it needs
  * to go out again after a redirection. */
@@ -412,6 +412,17 @@ static void on_internal_reply(sg_bus *b, req *q, node *nd, redisReply *r)
             sg_link_close(nd->l, "FUNCTION LOAD failed");
         }
         break;
+    case REQ_LOAD_CONTROL:
+        /* Only the backend's kick/close/revoke calls need it: say so, and
+         * keep the gateway's own work going. */
+        if (r && r->type == REDIS_REPLY_ERROR && nd &&
+            sg_log_begin(b->log, SG_LOG_ERROR, "redis.function_load_failed")) {
+            sg_log_str(b->log, "library", "signal_control");
+            sg_log_str(b->log, "host", sg_link_target_of(nd->l)->host);
+            sg_log_strn(b->log, "error", r->str, r->len);
+            sg_log_end(b->log);
+        }
+        break;
     case REQ_ROLE:
         /* Through Sentinel the address may be stale: talk only to a master. */
         if (!r || !nd)
@@ -498,12 +509,18 @@ static void on_link_reply(void *ud, sg_link *l, uint64_t tag, redisReply *r)
 
 /* FUNCTION LOAD (not REPLACE: another gateway of this version may have
  * loaded it; another version's library has another name). Sent first on a
- * link that comes up, so no call on that connection can miss it. */
+ * link that comes up, so no call on that connection can miss it. Then the
+ * backend control library (stable names, so REPLACE: an empty Redis, or a
+ * master a cluster just gained, has none), on every master, since its
+ * calls run in the slot of the room they name. */
 static void load_functions(sg_bus *b, node *nd)
 {
     const char *argv[3] = {"FUNCTION", "LOAD", sg_functions_library};
     size_t lens[3] = {8, 4, sg_functions_library_len};
     send_internal(b, nd, REQ_LOAD, 3, argv, lens);
+    const char *cargv[4] = {"FUNCTION", "LOAD", "REPLACE", sg_control_library};
+    size_t clens[4] = {8, 4, 7, sg_control_library_len};
+    send_internal(b, nd, REQ_LOAD_CONTROL, 4, cargv, clens);
 }
 
 /* ---- subscriptions ----------------------------------------------------- */

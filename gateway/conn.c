@@ -19,7 +19,16 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-enum { PHASE_HANDSHAKE = 1, PHASE_PING, PHASE_PONG, PHASE_CLOSE_WAIT };
+enum { PHASE_HANDSHAKE = 1, PHASE_PING, PHASE_PONG, PHASE_CLOSE_WAIT, PHASE_SUB_CHECK };
+
+/* A handshake that passed every local check, held while Redis says whether
+ * its token's sub is revoked (sg_session_check_sub). The request head stays
+ * in the input until then; reading is bounded by the head cap meanwhile. */
+typedef struct sg_conn_held {
+    sg_claims claims;
+    sg_buf response; /* the 101 */
+    size_t head_len;
+} sg_conn_held;
 
 #define CLOSE_WAIT_MS 2000   /* how long we wait for the client's close frame */
 #define HTTP_LINGER_MS 1000  /* how long a refused handshake's response may take to flush */
@@ -333,11 +342,22 @@ bool sg_conn_release(sg_conn *c)
     return true;
 }
 
+static void drop_held(sg_conn *c)
+{
+    if (!c->held)
+        return;
+    sg_claims_clear(&c->held->claims);
+    sg_buf_free(&c->held->response);
+    free(c->held);
+    c->held = NULL;
+}
+
 void sg_conn_abort(sg_conn *c, const char *why)
 {
     if (c->state == SG_CONN_DEAD)
         return;
     sg_server *s = c->srv;
+    drop_held(c);
     end_session(c);
     log_close(c, why);
     if (c->state >= SG_CONN_OPEN)
@@ -436,6 +456,13 @@ void sg_conn_close(sg_conn *c, uint16_t code, const char *reason)
         wait = c->srv->cfg->drain_ms;
     arm(c, PHASE_CLOSE_WAIT, wait);
     start_linger(c);
+}
+
+void sg_conn_close_by_id(void *server, uint64_t conn_id, uint16_t code, const char *reason)
+{
+    sg_conn *c = sg_server_conn(server, conn_id);
+    if (c)
+        sg_conn_close(c, code, reason);
 }
 
 /* ---- lingering close ------------------------------------------------- */
@@ -582,7 +609,73 @@ static void apply_forwarded_for(sg_conn *c, const sg_http_request *req)
     sg_map_put(m, c->ip, len, (void *)(cur + 1));
 }
 
-static void open_ws(sg_conn *c, const sg_upgrade *up, size_t head_len, sg_claims *claims);
+static void open_ws(sg_conn *c, const sg_buf *response, size_t head_len, sg_claims *claims);
+static void on_sub_checked(void *ud, uint64_t conn_id, sg_sub_verdict v);
+
+static void revoked(sg_conn *c)
+{
+    auth_failure(c, "revoked", "the token's subject is revoked", true);
+}
+
+static void sub_unavailable(sg_conn *c, const char *message)
+{
+    refuse(c, 503, "unavailable", message, "Retry-After: 1\r\n");
+}
+
+/* The last step of a handshake: a revoked sub is refused. The answer may
+ * need Redis: then the handshake waits for it (never the loop), bounded by
+ * the Redis timeout. */
+static void check_sub(sg_conn *c, const sg_upgrade *up, size_t head_len, sg_claims *claims)
+{
+    sg_server *s = c->srv;
+    sg_buf response;
+    sg_buf_init(&response);
+    sg_http_upgrade_response(&response, up); /* up points into the head: built now */
+    sg_sub_verdict v = sg_session_check_sub(s->session, c->id, claims->sub, on_sub_checked, s);
+    if (v == SG_SUB_PENDING) {
+        sg_conn_held *h = sg_xcalloc(1, sizeof *h);
+        h->claims = *claims;
+        memset(claims, 0, sizeof *claims);
+        h->response = response;
+        h->head_len = head_len;
+        c->held = h;
+        arm(c, PHASE_SUB_CHECK, s->cfg->redis_timeout_ms);
+        return;
+    }
+    if (v == SG_SUB_OK)
+        open_ws(c, &response, head_len, claims);
+    else if (v == SG_SUB_REVOKED)
+        revoked(c);
+    else
+        sub_unavailable(c, "Redis is unreachable");
+    sg_claims_clear(claims);
+    sg_buf_free(&response);
+}
+
+/* Redis answered a held handshake (from the session's reply handler). */
+static void on_sub_checked(void *ud, uint64_t conn_id, sg_sub_verdict v)
+{
+    sg_conn *c = sg_server_conn(ud, conn_id);
+    if (!c || !c->held || c->state != SG_CONN_HANDSHAKE)
+        return; /* gone, or it gave up waiting */
+    sg_conn_held *h = c->held;
+    c->held = NULL;
+    disarm(c);
+    if (v == SG_SUB_OK) {
+        open_ws(c, &h->response, h->head_len, &h->claims);
+        /* Frames the client sent right behind its request: read them from
+         * the loop, not from inside this Redis reply. */
+        if (c->state == SG_CONN_OPEN && evbuffer_get_length(bufferevent_get_input(c->bev)))
+            bufferevent_trigger(c->bev, EV_READ, 0);
+    } else if (v == SG_SUB_REVOKED) {
+        revoked(c);
+    } else {
+        sub_unavailable(c, "Redis did not answer");
+    }
+    sg_claims_clear(&h->claims);
+    sg_buf_free(&h->response);
+    free(h);
+}
 
 static void handle_handshake(sg_conn *c)
 {
@@ -674,22 +767,15 @@ static void handle_handshake(sg_conn *c)
     free(token);
     if (up.traceparent.n)
         sg_traceparent_parse(up.traceparent.p, up.traceparent.n, &c->trace_parent);
-    open_ws(c, &up, head_len, &claims);
+    check_sub(c, &up, head_len, &claims);
 }
 
-static void open_ws(sg_conn *c, const sg_upgrade *up, size_t head_len, sg_claims *claims)
+static void open_ws(sg_conn *c, const sg_buf *response, size_t head_len, sg_claims *claims)
 {
     sg_server *s = c->srv;
     const sg_config *cfg = s->cfg;
-    sg_buf b;
-    sg_buf_init(&b);
-    sg_http_upgrade_response(&b, up);
-    struct evbuffer *in = bufferevent_get_input(c->bev);
-    /* The response is written before the request head leaves the input,
-     * because up's strings point into it. */
-    bufferevent_write(c->bev, b.data, b.len);
-    sg_buf_free(&b);
-    evbuffer_drain(in, head_len);
+    bufferevent_write(c->bev, response->data, response->len);
+    evbuffer_drain(bufferevent_get_input(c->bev), head_len);
 
     sg_log_hash(s->log, claims->sub, c->user);
 
@@ -926,6 +1012,8 @@ static void on_read(struct bufferevent *bev, void *arg)
     sg_conn *c = arg;
     switch (c->state) {
     case SG_CONN_HANDSHAKE:
+        if (c->held)
+            return; /* the head stays where it is until the check answers */
         handle_handshake(c);
         if (c->state == SG_CONN_OPEN && evbuffer_get_length(bufferevent_get_input(bev)))
             read_frames(c);
@@ -1013,6 +1101,11 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         sg_metrics_inc(&s->metrics.caps, "pong_timeout");
         end_session(c);
         sg_conn_abort(c, "pong timeout");
+        return;
+    case PHASE_SUB_CHECK:
+        /* Redis did not answer the revocation check in time. */
+        drop_held(c);
+        sub_unavailable(c, "Redis did not answer");
         return;
     case PHASE_CLOSE_WAIT:
     default:

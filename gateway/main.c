@@ -2,6 +2,7 @@
  * Everything else lives in the modules under gateway/. */
 #include "sg/auth.h"
 #include "sg/config.h"
+#include "sg/control.h"
 #include "sg/log.h"
 #include "sg/server.h"
 
@@ -69,6 +70,8 @@ int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "token") == 0)
         return cmd_token(argc, argv);
+    if (argc >= 2 && sg_control_is_command(argv[1]))
+        return sg_control_main(argc, argv); /* kick, close-room, revoke (gateway/control.c) */
     signal(SIGPIPE, SIG_IGN);
     sg_config cfg;
     char err[512] = "";

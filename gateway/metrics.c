@@ -25,6 +25,9 @@ void sg_metrics_init(sg_metrics *m)
     family(&m->handshakes, "handshakes_total", "Upgrade requests, by outcome.", "outcome");
     family(&m->closes, "ws_closes_total", "WebSocket connections ended, by close code.", "code");
     family(&m->caps, "caps_tripped_total", "Resource caps that refused or closed a connection.", "cap");
+    family(&m->control, "control_actions_total",
+           "Backend control carried out on this node: memberships dropped by a kick or a closed room, "
+           "connections closed for a revoked user.", "action");
     m->relay_latency.name = "relay_latency_ms";
     m->relay_latency.help = "From the sender's frame arriving at its gateway to the relay written at the target's gateway.";
     m->redis_latency.name = "redis_command_latency_ms";
@@ -117,6 +120,7 @@ void sg_metrics_render(const sg_metrics *m, sg_buf *o)
     render_family(o, &m->handshakes);
     render_family(o, &m->closes);
     render_family(o, &m->caps);
+    render_family(o, &m->control);
     render_hist(o, &m->relay_latency);
     render_hist(o, &m->redis_latency);
 }

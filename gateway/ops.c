@@ -1,5 +1,6 @@
 #include "sg/ops.h"
 #include "sg/util.h"
+#include "sg/wire.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -204,4 +205,61 @@ int sg_ops_room_held(const sg_ops *o, const char *room, bool held)
         sg_bus_command(o->bus, NARGS(exp), exp, NULL, 0);
     }
     return rc;
+}
+
+/* ---- backend control -------------------------------------------------------- */
+
+int sg_ops_revoked_score(const sg_ops *o, const char *sub_sha1, uint64_t tag)
+{
+    const char *argv[] = {"ZSCORE", SG_WIRE_REVOKED_KEY, sub_sha1};
+    return sg_bus_command(o->bus, NARGS(argv), argv, NULL, tag);
+}
+
+int sg_ops_revoked_list(const sg_ops *o, uint64_t now_ms, uint64_t tag)
+{
+    char from[24], max[24];
+    snprintf(from, sizeof from, "(%llu", (unsigned long long)now_ms);
+    snprintf(max, sizeof max, "%d", SG_OPS_REVOKED_LIST_MAX);
+    const char *argv[] = {"ZRANGEBYSCORE", SG_WIRE_REVOKED_KEY, from, "+inf", "WITHSCORES", "LIMIT", "0", max};
+    return sg_bus_command(o->bus, NARGS(argv), argv, NULL, tag);
+}
+
+/* lua/control.lua: kick and close_room take a room's keys, revoke the
+ * revocations' key. */
+static void control_room_call(sg_control_call *c, const char *fn, const char *room)
+{
+    sg_room_keys_of(&c->k, room);
+    c->argc = 0;
+    c->argv[c->argc++] = "FCALL";
+    c->argv[c->argc++] = fn;
+    c->argv[c->argc++] = "3";
+    c->argv[c->argc++] = c->k.peers;
+    c->argv[c->argc++] = c->k.buckets;
+    c->argv[c->argc++] = c->k.seq;
+    c->argv[c->argc++] = room;
+}
+
+void sg_control_kick(sg_control_call *c, const char *room, const char *peer, const char *reason)
+{
+    control_room_call(c, "signal_kick", room);
+    c->argv[c->argc++] = peer;
+    c->argv[c->argc++] = reason ? reason : "";
+}
+
+void sg_control_close_room(sg_control_call *c, const char *room, const char *reason)
+{
+    control_room_call(c, "signal_close_room", room);
+    c->argv[c->argc++] = reason ? reason : "";
+}
+
+void sg_control_revoke(sg_control_call *c, const char *sub, int64_t ttl_s)
+{
+    snprintf(c->num, sizeof c->num, "%lld", (long long)ttl_s);
+    c->argc = 0;
+    c->argv[c->argc++] = "FCALL";
+    c->argv[c->argc++] = "signal_revoke";
+    c->argv[c->argc++] = "1";
+    c->argv[c->argc++] = SG_WIRE_REVOKED_KEY;
+    c->argv[c->argc++] = sub;
+    c->argv[c->argc++] = c->num;
 }

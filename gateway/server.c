@@ -602,7 +602,7 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
                          .on_reply = on_bus_reply, .ud = s};
     s->bus = sg_bus_new(base, &bc, &h, log, &s->metrics);
     sg_session_deps sd = {.cfg = cfg, .log = log, .metrics = &s->metrics, .tracer = s->tracer, .bus = s->bus,
-                          .io = {.send = send_to_conn, .ud = s}};
+                          .io = {.send = send_to_conn, .close = sg_conn_close_by_id, .ud = s}};
     s->session = sg_session_new(&sd);
     if (sg_bus_start(s->bus, err, errlen) < 0)
         goto fail;

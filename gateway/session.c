@@ -31,6 +31,7 @@ sg_session *sg_session_new(const sg_session_deps *d)
     char hex[13];
     sg_hex(hex, rnd, sizeof rnd);
     snprintf(s->cid_prefix, sizeof s->cid_prefix, "s.%s.", hex);
+    control_init(s);
     return s;
 }
 
@@ -62,6 +63,7 @@ void sg_session_free(sg_session *s)
         free(w);
     }
     sg_map_free(&s->waiters);
+    control_free(s);
     while (s->op_free) {
         sg_op *op = s->op_free;
         s->op_free = op->next_free;
@@ -254,18 +256,22 @@ void sg_session_on_reply(sg_session *s, uint64_t tag, redisReply *r)
     case OP_EXPIRE: on_expire_reply(s, op, r); break;
     case OP_RESUME: on_resume_reply(s, op, r); break;
     case OP_CATCHUP: on_catch_up_reply(s, op, r); break;
+    case OP_SUB_CHECK: on_sub_check_reply(s, op, r); break;
+    case OP_REVOKED_LIST: on_revoked_list_reply(s, op, r); break;
     }
     op_free(s, op);
 }
 
 void sg_session_on_message(sg_session *s, const char *channel, size_t chlen, const char *payload, size_t len)
 {
-    deliver(s, channel, chlen, payload, len);
+    if (!control_on_message(s, channel, chlen, payload, len))
+        deliver(s, channel, chlen, payload, len);
 }
 
 void sg_session_on_subscribed(sg_session *s, const char *channel, size_t chlen)
 {
-    rooms_on_subscribed(s, channel, chlen);
+    if (!control_on_subscribed(s, channel, chlen))
+        rooms_on_subscribed(s, channel, chlen);
 }
 
 void sg_session_on_channel_moved(sg_session *s, const char *channel, size_t chlen)
@@ -279,6 +285,7 @@ void sg_session_on_channel_moved(sg_session *s, const char *channel, size_t chle
 void sg_session_on_redis_up(sg_session *s, bool fresh)
 {
     liveness_up(s);
+    control_on_redis_up(s);
     if (!fresh)
         return;
     reassert(s, true);

@@ -8,6 +8,9 @@
  *   session_liveness.c the rooms this instance answers for, its heartbeat,
  *                     reaping dead instances, deadlines (grace periods,
  *                     ghosts), re-assertion after Redis came back, key TTLs
+ *   session_control.c backend control: kicks and closed rooms reaching
+ *                     their holders, revocations (the control channel, the
+ *                     handshake check)
  *
  * Ownership: the session owns every struct below. A connection's sconn and
  * memberships live until sg_session_close; a membership slot moves when
@@ -109,7 +112,7 @@ typedef struct sg_waitlist {
 } sg_waitlist;
 
 enum { OP_JOIN = 1, OP_LEAVE, OP_RELAY, OP_REASSERT, OP_RESUME, OP_CATCHUP, OP_NODES, OP_DEAD_ROOMS, OP_REAP,
-       OP_EXPIRE };
+       OP_EXPIRE, OP_SUB_CHECK, OP_REVOKED_LIST };
 
 /* A deadline (ms, Redis' clock) this instance watches: a member's grace
  * period or a ghost's life. */
@@ -137,6 +140,8 @@ typedef struct sg_op {
     char *rooms;            /* OP_REASSERT: the batch's room ids, NUL-separated; OP_DEAD_ROOMS,
                              * OP_REAP: the dead instance (heap) */
     uint32_t nrooms;
+    sg_sub_checked done;    /* OP_SUB_CHECK: the handshake waiting (room holds the sub's SHA-1) */
+    void *done_ud;
     char room[SG_ROOM_MAX + 1];
     char peer[SG_PEER_LEN + 1];
     char to[SG_PEER_LEN + 1];
@@ -166,6 +171,9 @@ struct sg_session {
     sg_buf out;          /* frame being built */
     char cid_prefix[24]; /* prefix of server-made correlationIds */
     uint64_t cid_counter;
+    sg_map revoked;      /* SHA-1 of a revoked sub -> end (uint64_t ms, heap), as this node heard */
+    size_t revoked_pruned; /* entries after the last pruning */
+    bool control_sync_due; /* the control subscription came up while commands could not go */
 };
 
 /* session.c */
@@ -226,6 +234,18 @@ void start_catch_ups(sg_session *s);
 void catch_up_on_subscribed(sg_session *s, const char *room, const char *peer, size_t plen);
 void catch_up_after_move(sg_session *s, const char *room, const char *peer, size_t plen);
 void on_catch_up_reply(sg_session *s, sg_op *op, redisReply *r);
+
+/* session_control.c */
+void control_init(sg_session *s);
+void control_free(sg_session *s);
+/* A message or subscription of the control channel (true), or not ours. */
+bool control_on_message(sg_session *s, const char *channel, size_t chlen, const char *payload, size_t len);
+bool control_on_subscribed(sg_session *s, const char *channel, size_t chlen);
+void control_on_redis_up(sg_session *s);
+/* An envelope of kind k: the application removed the holder's peer. */
+void control_kicked(sg_session *s, sg_sconn *c, sg_membership *m, const char *room, const sg_wire_envelope *e);
+void on_sub_check_reply(sg_session *s, sg_op *op, redisReply *r);
+void on_revoked_list_reply(sg_session *s, sg_op *op, redisReply *r);
 
 /* session_liveness.c */
 void room_index_add(sg_session *s, const char *room, uint64_t conn, const char *peer, uint64_t joined_at_ms);

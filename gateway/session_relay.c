@@ -212,6 +212,10 @@ void deliver(sg_session *s, const char *channel, size_t chlen, const char *paylo
         replaced(s, c, m, room, &e);
         return;
     }
+    if (e.kind == 'k') {
+        control_kicked(s, c, m, room, &e);
+        return;
+    }
     if (e.kind == 'e')
         roster_event(s, room, &e);
     if (m && (m->state == MEM_RESUMING || m->catch_up)) {

@@ -1,5 +1,7 @@
 #include "sg/wire.h"
+#include "sg/utf8.h"
 
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -116,6 +118,20 @@ void sg_wire_relay(sg_buf *out, const char *inner, size_t inner_len, const char 
     sg_buf_puts(out, "\"}");
 }
 
+void sg_wire_kicked(sg_buf *out, const char *room, const char *text, size_t n)
+{
+    /* The text comes from the application's backend through Redis: it is
+     * escaped like any other, and a text frame must be valid UTF-8. */
+    if (!text || n == 0 || n > SG_WIRE_KICK_REASON_MAX || !sg_utf8_valid(text, n)) {
+        text = SG_WIRE_KICK_DEFAULT;
+        n = sizeof SG_WIRE_KICK_DEFAULT - 1;
+    }
+    sg_buf_puts(out, "{\"type\":\"error\",\"code\":\"kicked\"");
+    member(out, "message", text, n);
+    member_s(out, "roomId", room);
+    sg_buf_putc(out, '}');
+}
+
 void sg_wire_peer_event(sg_buf *out, const char *room, const char *peer, const char *reason)
 {
     sg_buf_puts(out, reason ? "{\"type\":\"peer_left\"" : "{\"type\":\"peer_joined\"");
@@ -203,7 +219,7 @@ bool sg_wire_parse_envelope(const char *payload, size_t len, sg_wire_envelope *e
     if (!take_u64(&p, tab, &e->conn) || p != tab)
         return false;
     p = tab + 1;
-    if (p + 1 >= nl || (p[0] != 'r' && p[0] != 'e' && p[0] != 'x'))
+    if (p + 1 >= nl || (p[0] != 'r' && p[0] != 'e' && p[0] != 'x' && p[0] != 'k'))
         return false;
     e->kind = p[0];
     p++;
@@ -266,4 +282,36 @@ bool sg_wire_parse_channel(const char *ch, size_t len, char *room, size_t room_c
     peer->p = close + sizeof mid - 1;
     peer->n = (size_t)(end - peer->p);
     return peer->n > 0;
+}
+
+/* ---- backend control ---------------------------------------------------- */
+
+void sg_wire_sub_sha1(const char *sub, size_t n, char out[SG_WIRE_SUB_SHA1_LEN + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    uint8_t d[SHA_DIGEST_LENGTH];
+    SHA1((const uint8_t *)sub, n, d);
+    for (size_t i = 0; i < SHA_DIGEST_LENGTH; i++) {
+        out[2 * i] = hex[d[i] >> 4];
+        out[2 * i + 1] = hex[d[i] & 15];
+    }
+    out[SG_WIRE_SUB_SHA1_LEN] = '\0';
+}
+
+bool sg_wire_parse_revoke(const char *payload, size_t len, sg_wire_revoke *out)
+{
+    static const char head[] = "revoke\t";
+    const size_t hl = sizeof head - 1;
+    if (!starts_with(payload, len, head, hl) || len < hl + SG_WIRE_SUB_SHA1_LEN + 2)
+        return false;
+    const char *h = payload + hl;
+    for (size_t i = 0; i < SG_WIRE_SUB_SHA1_LEN; i++)
+        if (!((h[i] >= '0' && h[i] <= '9') || (h[i] >= 'a' && h[i] <= 'f')))
+            return false;
+    const char *p = h + SG_WIRE_SUB_SHA1_LEN, *end = payload + len;
+    if (!take_tab(&p, end) || !take_u64(&p, end, &out->until_ms) || p != end)
+        return false;
+    memcpy(out->sub_sha1, h, SG_WIRE_SUB_SHA1_LEN);
+    out->sub_sha1[SG_WIRE_SUB_SHA1_LEN] = '\0';
+    return true;
 }

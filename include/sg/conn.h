@@ -23,6 +23,7 @@
 struct bufferevent;
 struct event;
 struct sg_server;
+struct sg_conn_held;
 
 enum { SG_CONN_HANDSHAKE = 0, SG_CONN_HTTP_CLOSING, SG_CONN_OPEN, SG_CONN_CLOSING, SG_CONN_DEAD };
 
@@ -63,6 +64,9 @@ typedef struct sg_conn {
     bool deferred;         /* on the server's deferred list */
     char user[17];         /* keyed hash of sub for logs and spans */
     char ip[46];           /* INET6_ADDRSTRLEN; for the per-IP cap only; never logged */
+    /* A verified handshake waiting for the revocation check (PROTOCOL.md
+     * §9): its claims and its 101 response, until Redis answers. */
+    struct sg_conn_held *held;
     sg_span_ctx trace_parent; /* from the handshake's traceparent header, if any */
     sg_span_ctx span;         /* the connection's span (valid when tracing is on) */
     uint64_t opened_us;       /* wall clock, for spans */
@@ -78,6 +82,10 @@ bool sg_conn_send_text(sg_conn *c, const char *data, size_t len);
 /* Sends a close frame with code and reason, then waits for the client's.
  * The session hears of it from the deferred pass. */
 void sg_conn_close(sg_conn *c, uint16_t code, const char *reason);
+/* sg_conn_close by id (the session's io.close, for a revoked user's
+ * connections); server is the sg_server. A connection that is gone or not
+ * open is left alone. */
+void sg_conn_close_by_id(void *server, uint64_t conn_id, uint16_t code, const char *reason);
 /* Ends the connection now (no close handshake), e.g. a dead peer. The
  * struct stays valid until the deferred pass. */
 void sg_conn_abort(sg_conn *c, const char *why);

@@ -46,6 +46,7 @@ typedef struct sg_metrics {
     sg_counter_family handshakes; /* handshakes_total{outcome} */
     sg_counter_family closes;     /* ws_closes_total{code} */
     sg_counter_family caps;       /* caps_tripped_total{cap} */
+    sg_counter_family control;    /* control_actions_total{action}: kick, close_room, revoke */
     sg_histogram relay_latency;   /* relay_latency_ms */
     sg_histogram redis_latency;   /* redis_command_latency_ms */
 } sg_metrics;

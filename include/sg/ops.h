@@ -96,4 +96,27 @@ int sg_ops_forget(const sg_ops *o, const char *dead);
  * longer does: signal:node:{<inst>}:rooms, for whoever reaps it. */
 int sg_ops_room_held(const sg_ops *o, const char *room, bool held);
 
+/* ---- backend control (lua/control.lua, docs/backend-control.md) --------- */
+
+/* The end (ms) of a revocation of the sub whose SHA-1 is sub_sha1 (ZSCORE:
+ * nil when there is none), and every revocation still running at now_ms
+ * (ZRANGEBYSCORE ... WITHSCORES, at most SG_OPS_REVOKED_LIST_MAX). */
+int sg_ops_revoked_score(const sg_ops *o, const char *sub_sha1, uint64_t tag);
+#define SG_OPS_REVOKED_LIST_MAX 100000
+int sg_ops_revoked_list(const sg_ops *o, uint64_t now_ms, uint64_t tag);
+
+/* One control call as a complete command (FCALL name numkeys keys...
+ * args...), for a client of its own (the signal-gateway subcommands) and
+ * the documentation: the layout lives here and in lua/control.lua only.
+ * Strings handed in must outlive the struct's use. */
+typedef struct sg_control_call {
+    sg_room_keys k;
+    char num[24];
+    const char *argv[10];
+    int argc;
+} sg_control_call;
+void sg_control_kick(sg_control_call *c, const char *room, const char *peer, const char *reason);
+void sg_control_close_room(sg_control_call *c, const char *room, const char *reason);
+void sg_control_revoke(sg_control_call *c, const char *sub, int64_t ttl_s);
+
 #endif

@@ -28,4 +28,10 @@ extern const char sg_functions_library[];   /* "#!lua name=sg_<hash>\n..." */
 extern const size_t sg_functions_library_len;
 extern const char sg_functions_prefix[];    /* "sg_<hash>_" */
 
+/* The backend control library (lua/control.lua, docs/backend-control.md):
+ * a second one, with stable function names, loaded by the bus on every
+ * master like the gateway's own. */
+extern const char sg_control_library[];
+extern const size_t sg_control_library_len;
+
 #endif

@@ -36,6 +36,10 @@ typedef struct sg_session_io {
      * frames (gone, closing, or just cut for not reading its output): the
      * session then stops writing to it and waits for sg_session_close. */
     bool (*send)(void *ud, uint64_t conn_id, const char *data, size_t len);
+    /* Starts closing a connection with a WebSocket close code (a revoked
+     * user's, PROTOCOL.md §9). Its end still reaches the session through
+     * sg_session_close, later, from the top of the loop. */
+    void (*close)(void *ud, uint64_t conn_id, uint16_t code, const char *reason);
     void *ud;
 } sg_session_io;
 
@@ -76,6 +80,23 @@ void sg_session_on_text(sg_session *s, uint64_t conn_id, const char *text, size_
 /* A message of the connection was dropped by a local limit (scope, a
  * metric label): counted, and the client told at most once a second. */
 void sg_session_dropped(sg_session *s, uint64_t conn_id, const char *scope);
+
+/* Whether a verified token's sub may open a connection, or was revoked
+ * (PROTOCOL.md §9 "Backend control"): one ZSCORE in Redis, read without
+ * blocking, plus the revocations this node heard of on its control channel
+ * (so one that crosses the read is not missed). */
+typedef enum {
+    SG_SUB_OK = 0,
+    SG_SUB_REVOKED,
+    SG_SUB_UNAVAILABLE, /* Redis unreachable or no answer: refuse with 503 */
+    SG_SUB_PENDING,     /* the answer comes through the callback */
+} sg_sub_verdict;
+typedef void (*sg_sub_checked)(void *ud, uint64_t conn_id, sg_sub_verdict verdict);
+/* Returns the verdict when it is known at once; SG_SUB_PENDING when done
+ * will be called once with it (never inside this call; from
+ * sg_session_on_reply, and done may open the connection there). */
+sg_sub_verdict sg_session_check_sub(sg_session *s, uint64_t conn_id, const char *sub, sg_sub_checked done,
+                                    void *ud);
 
 /* This run's instance name in Redis, "<SIGNAL_NODE_ID>~<random>". */
 const char *sg_session_instance(const sg_session *s);

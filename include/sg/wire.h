@@ -11,9 +11,12 @@
  *   - the channel envelope "<holder>\t<kind>\t<ts_us>\t<traceparent>\t<seq>\n<frame>"
  *     (lib.lua envelope(); relay.lua writes the relay one inline), where
  *     holder is "<node id>#<connection id>", kind is r (relay), e (membership
- *     event) or x (the holder lost its peerId: frame is the error to send),
- *     ts_us the sender's arrival time (0 for events), traceparent "-" when
- *     absent, seq the relay's sequence number (0 when resumption is off);
+ *     event), x (the holder lost its peerId: frame is the error to send) or
+ *     k (the application removed the holder's peer, lua/control.lua: the
+ *     traceparent field carries the action, "kick" or "close_room", and
+ *     frame is the application's reason text, raw), ts_us the sender's
+ *     arrival time (0 for events), traceparent "-" when absent, seq the
+ *     relay's sequence number (0 when resumption is off);
  *   - peer_joined / peer_left frames (lib.lua peer_joined_frame /
  *     peer_left_frame), byte for byte what sg_wire_peer_event writes;
  *   - relay frames with "seq" put in after {"type":"relay", (lib.lua
@@ -59,6 +62,14 @@ void sg_wire_error(sg_buf *out, const char *code, const char *message, const cha
 void sg_wire_relay(sg_buf *out, const char *inner, size_t inner_len, const char *cid);
 #define SG_WIRE_RELAY_PREFIX "{\"type\":\"relay\","
 
+/* {"type":"error","code":"kicked","message":<text>,"roomId":room}
+ * (PROTOCOL.md §9 "Backend control"). text is the application's reason as
+ * it came through Redis: used when it is 1..SG_WIRE_KICK_REASON_MAX bytes of
+ * valid UTF-8 (a text frame must be), else SG_WIRE_KICK_DEFAULT. */
+#define SG_WIRE_KICK_REASON_MAX 256
+#define SG_WIRE_KICK_DEFAULT "removed from the room by the application"
+void sg_wire_kicked(sg_buf *out, const char *room, const char *text, size_t n);
+
 /* peer_joined (reason NULL) or peer_left with its reason. */
 void sg_wire_peer_event(sg_buf *out, const char *room, const char *peer, const char *reason);
 
@@ -75,7 +86,7 @@ bool sg_wire_parse_event(const char *frame, size_t len, sg_wire_event *ev);
 typedef struct sg_wire_envelope {
     sg_wire_str node;   /* the holder's node id */
     uint64_t conn;      /* the holder's connection id on that node */
-    char kind;          /* 'r', 'e' or 'x' */
+    char kind;          /* 'r', 'e', 'x' or 'k' */
     uint64_t ts_us;
     sg_wire_str traceparent; /* "-" when absent */
     uint64_t seq;
@@ -102,5 +113,29 @@ size_t sg_wire_channel(char out[SG_WIRE_CHANNEL_MAX], const char *room, const ch
 /* Splits a peer channel into its room (a copy, NUL-terminated, at most
  * room_cap-1 bytes) and peer (pointing into the channel). */
 bool sg_wire_parse_channel(const char *ch, size_t len, char *room, size_t room_cap, sg_wire_str *peer);
+
+/* ---- backend control (lua/control.lua) -------------------------------- */
+
+/* Revocations: a ZSET sha1(sub) -> end (ms, Redis' clock), read by every
+ * handshake; the channel every gateway subscribes to hears each one as
+ * "revoke\t<sha1 hex of sub>\t<end ms>". One hash tag: in a cluster both
+ * live in one slot, so the function that writes the key may publish on the
+ * channel. */
+#define SG_WIRE_REVOKED_KEY "signal:{control}:revoked"
+#define SG_WIRE_CONTROL_CHANNEL "signal:{control}:events"
+
+/* The key of a sub in SG_WIRE_REVOKED_KEY: its SHA-1 in lowercase hex, as
+ * lua/control.lua computes it (redis.sha1hex). */
+#define SG_WIRE_SUB_SHA1_LEN 40
+void sg_wire_sub_sha1(const char *sub, size_t n, char out[SG_WIRE_SUB_SHA1_LEN + 1]);
+
+typedef struct sg_wire_revoke {
+    char sub_sha1[SG_WIRE_SUB_SHA1_LEN + 1];
+    uint64_t until_ms;
+} sg_wire_revoke;
+
+/* Parses a message of the control channel. False for anything but a
+ * well-formed revocation. */
+bool sg_wire_parse_revoke(const char *payload, size_t len, sg_wire_revoke *out);
 
 #endif

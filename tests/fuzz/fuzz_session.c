@@ -3,8 +3,9 @@
  * from templates with fuzzed fields, or raw bytes), Redis replies to the
  * calls in flight (well-shaped with fuzzed contents, or raw RESP, or lost),
  * channel messages, subscription confirmations, connections that stop
- * taking frames, closes, Redis going away and coming back, lease ticks — in
- * any order. ASan/UBSan catch memory errors; the checks at the end catch
+ * taking frames, closes, Redis going away and coming back, lease ticks,
+ * backend control (kicks, revocations, handshake checks, the control
+ * subscription coming back) — in any order. ASan/UBSan catch memory errors; the checks at the end catch
  * state that outlives its connections (memberships, channel references). */
 #include <stdbool.h>
 #include <stddef.h>
@@ -158,11 +159,29 @@ static void shaped_reply(sg_buf *r, const fake_call *c, input *in)
     case SG_FN_EXPIRE:
         sg_buf_puts(r, byte(in) & 1 ? "$7\r\nexpired\r\n" : "$4\r\nkept\r\n");
         break;
-    case -1: { /* SMEMBERS of a dead instance's rooms */
-        const char *room = PICK(ROOMS, in);
-        sg_buf_printf(r, "*2\r\n$%zu\r\n%s\r\n$2\r\nr1\r\n", strlen(room), room);
+    case -1:
+        if (strcmp(c->argv[0], "ZSCORE") == 0) {
+            /* a revocation check: none, one running, one over */
+            uint8_t k = byte(in) % 3;
+            if (k == 0)
+                sg_buf_puts(r, "$-1\r\n");
+            else
+                sg_buf_printf(r, "$13\r\n%llu\r\n",
+                              (unsigned long long)(sg_now_wall_ms() + (k == 1 ? 60000 : 0) - 1000));
+        } else if (strcmp(c->argv[0], "ZRANGEBYSCORE") == 0) {
+            /* the revocations running: one of the fuzzer's users */
+            char h[SG_WIRE_SUB_SHA1_LEN + 1];
+            const char *sub = PICK(SUBS, in);
+            sg_wire_sub_sha1(sub, strlen(sub), h);
+            sg_buf_printf(r, "*2\r\n$40\r\n%s\r\n$13\r\n%llu\r\n", h,
+                          (unsigned long long)sg_now_wall_ms() + 60000);
+        } else if (strcmp(c->argv[0], "FUNCTION") == 0) {
+            sg_buf_puts(r, byte(in) & 1 ? "$14\r\nsignal_control\r\n" : "-ERR boom\r\n");
+        } else { /* SMEMBERS of a dead instance's rooms */
+            const char *room = PICK(ROOMS, in);
+            sg_buf_printf(r, "*2\r\n$%zu\r\n%s\r\n$2\r\nr1\r\n", strlen(room), room);
+        }
         break;
-    }
     default:
         sg_buf_puts(r, "$4\r\nleft\r\n");
     }
@@ -193,6 +212,53 @@ static void answer(world *w, input *in)
     fake_call_free(c);
 }
 
+/* Backend control reaching this node: a kick or a closed room for one of
+ * its connections, a revocation (well-formed or not), the control
+ * subscription coming back, a handshake's revocation check. */
+static int checks_answered;
+
+static void on_checked(void *ud, uint64_t conn_id, sg_sub_verdict v)
+{
+    (void)ud;
+    (void)conn_id;
+    (void)v;
+    checks_answered++;
+}
+
+static void control_event(world *w, input *in)
+{
+    switch (byte(in) % 5) {
+    case 0: {
+        static const char *const reasons[] = {"", "bye", "\xff\xfe", "a\"b\\c\n"};
+        world_deliver_meta(w, PICK(ROOMS, in), PICK(PEERS, in), pick_conn(in), 'k',
+                           byte(in) & 1 ? "kick" : "close_room", PICK(reasons, in));
+        break;
+    }
+    case 1: {
+        char h[SG_WIRE_SUB_SHA1_LEN + 1], msg[128];
+        const char *sub = PICK(SUBS, in);
+        sg_wire_sub_sha1(sub, strlen(sub), h);
+        int64_t in_ms = (byte(in) & 1) ? 60000 : -1000;
+        snprintf(msg, sizeof msg, "revoke\t%s\t%llu", h, (unsigned long long)((int64_t)sg_now_wall_ms() + in_ms));
+        world_control(w, msg);
+        break;
+    }
+    case 2: {
+        const uint8_t *raw;
+        size_t n = chunk(in, &raw, 200);
+        sg_session_on_message(w->s, SG_WIRE_CONTROL_CHANNEL, strlen(SG_WIRE_CONTROL_CHANNEL), (const char *)raw, n);
+        break;
+    }
+    case 3:
+        sg_session_on_subscribed(w->s, SG_WIRE_CONTROL_CHANNEL, strlen(SG_WIRE_CONTROL_CHANNEL));
+        break;
+    default:
+        /* a handshake's check, for a connection id the session does not know yet */
+        sg_session_check_sub(w->s, 100 + byte(in), PICK(SUBS, in), on_checked, NULL);
+        break;
+    }
+}
+
 static void channel_message(world *w, input *in)
 {
     if (byte(in) & 1) {
@@ -214,7 +280,7 @@ static void run(world *w, input *in)
 {
     bool used[NCONN + 1] = {false};
     while (in->n) {
-        switch (byte(in) % 12) {
+        switch (byte(in) % 14) {
         case 0: {
             /* Connection ids are never reused (as in conn.c): a slot opens once. */
             uint64_t id = pick_conn(in);
@@ -244,6 +310,11 @@ static void run(world *w, input *in)
         case 9: fake_bus_set_available(w->bus, byte(in) % 4 != 0); break;
         case 10: sg_session_on_redis_up(w->s, true); break;
         case 11: sg_session_tick(w->s); break;
+        case 12: control_event(w, in); break;
+        case 13:
+            /* the deferred pass: connections the session asked to close go */
+            world_reap_closed(w);
+            break;
         }
     }
 }
@@ -285,6 +356,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             check(fake_bus_refs(w->bus, ch) == 0, "a channel reference outlived its membership");
         }
     check(w->sends_to_unknown == 0, "a frame was sent to a connection the session was told is gone");
+    check(w->closes_of_unknown == 0, "a connection the session was told is gone was closed again");
     world_free(w);
     free(w);
     return 0;

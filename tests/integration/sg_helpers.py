@@ -20,6 +20,7 @@ import random
 import socket
 import ssl
 import struct
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -52,6 +53,23 @@ NO_RATE_LIMITS = {
 }
 
 OMIT = object()  # claim value meaning "leave this claim out"
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "SUMMARY: UndefinedBehaviorSanitizer")
+
+
+def control(redis_url, *args, env=None):
+    """Runs a backend control subcommand (signal-gateway kick / close-room /
+    revoke) the way an operator would, with the server's Redis settings and
+    nothing else. Returns (exit code, stdout, stderr)."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("SIGNAL_")}
+    if redis_url is not None:
+        full["SIGNAL_REDIS_URL"] = redis_url
+    full.update({k: v for k, v in (env or {}).items() if v is not None})
+    p = subprocess.run([GATEWAY_BIN, *args], env=full, capture_output=True, text=True, timeout=30)
+    for marker in SANITIZER_MARKERS:
+        assert marker not in p.stderr, f"sanitizer report from {args}:\n{p.stderr}"
+    return p.returncode, p.stdout, p.stderr
 
 
 # --------------------------------------------------------------------------

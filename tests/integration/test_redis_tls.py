@@ -409,6 +409,21 @@ def test_acl_user(gateway_factory, servers, pki, tls):
     for gw_text in (text, g1.log_text(), g2.log_text()):
         assert GW_PW not in gw_text and q(GW_PW) not in gw_text
 
+    # The control subcommands read the same settings the same way: the
+    # percent-encoded password, the scheme, the CA.
+    rc, out, err = h.control(gw_url(tls, redis.port), "revoke", "--sub", "mallory", "--ttl", "60", env=env)
+    assert rc == 0, (rc, out, err)
+    assert redis("ZCARD", "signal:{control}:revoked") == 1
+    rc, out, err = h.control(gw_url(tls, redis.port, "not-" + GW_PW), "revoke", "--sub", "m", "--ttl", "60", env=env)
+    assert rc == 3 and "WRONGPASS" in err, (rc, out, err)
+    assert GW_PW not in out + err and q(GW_PW) not in out + err
+    if tls:
+        rc, out, err = h.control(gw_url(tls, redis.port), "revoke", "--sub", "m", "--ttl", "60",
+                                 env=tls_env(pki, ca="other-ca"))
+        assert rc == 3 and "certificate verify failed" in err, (rc, out, err)
+        rc, out, err = h.control(gw_url(False, redis.port), "revoke", "--sub", "m", "--ttl", "60")
+        assert rc == 3, (rc, out, err)  # redis:// to a TLS-only port
+
 
 # --------------------------------------------------------------------------
 # Sentinel with its own credentials
@@ -439,6 +454,11 @@ def test_sentinel_with_credentials(gateway_factory, servers, pki, tls):
     h.wait_until(lambda: sum(1 for c in sentinel.clients()
                              if c.get("user") == SENTINEL_USER and c.get("sub") == "1") == 2, 10,
                  what="both gateways watching +switch-master")
+
+    # The control subcommands find the master the same way.
+    rc, out, err = h.control(None, "revoke", "--sub", "eve", "--ttl", "60", env=env)
+    assert rc == 0, (rc, out, err)
+    assert master("ZCARD", "signal:{control}:revoked") == 1
 
     bad = {**env, "SIGNAL_REDIS_SENTINELS": good.replace(q(SENTINEL_PW), "wrong")}
     text = expect_never_ready(gateway_factory, bad, "WRONGPASS", role="sentinel")
@@ -493,6 +513,13 @@ def test_cluster_over_tls(gateway_factory, tls_cluster, pki):
         for c in ours:
             laddr = dict(f.split("=", 1) for f in c.split() if "=" in f)["laddr"]
             assert laddr.endswith(f":{m.tls_port}"), c
+    # The control subcommands follow MOVED over TLS to each room's master.
+    for port, rooms in rc.rooms_on_every_shard(tls_cluster, h.new_room("tlsk")).items():
+        code, out, err = h.control(None, "close-room", "--room", rooms[0], env=env)
+        assert code == 0, (code, out, err)
+    code, out, err = h.control(None, "revoke", "--sub", "eve", "--ttl", "60", env=env)
+    assert code == 0, (code, out, err)
+    assert tls_cluster.client_for("signal:{control}:revoked")("ZCARD", "signal:{control}:revoked") == 1
 
 
 def test_cluster_unverified_is_refused(gateway_factory, tls_cluster, pki):

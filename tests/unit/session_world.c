@@ -26,6 +26,19 @@ static bool world_send(void *ud, uint64_t id, const char *data, size_t len)
     return true;
 }
 
+static void world_close(void *ud, uint64_t id, uint16_t code, const char *reason)
+{
+    world *w = ud;
+    if (id == 0 || id > WORLD_MAX_CONNS || !w->conns[id].open) {
+        w->closes_of_unknown++;
+        return;
+    }
+    if (!w->conns[id].close_code) {
+        w->conns[id].close_code = code;
+        sg_strlcpy(w->conns[id].close_reason, reason ? reason : "", sizeof w->conns[id].close_reason);
+    }
+}
+
 void world_init(world *w, const char *const *env)
 {
     memset(w, 0, sizeof *w);
@@ -49,7 +62,7 @@ void world_init(world *w, const char *const *env)
     sg_bus_config bc = {0};
     w->bus = sg_bus_new(NULL, &bc, &h, w->log, &w->metrics);
     sg_session_deps d = {.cfg = &w->cfg, .log = w->log, .metrics = &w->metrics, .bus = w->bus,
-                         .io = {.send = world_send, .ud = w}};
+                         .io = {.send = world_send, .close = world_close, .ud = w}};
     w->s = sg_session_new(&d);
 }
 
@@ -140,6 +153,36 @@ void world_deliver(world *w, const char *room, const char *peer, uint64_t id, ch
     sg_wire_write_envelope(&b, sg_session_instance(w->s), id, kind, 0, "-", seq, frame, strlen(frame));
     sg_session_on_message(w->s, ch, chlen, b.data, b.len);
     sg_buf_free(&b);
+}
+
+void world_deliver_meta(world *w, const char *room, const char *peer, uint64_t id, char kind, const char *meta,
+                        const char *frame)
+{
+    char ch[SG_WIRE_CHANNEL_MAX];
+    size_t chlen = sg_wire_channel(ch, room, peer);
+    sg_buf b;
+    sg_buf_init(&b);
+    sg_wire_write_envelope(&b, sg_session_instance(w->s), id, kind, 0, meta, 0, frame, strlen(frame));
+    sg_session_on_message(w->s, ch, chlen, b.data, b.len);
+    sg_buf_free(&b);
+}
+
+void world_control(world *w, const char *payload)
+{
+    sg_session_on_message(w->s, SG_WIRE_CONTROL_CHANNEL, strlen(SG_WIRE_CONTROL_CHANNEL), payload,
+                          strlen(payload));
+}
+
+size_t world_reap_closed(world *w)
+{
+    size_t n = 0;
+    for (uint64_t id = 1; id <= WORLD_MAX_CONNS; id++)
+        if (w->conns[id].open && w->conns[id].close_code) {
+            w->conns[id].open = false;
+            sg_session_close(w->s, id, SG_GONE_DISCONNECT);
+            n++;
+        }
+    return n;
 }
 
 void world_lose(world *w, fake_call *c)

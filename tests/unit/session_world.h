@@ -24,6 +24,8 @@ typedef struct world_conn {
     size_t nframes;
     char *frames[WORLD_MAX_FRAMES];
     size_t sends_refused;
+    uint16_t close_code;       /* the session asked to close it with this code (0: never) */
+    char close_reason[64];
 } world_conn;
 
 typedef struct world {
@@ -34,6 +36,7 @@ typedef struct world {
     sg_session *s;
     world_conn conns[WORLD_MAX_CONNS + 1]; /* by id; 0 unused */
     size_t sends_to_unknown;
+    size_t closes_of_unknown;  /* io.close for a connection that is not open */
 } world;
 
 /* env: extra NAME=value settings (NULL-terminated), over the defaults of
@@ -60,5 +63,14 @@ void world_confirm_all(world *w);
 /* A channel message for connection id of this node: an envelope around frame. */
 void world_deliver(world *w, const char *room, const char *peer, uint64_t id, char kind, uint64_t seq,
                    const char *frame);
+/* A channel message for connection id with meta in the traceparent field
+ * (kind k carries the action there). */
+void world_deliver_meta(world *w, const char *room, const char *peer, uint64_t id, char kind, const char *meta,
+                        const char *frame);
+/* A message on the control channel (lua/control.lua's revocations). */
+void world_control(world *w, const char *payload);
+/* What conn.c's deferred pass does for connections the session asked to
+ * close: tells the session they went. Returns how many. */
+size_t world_reap_closed(world *w);
 
 #endif

@@ -13,7 +13,9 @@
 #include <string.h>
 
 #include "session_world.h"
+#include "sg/ops.h"
 #include "sg/scripts.h"
+#include "sg/wire.h"
 #include "sg/util.h"
 
 #define A "11111111-1111-4111-8111-111111111111"
@@ -21,6 +23,9 @@
 #define C "33333333-3333-4333-8333-333333333333"
 #define HB "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
 #define HC "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
+
+/* A reply from a RESP literal, its length counted by the compiler. */
+#define REPLY(lit) fake_reply(lit, sizeof lit - 1)
 
 static int setup(void **state)
 {
@@ -73,7 +78,7 @@ static void redis_back(world *w)
     assert_non_null(hb);
     assert_int_equal(hb->script, SG_FN_NODES);
     assert_string_equal(hb->keys[0], "signal:nodes");
-    redisReply *r = fake_reply("*1\r\n:0\r\n", 6);
+    redisReply *r = REPLY("*1\r\n:0\r\n");
     sg_session_on_reply(w->s, hb->tag, r);
     freeReplyObject(r);
     fake_call_free(hb);
@@ -538,7 +543,7 @@ static void test_a_lost_connection_s_grace_period_is_watched_and_ended(void **st
     assert_string_equal(c->argv[0], "r");
     assert_string_equal(c->argv[1], A);
     assert_int_equal(fake_bus_commands(w->bus), before); /* still its room until the answer */
-    r = fake_reply("$7\r\nexpired\r\n", 13);
+    r = REPLY("$7\r\nexpired\r\n");
     sg_session_on_reply(w->s, c->tag, r);
     freeReplyObject(r);
     fake_call_free(c);
@@ -554,7 +559,7 @@ static void test_a_dead_instance_is_reaped_room_by_room_then_forgotten(void **st
     sg_session_tick(w->s);
     fake_call *hb = fake_bus_pop(w->bus);
     assert_int_equal(hb->script, SG_FN_NODES);
-    redisReply *r = fake_reply("*2\r\n:0\r\n$10\r\nn2~deadbee\r\n", 27);
+    redisReply *r = REPLY("*2\r\n:0\r\n$10\r\nn2~deadbee\r\n");
     sg_session_on_reply(w->s, hb->tag, r);
     freeReplyObject(r);
     fake_call_free(hb);
@@ -562,7 +567,7 @@ static void test_a_dead_instance_is_reaped_room_by_room_then_forgotten(void **st
     assert_int_equal(rooms->script, -1);
     assert_string_equal(rooms->argv[0], "SMEMBERS");
     assert_string_equal(rooms->argv[1], "signal:node:{n2~deadbee}:rooms");
-    r = fake_reply("*2\r\n$2\r\nr1\r\n$2\r\nr2\r\n", 24);
+    r = REPLY("*2\r\n$2\r\nr1\r\n$2\r\nr2\r\n");
     sg_session_on_reply(w->s, rooms->tag, r);
     freeReplyObject(r);
     fake_call_free(rooms);
@@ -580,7 +585,7 @@ static void test_a_dead_instance_is_reaped_room_by_room_then_forgotten(void **st
     sg_session_on_reply(w->s, reap1->tag, r);
     freeReplyObject(r);
     assert_int_equal(fake_bus_commands(w->bus), cmds); /* not forgotten before r2 is done */
-    r = fake_reply("*0\r\n", 4);
+    r = REPLY("*0\r\n");
     sg_session_on_reply(w->s, reap2->tag, r);
     freeReplyObject(r);
     fake_call_free(reap1);
@@ -606,7 +611,7 @@ static void test_found_reaped_it_puts_its_members_back(void **state)
         /* the first heartbeat of a life finds no entry: not a reaping */
         sg_session_on_redis_up(w->s, false);
         fake_call *hb = fake_bus_pop(w->bus);
-        redisReply *r = fake_reply("*1\r\n:1\r\n", 8);
+        redisReply *r = REPLY("*1\r\n:1\r\n");
         sg_session_on_reply(w->s, hb->tag, r);
         freeReplyObject(r);
         fake_call_free(hb);
@@ -617,6 +622,281 @@ static void test_found_reaped_it_puts_its_members_back(void **state)
     assert_string_equal(c->argv[0], "0"); /* not silent: room-mates saw it go */
     assert_null(fake_bus_pop(w->bus));
     world_lose(w, c);
+}
+
+/* ---- backend control (lua/control.lua; PROTOCOL.md §9) ------------------ */
+
+/* conn id of user sub joins room as peer (the scripted join answers
+ * "joined" with nobody else). */
+static void join_as(world *w, uint64_t id, const char *room, const char *peer)
+{
+    char msg[256];
+    snprintf(msg, sizeof msg, "{\"type\":\"join\",\"roomId\":\"%s\",\"peerId\":\"%s\"}", room, peer);
+    world_text(w, id, msg);
+    free_call(world_answer(w, "*1\r\n$6\r\njoined\r\n"));
+    assert_contains(world_last(w, id), "\"type\":\"joined\"");
+}
+
+static void test_a_kick_drops_the_room_without_a_leave_and_keeps_the_others(void **state)
+{
+    world *w = *state;
+    join_a(w);
+    join_as(w, 1, "r2", A);
+    assert_int_equal(w->metrics.room_members, 2);
+    world_deliver_meta(w, "r", A, 1, 'k', "kick", "be \"nice\"");
+    assert_string_equal(world_last(w, 1), "{\"type\":\"error\",\"code\":\"kicked\",\"message\":\"be \\\"nice\\\"\","
+                                          "\"roomId\":\"r\"}");
+    assert_int_equal(fake_bus_pending(w->bus), 0); /* Redis removed the member already: no leave */
+    assert_int_equal(w->metrics.room_members, 1);
+    assert_int_equal(fake_bus_refs(w->bus, "room:{r}:peer:" A), 0);
+    assert_int_equal(fake_bus_refs(w->bus, "room:{r2}:peer:" A), 1);
+    assert_int_equal(w->conns[1].close_code, 0); /* the connection stays open */
+    world_text(w, 1, "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" A "\",\"to\":\"" B "\",\"sdp\":\"v=0\"}");
+    assert_contains(world_last(w, 1), "\"code\":\"not_joined\"");
+    world_text(w, 1, "{\"type\":\"offer\",\"roomId\":\"r2\",\"from\":\"" A "\",\"to\":\"" B "\",\"sdp\":\"v=0\"}");
+    fake_call *c = fake_bus_pop(w->bus);
+    assert_non_null(c);
+    assert_int_equal(c->script, SG_FN_RELAY);
+    world_lose(w, c);
+    /* a closed room's kick counts as such */
+    world_deliver_meta(w, "r2", A, 1, 'k', "close_room", "");
+    assert_contains(world_last(w, 1), "\"message\":\"" SG_WIRE_KICK_DEFAULT "\",\"roomId\":\"r2\"");
+    assert_int_equal(w->metrics.room_members, 0);
+    assert_int_equal(fake_bus_pending(w->bus), 0);
+    bool kick = false, closed = false;
+    for (int i = 0; i < w->metrics.control.n; i++) {
+        kick |= strcmp(w->metrics.control.values[i], "kick") == 0 && w->metrics.control.counts[i] == 1;
+        closed |= strcmp(w->metrics.control.values[i], "close_room") == 0 && w->metrics.control.counts[i] == 1;
+    }
+    assert_true(kick && closed);
+    /* the session is told later that the connection went: nothing left to leave */
+    sg_session_close(w->s, 1, SG_GONE_DISCONNECT);
+    assert_int_equal(fake_bus_pending(w->bus), 0);
+}
+
+static void test_a_kick_of_a_membership_left_or_not_yet_in_redis_is_stale(void **state)
+{
+    world *w = *state;
+    world_open(w, 1, "alice", "*");
+    /* not in the room at all */
+    world_deliver_meta(w, "r", A, 1, 'k', "kick", "x");
+    assert_int_equal(world_count(w, 1), 0);
+    /* a new membership whose join waits for its subscription: the kick was
+     * of the one before it */
+    fake_bus_set_auto_confirm(w->bus, false);
+    world_text(w, 1, "{\"type\":\"join\",\"roomId\":\"r\",\"peerId\":\"" A "\"}");
+    world_deliver_meta(w, "r", A, 1, 'k', "kick", "x");
+    assert_int_equal(world_count(w, 1), 0);
+    world_confirm_all(w);
+    fake_call *c = fake_bus_peek(w->bus, 0);
+    assert_non_null(c);
+    assert_int_equal(c->script, SG_FN_JOIN);
+    /* kicked while the join is in flight: the join that then succeeds is undone */
+    world_deliver_meta(w, "r", A, 1, 'k', "kick", "x");
+    assert_contains(world_last(w, 1), "\"code\":\"kicked\"");
+    free_call(world_answer(w, "*1\r\n$6\r\njoined\r\n"));
+    c = fake_bus_pop(w->bus);
+    assert_non_null(c);
+    assert_int_equal(c->script, SG_FN_LEAVE);
+    assert_string_equal(c->argv[3], "disconnect");
+    world_lose(w, c);
+    assert_int_equal(w->metrics.room_members, 0);
+    assert_contains(world_last(w, 1), "\"code\":\"kicked\""); /* no joined after it */
+}
+
+static uint64_t control_count(const world *w, const char *action)
+{
+    for (int i = 0; i < w->metrics.control.n; i++)
+        if (strcmp(w->metrics.control.values[i], action) == 0)
+            return w->metrics.control.counts[i];
+    return 0;
+}
+
+static void revoke_msg(char *out, size_t cap, const char *sub, int64_t in_ms)
+{
+    char h[SG_WIRE_SUB_SHA1_LEN + 1];
+    sg_wire_sub_sha1(sub, strlen(sub), h);
+    snprintf(out, cap, "revoke\t%s\t%llu", h, (unsigned long long)((int64_t)sg_now_wall_ms() + in_ms));
+}
+
+static void test_a_revocation_closes_every_connection_of_the_user(void **state)
+{
+    world *w = *state;
+    join_a(w);                       /* alice, conn 1, in r */
+    world_open(w, 2, "alice", "*");
+    join_as(w, 2, "r2", B);          /* alice again, conn 2, in r2 */
+    world_open(w, 3, "bob", "*");
+    join_as(w, 3, "r", C);           /* bob in r */
+    char msg[128];
+    revoke_msg(msg, sizeof msg, "alice", -1000); /* already over: nothing happens */
+    world_control(w, msg);
+    assert_int_equal(w->conns[1].close_code, 0);
+    assert_int_equal(fake_bus_pending(w->bus), 0);
+    revoke_msg(msg, sizeof msg, "alice", 60000);
+    world_control(w, msg);
+    assert_int_equal(w->conns[1].close_code, 1008);
+    assert_string_equal(w->conns[1].close_reason, "revoked");
+    assert_int_equal(w->conns[2].close_code, 1008);
+    assert_int_equal(w->conns[3].close_code, 0);
+    /* each room hears peer_left "kicked" at once: no grace period */
+    int leaves = 0;
+    fake_call *c;
+    while ((c = fake_bus_pop(w->bus)) != NULL) {
+        assert_int_equal(c->script, SG_FN_LEAVE);
+        assert_string_equal(c->argv[3], "kicked");
+        leaves++;
+        world_lose(w, c);
+    }
+    assert_int_equal(leaves, 2);
+    assert_int_equal(w->metrics.room_members, 1);
+    assert_int_equal(control_count(w, "revoke"), 2);
+    /* nothing more is written to them; their end leaves nothing behind */
+    size_t n1 = world_count(w, 1);
+    world_deliver(w, "r", A, 1, 'r', 1, "late");
+    assert_int_equal(world_count(w, 1), n1);
+    assert_int_equal(world_reap_closed(w), 2);
+    assert_int_equal(fake_bus_pending(w->bus), 0);
+    assert_int_equal(w->closes_of_unknown, 0);
+    /* malformed control messages are ignored */
+    world_control(w, "revoke\tnothex\t1");
+    world_control(w, "");
+    assert_int_equal(w->conns[3].close_code, 0);
+}
+
+typedef struct verdicts {
+    int n;
+    uint64_t conn;
+    sg_sub_verdict v;
+} verdicts;
+
+static void on_checked(void *ud, uint64_t conn_id, sg_sub_verdict v)
+{
+    verdicts *r = ud;
+    r->n++;
+    r->conn = conn_id;
+    r->v = v;
+}
+
+/* A check goes out as one ZSCORE; answers it with resp. */
+static verdicts check(world *w, const char *sub, const char *resp)
+{
+    verdicts r = {0};
+    assert_int_equal(sg_session_check_sub(w->s, 9, sub, on_checked, &r), SG_SUB_PENDING);
+    assert_int_equal(r.n, 0);
+    fake_call *c = fake_bus_peek(w->bus, 0);
+    assert_non_null(c);
+    assert_int_equal(c->script, -1);
+    assert_int_equal(c->argc, 3);
+    assert_string_equal(c->argv[0], "ZSCORE");
+    assert_string_equal(c->argv[1], "signal:{control}:revoked");
+    char h[SG_WIRE_SUB_SHA1_LEN + 1];
+    sg_wire_sub_sha1(sub, strlen(sub), h);
+    assert_string_equal(c->argv[2], h);
+    if (resp)
+        free_call(world_answer(w, resp));
+    else
+        world_lose(w, fake_bus_pop(w->bus));
+    assert_int_equal(r.n, 1);
+    assert_int_equal(r.conn, 9);
+    return r;
+}
+
+static void test_the_handshake_check_reads_redis_once_without_blocking(void **state)
+{
+    world *w = *state;
+    char future[64], past[64];
+    snprintf(future, sizeof future, "$13\r\n%llu\r\n", (unsigned long long)sg_now_wall_ms() + 60000);
+    snprintf(past, sizeof past, "$13\r\n%llu\r\n", (unsigned long long)sg_now_wall_ms() - 1000);
+    assert_int_equal(check(w, "alice", "$-1\r\n").v, SG_SUB_OK);
+    assert_int_equal(check(w, "alice", future).v, SG_SUB_REVOKED);
+    assert_int_equal(check(w, "alice", past).v, SG_SUB_OK);
+    assert_int_equal(check(w, "alice", NULL).v, SG_SUB_UNAVAILABLE);
+    assert_int_equal(check(w, "alice", "-ERR boom\r\n").v, SG_SUB_UNAVAILABLE);
+    fake_bus_set_available(w->bus, false);
+    verdicts r = {0};
+    assert_int_equal(sg_session_check_sub(w->s, 9, "alice", on_checked, &r), SG_SUB_UNAVAILABLE);
+    assert_int_equal(fake_bus_pending(w->bus), 0);
+    fake_bus_set_available(w->bus, true);
+    /* a revocation that crosses the read (its message on the subscriber
+     * connection, the read's stale answer after it) still refuses */
+    assert_int_equal(sg_session_check_sub(w->s, 9, "alice", on_checked, &r), SG_SUB_PENDING);
+    char msg[128];
+    revoke_msg(msg, sizeof msg, "alice", 60000);
+    world_control(w, msg);
+    free_call(world_answer(w, "$-1\r\n"));
+    assert_int_equal(r.n, 1);
+    assert_int_equal(r.v, SG_SUB_REVOKED);
+    /* known here now: refused without asking Redis; other users are not */
+    assert_int_equal(sg_session_check_sub(w->s, 9, "alice", on_checked, &r), SG_SUB_REVOKED);
+    assert_int_equal(fake_bus_pending(w->bus), 0);
+    assert_int_equal(check(w, "bob", "$-1\r\n").v, SG_SUB_OK);
+    /* a later, shorter revocation lifts it */
+    revoke_msg(msg, sizeof msg, "alice", -1);
+    world_control(w, msg);
+    assert_int_equal(check(w, "alice", "$-1\r\n").v, SG_SUB_OK);
+}
+
+static void test_the_control_subscription_catches_up(void **state)
+{
+    world *w = *state;
+    join_a(w);
+    const char *ch = "signal:{control}:events";
+    assert_int_equal(fake_bus_refs(w->bus, ch), 1); /* subscribed for the session's life */
+    /* it came up while the command connection could not take commands */
+    fake_bus_set_available(w->bus, false);
+    sg_session_on_subscribed(w->s, ch, strlen(ch));
+    assert_int_equal(fake_bus_pending(w->bus), 0);
+    fake_bus_set_available(w->bus, true);
+    sg_session_on_redis_up(w->s, false);
+    fake_call *hb = fake_bus_pop(w->bus);
+    assert_int_equal(hb->script, SG_FN_NODES); /* the heartbeat still goes first */
+    world_lose(w, hb);
+    /* (the control library is the bus's to load, on every master) */
+    fake_call *list = fake_bus_pop(w->bus);
+    assert_non_null(list);
+    assert_string_equal(list->argv[0], "ZRANGEBYSCORE");
+    assert_string_equal(list->argv[1], "signal:{control}:revoked");
+    assert_int_equal(list->argv[2][0], '(');
+    char h[SG_WIRE_SUB_SHA1_LEN + 1], reply[256];
+    sg_wire_sub_sha1("alice", 5, h);
+    /* a revocation published while this node was not listening */
+    snprintf(reply, sizeof reply, "*4\r\n$40\r\n%s\r\n$13\r\n%llu\r\n$3\r\nbad\r\n$1\r\n1\r\n", h,
+             (unsigned long long)sg_now_wall_ms() + 60000);
+    redisReply *r = fake_reply(reply, strlen(reply));
+    sg_session_on_reply(w->s, list->tag, r);
+    freeReplyObject(r);
+    fake_call_free(list);
+    assert_int_equal(w->conns[1].close_code, 1008);
+    fake_call *leave = fake_bus_pop(w->bus);
+    assert_non_null(leave);
+    assert_string_equal(leave->argv[3], "kicked");
+    world_lose(w, leave);
+    /* and the next handshake of alice is refused without a read */
+    verdicts v = {0};
+    assert_int_equal(sg_session_check_sub(w->s, 9, "alice", on_checked, &v), SG_SUB_REVOKED);
+    /* the next subscription asks again at once */
+    sg_session_on_subscribed(w->s, ch, strlen(ch));
+    assert_int_equal(fake_bus_pending(w->bus), 1);
+}
+
+static void test_control_call_layouts(void **state)
+{
+    sg_control_call c;
+    sg_control_kick(&c, "r", A, "bye");
+    const char *kick[] = {"FCALL", "signal_kick", "3", "room:{r}:peers", "room:{r}:buckets", "room:{r}:seq",
+                          "r", A, "bye"};
+    assert_int_equal(c.argc, 9);
+    for (int i = 0; i < c.argc; i++)
+        assert_string_equal(c.argv[i], kick[i]);
+    sg_control_close_room(&c, "r", NULL);
+    assert_int_equal(c.argc, 8);
+    assert_string_equal(c.argv[1], "signal_close_room");
+    assert_string_equal(c.argv[7], "");
+    sg_control_revoke(&c, "alice", 3600);
+    const char *rev[] = {"FCALL", "signal_revoke", "1", "signal:{control}:revoked", "alice", "3600"};
+    assert_int_equal(c.argc, 6);
+    for (int i = 0; i < c.argc; i++)
+        assert_string_equal(c.argv[i], rev[i]);
 }
 
 int main(void)
@@ -646,6 +926,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_lost_connection_s_grace_period_is_watched_and_ended, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_dead_instance_is_reaped_room_by_room_then_forgotten, setup, teardown),
         cmocka_unit_test_setup_teardown(test_found_reaped_it_puts_its_members_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_kick_drops_the_room_without_a_leave_and_keeps_the_others, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_kick_of_a_membership_left_or_not_yet_in_redis_is_stale, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_a_revocation_closes_every_connection_of_the_user, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_the_handshake_check_reads_redis_once_without_blocking, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_the_control_subscription_catches_up, setup,
+                                        teardown),
+        cmocka_unit_test(test_control_call_layouts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

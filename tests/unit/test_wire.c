@@ -186,6 +186,71 @@ static void test_channels_and_holders(void **state)
     assert_string_equal(holder, "n1#18446744073709551615");
 }
 
+/* Backend control (lua/control.lua): the kick envelope, the kicked error,
+ * the control channel's revocations and the key of a sub. */
+static void test_kick_envelope_and_kicked_error(void **state)
+{
+    sg_buf *b = &((fx *)*state)->b;
+    sg_wire_envelope e;
+    /* what lib.lua's envelope(conn, 'k', reason, 'kick') writes */
+    static const char k[] = "n1~ab#7\tk\t0\tkick\t0\nbe nice";
+    assert_true(sg_wire_parse_envelope(k, sizeof k - 1, &e));
+    assert_int_equal(e.kind, 'k');
+    assert_int_equal(e.conn, 7);
+    assert_int_equal(e.traceparent.n, 4);
+    assert_memory_equal(e.traceparent.p, "kick", 4);
+    assert_int_equal(e.frame.n, 7);
+    /* an empty reason is an empty frame */
+    static const char empty[] = "n#1\tk\t0\tclose_room\t0\n";
+    assert_true(sg_wire_parse_envelope(empty, sizeof empty - 1, &e));
+    assert_int_equal(e.frame.n, 0);
+
+    sg_wire_kicked(b, "r-1", "be \"nice\"\n\xc3\xa9", 12);
+    assert_string_equal(b->data, "{\"type\":\"error\",\"code\":\"kicked\",\"message\":\"be \\\"nice\\\"\\n\xc3\xa9\","
+                                 "\"roomId\":\"r-1\"}");
+    /* empty, invalid UTF-8 (a frame must be valid) or over the cap: the default */
+    char big[SG_WIRE_KICK_REASON_MAX + 1];
+    memset(big, 'x', sizeof big);
+    const struct { const char *p; size_t n; } fallback[] = {{"", 0}, {NULL, 0}, {"\xc3", 1}, {"a\xff", 2},
+                                                            {big, sizeof big}};
+    for (size_t i = 0; i < sizeof fallback / sizeof *fallback; i++) {
+        sg_buf_reset(b);
+        sg_wire_kicked(b, "r", fallback[i].p, fallback[i].n);
+        assert_string_equal(b->data, "{\"type\":\"error\",\"code\":\"kicked\",\"message\":\"" SG_WIRE_KICK_DEFAULT
+                                     "\",\"roomId\":\"r\"}");
+    }
+    /* exactly at the cap it is the application's */
+    sg_buf_reset(b);
+    sg_wire_kicked(b, "r", big, SG_WIRE_KICK_REASON_MAX);
+    assert_non_null(strstr(b->data, "\"message\":\"xxxx"));
+    assert_null(strstr(b->data, SG_WIRE_KICK_DEFAULT));
+}
+
+static void test_revocations_on_the_control_channel(void **state)
+{
+    char h[SG_WIRE_SUB_SHA1_LEN + 1];
+    /* redis.sha1hex("alice") */
+    sg_wire_sub_sha1("alice", 5, h);
+    assert_string_equal(h, "522b276a356bdf39013dfabea2cd43e141ecc9e8");
+    sg_wire_revoke rv;
+    static const char ok[] = "revoke\t522b276a356bdf39013dfabea2cd43e141ecc9e8\t1796647657240";
+    assert_true(sg_wire_parse_revoke(ok, sizeof ok - 1, &rv));
+    assert_string_equal(rv.sub_sha1, h);
+    assert_int_equal(rv.until_ms, 1796647657240ULL);
+    static const char *bad[] = {
+        "revoke\t522b276a356bdf39013dfabea2cd43e141ecc9e8\t",        /* no end */
+        "revoke\t522b276a356bdf39013dfabea2cd43e141ecc9e\t1",        /* short hash */
+        "revoke\t522B276a356bdf39013dfabea2cd43e141ecc9e8\t1",       /* not lowercase hex */
+        "revoke\t522b276a356bdf39013dfabea2cd43e141ecc9e8x\t1",      /* long hash */
+        "revoke\t522b276a356bdf39013dfabea2cd43e141ecc9e8\t1x",      /* junk after the end */
+        "revoke\t522b276a356bdf39013dfabea2cd43e141ecc9e8\t99999999999999999999", /* overflow */
+        "revoke 522b276a356bdf39013dfabea2cd43e141ecc9e8\t1",         /* no tab */
+        "unrevoke\t522b276a356bdf39013dfabea2cd43e141ecc9e8\t1", "",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_false(sg_wire_parse_revoke(bad[i], strlen(bad[i]), &rv));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -195,6 +260,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_peer_events_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_envelope_round_trip_and_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_channels_and_holders, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kick_envelope_and_kicked_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_revocations_on_the_control_channel, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
