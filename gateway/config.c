@@ -411,6 +411,7 @@ void sg_config_usage(void *outp)
     fprintf(out,
             "usage: signal-gateway [--flag value | --flag=value]...\n"
             "       signal-gateway token --sub NAME --room ROOM [--room ROOM2] [--ttl SECONDS]\n"
+            "       signal-gateway --version | -V\n"
             "\nEvery setting is an environment variable and a flag; flags win.\n\n");
     for (size_t i = 0; i < NOPTS; i++) {
         char fn[64];

@@ -23,6 +23,7 @@
 #include "sg/buf.h"
 #include "sg/log.h"
 #include "sg/util.h"
+#include "sg/version.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -48,7 +49,7 @@
 #define TRACE_RESP_HEADERS_MAX 100      /* header lines per response */
 #define TRACE_RESP_BODY_MAX (64u << 10) /* larger bodies close the connection instead */
 #define TRACE_SCOPE_NAME "signal-gateway"
-#define TRACE_SCOPE_VERSION "0.1.0"
+#define TRACE_SCOPE_VERSION SG_VERSION
 #define TRACE_DEFAULT_SERVICE "signal-gateway"
 
 /* ---- W3C trace context --------------------------------------------------- */

@@ -28,6 +28,9 @@ typedef struct sg_histogram {
 } sg_histogram;
 
 typedef struct sg_metrics {
+    /* build_info{version,commit} 1; NULL renders as "unknown". Set once by
+     * main (the version header is generated at configure time). */
+    const char *build_version, *build_commit;
     int64_t ws_connections;      /* ws_connections_gauge */
     int64_t room_members;        /* room_members_gauge: memberships held on this node */
     int64_t redis_connected;     /* 0/1 */

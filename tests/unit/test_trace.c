@@ -33,6 +33,7 @@
 #include "sg/log.h"
 #include "sg/trace.h"
 #include "sg/util.h"
+#include "sg/version.h"
 
 #define TP_OK "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 #define SAFETY_MS 15000
@@ -509,7 +510,7 @@ static void test_export_end_to_end(void **state)
         assert_true(strlen(get_str(v, "stringValue")) > 0);
     json_object *ss0 = json_object_array_get_idx(get(rs0, "scopeSpans"), 0);
     assert_string_equal(get_str(get(ss0, "scope"), "name"), "signal-gateway");
-    assert_string_equal(get_str(get(ss0, "scope"), "version"), "0.1.0");
+    assert_string_equal(get_str(get(ss0, "scope"), "version"), SG_VERSION);
 
     json_object *spans = spans_of(body);
     assert_int_equal(json_object_array_length(spans), 3);
