@@ -555,11 +555,15 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
         goto fail;
     if (cfg->tls_cert && !(s->ssl = make_ssl(cfg, err, errlen)))
         goto fail;
-    if (cfg->otlp_endpoint) {
+    if (cfg->otlp_traces_url) {
         const char *why = NULL;
-        s->tracer = sg_tracer_new(base, cfg->otlp_endpoint, "signal-gateway", cfg->node_id, log, &why);
+        sg_tracer_opts to = {.url = cfg->otlp_traces_url, .service_name = cfg->otel_service_name,
+                             .node_id = cfg->node_id, .header_names = cfg->otlp_header_names,
+                             .header_values = cfg->otlp_header_values, .nheaders = cfg->otlp_nheaders,
+                             .ca_file = cfg->otlp_ca_file};
+        s->tracer = sg_tracer_new(base, &to, log, &why);
         if (!s->tracer) {
-            snprintf(err, errlen, "SIGNAL_OTLP_ENDPOINT: %s", why ? why : "unusable");
+            snprintf(err, errlen, "%s: %s", cfg->otlp_source, why ? why : "unusable");
             goto fail;
         }
     }
