@@ -137,6 +137,10 @@ void sg_metrics_render(const sg_metrics *m, sg_buf *o)
           (double)m->spans_exported);
     gauge(o, "trace_spans_dropped_total", "Spans dropped (collector down, slow or refusing).", "counter",
           (double)m->spans_dropped);
+    if (m->tls_cert_not_after)
+        gauge(o, "tls_certificate_expiry_timestamp_seconds",
+              "When the certificate of the public listener expires (Unix time; follows SIGHUP reloads).",
+              "gauge", (double)m->tls_cert_not_after);
     render_family(o, &m->messages);
     render_family(o, &m->errors);
     render_family(o, &m->auth_failures);

@@ -42,6 +42,7 @@ typedef struct sg_metrics {
     int64_t probe_age_ms;        /* since the last delivery probe came back; -1 never */
     uint64_t probes_sent, probes_received;
     uint64_t spans_exported, spans_dropped;
+    int64_t tls_cert_not_after;  /* Unix time; 0: no TLS (not rendered) */
     sg_counter_family messages;   /* messages_total{type} */
     sg_counter_family errors;     /* errors_total{code} */
     sg_counter_family auth_failures; /* auth_failures_total{reason} */

@@ -425,6 +425,22 @@ static void test_build_info(void **state)
     free(t);
 }
 
+/* The certificate expiry gauge exists only on a TLS listener. */
+static void test_tls_expiry_gauge(void **state)
+{
+    sg_metrics m;
+    sg_metrics_init(&m);
+    char *t = render(&m);
+    assert_null(strstr(t, "tls_certificate_expiry_timestamp_seconds"));
+    free(t);
+    m.tls_cert_not_after = 1893456000; /* 2030-01-01 */
+    t = render(&m);
+    assert_well_formed(t);
+    assert_meta(t, "tls_certificate_expiry_timestamp_seconds", "gauge");
+    assert_true(has_line(t, "tls_certificate_expiry_timestamp_seconds 1893456000"));
+    free(t);
+}
+
 /* Rendering does not change the metrics: twice gives the same text. */
 static void test_render_idempotent(void **state)
 {
@@ -464,6 +480,7 @@ int main(void)
         cmocka_unit_test(test_hist_sum_fraction),
         cmocka_unit_test(test_render_all_metrics),
         cmocka_unit_test(test_build_info),
+        cmocka_unit_test(test_tls_expiry_gauge),
         cmocka_unit_test(test_render_idempotent),
         cmocka_unit_test(test_render_appends),
     };
