@@ -32,6 +32,9 @@ build build
 section "unit tests (ctest + cmocka)"
 (cd build && ctest --output-on-failure)
 
+section "Debian package (CPack): contents, Depends, dpkg -i into a throwaway root, --version"
+tests/package/deb.sh build
+
 section "JS client unit tests (node --test)"
 node --test clients/js/test/
 
