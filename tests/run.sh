@@ -38,6 +38,9 @@ tests/package/deb.sh build
 section "JS client unit tests (node --test)"
 node --test clients/js/test/
 
+section "npm package of the JS client: npm pack, tsc --noEmit on a typed example"
+tests/package/npm.sh
+
 section "build (ASan + UBSan)"
 build build-asan -DSG_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 
