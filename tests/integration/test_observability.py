@@ -782,6 +782,7 @@ def _alert_scenarios():
         _series("relay_latency_ms_bucket", "0+600x40", le="+Inf"),
         _series("relay_latency_ms_count", "0+600x40"),
         _series("ratelimit_drops_total", "0+6x40", scope="candidate"),
+        _series("tls_certificate_expiry_timestamp_seconds", "10000000x40"),  # 115 days away
     ]
     down = [
         _series("up", "1 1 0x10"), _series("up", "1x12", instance="b:9090"),
@@ -805,6 +806,7 @@ def _alert_scenarios():
         _series("ratelimit_drops_total", "0+600x40", scope="peer"),
         _series("output_buffer_closes_total", "0+2x40"),
         _series("trace_spans_dropped_total", "0+100x40"),
+        _series("tls_certificate_expiry_timestamp_seconds", "864000x40"),  # 10 days away
     ]
     redis = [
         _series("up", "1x20"), _series("draining", "0x20"), _series("delivery_probe_age_ms", "500x20"),
@@ -829,7 +831,7 @@ def _alert_scenarios():
             ({"alertname": a + n}, 1) for n in (
                 "NotReady", "DeliveryProbeStale", "RelayLatencyHigh", "RelayLatencyCritical", "ServerErrors",
                 "ErrorRateHigh", "AuthFailuresSpike", "RateLimitDropsHigh", "OutputBufferCloses",
-                "TraceSpansDropped")])]},
+                "TraceSpansDropped", "TLSCertificateExpiring")])]},
         {"interval": "1m", "input_series": redis, "promql_expr_test": [_firing("12m", [
             ({"alertname": a + n}, 1) for n in (
                 "RedisFlapping", "RedisLatencyHigh", "ConnectionCapReached", "LogLinesDropped")])]},
@@ -861,7 +863,9 @@ def _exported_names(text):
     return names
 
 
-def test_dashboard_and_rules_use_exported_metrics(gateway, tmp_path):
+def test_dashboard_and_rules_use_exported_metrics(gateway_factory, tmp_path):
+    # A wss:// node: it exports every metric (the certificate's expiry too).
+    gateway = gateway_factory.start(tls=True)
     dash = json.loads(DASHBOARD.read_text())
     assert dash.get("title") and isinstance(dash.get("panels"), list)
 
@@ -884,7 +888,8 @@ def test_dashboard_and_rules_use_exported_metrics(gateway, tmp_path):
                    "histogram_quantile(0.99, sum by (le) (rate(relay_latency_ms_bucket",
                    "sum by (scope) (rate(ratelimit_drops_total", "sum by (code) (rate(errors_total",
                    "sum by (reason) (rate(auth_failures_total", "redis_command_latency_ms_bucket",
-                   "redis_reconnects_total", "delivery_probe_age_ms"):
+                   "redis_reconnects_total", "delivery_probe_age_ms", "count by (version, commit) (build_info",
+                   "tls_certificate_expiry_timestamp_seconds"):
         assert needle in alltext, f"no dashboard panel queries {needle!r}"
 
     # Every query parses: promtool checks them as recording rules.
