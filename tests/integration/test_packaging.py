@@ -4,7 +4,7 @@
 version and commit CMake compiled in (build/generated/sg/version.h of the
 binary's own build directory, when there is one).
 
-The Debian package itself is checked by tests/package/check.sh (a step of
+The Debian package itself is checked by tests/package/deb.sh (a step of
 tests/run.sh): it needs a release build and CPack, not a running gateway.
 """
 
