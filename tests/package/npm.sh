@@ -22,6 +22,14 @@ trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 ok() { echo "ok   $*"; }
 
+# npm: Debian's package when none is there (a node from elsewhere brings its own).
+if ! command -v npm >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "installing: npm" >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
+
 version=$(sed -n 's/^project(signal_gateway VERSION \([0-9][0-9.]*\).*/\1/p' CMakeLists.txt)
 [ -n "$version" ] || fail "no project VERSION in CMakeLists.txt"
 
@@ -80,7 +88,8 @@ ok "tsc $(cd "$consumer" && ./node_modules/.bin/tsc --version | sed 's/Version /
 (cd "$consumer" && node --input-type=module -e '
   import Default, { SignalClient, SignalRoom, SignalError } from "signal-gateway-client";
   import PeerLinkDefault, { PeerRoom, PeerLink } from "signal-gateway-client/peer";
-  import pkg from "signal-gateway-client/package.json" with { type: "json" };
+  import { createRequire } from "node:module";
+  const pkg = createRequire(import.meta.url)("signal-gateway-client/package.json");
   const ok = Default === SignalClient && typeof SignalRoom === "function" && typeof SignalError === "function" &&
              PeerLinkDefault === PeerLink && typeof PeerRoom === "function" && pkg.name === "signal-gateway-client";
   if (!ok) process.exit(1);
