@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Installs the Debian 12 packages a task needs, only those missing.
 # Usage: deploy/deps.sh build|test|run
 set -euo pipefail

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 #include "sg/bus.h"
 #include "sg/log.h"
 #include "sg/map.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* signal-gateway: arguments, configuration, the event loop and signals.
  * Everything else lives in the modules under gateway/. */
 #include "sg/auth.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* trace: W3C trace context and the OTLP/HTTP JSON span exporter (trace.h).
  *
  * Spans are formatted straight into JSON text. A batch is one complete OTLP

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The test command: installs what it needs, builds (-Werror) and runs every
 # test. Exits non-zero on the first failing step.
 #

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Type declarations of peer.js: RTCPeerConnections wired to a SignalClient
 // ("perfect negotiation", trickle ICE). Checked with signal-client.d.ts by
 // tests/package/npm.sh.

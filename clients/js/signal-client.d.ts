@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Type declarations of signal-client.js (the signal-gateway signaling
 // protocol v1 client). Checked by `tsc --noEmit` on examples/typed.ts in the
 // test command (tests/package/npm.sh).

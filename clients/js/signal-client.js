@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // signal-client.js — browser client of the signal-gateway signaling protocol v1.
 //
 // A plain ES module with no dependencies and no build step. It speaks the wire

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bus: the node's side of Redis. One command connection (pipelined function
  * calls) and one subscriber connection (the per-peer channels of local
  * peers), reconnected with capped exponential backoff and jitter, optionally

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* trace: OpenTelemetry spans exported as OTLP/HTTP JSON (PROTOCOL.md §8).
  *
  * Recording a span formats it into the pending batch and returns: no I/O on

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Static checks of the deployment files (no container engine needed):
 #   - docker-compose.yml parses and validates (Debian's docker-compose 1.29),
 #     with and without each optional profile (tls, nginx, sentinel) and with

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A process-based cluster for the scale-out and failure tests: redis-server
 (deploy/redis.conf), optionally a replica and three sentinels, N gateways on
 fixed loopback ports (a restarted node comes back on the same ports, as a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fixtures of the black-box integration suite: a real redis-server and real
 signal-gateway processes on free loopback ports, all stopped by pid at the end
 of each test (SIGTERM, then SIGKILL after a bound).

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Helpers for the signal-gateway black-box integration tests.
 
 Everything here talks to the gateway from the outside only: raw HTTP and

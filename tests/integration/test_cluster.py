@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Scale-out and failure (issue 6): gateways behind haproxy, rolling restarts,
 a node dying, Redis restarting empty, a Sentinel failover, and a soak.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Issue 5 / PROTOCOL.md §8: what an operator sees. Prometheus metrics checked
 by a real promtool and against the traffic sent; OTLP/HTTP JSON traces caught
 by a capture endpoint (otlp_capture.py) across two nodes; the fields of the

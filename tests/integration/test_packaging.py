@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Issue 16: what tells an operator which build runs. `--version` / `-V`
 (without any configuration), the `build_info{version,commit}` gauge on
 /metrics and the `server.start` log line agree with each other and with the

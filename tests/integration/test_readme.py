@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Issue 16: the README works as written on a fresh machine.
 
 - The configuration table is the one `signal-gateway --help` prints: the same

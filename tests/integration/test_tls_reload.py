@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Issue 16: the public listener's certificate is reloaded on SIGHUP, as the
 JWKS file is (certbot and cert-manager rotate files in place). Checked with
 real wss clients (the `websockets` library over Python's ssl):

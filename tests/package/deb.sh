@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The Debian package (CPack), built and checked the way a user gets it:
 #   - `cmake --build BUILD --target package` makes signal-gateway_<version>_<arch>.deb,
 #     version = CMake's project VERSION;

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The JavaScript client as an npm package (clients/js), checked the way a
 # user gets it:
 #   - package.json: not private, the gateway's version (CMake's project

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for config: the defaults of every PROTOCOL.md §7 setting,
  * environment parsing, flags over the environment, the flag grammar and its
  * errors, integer bounds, RATE/BURST, host:port splitting, the startup

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for metrics: counter families (label reuse, the "other" slot
  * past SG_METRICS_MAX_LABELS), histogram bucket placement at the bounds,
  * and the Prometheus text rendering (HELP/TYPE lines, cumulative buckets

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for gateway/trace.c: W3C traceparent parse/format, span ids,
  * and the OTLP/HTTP JSON exporter against collectors run inside the test on
  * the same event base (loopback only):

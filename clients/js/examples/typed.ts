@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // A typed use of the package, as an application writes it. The test command
 // type-checks it with `tsc --noEmit` against the packed package (npm pack),
 // so it covers `exports`, `types` and the declarations; the @ts-expect-error

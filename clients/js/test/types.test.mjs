@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The TypeScript declarations declare what the modules export, and the
 // event map names every event the client emits (a declaration that drifts
 // from the code would type-check code that fails, or refuse code that
