@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* loadgen: a load generator for signal-gateway (PROTOCOL.md v1).
  *
  * One thread, one libevent loop. It opens P pairs of WebSocket clients

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # A process-based signal-gateway cluster on loopback, the same topology as
 # docker-compose.yml: one redis-server (deploy/redis.conf), N gateways with
 # distinct SIGNAL_NODE_IDs, and haproxy in front of them (rendered from

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The run command: installs what it needs, builds, starts a local Redis when
 # SIGNAL_REDIS_URL is not set, prints how to connect, and runs one gateway in
 # the foreground (Ctrl-C drains it and stops the Redis it started).

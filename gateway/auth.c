@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* auth: JWT verification (PROTOCOL.md §1 "JWT claims", §9 "Key rotation").
  *
  * A token goes through three stages, each with its own failure reasons:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* See include/sg/bus.h for what the bus does; this file: the topologies
  * (one Redis, Sentinel, Cluster) over links (link.h), routing and
  * redirections, subscriptions, the function library, the probes. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 #include "sg/config.h"
 #include "sg/redis_url.h"
 #include "sg/util.h"
@@ -11,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 typedef enum { T_STR, T_INT, T_RATE } opt_type;
@@ -41,7 +43,7 @@ static const opt OPTS[] = {
     {"SIGNAL_REDIS_URL", S(redis_url), "redis://127.0.0.1:6379/0", 0, 0, "redis[s]://[[user]:password@]host[:port][/db]; rediss: TLS"},
     {"SIGNAL_REDIS_SENTINELS", S(redis_sentinels), NULL, 0, 0, "host:port or redis[s]://[[user]:password@]host:port, comma-separated: find the master through Sentinel"},
     {"SIGNAL_REDIS_MASTER_NAME", S(redis_master_name), "mymaster", 0, 0, "Sentinel master name"},
-    {"SIGNAL_REDIS_CLUSTER", S(redis_cluster), NULL, 0, 0, "Redis Cluster seed nodes host:port or redis:// URLs, comma-separated; SIGNAL_REDIS_URL is then ignored"},
+    {"SIGNAL_REDIS_CLUSTER", S(redis_cluster), NULL, 0, 0, "Redis Cluster seed nodes host:port or redis[s]://[[user]:password@]host:port, comma-separated; SIGNAL_REDIS_URL is then ignored"},
     {"SIGNAL_REDIS_TLS_CA_FILE", S(redis_tls_ca_file), NULL, 0, 0, "PEM CA certificate(s) to verify rediss:// servers with; unset: the system's store"},
     {"SIGNAL_REDIS_TLS_CERT_FILE", S(redis_tls_cert_file), NULL, 0, 0, "PEM client certificate for rediss:// (Redis tls-auth-clients)"},
     {"SIGNAL_REDIS_TLS_KEY_FILE", S(redis_tls_key_file), NULL, 0, 0, "PEM private key of SIGNAL_REDIS_TLS_CERT_FILE"},
@@ -72,7 +74,7 @@ static const opt OPTS[] = {
     {"SIGNAL_LOG_LEVEL", S(log_level), "info", 0, 0, "debug, info, warn or error"},
     {"SIGNAL_LOG_HASH_KEY", S(log_hash_key), NULL, 0, 0, "key of the hash that hides user IDs in logs; default random"},
     {"SIGNAL_SUB_HASH_KEY", S(sub_hash_key), NULL, 0, 0, "key of the hash of sub kept in Redis; the same on every node (default: derived from SIGNAL_JWT_SECRET)"},
-    {"SIGNAL_OTLP_ENDPOINT", S(otlp_endpoint), NULL, 0, 0, "OTLP/HTTP endpoint, spans go to /v1/traces"},
+    {"SIGNAL_OTLP_ENDPOINT", S(otlp_endpoint), NULL, 0, 0, "OTLP/HTTP base URL (http:// or https://), spans go to <url>/v1/traces; wins over OTEL_*"},
     {"SIGNAL_STATIC_DIR", S(static_dir), NULL, 0, 0, "serve this directory (the demo) on the public listener; unset: off"},
     {"SIGNAL_RATE_PEER", R(rate_peer), "20/200", 0, 0, "relays per peer in a room (RATE/BURST, 0 off)"},
     {"SIGNAL_RATE_CANDIDATE", R(rate_candidate), "10/100", 0, 0, "candidates per peer in a room"},
@@ -380,10 +382,6 @@ static int validate(sg_config *cfg, char *err, size_t errlen)
         seterr(err, errlen, "SIGNAL_LOG_LEVEL: '%s' is not debug, info, warn or error", cfg->log_level);
         return -1;
     }
-    if (cfg->otlp_endpoint && strncmp(cfg->otlp_endpoint, "http://", 7) != 0) {
-        seterr(err, errlen, "SIGNAL_OTLP_ENDPOINT: '%s' must be an http:// URL", cfg->otlp_endpoint);
-        return -1;
-    }
     if (!!cfg->turn_secret != !!cfg->turn_urls) {
         seterr(err, errlen, "SIGNAL_TURN_SECRET and SIGNAL_TURN_URLS must be set together");
         return -1;
@@ -413,6 +411,237 @@ static int validate(sg_config *cfg, char *err, size_t errlen)
         seterr(err, errlen, "SIGNAL_ALLOWED_ORIGINS names no origin");
         return -1;
     }
+    return 0;
+}
+
+/* ---- tracing: SIGNAL_OTLP_ENDPOINT and OpenTelemetry's variables ------ */
+
+/* OpenTelemetry's standard exporter variables, read from the environment
+ * only (no flags): a deployment sets them once for every instrumented
+ * process. An empty value counts as unset, as the OTel spec says. */
+static const struct {
+    const char *env, *help;
+} OTEL_VARS[] = {
+    {"OTEL_EXPORTER_OTLP_ENDPOINT", "base URL, spans go to <url>/v1/traces"},
+    {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "the traces URL itself (used as is); wins over the above"},
+    {"OTEL_EXPORTER_OTLP_HEADERS", "extra request headers: name=value,... (values percent-encoded)"},
+    {"OTEL_EXPORTER_OTLP_TRACES_HEADERS", "the same, for traces only; a name here wins"},
+    {"OTEL_EXPORTER_OTLP_CERTIFICATE", "https: PEM CA bundle to verify the collector (default: the system's)"},
+    {"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "the same, for traces only"},
+    {"OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf or http/json (JSON is sent either way); grpc is refused"},
+    {"OTEL_SERVICE_NAME", "service.name of the spans [default signal-gateway]"},
+    {"OTEL_SDK_DISABLED", "true: ignore the OTEL_* endpoints"},
+    {"OTEL_TRACES_EXPORTER", "none: ignore the OTEL_* endpoints"},
+};
+
+#define OTLP_MAX_HEADERS 32
+#define OTLP_MAX_HEADER_VALUE 4096
+
+/* The last NAME=value of environ (as for SIGNAL_*: a later entry wins);
+ * NULL when absent or empty. */
+static const char *env_value(char **environ_, const char *name)
+{
+    size_t n = strlen(name);
+    const char *v = NULL;
+    for (char **e = environ_; e && *e; e++)
+        if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
+            v = *e + n + 1;
+    return v && *v ? v : NULL;
+}
+
+static bool has_http_scheme(const char *url)
+{
+    return strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0;
+}
+
+/* A base URL + "/v1/traces", trailing slashes dropped; a URL that already
+ * ends in /v1/traces is kept as it is. */
+static char *traces_url_of_base(const char *base)
+{
+    static const char suffix[] = "/v1/traces";
+    size_t n = strlen(base), k = sizeof suffix - 1;
+    while (n > 8 && base[n - 1] == '/')
+        n--;
+    if (n >= k && memcmp(base + n - k, suffix, k) == 0)
+        return sg_xstrndup(base, n);
+    char *out = sg_xmalloc(n + k + 1);
+    memcpy(out, base, n);
+    memcpy(out + n, suffix, k + 1);
+    return out;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)tolower((unsigned char)c);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* RFC 9110 token characters. */
+static bool is_tchar(unsigned char c)
+{
+    return isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static void trim(const char **p, size_t *n)
+{
+    while (*n && (**p == ' ' || **p == '\t')) {
+        (*p)++;
+        (*n)--;
+    }
+    while (*n && ((*p)[*n - 1] == ' ' || (*p)[*n - 1] == '\t'))
+        (*n)--;
+}
+
+/* One "name=value" of an OTLP headers list. Header values often carry API
+ * keys: no message quotes one. */
+static int add_header(sg_config *cfg, const char *var, size_t idx, const char *item, size_t n, char *err,
+                      size_t errlen)
+{
+    const char *eq = memchr(item, '=', n);
+    if (!eq) {
+        seterr(err, errlen, "%s: entry %zu is not name=value", var, idx);
+        return -1;
+    }
+    const char *name = item, *val = eq + 1;
+    size_t nl = (size_t)(eq - item), vl = n - nl - 1;
+    trim(&name, &nl);
+    trim(&val, &vl);
+    if (nl == 0 || nl > 64) {
+        seterr(err, errlen, "%s: entry %zu has no header name (or one longer than 64)", var, idx);
+        return -1;
+    }
+    for (size_t i = 0; i < nl; i++)
+        if (!is_tchar((unsigned char)name[i])) {
+            seterr(err, errlen, "%s: entry %zu: '%.*s' is not a header name", var, idx, (int)nl, name);
+            return -1;
+        }
+    /* The exporter writes these itself; another value would break the request. */
+    static const char *const reserved[] = {"host", "content-length", "content-type", "transfer-encoding",
+                                           "connection", "te", "upgrade", "expect"};
+    for (size_t i = 0; i < sizeof reserved / sizeof *reserved; i++)
+        if (strlen(reserved[i]) == nl && strncasecmp(name, reserved[i], nl) == 0) {
+            seterr(err, errlen, "%s: the %.*s header is set by the exporter", var, (int)nl, name);
+            return -1;
+        }
+    char *dec = sg_xmalloc(vl + 1);
+    size_t dl = 0;
+    for (size_t i = 0; i < vl; i++) {
+        unsigned char c = (unsigned char)val[i];
+        if (c == '%') {
+            int a = i + 2 < vl ? hexval(val[i + 1]) : -1;
+            int b = i + 2 < vl ? hexval(val[i + 2]) : -1;
+            if (a < 0 || b < 0) {
+                free(dec);
+                seterr(err, errlen, "%s: the value of %.*s has a bad percent escape", var, (int)nl, name);
+                return -1;
+            }
+            c = (unsigned char)(a << 4 | b);
+            i += 2;
+        }
+        /* No CR/LF or other control byte may reach the request head. */
+        if ((c < 0x20 && c != '\t') || c == 0x7f) {
+            free(dec);
+            seterr(err, errlen, "%s: the value of %.*s holds a control character", var, (int)nl, name);
+            return -1;
+        }
+        dec[dl++] = (char)c;
+    }
+    dec[dl] = '\0';
+    if (dl > OTLP_MAX_HEADER_VALUE) {
+        free(dec);
+        seterr(err, errlen, "%s: the value of %.*s is longer than %d bytes", var, (int)nl, name,
+               OTLP_MAX_HEADER_VALUE);
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->otlp_nheaders; i++)
+        if (strlen(cfg->otlp_header_names[i]) == nl && strncasecmp(cfg->otlp_header_names[i], name, nl) == 0) {
+            free(cfg->otlp_header_values[i]); /* the later list (traces-specific) wins */
+            cfg->otlp_header_values[i] = dec;
+            return 0;
+        }
+    if (cfg->otlp_nheaders >= OTLP_MAX_HEADERS) {
+        free(dec);
+        seterr(err, errlen, "%s: more than %d headers", var, OTLP_MAX_HEADERS);
+        return -1;
+    }
+    if (!cfg->otlp_header_names) {
+        cfg->otlp_header_names = sg_xcalloc(OTLP_MAX_HEADERS, sizeof(char *));
+        cfg->otlp_header_values = sg_xcalloc(OTLP_MAX_HEADERS, sizeof(char *));
+    }
+    cfg->otlp_header_names[cfg->otlp_nheaders] = sg_xstrndup(name, nl);
+    cfg->otlp_header_values[cfg->otlp_nheaders++] = dec;
+    return 0;
+}
+
+static int add_headers(sg_config *cfg, const char *var, const char *list, char *err, size_t errlen)
+{
+    size_t idx = 0;
+    for (const char *p = list; list && *p;) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        const char *item = p;
+        trim(&item, &n);
+        idx++;
+        if (n && add_header(cfg, var, idx, item, n, err, errlen) < 0)
+            return -1;
+        if (!e)
+            break;
+        p = e + 1;
+    }
+    return 0;
+}
+
+/* Precedence: SIGNAL_OTLP_ENDPOINT (flag or environment) is this service's
+ * own setting and wins; then OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (the traces
+ * URL as is), then OTEL_EXPORTER_OTLP_ENDPOINT (a base, as
+ * SIGNAL_OTLP_ENDPOINT is). OTEL_SDK_DISABLED=true and
+ * OTEL_TRACES_EXPORTER=none switch the OTEL_* endpoints off. Headers,
+ * certificate and service name apply whichever endpoint is used. */
+static int load_tracing(sg_config *cfg, char **environ_, char *err, size_t errlen)
+{
+    const char *v;
+    bool otel_off = ((v = env_value(environ_, "OTEL_SDK_DISABLED")) && strcasecmp(v, "true") == 0) ||
+                    ((v = env_value(environ_, "OTEL_TRACES_EXPORTER")) && strcasecmp(v, "none") == 0);
+    if (cfg->otlp_endpoint) {
+        if (!has_http_scheme(cfg->otlp_endpoint)) {
+            seterr(err, errlen, "SIGNAL_OTLP_ENDPOINT: '%s' must be an http:// or https:// URL", cfg->otlp_endpoint);
+            return -1;
+        }
+        cfg->otlp_traces_url = traces_url_of_base(cfg->otlp_endpoint);
+        cfg->otlp_source = "SIGNAL_OTLP_ENDPOINT";
+    } else if (!otel_off && (v = env_value(environ_, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))) {
+        cfg->otlp_traces_url = sg_xstrdup(v);
+        cfg->otlp_source = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+    } else if (!otel_off && (v = env_value(environ_, "OTEL_EXPORTER_OTLP_ENDPOINT"))) {
+        cfg->otlp_traces_url = traces_url_of_base(v);
+        cfg->otlp_source = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    }
+    if (!cfg->otlp_traces_url)
+        return 0;
+    if (!has_http_scheme(cfg->otlp_traces_url)) {
+        seterr(err, errlen, "%s: '%s' must be an http:// or https:// URL", cfg->otlp_source, cfg->otlp_traces_url);
+        return -1;
+    }
+    const char *pvar = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+    if (!(v = env_value(environ_, pvar)))
+        v = env_value(environ_, pvar = "OTEL_EXPORTER_OTLP_PROTOCOL");
+    if (v && strcmp(v, "http/protobuf") != 0 && strcmp(v, "http/json") != 0) {
+        seterr(err, errlen, "%s: '%s' is not supported: spans go as OTLP/HTTP JSON "
+                            "(use the collector's HTTP port, 4318, and http/protobuf or http/json)", pvar, v);
+        return -1;
+    }
+    if (add_headers(cfg, "OTEL_EXPORTER_OTLP_HEADERS", env_value(environ_, "OTEL_EXPORTER_OTLP_HEADERS"), err,
+                    errlen) < 0 ||
+        add_headers(cfg, "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                    env_value(environ_, "OTEL_EXPORTER_OTLP_TRACES_HEADERS"), err, errlen) < 0)
+        return -1;
+    if ((v = env_value(environ_, "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")) ||
+        (v = env_value(environ_, "OTEL_EXPORTER_OTLP_CERTIFICATE")))
+        cfg->otlp_ca_file = sg_xstrdup(v);
+    if ((v = env_value(environ_, "OTEL_SERVICE_NAME")))
+        cfg->otel_service_name = sg_xstrdup(v);
     return 0;
 }
 
@@ -475,6 +704,8 @@ int sg_config_load(sg_config *cfg, int argc, char **argv, int first, char **envi
         if (o->off == offsetof(sg_config, redis_url))
             cfg->redis_url_set = true;
     }
+    if (load_tracing(cfg, environ_, err, errlen) < 0)
+        return -1;
     return validate(cfg, err, errlen);
 }
 
@@ -488,6 +719,15 @@ void sg_config_free(sg_config *cfg)
     for (size_t i = 0; i < cfg->norigins; i++)
         free(cfg->origins[i]);
     free(cfg->origins);
+    for (size_t i = 0; i < cfg->otlp_nheaders; i++) {
+        free(cfg->otlp_header_names[i]);
+        free(cfg->otlp_header_values[i]);
+    }
+    free(cfg->otlp_header_names);
+    free(cfg->otlp_header_values);
+    free(cfg->otlp_traces_url);
+    free(cfg->otlp_ca_file);
+    free(cfg->otel_service_name);
     memset(cfg, 0, sizeof *cfg);
 }
 
@@ -497,6 +737,7 @@ void sg_config_usage(void *outp)
     fprintf(out,
             "usage: signal-gateway [--flag value | --flag=value]...\n"
             "       signal-gateway token --sub NAME --room ROOM [--room ROOM2] [--ttl SECONDS]\n"
+            "       signal-gateway --version | -V\n"
             "\nEvery setting is an environment variable and a flag; flags win.\n\n");
     for (size_t i = 0; i < NOPTS; i++) {
         char fn[64];
@@ -505,4 +746,7 @@ void sg_config_usage(void *outp)
                 OPTS[i].def ? " [default " : "", OPTS[i].def ? OPTS[i].def : "",
                 OPTS[i].def ? "]" : "");
     }
+    fprintf(out, "\nOpenTelemetry's standard variables (environment only):\n\n");
+    for (size_t i = 0; i < sizeof OTEL_VARS / sizeof *OTEL_VARS; i++)
+        fprintf(out, "  %-38s %s\n", OTEL_VARS[i].env, OTEL_VARS[i].help);
 }

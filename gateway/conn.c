@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 #include "sg/conn.h"
 #include "sg/http_upgrade.h"
 #include "sg/server.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The backend control subcommands (include/sg/control.h). A CLI makes one
  * call and exits, so a blocking connection (redis_sync.h) is all it needs. */
 #include "sg/control.h"

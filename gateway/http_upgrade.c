@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* http_upgrade: a bounded, allocation-free HTTP/1.1 request-head parser and
  * the WebSocket handshake checks of PROTOCOL.md §1.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* signal-gateway: arguments, configuration, the event loop and signals.
  * Everything else lives in the modules under gateway/. */
 #include "sg/auth.h"
@@ -5,8 +6,12 @@
 #include "sg/control.h"
 #include "sg/log.h"
 #include "sg/server.h"
+#include "sg/version.h"
 
 #include <event2/event.h>
+#include <hiredis/hiredis.h>
+#include <json-c/json_c_version.h>
+#include <openssl/crypto.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,8 +71,31 @@ static int cmd_token(int argc, char **argv)
     return 0;
 }
 
+/* First line: what an operator or a script compares ("signal-gateway
+ * VERSION (commit COMMIT)"); then the libraries actually loaded, since a
+ * packaged binary runs against whatever the system has. */
+static void print_version(void)
+{
+    printf("signal-gateway %s (commit %s)\n", SG_VERSION, SG_GIT_COMMIT);
+    printf("libevent %s, %s, hiredis %d.%d.%d, json-c %s\n", event_get_version(),
+           OpenSSL_version(OPENSSL_VERSION), HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH, json_c_version());
+}
+
+static bool wants_version(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--version") == 0 || strcmp(argv[i], "-V") == 0)
+            return true;
+    return false;
+}
+
 int main(int argc, char **argv)
 {
+    /* Before any configuration: the version needs no secret or Redis. */
+    if (wants_version(argc, argv)) {
+        print_version();
+        return 0;
+    }
     if (argc >= 2 && strcmp(argv[1], "token") == 0)
         return cmd_token(argc, argv);
     if (argc >= 2 && sg_control_is_command(argv[1]))
@@ -101,7 +129,11 @@ int main(int argc, char **argv)
         return 1;
     }
     sg_log_attach(log, base);
+    srv->metrics.build_version = SG_VERSION;
+    srv->metrics.build_commit = SG_GIT_COMMIT;
     if (sg_log_begin(log, SG_LOG_INFO, "server.start")) {
+        sg_log_str(log, "version", SG_VERSION);
+        sg_log_str(log, "commit", SG_GIT_COMMIT);
         sg_log_str(log, "listen", cfg.listen);
         sg_log_str(log, "admin", cfg.admin_listen);
         sg_log_str(log, "tls", cfg.tls_cert ? "true" : "false");

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 #include "sg/metrics.h"
 
 #include <string.h>
@@ -90,8 +91,35 @@ static void render_hist(sg_buf *o, const sg_histogram *h)
                   (unsigned long long)cum, h->name, h->sum, h->name, (unsigned long long)h->count);
 }
 
+/* A label value in the text format: backslash, quote and newline escaped. */
+static void label_value(sg_buf *o, const char *v)
+{
+    for (; *v; v++) {
+        if (*v == '\\' || *v == '"')
+            sg_buf_putc(o, '\\');
+        if (*v == '\n') {
+            sg_buf_puts(o, "\\n");
+            continue;
+        }
+        sg_buf_putc(o, *v);
+    }
+}
+
+/* The usual info-metric idiom: a constant 1 whose labels carry the build, so
+ * dashboards can join on it and a rollout shows as a change of label. */
+static void render_build_info(sg_buf *o, const sg_metrics *m)
+{
+    sg_buf_puts(o, "# HELP build_info The running build: version and git commit (always 1).\n"
+                   "# TYPE build_info gauge\nbuild_info{version=\"");
+    label_value(o, m->build_version ? m->build_version : "unknown");
+    sg_buf_puts(o, "\",commit=\"");
+    label_value(o, m->build_commit ? m->build_commit : "unknown");
+    sg_buf_puts(o, "\"} 1\n");
+}
+
 void sg_metrics_render(const sg_metrics *m, sg_buf *o)
 {
+    render_build_info(o, m);
     gauge(o, "ws_connections_gauge", "Open WebSocket connections on this node.", "gauge", (double)m->ws_connections);
     gauge(o, "room_members_gauge", "Room memberships held by connections on this node.", "gauge", (double)m->room_members);
     gauge(o, "redis_connected", "1 when both Redis connections are up.", "gauge", (double)m->redis_connected);
@@ -113,6 +141,10 @@ void sg_metrics_render(const sg_metrics *m, sg_buf *o)
           (double)m->spans_exported);
     gauge(o, "trace_spans_dropped_total", "Spans dropped (collector down, slow or refusing).", "counter",
           (double)m->spans_dropped);
+    if (m->tls_cert_not_after)
+        gauge(o, "tls_certificate_expiry_timestamp_seconds",
+              "When the certificate of the public listener expires (Unix time; follows SIGHUP reloads).",
+              "gauge", (double)m->tls_cert_not_after);
     render_family(o, &m->messages);
     render_family(o, &m->errors);
     render_family(o, &m->auth_failures);

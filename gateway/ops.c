@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 #include "sg/ops.h"
 #include "sg/util.h"
 #include "sg/wire.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* proto: validation of client messages and encoding of error messages.
  *
  * Decoding is two layers. The text layer makes sure the bytes are exactly one

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 #include "sg/rconn.h"
 #include "sg/redis_tls.h"
 #include "sg/resp.h"

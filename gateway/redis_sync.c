@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* See include/sg/redis_sync.h. */
 #include "sg/redis_sync.h"
 #include "sg/redis_tls.h"

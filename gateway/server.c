@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 #include "sg/server.h"
 #include "sg/buf.h"
 #include "sg/conn.h"
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #define DRAIN_TICK_MS 50
 #define PROBE_INTERVAL_MS 1000
@@ -388,6 +390,33 @@ void sg_server_drain(sg_server *s)
     s->drain_tick = tick;
 }
 
+static SSL_CTX *make_ssl(const sg_config *cfg, char *err, size_t errlen);
+static void note_certificate(sg_server *s);
+
+/* Certificate rotation (certbot, cert-manager): the files are read again
+ * into a new context that every handshake from now on uses. An open
+ * connection keeps the context it was accepted with (each SSL holds a
+ * reference to its SSL_CTX, so freeing ours here frees nothing in use).
+ * A file that fails to load, or a key that does not match, keeps the old
+ * certificate. */
+static void reload_tls(sg_server *s)
+{
+    char err[512] = "";
+    SSL_CTX *ctx = make_ssl(s->cfg, err, sizeof err);
+    if (ctx) {
+        SSL_CTX_free(s->ssl);
+        s->ssl = ctx;
+        note_certificate(s);
+    }
+    if (sg_log_begin(s->log, ctx ? SG_LOG_INFO : SG_LOG_ERROR, ctx ? "tls.reload" : "tls.reload_failed")) {
+        if (ctx)
+            sg_log_int(s->log, "not_after", (int64_t)s->metrics.tls_cert_not_after);
+        else
+            sg_log_str(s->log, "error", err);
+        sg_log_end(s->log);
+    }
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     sg_server *s = arg;
@@ -406,6 +435,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
                 sg_log_str(s->log, "error", err);
             sg_log_end(s->log);
         }
+        if (s->ssl)
+            reload_tls(s);
         return;
     }
     sg_server_drain(s);
@@ -480,6 +511,15 @@ fail:
     return NULL;
 }
 
+/* The certificate's notAfter as Unix time, for the expiry gauge. */
+static void note_certificate(sg_server *s)
+{
+    X509 *x = s->ssl ? SSL_CTX_get0_certificate(s->ssl) : NULL;
+    struct tm tm;
+    if (x && ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1)
+        s->metrics.tls_cert_not_after = (int64_t)timegm(&tm);
+}
+
 static char *read_file(const char *path, size_t max, size_t *len)
 {
     FILE *f = fopen(path, "rb");
@@ -552,11 +592,16 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
         goto fail;
     if (cfg->tls_cert && !(s->ssl = make_ssl(cfg, err, errlen)))
         goto fail;
-    if (cfg->otlp_endpoint) {
+    note_certificate(s);
+    if (cfg->otlp_traces_url) {
         const char *why = NULL;
-        s->tracer = sg_tracer_new(base, cfg->otlp_endpoint, "signal-gateway", cfg->node_id, log, &why);
+        sg_tracer_opts to = {.url = cfg->otlp_traces_url, .service_name = cfg->otel_service_name,
+                             .node_id = cfg->node_id, .header_names = cfg->otlp_header_names,
+                             .header_values = cfg->otlp_header_values, .nheaders = cfg->otlp_nheaders,
+                             .ca_file = cfg->otlp_ca_file};
+        s->tracer = sg_tracer_new(base, &to, log, &why);
         if (!s->tracer) {
-            snprintf(err, errlen, "SIGNAL_OTLP_ENDPOINT: %s", why ? why : "unusable");
+            snprintf(err, errlen, "%s: %s", cfg->otlp_source, why ? why : "unusable");
             goto fail;
         }
     }

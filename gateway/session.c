@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The session object: its connection table, message dispatch, the contexts
  * of Redis operations and the one way frames leave (see session_internal.h
  * for how the work is split between files). */

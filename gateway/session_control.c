@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Backend control (PROTOCOL.md §9; lua/control.lua; docs/backend-control.md)
  * as it reaches this node: a kicked peer's membership dropped without a
  * leave (the function already removed it in Redis), a revoked user's

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The state the session's files share; private to gateway/session*.c.
  *
  *   session.c         the object, the connection table, message dispatch,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Liveness without per-room work. A member is alive while the gateway
  * instance holding it heartbeats (lua/nodes.lua, once a third of a lease,
  * whatever the number of rooms); an instance silent for a lease is reaped

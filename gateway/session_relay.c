@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Relays: an offer/answer/candidate out to Redis (one script call that
  * checks membership, takes tokens, buffers and publishes), its answer back
  * to the sender, and the delivery of channel messages to this node's

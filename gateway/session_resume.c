@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Resumption (PROTOCOL.md §9) and the catch-up after a subscriber gap: both
  * replay relays from the peer's buffer in Redis while live ones are held,
  * so the client gets each exactly once, in order. */

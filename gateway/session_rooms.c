@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Joins, leaves and the life of a membership: a slot on the connection, a
  * subscription to the peer's channel (taken before the join goes to Redis,
  * so no relay published right after it can miss this node), the join or

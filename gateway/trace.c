@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* trace: W3C trace context and the OTLP/HTTP JSON span exporter (trace.h).
  *
  * Spans are formatted straight into JSON text. A batch is one complete OTLP
@@ -7,15 +8,23 @@
  * the batch timer fires (one second after its first span); closed batches
  * wait in a FIFO ("ready") until the exporter is free.
  *
- * The exporter sends one request at a time on one bufferevent. Sending never
- * happens on the recorder's stack: closing a batch only activates the "kick"
- * event, and the loop does the socket work. A batch is tried exactly once: a
- * refused connect, a non-2xx status, a closed connection or no status line
- * within the request timeout drops it (counted), and the next batch goes
- * out on a fresh connection. After a response with a Content-Length the
- * connection is kept for the next batch (closed after TRACE_IDLE_MS idle,
- * below the 5 s keep-alive timeout of common servers); anything else
- * (chunked, Connection: close, HTTP/1.0, no length) closes it.
+ * The exporter is libevent's HTTP client (evhttp) on one connection, over
+ * TLS (bufferevent_openssl) for an https endpoint, one request at a time.
+ * Sending never happens on the recorder's stack: closing a batch only
+ * activates the "kick" event, and the loop does the socket work. A batch is
+ * tried exactly once: a refused connect, a failed TLS handshake, a non-2xx
+ * status, a closed connection or no progress within the request timeout
+ * drops it (counted), and the next batch goes out on a fresh connection.
+ * A connection is kept for the next batch until it fails, the collector
+ * closes it, or it has been idle TRACE_IDLE_MS (below the 5 s keep-alive
+ * timeout of common servers). A connection that has failed or closed is
+ * never reused: evhttp would reconnect it on the same bufferevent, which
+ * works for plain sockets only; a new one is made instead.
+ *
+ * Host names are resolved with evdns off the loop, again after
+ * TRACE_RESOLVE_MS or a round of failed connects, so a collector that moves
+ * (a restarted pod) is followed; a connect that fails moves to the next
+ * address ("localhost" is often ::1 first with a collector on 127.0.0.1).
  *
  * A keep-alive connection that the collector closes at the moment we reuse
  * it loses that one batch (counted, not retried). */
@@ -23,14 +32,21 @@
 #include "sg/buf.h"
 #include "sg/log.h"
 #include "sg/util.h"
+#include "sg/version.h"
 
-#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/dns.h>
 #include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 #include <event2/util.h>
 #include <inttypes.h>
-#include <netdb.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,16 +55,16 @@
 #include <unistd.h>
 
 #define TRACE_BATCH_DELAY_MS 1000       /* a batch leaves at most this long after its first span */
-#define TRACE_REQUEST_TIMEOUT_MS 5000   /* from sending to the status line */
+#define TRACE_REQUEST_TIMEOUT_MS 5000   /* connect, TLS handshake, and each read or write of a request */
 #define TRACE_IDLE_MS 4000              /* a kept-alive connection idle longer is closed */
+#define TRACE_RESOLVE_MS 60000          /* a host name is looked up again after this */
 #define TRACE_WARN_EVERY_MS 10000       /* at most one trace.export_failed line per period */
 #define TRACE_BATCH_MAX_BYTES (1u << 20) /* span JSON per request body */
 #define TRACE_SPAN_MAX_BYTES (64u << 10) /* one formatted span; larger is dropped */
-#define TRACE_RESP_LINE_MAX 8192        /* status or header line of the response */
-#define TRACE_RESP_HEADERS_MAX 100      /* header lines per response */
-#define TRACE_RESP_BODY_MAX (64u << 10) /* larger bodies close the connection instead */
+#define TRACE_RESP_HEADERS_MAX (16u << 10) /* the response head; larger fails the request */
+#define TRACE_RESP_BODY_MAX (64u << 10) /* the response body; larger fails the request */
 #define TRACE_SCOPE_NAME "signal-gateway"
-#define TRACE_SCOPE_VERSION "0.1.0"
+#define TRACE_SCOPE_VERSION SG_VERSION
 #define TRACE_DEFAULT_SERVICE "signal-gateway"
 
 /* ---- W3C trace context --------------------------------------------------- */
@@ -163,35 +179,41 @@ typedef struct batch {
     struct batch *next;
 } batch;
 
-/* The connection's state. Outcome of the request is pending only in
- * ST_STATUS; in ST_HEADERS and ST_BODY it is counted and we only read the
- * rest of the response to reuse the connection. */
-enum { ST_NONE, ST_STATUS, ST_HEADERS, ST_BODY, ST_IDLE };
-
 struct sg_tracer {
     struct event_base *base;
     sg_log *log;
-    struct addrinfo *addrs; /* resolved once at creation */
-    struct addrinfo *addr;  /* the one the next connection uses */
-    char *host;             /* Host header: the endpoint's authority */
-    char *path;             /* request target */
-    sg_buf prefix;          /* body up to the first span */
+    /* The endpoint. */
+    char *host;      /* name or address (no brackets) */
+    char port[6];
+    char *authority; /* Host header: the URL's host[:port] */
+    char *path;      /* request target */
+    SSL_CTX *ssl;    /* https only */
+    char **hdr_names, **hdr_values;
+    size_t nhdrs;
+    sg_buf prefix;   /* body up to the first span */
+
+    /* Addresses: one numeric address, or a name's, looked up with evdns. */
+    struct evdns_base *dns;                 /* NULL for a numeric host */
+    struct evdns_getaddrinfo_request *lookup; /* in progress, when it could not answer at once */
+    bool resolving;
+    struct evutil_addrinfo *addrs, *addr;   /* addr: the one the next connection uses */
+    uint64_t resolved_ms;                   /* 0: look up before the next connection */
+
+    /* The connection and the request in flight. */
+    struct evhttp_connection *conn;
+    struct bufferevent *bev; /* conn's, for its TLS errors */
+    bool conn_dead;          /* failed or closed: freed before the next request */
+    struct evhttp_request *req;
+    size_t req_spans;
+    int req_error;           /* 1 + evhttp's error for req; 0: none (a failed connect) */
+    bool fresh;              /* req is the connection's first request */
 
     batch *cur; /* being filled; its first span armed batch_timer */
     batch *ready_head, *ready_tail;
     size_t queued_spans, queued_bytes; /* cur + ready, not the request in flight */
     sg_buf span;                       /* scratch: one formatted span */
 
-    struct event *batch_timer, *conn_timer, *kick;
-    struct bufferevent *bev;
-    int state;
-    bool connected;
-    size_t req_spans; /* spans of the request whose status is pending */
-    /* Response being read. */
-    bool interim, close_after, have_len;
-    unsigned header_lines;
-    uint64_t body_left;
-
+    struct event *batch_timer, *idle_timer, *kick;
     int batch_delay_ms, request_timeout_ms;
     uint64_t last_warn_ms;
     bool warned;
@@ -205,9 +227,9 @@ static void tv_ms(struct timeval *tv, int ms)
 }
 
 /* At most one warn line per TRACE_WARN_EVERY_MS; the totals it carries
- * cover the failures that were not logged. err is a socket errno or 0,
- * status an HTTP status or 0. */
-static void warn_failed(sg_tracer *t, const char *reason, int status, int err, size_t n)
+ * cover the failures that were not logged. status is an HTTP status or 0,
+ * detail a library's message or NULL. */
+static void warn_failed(sg_tracer *t, const char *reason, int status, const char *detail, size_t n)
 {
     uint64_t now = sg_now_mono_ms();
     if (!t->log || (t->warned && now - t->last_warn_ms < TRACE_WARN_EVERY_MS))
@@ -219,21 +241,19 @@ static void warn_failed(sg_tracer *t, const char *reason, int status, int err, s
     sg_log_str(t->log, "reason", reason);
     if (status)
         sg_log_int(t->log, "status", status);
-    if (err)
-        sg_log_str(t->log, "error", evutil_socket_error_to_string(err));
+    if (detail)
+        sg_log_str(t->log, "error", detail);
     sg_log_int(t->log, "spans", (int64_t)n);
     sg_log_int(t->log, "batches_failed_total", (int64_t)t->stats.batches_failed);
     sg_log_int(t->log, "dropped_total", (int64_t)t->stats.dropped);
     sg_log_end(t->log);
 }
 
-static void request_failed(sg_tracer *t, const char *reason, int status, int err)
+static void batch_failed(sg_tracer *t, size_t n, const char *reason, int status, const char *detail)
 {
-    size_t n = t->req_spans;
-    t->req_spans = 0;
     t->stats.batches_failed++;
     t->stats.dropped += n;
-    warn_failed(t, reason, status, err, n);
+    warn_failed(t, reason, status, detail, n);
 }
 
 static void schedule_send(sg_tracer *t)
@@ -242,23 +262,35 @@ static void schedule_send(sg_tracer *t)
         event_active(t->kick, EV_TIMEOUT, 0);
 }
 
-static void close_conn(sg_tracer *t)
+static void free_data(const void *data, size_t len, void *arg)
 {
-    if (t->bev) {
-        /* Safe inside the bufferevent's own callbacks: libevent defers the free. */
-        bufferevent_free(t->bev);
-        t->bev = NULL;
-    }
-    t->state = ST_NONE;
-    t->connected = false;
-    event_del(t->conn_timer);
-    schedule_send(t);
+    free((void *)data);
 }
 
 static void batch_free(batch *b)
 {
     sg_buf_free(&b->body);
     free(b);
+}
+
+static batch *pop_ready(sg_tracer *t)
+{
+    batch *b = t->ready_head;
+    t->ready_head = b->next;
+    if (!t->ready_head)
+        t->ready_tail = NULL;
+    t->queued_spans -= b->n;
+    t->queued_bytes -= b->bytes;
+    return b;
+}
+
+/* The oldest batch cannot go (no address, no connection): dropped, counted. */
+static void drop_ready(sg_tracer *t, const char *reason, const char *detail)
+{
+    batch *b = pop_ready(t);
+    batch_failed(t, b->n, reason, 0, detail);
+    batch_free(b);
+    schedule_send(t);
 }
 
 /* Moves cur to the ready queue and asks the loop to send. */
@@ -278,280 +310,276 @@ static void close_batch(sg_tracer *t)
     schedule_send(t);
 }
 
-static void free_data(const void *data, size_t len, void *arg)
+/* Never from inside one of the connection's own callbacks. */
+static void drop_conn(sg_tracer *t)
 {
-    free((void *)data);
+    if (t->conn)
+        evhttp_connection_free(t->conn); /* frees the bufferevent (and the SSL) too */
+    t->conn = NULL;
+    t->bev = NULL;
+    t->conn_dead = false;
+    event_del(t->idle_timer);
 }
 
-static void on_read(struct bufferevent *bev, void *arg);
-static void on_event(struct bufferevent *bev, short what, void *arg);
-
-static bool open_conn(sg_tracer *t, int *err)
-{
-    struct bufferevent *bev = bufferevent_socket_new(t->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (!bev) {
-        *err = EVUTIL_SOCKET_ERROR();
-        return false;
-    }
-    bufferevent_setcb(bev, on_read, NULL, on_event, t);
-    t->bev = bev; /* callbacks may look at it */
-    if (bufferevent_socket_connect(bev, t->addr->ai_addr, (int)t->addr->ai_addrlen) < 0) {
-        *err = EVUTIL_SOCKET_ERROR();
-        bufferevent_free(bev);
-        t->bev = NULL;
-        return false;
-    }
-    return true;
-}
+/* ---- addresses */
 
 static void next_addr(sg_tracer *t)
 {
-    t->addr = t->addr->ai_next ? t->addr->ai_next : t->addrs;
+    if (!t->addr)
+        return;
+    t->addr = t->addr->ai_next;
+    if (!t->addr) {
+        t->addr = t->addrs;
+        if (t->dns)
+            t->resolved_ms = 0; /* a round of failures: the name may point elsewhere now */
+    }
 }
 
-/* Sends the oldest ready batch when the connection is free. */
+static void on_resolved(int result, struct evutil_addrinfo *res, void *arg)
+{
+    sg_tracer *t = arg;
+    t->lookup = NULL;
+    t->resolving = false;
+    if (result == EVUTIL_EAI_CANCEL)
+        return; /* the tracer is being freed */
+    if (result != 0 || !res) {
+        if (res)
+            evutil_freeaddrinfo(res);
+        if (t->addrs) {
+            /* Keep the addresses we had: a DNS blip must not stop exports. */
+            t->resolved_ms = sg_now_mono_ms();
+            schedule_send(t);
+        } else if (t->ready_head) {
+            drop_ready(t, "resolve", evutil_gai_strerror(result));
+        }
+        return;
+    }
+    if (t->addrs)
+        evutil_freeaddrinfo(t->addrs);
+    t->addrs = t->addr = res;
+    t->resolved_ms = sg_now_mono_ms();
+    schedule_send(t);
+}
+
+/* True when t->addr can be used now; otherwise a lookup is under way and
+ * on_resolved will kick the sender again. */
+static bool have_addr(sg_tracer *t)
+{
+    if (!t->dns || (t->addrs && t->resolved_ms && sg_now_mono_ms() - t->resolved_ms < TRACE_RESOLVE_MS))
+        return t->addr != NULL;
+    struct evutil_addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    t->resolving = true;
+    /* May answer at once (the hosts file), calling on_resolved before it returns. */
+    struct evdns_getaddrinfo_request *r = evdns_getaddrinfo(t->dns, t->host, t->port, &hints, on_resolved, t);
+    if (t->resolving)
+        t->lookup = r;
+    return false;
+}
+
+/* ---- the connection and one request */
+
+static void on_conn_closed(struct evhttp_connection *conn, void *arg)
+{
+    sg_tracer *t = arg;
+    if (conn == t->conn)
+        t->conn_dead = true;
+}
+
+static void on_idle(evutil_socket_t fd, short what, void *arg)
+{
+    sg_tracer *t = arg;
+    if (!t->req)
+        drop_conn(t);
+}
+
+static bool open_conn(sg_tracer *t)
+{
+    char ip[INET6_ADDRSTRLEN] = "";
+    const struct sockaddr *sa = t->addr->ai_addr;
+    if (sa->sa_family == AF_INET6)
+        evutil_inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, ip, sizeof ip);
+    else
+        evutil_inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, ip, sizeof ip);
+    struct bufferevent *bev;
+    if (t->ssl) {
+        SSL *ssl = SSL_new(t->ssl);
+        if (!ssl)
+            return false;
+        /* The name (or address) of the URL is what the certificate must show. */
+        struct in6_addr a6;
+        if (evutil_inet_pton(AF_INET, t->host, &a6) == 1 || evutil_inet_pton(AF_INET6, t->host, &a6) == 1) {
+            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), t->host);
+        } else {
+            SSL_set_tlsext_host_name(ssl, t->host);
+            SSL_set1_host(ssl, t->host);
+        }
+        bev = bufferevent_openssl_socket_new(t->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                             BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        if (!bev) {
+            SSL_free(ssl);
+            return false;
+        }
+        /* Many servers close without close_notify; that is an end, not an error. */
+        bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    } else {
+        bev = bufferevent_socket_new(t->base, -1, 0); /* evhttp closes the socket */
+        if (!bev)
+            return false;
+    }
+    /* A numeric address: evhttp resolves nothing (it would block). */
+    t->conn = evhttp_connection_base_bufferevent_new(t->base, NULL, bev, ip, (ev_uint16_t)atoi(t->port));
+    if (!t->conn) {
+        bufferevent_free(bev);
+        return false;
+    }
+    t->bev = bev;
+    t->conn_dead = false;
+    struct timeval tv;
+    tv_ms(&tv, t->request_timeout_ms);
+    evhttp_connection_set_timeout_tv(t->conn, &tv);
+    evhttp_connection_set_retries(t->conn, 0);
+    evhttp_connection_set_max_headers_size(t->conn, TRACE_RESP_HEADERS_MAX);
+    evhttp_connection_set_max_body_size(t->conn, TRACE_RESP_BODY_MAX);
+    evhttp_connection_set_closecb(t->conn, on_conn_closed, t);
+    return true;
+}
+
+static void on_request_error(enum evhttp_request_error e, void *arg)
+{
+    sg_tracer *t = arg;
+    t->req_error = 1 + (int)e;
+}
+
+/* Why a request ended without a response, for the log. */
+static const char *failure_reason(sg_tracer *t, const char **detail)
+{
+    *detail = NULL;
+    if (t->bev && t->ssl) {
+        unsigned long e = bufferevent_get_openssl_error(t->bev);
+        if (e) {
+            *detail = ERR_reason_error_string(e);
+            return "tls";
+        }
+    }
+    switch (t->req_error - 1) {
+    case EVREQ_HTTP_TIMEOUT: return "timeout";
+    case EVREQ_HTTP_INVALID_HEADER:
+    case EVREQ_HTTP_DATA_TOO_LONG: return "bad_response";
+    case -1: return "connect"; /* evhttp reports a refused connect with no error */
+    default:
+        /* A connection that ends before its first answer mostly never was
+         * one (over TLS a refused connect shows as an end, not a refusal). */
+        return t->fresh ? "connect" : "closed";
+    }
+}
+
+/* evhttp's answer: a response, or req NULL / status 0 for a failure. Runs
+ * inside the connection's callbacks: the connection is only marked here. */
+static void on_response(struct evhttp_request *req, void *arg)
+{
+    sg_tracer *t = arg;
+    if (!t->req)
+        return;
+    t->req = NULL;
+    size_t n = t->req_spans;
+    t->req_spans = 0;
+    int status = req ? evhttp_request_get_response_code(req) : 0;
+    if (status >= 200 && status < 300) {
+        t->stats.exported += n;
+    } else if (status) {
+        batch_failed(t, n, "http_status", status, NULL);
+    } else {
+        const char *detail;
+        const char *reason = failure_reason(t, &detail);
+        if (t->fresh)
+            next_addr(t); /* this address did not work: the next connection tries another */
+        batch_failed(t, n, reason, 0, detail);
+        t->conn_dead = true;
+    }
+    if (!t->conn_dead) {
+        struct timeval tv;
+        tv_ms(&tv, TRACE_IDLE_MS);
+        event_add(t->idle_timer, &tv);
+    }
+    schedule_send(t);
+}
+
+/* Sends the oldest ready batch when nothing is in flight. Runs from the kick
+ * event only, never inside the connection's callbacks. */
 static void try_send(sg_tracer *t)
 {
-    if (!t->ready_head || (t->bev && t->state != ST_IDLE))
+    if (!t->ready_head || t->req || t->resolving)
         return;
-    batch *b = t->ready_head;
-    t->ready_head = b->next;
-    if (!t->ready_head)
-        t->ready_tail = NULL;
-    t->queued_spans -= b->n;
-    t->queued_bytes -= b->bytes;
-    t->req_spans = b->n;
-
-    if (!t->bev) {
-        int err = 0;
-        if (!open_conn(t, &err)) {
+    if (t->conn && t->conn_dead)
+        drop_conn(t);
+    t->fresh = !t->conn;
+    if (!t->conn) {
+        if (!have_addr(t))
+            return;
+        if (!open_conn(t)) {
             next_addr(t);
-            batch_free(b);
-            request_failed(t, "connect", 0, err);
-            schedule_send(t);
+            drop_ready(t, "connect", "cannot create a connection");
             return;
         }
-        t->connected = false;
     }
-    struct evbuffer *out = bufferevent_get_output(t->bev);
-    evbuffer_add_printf(out,
-                        "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                        "Content-Length: %zu\r\nUser-Agent: signal-gateway/" TRACE_SCOPE_VERSION
-                        "\r\n\r\n",
-                        t->path, t->host, b->body.len);
-    /* The evbuffer takes the body's allocation and frees it when written. */
+    event_del(t->idle_timer);
+    batch *b = pop_ready(t);
+    struct evhttp_request *req = evhttp_request_new(on_response, t);
+    evhttp_request_set_error_cb(req, on_request_error);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Host", t->authority);
+    evhttp_add_header(h, "Content-Type", "application/json");
+    evhttp_add_header(h, "User-Agent", "signal-gateway/" TRACE_SCOPE_VERSION);
+    for (size_t i = 0; i < t->nhdrs; i++)
+        evhttp_add_header(h, t->hdr_names[i], t->hdr_values[i]);
+    /* The request's buffer takes the body's allocation and frees it when written. */
+    struct evbuffer *out = evhttp_request_get_output_buffer(req);
     if (evbuffer_add_reference(out, b->body.data, b->body.len, free_data, NULL) == 0)
         b->body.data = NULL;
     else
         evbuffer_add(out, b->body.data, b->body.len);
+    t->req = req;
+    t->req_spans = b->n;
+    t->req_error = 0;
     batch_free(b);
-
-    t->state = ST_STATUS;
-    t->interim = t->close_after = t->have_len = false;
-    t->header_lines = 0;
-    t->body_left = 0;
-    bufferevent_enable(t->bev, EV_READ | EV_WRITE);
-    struct timeval tv;
-    tv_ms(&tv, t->request_timeout_ms);
-    event_add(t->conn_timer, &tv);
+    /* A connect refused at once answers (on_response) before this returns. */
+    if (evhttp_make_request(t->conn, req, EVHTTP_REQ_POST, t->path) != 0 && t->req == req) {
+        t->req = NULL;
+        batch_failed(t, t->req_spans, "connect", 0, NULL);
+        t->req_spans = 0;
+        t->conn_dead = true;
+        schedule_send(t);
+    }
 }
 
 static void on_kick(evutil_socket_t fd, short what, void *arg) { try_send(arg); }
 
 static void on_batch_timer(evutil_socket_t fd, short what, void *arg) { close_batch(arg); }
 
-static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
-{
-    sg_tracer *t = arg;
-    if (t->state == ST_STATUS) {
-        if (!t->connected)
-            next_addr(t);
-        request_failed(t, t->connected ? "timeout" : "connect_timeout", 0, 0);
-    }
-    close_conn(t); /* or: the rest of a response is late, or idle too long */
-}
-
-/* "HTTP/1.x DDD[ reason]": returns the status, or 0. */
-static int parse_status_line(const char *s, size_t n, bool *http10)
-{
-    if (n < 12 || memcmp(s, "HTTP/1.", 7) != 0 || (s[7] != '0' && s[7] != '1') || s[8] != ' ')
-        return 0;
-    for (int i = 9; i < 12; i++)
-        if (s[i] < '0' || s[i] > '9')
-            return 0;
-    if (n > 12 && s[12] != ' ')
-        return 0;
-    *http10 = s[7] == '0';
-    return (s[9] - '0') * 100 + (s[10] - '0') * 10 + (s[11] - '0');
-}
-
-static bool header_is(const char *line, size_t n, const char *name, const char **val)
-{
-    size_t k = strlen(name);
-    if (n <= k || strncasecmp(line, name, k) != 0 || line[k] != ':')
-        return false;
-    const char *v = line + k + 1;
-    while (*v == ' ' || *v == '\t')
-        v++;
-    *val = v;
-    return true;
-}
-
-/* One header line of the response: only what decides whether the
- * connection can be reused matters. */
-static void on_header(sg_tracer *t, const char *line, size_t n)
-{
-    const char *v;
-    if (header_is(line, n, "Content-Length", &v)) {
-        char *end;
-        errno = 0;
-        unsigned long long len = strtoull(v, &end, 10);
-        if (errno || end == v || *end || *v == '-' || (t->have_len && len != t->body_left))
-            t->close_after = true;
-        t->have_len = true;
-        t->body_left = len;
-    } else if (header_is(line, n, "Transfer-Encoding", &v)) {
-        t->close_after = true; /* chunked: we do not decode it; closing is simpler */
-    } else if (header_is(line, n, "Connection", &v)) {
-        if (strcasestr(v, "close"))
-            t->close_after = true;
-    }
-}
-
-/* Returns false when the connection was closed (the caller must stop). */
-static bool read_response(sg_tracer *t, struct evbuffer *in)
-{
-    for (;;) {
-        if (t->state == ST_BODY) {
-            size_t have = evbuffer_get_length(in);
-            size_t k = have < t->body_left ? have : (size_t)t->body_left;
-            evbuffer_drain(in, k);
-            t->body_left -= k;
-            if (t->body_left)
-                return true;
-            t->state = ST_IDLE;
-            struct timeval tv;
-            tv_ms(&tv, TRACE_IDLE_MS);
-            event_add(t->conn_timer, &tv);
-            schedule_send(t);
-            continue;
-        }
-        if (t->state == ST_IDLE) {
-            if (evbuffer_get_length(in) == 0)
-                return true;
-            close_conn(t); /* unsolicited bytes: the stream is not HTTP any more */
-            return false;
-        }
-        size_t n = 0;
-        char *line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
-        if (!line) {
-            if (evbuffer_get_length(in) <= TRACE_RESP_LINE_MAX)
-                return true;
-            if (t->state == ST_STATUS)
-                request_failed(t, "bad_response", 0, 0);
-            close_conn(t);
-            return false;
-        }
-        if (n > TRACE_RESP_LINE_MAX) {
-            free(line);
-            if (t->state == ST_STATUS)
-                request_failed(t, "bad_response", 0, 0);
-            close_conn(t);
-            return false;
-        }
-        if (t->state == ST_STATUS) {
-            bool http10 = false;
-            int status = parse_status_line(line, n, &http10);
-            free(line);
-            if (status < 100 || status == 101) {
-                request_failed(t, "bad_response", status, 0);
-                close_conn(t);
-                return false;
-            }
-            t->state = ST_HEADERS;
-            t->header_lines = 0;
-            t->have_len = false;
-            t->interim = status < 200;
-            if (t->interim)
-                continue;
-            if (http10)
-                t->close_after = true; /* no keep-alive negotiation for 1.0 */
-            if (status >= 200 && status < 300) {
-                t->stats.exported += t->req_spans;
-                t->req_spans = 0;
-            } else {
-                request_failed(t, "http_status", status, 0);
-            }
-            if (status == 204)
-                t->have_len = true, t->body_left = 0;
-            continue;
-        }
-        /* ST_HEADERS */
-        if (n == 0) {
-            free(line);
-            if (t->interim) {
-                t->state = ST_STATUS;
-                continue;
-            }
-            if (t->close_after || !t->have_len || t->body_left > TRACE_RESP_BODY_MAX) {
-                close_conn(t);
-                return false;
-            }
-            t->state = ST_BODY;
-            continue;
-        }
-        if (++t->header_lines > TRACE_RESP_HEADERS_MAX) {
-            free(line);
-            close_conn(t);
-            return false;
-        }
-        on_header(t, line, n);
-        free(line);
-    }
-}
-
-static void on_read(struct bufferevent *bev, void *arg)
-{
-    sg_tracer *t = arg;
-    read_response(t, bufferevent_get_input(bev));
-}
-
-static void on_event(struct bufferevent *bev, short what, void *arg)
-{
-    sg_tracer *t = arg;
-    if (what & BEV_EVENT_CONNECTED) {
-        t->connected = true;
-        return;
-    }
-    if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
-        return;
-    int err = (what & BEV_EVENT_ERROR) ? EVUTIL_SOCKET_ERROR() : 0;
-    if (t->state == ST_STATUS) {
-        /* Take what arrived before the close: a status line may be in it. */
-        if (!read_response(t, bufferevent_get_input(bev)))
-            return;
-        if (t->state == ST_STATUS) {
-            if (!t->connected)
-                next_addr(t);
-            request_failed(t, t->connected ? "closed" : "connect", 0, err);
-        }
-    }
-    close_conn(t);
-}
-
 /* ---- endpoint ------------------------------------------------------------ */
 
-/* "http://host[:port][/base]" with host a name, IPv4 or [IPv6]. */
-static bool parse_endpoint(const char *ep, char **host, char **port, char **authority,
-                           char **path, const char **err)
+/* "http[s]://host[:port][/path]" with host a name, IPv4 or [IPv6]; the path
+ * is used as it is ("/" when there is none). */
+static bool parse_endpoint(sg_tracer *t, const char *url, bool *https, const char **err)
 {
-    *err = "SIGNAL_OTLP_ENDPOINT: must be http://host[:port][/path] (https is not supported)";
-    for (const char *p = ep; *p; p++)
+    *err = "must be http[s]://host[:port][/path] (no user, query or fragment)";
+    for (const char *p = url; *p; p++)
         if ((unsigned char)*p <= 0x20 || *p == 0x7f)
             return false;
-    if (strncasecmp(ep, "http://", 7) != 0)
+    const char *a;
+    if (strncasecmp(url, "http://", 7) == 0) {
+        *https = false;
+        a = url + 7;
+    } else if (strncasecmp(url, "https://", 8) == 0) {
+        *https = true;
+        a = url + 8;
+    } else {
         return false;
-    const char *a = ep + 7;
+    }
     size_t alen = strcspn(a, "/?#");
     const char *rest = a + alen;
     if (alen == 0 || memchr(a, '@', alen) || strpbrk(rest, "?#"))
@@ -574,7 +602,7 @@ static bool parse_endpoint(const char *ep, char **host, char **port, char **auth
     }
     if (hlen == 0)
         return false;
-    char portbuf[6] = "80";
+    snprintf(t->port, sizeof t->port, "%s", *https ? "443" : "80");
     if (pe < a + alen) {
         if (*pe != ':')
             return false;
@@ -582,28 +610,60 @@ static bool parse_endpoint(const char *ep, char **host, char **port, char **auth
         size_t dlen = (size_t)(a + alen - d);
         if (dlen == 0 || dlen > 5 || strspn(d, "0123456789") < dlen)
             return false;
-        memcpy(portbuf, d, dlen);
-        portbuf[dlen] = '\0';
-        long v = strtol(portbuf, NULL, 10);
+        memcpy(t->port, d, dlen);
+        t->port[dlen] = '\0';
+        long v = strtol(t->port, NULL, 10);
         if (v < 1 || v > 65535)
             return false;
     }
-    size_t plen = strlen(rest);
-    while (plen && rest[plen - 1] == '/')
-        plen--;
-    static const char suffix[] = "/v1/traces";
-    size_t slen = sizeof suffix - 1;
-    sg_buf pb;
-    sg_buf_init(&pb);
-    sg_buf_append(&pb, rest, plen);
-    /* A base URL gets /v1/traces; one that already names it is used as is. */
-    if (plen < slen || memcmp(rest + plen - slen, suffix, slen) != 0)
-        sg_buf_puts(&pb, suffix);
-    *path = pb.data;
-    *host = sg_xstrndup(h, hlen);
-    *port = sg_xstrdup(portbuf);
-    *authority = sg_xstrndup(a, alen);
+    t->host = sg_xstrndup(h, hlen);
+    t->authority = sg_xstrndup(a, alen);
+    t->path = sg_xstrdup(*rest ? rest : "/");
     *err = NULL;
+    return true;
+}
+
+/* Where the collector's addresses come from: the literal, or evdns. */
+static bool setup_addresses(sg_tracer *t, const char **err)
+{
+    struct evutil_addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    hints.ai_flags = EVUTIL_AI_NUMERICHOST;
+    if (evutil_getaddrinfo(t->host, t->port, &hints, &res) == 0 && res) {
+        t->addrs = t->addr = res;
+        return true;
+    }
+    if (res)
+        evutil_freeaddrinfo(res);
+    /* A name: looked up when the first batch leaves, not here, so a collector
+     * that is not resolvable yet (starting beside us) costs spans, not the start. */
+    t->dns = evdns_base_new(t->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+    if (!t->dns) {
+        *err = "cannot set up the DNS resolver (/etc/resolv.conf)";
+        return false;
+    }
+    return true;
+}
+
+static bool setup_tls(sg_tracer *t, const char *ca_file, const char **err)
+{
+    t->ssl = SSL_CTX_new(TLS_client_method());
+    if (!t->ssl) {
+        *err = "cannot create a TLS context";
+        return false;
+    }
+    SSL_CTX_set_min_proto_version(t->ssl, TLS1_2_VERSION);
+    SSL_CTX_set_verify(t->ssl, SSL_VERIFY_PEER, NULL);
+    int ok = ca_file ? SSL_CTX_load_verify_locations(t->ssl, ca_file, NULL)
+                     : SSL_CTX_set_default_verify_paths(t->ssl);
+    if (ok != 1) {
+        *err = ca_file ? "cannot load the CA bundle (OTEL_EXPORTER_OTLP_CERTIFICATE)"
+                       : "cannot load the system's CA certificates";
+        return false;
+    }
     return true;
 }
 
@@ -619,51 +679,14 @@ static void resource_attr(sg_buf *b, const char *key, const char *val, bool *fir
     sg_buf_puts(b, "}}");
 }
 
-sg_tracer *sg_tracer_new(struct event_base *base, const char *endpoint, const char *service_name,
-                         const char *node_id, struct sg_log *log, const char **err)
+static void build_prefix(sg_tracer *t, const char *service_name, const char *node_id)
 {
-    const char *dummy;
-    if (!err)
-        err = &dummy;
-    *err = NULL;
-    if (!endpoint || !*endpoint)
-        return NULL;
-    char *host = NULL, *port = NULL, *authority = NULL, *path = NULL;
-    if (!parse_endpoint(endpoint, &host, &port, &authority, &path, err))
-        return NULL;
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_protocol = IPPROTO_TCP;
-    if (getaddrinfo(host, port, &hints, &res) != 0 || !res) {
-        *err = "SIGNAL_OTLP_ENDPOINT: cannot resolve the host";
-        free(host);
-        free(port);
-        free(authority);
-        free(path);
-        return NULL;
-    }
-    free(port);
-
-    sg_tracer *t = sg_xcalloc(1, sizeof *t);
-    t->base = base;
-    t->log = log;
-    t->addrs = t->addr = res;
-    t->host = authority;
-    t->path = path;
-    free(host);
-    t->batch_delay_ms = TRACE_BATCH_DELAY_MS;
-    t->request_timeout_ms = TRACE_REQUEST_TIMEOUT_MS;
-    sg_buf_init(&t->span);
-    sg_buf_init(&t->prefix);
-
     sg_buf *p = &t->prefix;
     bool first = true;
     sg_buf_puts(p, "{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
-    if (!service_name || !*service_name)
-        service_name = TRACE_DEFAULT_SERVICE;
-    resource_attr(p, "service.name", service_name, &first);
+    resource_attr(p, "service.name", service_name && *service_name ? service_name : TRACE_DEFAULT_SERVICE,
+                  &first);
+    resource_attr(p, "service.version", SG_VERSION, &first);
     if (node_id && *node_id)
         resource_attr(p, "service.instance.id", node_id, &first);
     char hn[256];
@@ -674,10 +697,43 @@ sg_tracer *sg_tracer_new(struct event_base *base, const char *endpoint, const ch
     }
     sg_buf_puts(p, "]},\"scopeSpans\":[{\"scope\":{\"name\":\"" TRACE_SCOPE_NAME
                    "\",\"version\":\"" TRACE_SCOPE_VERSION "\"},\"spans\":[");
+}
 
+sg_tracer *sg_tracer_new(struct event_base *base, const sg_tracer_opts *o, struct sg_log *log,
+                         const char **err)
+{
+    const char *dummy;
+    if (!err)
+        err = &dummy;
+    *err = NULL;
+    if (!o || !o->url || !*o->url)
+        return NULL;
+    sg_tracer *t = sg_xcalloc(1, sizeof *t);
+    t->base = base;
+    t->log = log;
+    t->batch_delay_ms = TRACE_BATCH_DELAY_MS;
+    t->request_timeout_ms = TRACE_REQUEST_TIMEOUT_MS;
+    sg_buf_init(&t->span);
+    sg_buf_init(&t->prefix);
     t->batch_timer = evtimer_new(base, on_batch_timer, t);
-    t->conn_timer = evtimer_new(base, on_conn_timer, t);
+    t->idle_timer = evtimer_new(base, on_idle, t);
     t->kick = event_new(base, -1, 0, on_kick, t);
+    bool https = false;
+    if (!parse_endpoint(t, o->url, &https, err) || !setup_addresses(t, err) ||
+        (https && !setup_tls(t, o->ca_file, err))) {
+        sg_tracer_free(t, 0);
+        return NULL;
+    }
+    if (o->nheaders) {
+        t->hdr_names = sg_xcalloc(o->nheaders, sizeof(char *));
+        t->hdr_values = sg_xcalloc(o->nheaders, sizeof(char *));
+        for (size_t i = 0; i < o->nheaders; i++) {
+            t->hdr_names[i] = sg_xstrdup(o->header_names[i]);
+            t->hdr_values[i] = sg_xstrdup(o->header_values[i]);
+        }
+        t->nhdrs = o->nheaders;
+    }
+    build_prefix(t, o->service_name, o->node_id);
     return t;
 }
 
@@ -713,7 +769,7 @@ void sg_tracer_free(sg_tracer *t, int timeout_ms)
         struct event *wake = evtimer_new(t->base, on_wake, NULL);
         uint64_t deadline = sg_now_mono_ms() + (uint64_t)timeout_ms;
         for (;;) {
-            if (!t->ready_head && t->state != ST_STATUS)
+            if (!t->ready_head && !t->req && !t->resolving)
                 break;
             uint64_t now = sg_now_mono_ms();
             if (now >= deadline)
@@ -726,18 +782,32 @@ void sg_tracer_free(sg_tracer *t, int timeout_ms)
         }
         event_free(wake);
     }
-    event_free(t->batch_timer);
-    event_free(t->conn_timer);
-    event_free(t->kick);
-    if (t->bev)
-        bufferevent_free(t->bev);
-    while (t->ready_head) {
-        batch *b = t->ready_head;
-        t->ready_head = b->next;
-        batch_free(b);
+    if (t->lookup)
+        evdns_getaddrinfo_cancel(t->lookup); /* calls on_resolved with EVUTIL_EAI_CANCEL */
+    if (t->req) {
+        t->stats.dropped += t->req_spans; /* freed with the connection, unanswered */
+        t->req = NULL;
     }
-    freeaddrinfo(t->addrs);
+    drop_conn(t);
+    event_free(t->batch_timer);
+    event_free(t->idle_timer);
+    event_free(t->kick);
+    while (t->ready_head)
+        batch_free(pop_ready(t));
+    if (t->addrs)
+        evutil_freeaddrinfo(t->addrs);
+    if (t->dns)
+        evdns_base_free(t->dns, 0);
+    if (t->ssl)
+        SSL_CTX_free(t->ssl);
+    for (size_t i = 0; i < t->nhdrs; i++) {
+        free(t->hdr_names[i]);
+        free(t->hdr_values[i]);
+    }
+    free(t->hdr_names);
+    free(t->hdr_values);
     free(t->host);
+    free(t->authority);
     free(t->path);
     sg_buf_free(&t->prefix);
     sg_buf_free(&t->span);
@@ -809,7 +879,7 @@ static void format_span(sg_buf *b, const char *name, sg_span_kind kind, const sg
 static void drop_one(sg_tracer *t, const char *reason)
 {
     t->stats.dropped++;
-    warn_failed(t, reason, 0, 0, 1);
+    warn_failed(t, reason, 0, NULL, 1);
 }
 
 void sg_tracer_record(sg_tracer *t, const char *name, sg_span_kind kind, const sg_span_ctx *ctx,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* utf8: strict incremental UTF-8 validation (RFC 3629), shared by the
  * WebSocket layer (RFC 6455 requires valid text) and the message decoder. */
 #include "sg/utf8.h"

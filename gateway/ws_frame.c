@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* ws_frame: incremental RFC 6455 server-side parser and server framer (text
  * is checked with utf8.h). See include/sg/ws_frame.h for the contract.
  *

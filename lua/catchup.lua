@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: Apache-2.0
 -- catchup (gateway/ops.c sg_ops_catchup)
 --   KEYS: peers buckets seq
 --   ARGV: room peer last_seq

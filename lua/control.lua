@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: Apache-2.0
 -- Backend control (PROTOCOL.md §9, docs/backend-control.md): what an
 -- application's backend (or `signal-gateway kick|close-room|revoke`) does to
 -- live rooms, whichever gateway holds the peers.

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: Apache-2.0
 -- expire (gateway/session_lease.c)
 --   KEYS: peers buckets seq
 --   ARGV: room peer until

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: Apache-2.0
 -- join (gateway/ops.c sg_ops_join)
 --   KEYS: peers buckets seq acl
 --   ARGV: room peer holder node subhash sub claim_ok max_peers resume_ms rt ttl_ms

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: Apache-2.0
 -- leave (gateway/ops.c sg_ops_leave)
 --   KEYS: peers buckets seq acl
 --   ARGV: room peer holder reason resume_ms

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: Apache-2.0
 -- The gateway's Redis function library (Redis >= 7.0). The build puts this
 -- file, then every operation file, after a header that names the library and
 -- the function prefix after a hash of the whole text:

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: Apache-2.0
 -- reap (gateway/session_lease.c): one room of a gateway instance taken for
 -- dead (see nodes). The calling instance answers for what is left of it.
 --   KEYS: peers buckets seq

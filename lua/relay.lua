@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: Apache-2.0
 -- relay (gateway/ops.c sg_ops_relay): the hot path, so it reads both
 -- members in one HMGET, all buckets in one HMGET and one HSET, asks for the
 -- time only when a bucket is on, and leaves TTLs to the room's nodes.

@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: Apache-2.0
 -- resume (gateway/ops.c sg_ops_resume)
 --   KEYS: peers buckets seq acl
 --   ARGV: room peer holder node subhash rt_old rt_new last_seq claim_ok sub ttl_ms

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # The test command: installs what it needs, builds (-Werror) and runs every
 # test. Exits non-zero on the first failing step.
 #
@@ -32,8 +33,14 @@ build build
 section "unit tests (ctest + cmocka)"
 (cd build && ctest --output-on-failure)
 
+section "Debian package (CPack): contents, Depends, dpkg -i into a throwaway root, --version"
+tests/package/deb.sh build
+
 section "JS client unit tests (node --test)"
 node --test clients/js/test/
+
+section "npm package of the JS client: npm pack, tsc --noEmit on a typed example"
+tests/package/npm.sh
 
 section "build (ASan + UBSan)"
 build build-asan -DSG_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // demo.js — the signal-gateway demo page: a video call plus a data-channel
 // chat with every other peer in a room, over the JS client library.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // peer.js — wires RTCPeerConnections to a SignalClient, "perfect negotiation" style.
 //
 // PeerLink: one RTCPeerConnection to one remote peer in one room.

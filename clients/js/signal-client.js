@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // signal-client.js — browser client of the signal-gateway signaling protocol v1.
 //
 // A plain ES module with no dependencies and no build step. It speaks the wire
@@ -183,6 +184,71 @@ function deferred() {
 }
 
 /**
+ * A room as joined by one peer of a SignalClient: what `client.join()`
+ * resolves with. It carries the fields of the `joined` (or `resumed`) detail
+ * (roomId, peerId, peers as they were then, iceServers, resumable, ...) and
+ * sends as that peer in that room, so callers stop repeating ids:
+ *
+ *   const room = await client.join(roomId, peerId);
+ *   room.offer(to, sdp);  room.candidate(to, ice);  room.on('relay', fn);  await room.leave();
+ *
+ * `room.on(type, fn)` takes the client's events that concern this room:
+ * those whose detail carries this roomId (and, where it names one, this
+ * peerId as its peerId or relay target). A new room-scoped event of the
+ * client needs no change here.
+ */
+export class SignalRoom {
+  #client;
+
+  constructor(client, detail) {
+    this.#client = client;
+    Object.assign(this, detail);
+  }
+
+  /** True while the client is in this room as this peer (false after leave(), replaced, close()). */
+  get active() {
+    const r = this.#client.room(this.roomId);
+    return Boolean(r) && r.peerId === this.peerId;
+  }
+
+  /** The room as the client sees it now ({status, peers, lastSeq, ...}), or null once left. */
+  info() {
+    const r = this.#client.room(this.roomId);
+    return r && r.peerId === this.peerId ? r : null;
+  }
+
+  offer(to, sdp, options) {
+    return this.#client.offer(this.roomId, this.peerId, to, sdp, options);
+  }
+
+  answer(to, sdp, options) {
+    return this.#client.answer(this.roomId, this.peerId, to, sdp, options);
+  }
+
+  candidate(to, candidateInit, options) {
+    return this.#client.candidate(this.roomId, this.peerId, to, candidateInit, options);
+  }
+
+  leave(options) {
+    return this.#client.leave(this.roomId, this.peerId, options);
+  }
+
+  /** Subscribes fn(detail, event) to the client's events of this room; returns an unsubscribe function. */
+  on(type, fn) {
+    return this.#client.on(type, (detail, event) => {
+      if (this.#concerns(detail)) fn(detail, event);
+    });
+  }
+
+  // A client is in a room as one peer at a time, so the roomId decides;
+  // a relay must also be addressed to us.
+  #concerns(d) {
+    if (!d || typeof d !== 'object' || d.roomId !== this.roomId) return false;
+    return typeof d.to !== 'string' || d.to === this.peerId;
+  }
+}
+
+/**
  * A signaling client. Events (all are CustomEvents; the payload is in
  * `event.detail`; `client.on(type, fn)` calls fn(detail, event)):
  *
@@ -350,10 +416,11 @@ export class SignalClient extends EventTarget {
   }
 
   /**
-   * Joins roomId as peerId. Resolves with the `joined` (or, after a
-   * reconnect, `resumed`) detail; rejects with a SignalError on an `error`
-   * answer or after requestTimeoutMs. The room is remembered and re-joined
-   * after every reconnect until leave() or close().
+   * Joins roomId as peerId. Resolves with a SignalRoom: the fields of the
+   * `joined` (or, after a reconnect, `resumed`) detail plus offer/answer/
+   * candidate/leave/on for this room and peer. Rejects with a SignalError on
+   * an `error` answer or after requestTimeoutMs. The room is remembered and
+   * re-joined after every reconnect until leave() or close().
    */
   join(roomId, peerId, { timeoutMs = this._requestTimeoutMs } = {}) {
     let pid;
@@ -536,7 +603,7 @@ export class SignalClient extends EventTarget {
     room.waiters = [];
     for (const w of waiters) {
       this._clearTimeout(w.timer);
-      w.resolve(detail);
+      w.resolve(new SignalRoom(this, detail));
     }
   }
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* auth: JWT verification for the handshake (PROTOCOL.md §1) and dev token
  * minting. The front end (segment split, base64url and header checks) runs
  * before libjwt sees the token, so a token whose header names any algorithm

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* sg_buf: a growable byte buffer used to build frames and JSON without a DOM.
  *
  * Contract: `data` is always NUL-terminated when cap > 0 so it can be logged;

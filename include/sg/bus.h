@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bus: the node's side of Redis, in one of three topologies:
  *   - one Redis (SIGNAL_REDIS_URL);
  *   - a master found through Sentinel (SIGNAL_REDIS_SENTINELS), followed on

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* config: the one immutable configuration of a node and the only home of
  * defaults. Every setting is an environment variable SIGNAL_X and a flag --x
  * (PROTOCOL.md §7); flags win over the environment. */
@@ -48,7 +49,15 @@ typedef struct sg_config {
     char *log_hash_key;
     char *sub_hash_key;       /* never NULL after load (see config.c) */
     bool sub_hash_key_public; /* the fixed default: it hides nothing (logged at start) */
-    char *otlp_endpoint;
+    char *otlp_endpoint;      /* SIGNAL_OTLP_ENDPOINT as given (a base URL) */
+    /* Tracing, resolved from SIGNAL_OTLP_ENDPOINT and OpenTelemetry's
+     * standard OTEL_* variables (config.c says which wins). */
+    char *otlp_traces_url;    /* the URL spans are POSTed to; NULL: tracing off */
+    const char *otlp_source;  /* the variable otlp_traces_url came from (static) */
+    char **otlp_header_names, **otlp_header_values; /* extra request headers */
+    size_t otlp_nheaders;
+    char *otlp_ca_file;       /* https: CA bundle instead of the system's; NULL: system */
+    char *otel_service_name;  /* NULL: "signal-gateway" */
     char *static_dir;
     sg_rate rate_peer, rate_candidate, rate_room, rate_conn_frames, rate_conn_bytes;
     int64_t resume_ms, resume_buffer_max, resume_buffer_bytes;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* conn: one client connection's transport: the bounded HTTP upgrade, the
  * RFC 6455 frame layer, heartbeats, local rate limits and the output bound.
  * It is the only user of the connection's bufferevent. Messages that pass

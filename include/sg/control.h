@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* control: the subcommands kick, close-room and revoke (PROTOCOL.md §9
  * "Backend control"): one FCALL of lua/control.lua each (ops.h lays the
  * calls out), over a blocking connection (redis_sync.h) found from the server's own

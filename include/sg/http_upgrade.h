@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* http_upgrade: pure, bounded HTTP/1.1 request parsing and the WebSocket
  * upgrade checks of PROTOCOL.md §1. No I/O, no allocation: parsed strings
  * point into the caller's buffer, which must outlive the request struct. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* link: one Redis server as the bus uses it. A command connection
  * (pipelined calls) and a subscriber connection (sharded pub/sub), up and
  * down together: when either drops, the other is closed too, so the pair is

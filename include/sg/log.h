@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* log: one JSON object per line on stdout (PROTOCOL.md §8).
  *
  * Lines are built in a reusable buffer and queued; stdout is non-blocking and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* map: a small chained hash map from byte strings to pointers. Keys are
  * copied; values are the caller's. Used for the connection registry (keyed
  * by the 8 bytes of a connection id) and the subscription table (keyed by

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* metrics: counters, gauges and histograms of one node, rendered in the
  * Prometheus text format for /metrics (PROTOCOL.md §8). Updating a metric is
  * an array increment; label values are looked up in small fixed tables. */
@@ -28,6 +29,9 @@ typedef struct sg_histogram {
 } sg_histogram;
 
 typedef struct sg_metrics {
+    /* build_info{version,commit} 1; NULL renders as "unknown". Set once by
+     * main (the version header is generated at configure time). */
+    const char *build_version, *build_commit;
     int64_t ws_connections;      /* ws_connections_gauge */
     int64_t room_members;        /* room_members_gauge: memberships held on this node */
     int64_t redis_connected;     /* 0/1 */
@@ -39,6 +43,7 @@ typedef struct sg_metrics {
     int64_t probe_age_ms;        /* since the last delivery probe came back; -1 never */
     uint64_t probes_sent, probes_received;
     uint64_t spans_exported, spans_dropped;
+    int64_t tls_cert_not_after;  /* Unix time; 0: no TLS (not rendered) */
     sg_counter_family messages;   /* messages_total{type} */
     sg_counter_family errors;     /* errors_total{code} */
     sg_counter_family auth_failures; /* auth_failures_total{reason} */

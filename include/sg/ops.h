@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* ops: the gateway's Redis operations, one function each, with named
  * arguments. Each lays its struct out in the order of the KEYS/ARGV names
  * at the top of its lua/ file and makes the FCALL through the bus, so the

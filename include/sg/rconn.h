@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* rconn: one pipelined RESP connection to Redis on a libevent bufferevent,
  * using hiredis' reader and our own encoder, resp.h (not its async API: hiredis
  * 0.14's subscription table loses a channel's callback when an UNSUBSCRIBE

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* redis_sync: one blocking connection to one Redis endpoint, for the
  * one-shot command-line tools (the control subcommands), which make a call
  * or two and exit and have no event loop to share. Plain TCP or TLS

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* redis_tls: the client side of TLS to Redis (rediss:// endpoints). One
  * SSL_CTX is built at start from the SIGNAL_REDIS_TLS_* files and shared by
  * every connection to Redis and the sentinels; each connection gets its own

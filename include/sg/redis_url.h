@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* redis_url: where and how to reach one Redis server (or sentinel, or
  * cluster seed), parsed from what an operator wrote. Pure: no I/O, no
  * resolver; every input is treated as hostile (bounded, never read past

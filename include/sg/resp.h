@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* resp: RESP2 encoding of a command (an array of bulk strings), byte for
  * byte what hiredis' redisFormatCommandArgv produces, without printf and
  * without an allocation: the caller sizes the space with sg_resp_len and

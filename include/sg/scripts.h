@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* scripts: the gateway's Redis function library (lua/, embedded at build
  * time by cmake/embed_lua.cmake) and the names of its functions. The
  * library is loaded with FUNCTION LOAD once per Redis (bus.c) and every

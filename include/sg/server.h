@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* server: the one object that holds a node's mutable state: listeners, the
  * connection registry (id -> conn), the Redis bus, the session, metrics,
  * log, the deferred pass, timers and shutdown. Connections refer to it;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* slots: Redis Cluster's key space, pure (no I/O). CRC16 slot hashing with
  * hash tags, the slot map parsed from a CLUSTER SHARDS reply, and MOVED/ASK
  * redirections parsed from error replies. Every room's keys and channels

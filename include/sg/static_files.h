@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* static_files: serves a directory (the demo page and the JS client) on the
  * public listener when SIGNAL_STATIC_DIR is set, so the page and /ws share
  * an origin. GET/HEAD only, no directory listing, no path outside the root,

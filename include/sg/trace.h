@@ -1,10 +1,11 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* trace: OpenTelemetry spans exported as OTLP/HTTP JSON (PROTOCOL.md §8).
  *
  * Recording a span formats it into the pending batch and returns: no I/O on
  * the caller's path. A timer (and a full batch) sends the batch with one
- * HTTP/1.1 POST to <endpoint>/v1/traces on a non-blocking connection; one
- * request is in flight at a time. When the collector is down or slow, new
- * spans beyond the queue cap are dropped and counted, never waited for. */
+ * HTTP/1.1 POST to the traces URL (http or https, libevent's HTTP client);
+ * one request is in flight at a time. When the collector is down or slow,
+ * new spans beyond the queue cap are dropped and counted, never waited for. */
 #ifndef SG_TRACE_H
 #define SG_TRACE_H
 
@@ -55,16 +56,29 @@ typedef struct sg_tracer_stats {
     uint64_t batches_failed;
 } sg_tracer_stats;
 
-/* endpoint "http://host[:port]" (port 80 by default; host a name, IPv4 or
- * [IPv6]), optionally with a base path: spans go to <base>/v1/traces (a path
- * that already ends in /v1/traces is used as is). The host is resolved here,
- * once, with getaddrinfo (blocking: call at startup). Returns NULL when
- * endpoint is NULL or empty (tracing off, *err NULL) or unusable (*err set to
- * a static message). service_name NULL means "signal-gateway"; node_id is the
- * service.instance.id resource attribute; log (may be NULL) gets at most one
+typedef struct sg_tracer_opts {
+    /* "http[s]://host[:port][/path]": the traces URL, used as it is (config.c
+     * turns a base URL into <base>/v1/traces). host: a name, IPv4 or [IPv6];
+     * the port defaults to 80 or 443. */
+    const char *url;
+    const char *service_name; /* NULL: "signal-gateway" */
+    const char *node_id;      /* the service.instance.id resource attribute */
+    /* Extra request headers (OTEL_EXPORTER_OTLP_HEADERS), already checked:
+     * token names, no control characters in values. */
+    char *const *header_names, *const *header_values;
+    size_t nheaders;
+    const char *ca_file;      /* https: PEM CA bundle; NULL: the system's */
+} sg_tracer_opts;
+
+/* Returns NULL when o or its url is NULL or empty (tracing off, *err NULL)
+ * or unusable (*err set to a static message). A numeric host is used as
+ * is; a host name is looked up with evdns when the first batch leaves (and
+ * again now and then), so a collector that does not resolve yet costs
+ * spans, not the start. https verifies the collector's certificate against
+ * its name (or address). log (may be NULL) gets at most one
  * "trace.export_failed" warn line per 10 s. */
-sg_tracer *sg_tracer_new(struct event_base *base, const char *endpoint, const char *service_name,
-                         const char *node_id, struct sg_log *log, const char **err);
+sg_tracer *sg_tracer_new(struct event_base *base, const sg_tracer_opts *o, struct sg_log *log,
+                         const char **err);
 /* Sends what is queued and frees. With timeout_ms > 0 it runs the event
  * loop (EVLOOP_ONCE passes, so other events on the base may fire too) until
  * every queued batch is sent and answered or timeout_ms has passed. Call it
@@ -76,8 +90,9 @@ void sg_tracer_free(sg_tracer *t, int timeout_ms);
 /* Never NULL (all zero for a NULL tracer). */
 const sg_tracer_stats *sg_tracer_stats_get(const sg_tracer *t);
 /* Overrides the batch delay (default 1000 ms after a batch's first span) and
- * the request timeout (default 5000 ms to the status line); <= 0 keeps the
- * current value. For tests and tuning. */
+ * the request timeout (default 5000 ms for the connect, the TLS handshake and
+ * each read or write of a request; applies to connections made later);
+ * <= 0 keeps the current value. For tests and tuning. */
 void sg_tracer_set_timing(sg_tracer *t, int batch_delay_ms, int request_timeout_ms);
 
 typedef enum { SG_SPAN_INTERNAL = 1, SG_SPAN_SERVER = 2, SG_SPAN_CLIENT = 3,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* turn: time-limited TURN credentials in coturn's shared-secret scheme
  * (PROTOCOL.md §9): username "<expiry unix time>:<keyed hash of sub>",
  * credential base64(HMAC-SHA1(secret, username)). Pure. */

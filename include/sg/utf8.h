@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* utf8: incremental UTF-8 validation (RFC 3629: no overlongs, no
  * surrogates, nothing above U+10FFFF). */
 #ifndef SG_UTF8_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Small helpers shared by every module: allocation that aborts on OOM,
  * monotonic and wall clocks, bounded string copies. */
 #ifndef SG_UTIL_H

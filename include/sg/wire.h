@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* wire: every byte string the gateway and its Redis scripts exchange, in one
  * place. Pure: no I/O; output goes to a caller's sg_buf.
  *

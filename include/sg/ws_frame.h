@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* ws_frame: a pure, incremental RFC 6455 server-side frame parser and framer.
  *
  * It does no I/O and allocates only the reassembly buffer of the message in

@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Static checks of the deployment files (no container engine needed):
 #   - docker-compose.yml parses and validates (Debian's docker-compose 1.29),
-#     with and without its optional profiles, and refuses to run without
+#     with and without each optional profile (tls, nginx, sentinel) and with
+#     all of them, has no obsolete `version:` key, and refuses to run without
 #     SIGNAL_JWT_SECRET;
+#   - every long-running service restarts unless stopped; the gateway's
+#     container health check (compose and Dockerfile) is /healthz, while the
+#     load balancer checks /readyz;
+#   - Grafana gets Prometheus as its data source and the dashboard, as the
+#     provisioning files and mounts say;
+#   - the tls profile: the certificate script makes a PEM that haproxy
+#     accepts with deploy/haproxy.cfg + deploy/haproxy-tls.cfg;
+#   - .dockerignore keeps .git and build*/ out and every COPY source in;
 #   - no SIGNAL_* variable is handed to the gateways as an empty string (the
 #     gateway treats "" as a value: SIGNAL_STATIC_DIR="" serves "/");
 #   - deploy/Dockerfile copies only paths that exist;
@@ -27,7 +37,8 @@ need haproxy haproxy
 
 # ---- docker-compose.yml
 export SIGNAL_JWT_SECRET=check-only-not-a-secret
-for profiles in "" "--profile nginx" "--profile sentinel"; do
+ALL_PROFILES="--profile tls --profile nginx --profile sentinel"
+for profiles in "" "--profile tls" "--profile nginx" "--profile sentinel" "$ALL_PROFILES"; do
   # shellcheck disable=SC2086
   docker-compose -f docker-compose.yml $profiles config -q || fail "docker-compose $profiles config"
   ok "docker-compose ${profiles:+$profiles }config"
@@ -49,13 +60,91 @@ replicas=$(docker-compose -f docker-compose.yml config | awk '/^  gateway:/{g=1}
 [ "${replicas:-0}" -ge 2 ] || fail "the gateway service should run 2 or more replicas (got ${replicas:-none})"
 ok "gateway replicas: $replicas"
 
+if grep -nE '^version:' docker-compose.yml; then fail "docker-compose.yml has the obsolete version: key"; fi
+ok "no version: key"
+
+# The resolved configuration, every profile on, as YAML for the checks below.
+# shellcheck disable=SC2086
+docker-compose -f docker-compose.yml $ALL_PROFILES config >"$tmp/compose-all.yml"
+/usr/bin/python3 - "$tmp/compose-all.yml" <<'PY' || fail "docker-compose.yml services"
+import sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1]))
+svc = cfg["services"]
+one_shot = {"tls-cert"}
+bad = [n for n, s in svc.items() if n not in one_shot and s.get("restart") != "unless-stopped"]
+assert not bad, f"services without restart: unless-stopped: {bad}"
+assert "restart" not in svc["tls-cert"] or svc["tls-cert"]["restart"] == "no", "tls-cert runs once"
+hc = svc["gateway"].get("healthcheck", {})
+test = " ".join(hc.get("test", []))
+assert "/healthz" in test and "/readyz" not in test, f"gateway healthcheck must be liveness (/healthz): {test!r}"
+# Grafana: data source and dashboard provisioned from the files mounted.
+g = svc["grafana"]
+mounts = {}
+for v in g["volumes"]:
+    if isinstance(v, dict):
+        mounts[v["target"]] = v.get("source")
+    else:
+        src, dst = v.split(":")[:2]
+        mounts[dst] = src
+def mounted(name):
+    for dst, src in mounts.items():
+        if src and src.endswith(name):
+            return dst
+    raise AssertionError(f"grafana does not mount {name}")
+ds_dir = mounted("deploy/grafana/datasources.yml")
+db_prov = mounted("deploy/grafana/dashboards.yml")
+dash = mounted("deploy/grafana-dashboard.json")
+assert ds_dir.startswith("/etc/grafana/provisioning/datasources/"), ds_dir
+assert db_prov.startswith("/etc/grafana/provisioning/dashboards/"), db_prov
+ds = yaml.safe_load(open("deploy/grafana/datasources.yml"))["datasources"]
+prom = [d for d in ds if d["type"] == "prometheus"]
+assert len(prom) == 1 and prom[0].get("isDefault"), ds
+port = svc["prometheus"]["ports"][0]
+assert prom[0]["url"] == "http://prometheus:9090", prom[0]["url"]
+prov = yaml.safe_load(open("deploy/grafana/dashboards.yml"))["providers"]
+paths = [p["options"]["path"] for p in prov]
+assert any(dash.startswith(p.rstrip("/") + "/") for p in paths), (dash, paths)
+# tls profile: lb-tls waits for the certificate and publishes the wss port.
+lt = svc["lb-tls"]
+assert lt["depends_on"]["tls-cert"]["condition"] == "service_completed_successfully", lt["depends_on"]
+assert any(str(p.get("target") if isinstance(p, dict) else p).endswith("8445") for p in lt["ports"]), lt["ports"]
+PY
+ok "restart: unless-stopped everywhere; gateway health check on /healthz; Grafana provisioned; tls profile wired"
+
+# ---- the tls profile's certificate, made as its script makes it, accepted by haproxy
+mkdir -p "$tmp/certs"
+/usr/bin/python3 - "$tmp/compose-all.yml" >"$tmp/mkcert.sh" <<'PY'
+import sys, yaml
+print(yaml.safe_load(open(sys.argv[1]))["services"]["tls-cert"]["command"][0])
+PY
+sed -i "s#/certs#$tmp/certs#g" "$tmp/mkcert.sh"
+sh "$tmp/mkcert.sh" 2>"$tmp/mkcert.err" || { cat "$tmp/mkcert.err" >&2; fail "the tls-cert script"; }
+sh "$tmp/mkcert.sh" 2>>"$tmp/mkcert.err" || fail "the tls-cert script, second run (keeps the certificate)"
+openssl x509 -in "$tmp/certs/haproxy.pem" -noout -ext subjectAltName | grep -q 'DNS:localhost' ||
+  fail "the generated certificate has no subjectAltName localhost"
+sed -e "s#/usr/local/etc/haproxy/certs/#$tmp/certs/#" deploy/haproxy-tls.cfg >"$tmp/haproxy-tls.cfg"
+haproxy -c -q -f deploy/haproxy.cfg -f "$tmp/haproxy-tls.cfg" || fail "haproxy -c deploy/haproxy.cfg + deploy/haproxy-tls.cfg"
+ok "tls profile: certificate made once, haproxy -c with the TLS frontend"
+
+# ---- .dockerignore
+[ -f .dockerignore ] || fail "no .dockerignore"
+grep -qx '.git' .dockerignore && grep -qx 'build\*/' .dockerignore || fail ".dockerignore must exclude .git and build*/"
+while read -r src; do
+  if grep -qxE "/?$src/?" .dockerignore; then fail ".dockerignore excludes $src, which deploy/Dockerfile copies"; fi
+done < <(awk '/^COPY / && !/--from=/ {for (i = 2; i < NF; i++) print $i}' deploy/Dockerfile)
+ok ".dockerignore (excludes .git, build*/; keeps what the Dockerfile copies)"
+
 # ---- Dockerfile: every COPY source exists
 while read -r src; do
   [ -e "$root/$src" ] || fail "deploy/Dockerfile copies $src, which does not exist"
 done < <(awk '/^COPY / && !/--from=/ {for (i = 2; i < NF; i++) print $i}' deploy/Dockerfile)
 grep -q '^USER ' deploy/Dockerfile || fail "deploy/Dockerfile runs as root"
-grep -A1 '^HEALTHCHECK' deploy/Dockerfile | grep -q '/readyz' || fail "deploy/Dockerfile has no /readyz healthcheck"
-ok "deploy/Dockerfile (COPY sources, non-root, healthcheck)"
+grep -A1 '^HEALTHCHECK' deploy/Dockerfile | grep -q '/healthz' || fail "deploy/Dockerfile's HEALTHCHECK is not /healthz (liveness)"
+if grep -A1 '^HEALTHCHECK' deploy/Dockerfile | grep -q '/readyz'; then
+  fail "deploy/Dockerfile's HEALTHCHECK uses /readyz: a Redis outage would get every gateway restarted"
+fi
+grep -q 'option httpchk GET /readyz' deploy/haproxy.cfg || fail "deploy/haproxy.cfg does not check /readyz"
+ok "deploy/Dockerfile (COPY sources, non-root, HEALTHCHECK /healthz; haproxy checks /readyz)"
 
 # ---- haproxy
 haproxy -c -q -f deploy/haproxy.cfg || fail "haproxy -c deploy/haproxy.cfg"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // E2E 3: the same call with the two pages on two different gateway nodes
 // behind haproxy (TLS terminated at the load balancer). Every relay crosses
 // from one node to the other through Redis.

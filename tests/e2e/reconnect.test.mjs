@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // E2E 4: a call survives the death of one page's gateway node. Two pages on
 // two nodes behind haproxy (as in cross-node.test.mjs) are in a call; node A
 // (alice's) is killed with SIGKILL. haproxy closes alice's WebSocket and

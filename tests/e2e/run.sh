@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # End-to-end tests with real WebRTC stacks (tests/e2e/README.md):
 #   1. test_aiortc.py        two aiortc peers, trickle ICE, a data channel (pytest)
 #   2. single-node.test.mjs  two headless Chromium pages, the demo over wss from one gateway

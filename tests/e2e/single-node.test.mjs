@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // E2E 2: two headless Chromium pages load the demo from one gateway over wss
 // (self-signed certificate made by this test), connect through the JS
 // client, reach connectionState "connected" and exchange chat messages on the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """E2E 1: two aiortc peers (Debian's python3-aiortc) call each other through
 the gateway, each over its own WebSocket, with trickle ICE.
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* libFuzzer driver for gateway/auth.c. Every input is used three ways:
  *
  *   1. as a bearer token for an HS256 verifier: the front end (length cap,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* libFuzzer driver for http_upgrade: parses the input as a request head,
  * runs the handshake checks under two policies and builds the response a
  * connection would send. Besides memory errors (ASan/UBSan) it traps on

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* libFuzzer driver for proto: decodes the input as a client message. Besides
  * memory errors (ASan/UBSan) it traps on broken invariants: an accepted
  * message holds only valid identifiers; a relay's inner parses back with

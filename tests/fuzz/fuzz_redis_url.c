@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* libFuzzer driver for redis_url. The first byte picks the flags; the rest
  * is parsed once as one endpoint (from an exactly-sized heap block without
  * a NUL, so reading past len is an ASan error) and once as a list (a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* libFuzzer harness for the session layer: whole message paths, not a
  * parser. The input is a program: open connections, client messages (made
  * from templates with fuzzed fields, or raw bytes), Redis replies to the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* libFuzzer driver for ws_frame. The first input byte picks the chunk sizes,
  * so the same frames are also tried split at many offsets. Each chunk is its
  * own heap block: reading past what was fed is an ASan error. Callbacks read

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Runs every libFuzzer harness (tests/fuzz/fuzz_<name>.c) for a bounded time.
 # Installs nothing: needs clang and libclang-rt-14-dev (deploy/deps.sh test).
 #

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Helpers for test_abuse.py: a raw-socket flooder that is never the
 bottleneck, the gateway's effective rate-limit defaults (read from --help, so
 bounds follow the configuration), /metrics parsing, Redis command statistics

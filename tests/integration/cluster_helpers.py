@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A process-based cluster for the scale-out and failure tests: redis-server
 (deploy/redis.conf), optionally a replica and three sentinels, N gateways on
 fixed loopback ports (a restarted node comes back on the same ports, as a
@@ -10,7 +11,6 @@ bound) at the end of the test.
 """
 
 import asyncio
-import os
 import pathlib
 import signal
 import subprocess
@@ -274,7 +274,7 @@ class Node:
         self.generation += 1
         log = self.cluster.workdir / f"{self.name}.{self.generation}.log"
         self.log_paths.append(log)
-        full = {k: v for k, v in os.environ.items() if not k.startswith("SIGNAL_")}
+        full = h.clean_env()
         full.update({
             "SIGNAL_LISTEN": f"{h.HOST}:{self.port}",
             "SIGNAL_ADMIN_LISTEN": f"{h.HOST}:{self.admin_port}",

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fixtures of the black-box integration suite: a real redis-server and real
 signal-gateway processes on free loopback ports, all stopped by pid at the end
 of each test (SIGTERM, then SIGKILL after a bound).
@@ -211,7 +212,7 @@ class GatewayFactory:
         return [self.start(env=env, tls=tls, args=args) for _ in range(n)]
 
     def _env(self, name, port, admin_port, env, tls):
-        full = {k: v for k, v in os.environ.items() if not k.startswith("SIGNAL_")}
+        full = h.clean_env()
         full.update({
             "SIGNAL_LISTEN": f"{h.HOST}:{port}",
             "SIGNAL_ADMIN_LISTEN": f"{h.HOST}:{admin_port}",

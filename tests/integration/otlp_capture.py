@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A capture OTLP/HTTP JSON endpoint for the integration tests.
 
 It accepts `POST <anything>` (the gateway sends `/v1/traces`), keeps every

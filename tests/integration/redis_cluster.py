@@ -1,12 +1,11 @@
+# SPDX-License-Identifier: Apache-2.0
 """A real Redis Cluster on loopback for the tests: N masters with a replica
 each, made of redis-server processes started (and stopped by pid) here, the
 cluster bus on ports of the test process' own block (Redis 7's cluster-port),
 joined with `redis-cli --cluster create`."""
 
-import os
 import signal
 import subprocess
-import time
 
 import sg_helpers as h
 

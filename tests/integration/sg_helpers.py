@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Helpers for the signal-gateway black-box integration tests.
 
 Everything here talks to the gateway from the outside only: raw HTTP and
@@ -54,6 +55,12 @@ NO_RATE_LIMITS = {
 
 OMIT = object()  # claim value meaning "leave this claim out"
 
+def clean_env():
+    """This process' environment without the gateway's settings (SIGNAL_*)
+    or OpenTelemetry's (OTEL_*): what a gateway a test starts inherits."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("SIGNAL_", "OTEL_"))}
+
+
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
                      "SUMMARY: UndefinedBehaviorSanitizer")
 
@@ -62,7 +69,7 @@ def control(redis_url, *args, env=None):
     """Runs a backend control subcommand (signal-gateway kick / close-room /
     revoke) the way an operator would, with the server's Redis settings and
     nothing else. Returns (exit code, stdout, stderr)."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("SIGNAL_")}
+    full = clean_env()
     if redis_url is not None:
         full["SIGNAL_REDIS_URL"] = redis_url
     full.update({k: v for k, v in (env or {}).items() if v is not None})

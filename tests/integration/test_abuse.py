@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Issue 4, abuse resistance (PROTOCOL.md §5 "Rate limits", docs/protocol.md §10,
 README "Rate limits"): Redis-held token buckets under a candidate flood, on one
 node and spread over two; the local per-connection guard and its 1008 close;

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Scale-out and failure (issue 6): gateways behind haproxy, rolling restarts,
 a node dying, Redis restarting empty, a Sentinel failover, and a soak.
 
@@ -776,7 +777,7 @@ def test_cluster_script_start_status_restart_stop(tmp_path):
     restarts a node (exit status 0), and stops everything by pid."""
     require("haproxy", "redis-server", "redis-cli", "curl")
     state = tmp_path / "cluster"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNAL_")}
+    env = h.clean_env()
     env.update({"SG_CLUSTER_DIR": str(state), "SG_GATEWAY_BIN": h.GATEWAY_BIN,
                 "SG_CLUSTER_LB_PORT": str(h.free_port()), "SG_CLUSTER_STATS_PORT": str(h.free_port()),
                 "SG_CLUSTER_REDIS_PORT": str(h.free_port()), "SIGNAL_JWT_SECRET": h.JWT_SECRET,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """PROTOCOL.md §7: settings come from the environment and from flags (flags
 win); bad values are startup errors; --help works."""
 

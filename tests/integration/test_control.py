@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """PROTOCOL.md §9 "Backend control": `signal-gateway kick`, `close-room` and
 `revoke`, and the same operations as plain Redis calls (docs/backend-control.md),
 against real Redis and two gateways. Kicked peers keep their connection for

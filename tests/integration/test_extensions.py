@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """PROTOCOL.md §9 extensions: resumption on any node, delivery receipts, the
 delivery-path probe and key rotation (TURN is in test_turn.py).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """PROTOCOL.md §5: node death (lease expiry), peer_unreachable, heartbeats,
 client pings, and the SIGTERM/SIGINT drain."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """PROTOCOL.md §1: the upgrade handshake, token sources, JWT validation,
 origins, subprotocols, alternative algorithms and TLS."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Issue 12, the findings at the gateway's edge (the HTTP upgrade), tested
 from outside against a real gateway:
 

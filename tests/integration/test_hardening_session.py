@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Regression tests of issue 12's session-layer findings: what a signed-in
 client could do to the gateway's memory through resumption, and sends that
 freed the state of the code that made them.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Issue 12, transport findings 3, 4, 5, 7 and 12: the lingering close after a
 server-initiated close, frames and bytes charged at frame-header time (control
 frames too) and the fragments cap, descriptor exhaustion on both listeners,

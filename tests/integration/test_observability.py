@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Issue 5 / PROTOCOL.md §8: what an operator sees. Prometheus metrics checked
 by a real promtool and against the traffic sent; OTLP/HTTP JSON traces caught
 by a capture endpoint (otlp_capture.py) across two nodes; the fields of the
@@ -15,6 +16,8 @@ import json
 import math
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -413,6 +416,153 @@ def test_relays_flow_while_collector_is_down(gateway_factory):
     assert failed and failed[0]["level"] == "warn", "no trace.export_failed warning in the log"
 
 
+# OpenTelemetry's standard variables, https collectors
+
+
+class TLSCapture(OTLPCapture):
+    """The capture endpoint behind TLS (the session's self-signed cert for
+    127.0.0.1): each accepted connection is wrapped before it is served."""
+
+    def __init__(self, cert, key):
+        super().__init__()
+        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._ctx.load_cert_chain(str(cert), str(key))
+        self.handshake_failures = 0
+
+    def start(self):
+        super().start()
+        srv, ctx, cap = self._server, self._ctx, self
+
+        def get_request():
+            sock, addr = socket.socket.accept(srv.socket)
+            try:
+                return ctx.wrap_socket(sock, server_side=True), addr
+            except (ssl.SSLError, OSError):
+                cap.handshake_failures += 1
+                sock.close()
+                raise
+        srv.get_request = get_request
+        return self
+
+    @property
+    def url(self):
+        return f"https://{self.host}:{self.port}"
+
+
+def traffic_for_spans(gw):
+    """One connection that joins a room and leaves: ws.handshake, room.join,
+    room.leave and ws.connection spans."""
+    async def main():
+        async with Clients() as c:
+            a = await c.connect(gw.ws_url, tok(uniq("otel")), name="a")
+            room, pa = new_room(), new_peer()
+            await a.join(room, pa)
+            await a.leave(room, pa)
+            await a.close()
+    arun(main(), timeout=30)
+
+
+def has_span(node, name):
+    return lambda spans: any(s.node == node and s.name == name for s in spans)
+
+
+def without_otlp(env):
+    """The OTEL_* variables only: no SIGNAL_OTLP_ENDPOINT from the fixture."""
+    return dict(env, SIGNAL_OTLP_ENDPOINT=None)
+
+
+def test_otel_variables_https_collector_headers_and_service_name(gateway_factory, tls_files):
+    cert, key = tls_files()
+    with TLSCapture(cert, key) as cap:
+        gw = gateway_factory.start(env=without_otlp({
+            "OTEL_EXPORTER_OTLP_ENDPOINT": cap.url + "/",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE": str(cert),
+            "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20otel-k3y, x-scope-orgid = team-1",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_SERVICE_NAME": "edge-signal",
+        }))
+        traffic_for_spans(gw)
+        cap.wait_for(has_span(gw.node_id, "room.join"), timeout=10, what="room.join over https")
+        # The capture keeps a request before it answers: wait for the answer to count.
+        h.wait_until(lambda: value(metrics(gw), "trace_spans_exported_total") >= 1, 10,
+                     what="trace_spans_exported_total >= 1")
+        requests = cap.snapshot()
+        spans = cap.spans()
+    for req in requests:
+        assert req["path"] == "/v1/traces", req["path"]
+        assert req["headers"].get("authorization") == "Bearer otel-k3y", req["headers"]
+        assert req["headers"].get("x-scope-orgid") == "team-1", req["headers"]
+        assert req["headers"].get("host") == f"{h.HOST}:{cap.port}", req["headers"]
+    for s in spans:
+        assert s.resource["service.name"] == "edge-signal", s.resource
+        assert s.resource["service.instance.id"] == gw.node_id, s.resource
+        assert re.fullmatch(r"\d+\.\d+\.\d+", s.resource["service.version"]), s.resource
+    assert cap.handshake_failures == 0
+    assert value(metrics(gw), "trace_spans_dropped_total") == 0
+    # The header values (an API key) are never logged.
+    assert "otel-k3y" not in gw.log_text()
+
+
+def test_otel_traces_endpoint_as_is_and_signal_otlp_endpoint_wins(gateway_factory):
+    with OTLPCapture() as own, OTLPCapture() as shared, OTLPCapture() as traces:
+        # The traces URL is used as it is: no /v1/traces added.
+        gw1 = gateway_factory.start(env=without_otlp({
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": traces.url + "/custom/traces",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": shared.url,
+        }))
+        # SIGNAL_OTLP_ENDPOINT is this service's own setting: it wins.
+        gw2 = gateway_factory.start(env={
+            "SIGNAL_OTLP_ENDPOINT": own.url,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": shared.url,
+        })
+        # OTEL_SDK_DISABLED switches the OTEL_* endpoints off.
+        gw3 = gateway_factory.start(env=without_otlp({
+            "OTEL_EXPORTER_OTLP_ENDPOINT": shared.url,
+            "OTEL_SDK_DISABLED": "true",
+        }))
+        for gw in (gw1, gw2, gw3):
+            traffic_for_spans(gw)
+        traces.wait_for(has_span(gw1.node_id, "room.join"), timeout=10, what="gw1's spans")
+        own.wait_for(has_span(gw2.node_id, "room.join"), timeout=10, what="gw2's spans")
+        # gw3 records nothing: no collector, nothing counted either.
+        assert value(metrics(gw3), "trace_spans_dropped_total") == 0
+        assert {r["path"] for r in traces.snapshot()} == {"/custom/traces"}
+        assert {r["path"] for r in own.snapshot()} == {"/v1/traces"}
+        assert {s.node for s in traces.spans()} == {gw1.node_id}
+        assert {s.node for s in own.spans()} == {gw2.node_id}
+        assert shared.snapshot() == [], "an OTEL_* endpoint was used though another one wins"
+
+
+def test_https_collector_with_an_untrusted_certificate(gateway_factory, tls_files):
+    """No CA bundle given: the system's CAs do not know the test certificate,
+    the handshake fails, spans are dropped and counted, the log says why."""
+    cert, key = tls_files()
+    with TLSCapture(cert, key) as cap:
+        gw = gateway_factory.start(env={"SIGNAL_OTLP_ENDPOINT": cap.url})
+        traffic_for_spans(gw)
+        h.wait_until(lambda: value(metrics(gw), "trace_spans_dropped_total") >= 1, 10,
+                     what="trace_spans_dropped_total >= 1")
+        assert cap.snapshot() == []
+    failed = [o for o in log_lines(gw) if o.get("event") == "trace.export_failed"]
+    assert failed, "no trace.export_failed line"
+    assert failed[0]["reason"] == "tls", failed[0]
+    assert "certificate verify failed" in failed[0].get("error", ""), failed[0]
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' is not supported"),
+    ({"OTEL_EXPORTER_OTLP_HEADERS": "api-key=TOPSECRET%0a"}, "OTEL_EXPORTER_OTLP_HEADERS"),
+    ({"OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem"}, "cannot load the CA bundle"),
+])
+def test_otel_settings_refused_at_start(gateway_factory, env, needle):
+    full = without_otlp(dict(env, OTEL_EXPORTER_OTLP_ENDPOINT=f"https://{h.HOST}:{h.free_port()}"))
+    proc, log_path, _ = gateway_factory.spawn(env=full)
+    assert proc.wait(timeout=20) in (1, 2)
+    out = log_path.read_text(errors="replace")
+    assert needle in out, out
+    assert "TOPSECRET" not in out
+
+
 # --------------------------------------------------------------------------
 # logs
 
@@ -633,6 +783,7 @@ def _alert_scenarios():
         _series("relay_latency_ms_bucket", "0+600x40", le="+Inf"),
         _series("relay_latency_ms_count", "0+600x40"),
         _series("ratelimit_drops_total", "0+6x40", scope="candidate"),
+        _series("tls_certificate_expiry_timestamp_seconds", "10000000x40"),  # 115 days away
     ]
     down = [
         _series("up", "1 1 0x10"), _series("up", "1x12", instance="b:9090"),
@@ -656,6 +807,7 @@ def _alert_scenarios():
         _series("ratelimit_drops_total", "0+600x40", scope="peer"),
         _series("output_buffer_closes_total", "0+2x40"),
         _series("trace_spans_dropped_total", "0+100x40"),
+        _series("tls_certificate_expiry_timestamp_seconds", "864000x40"),  # 10 days away
     ]
     redis = [
         _series("up", "1x20"), _series("draining", "0x20"), _series("delivery_probe_age_ms", "500x20"),
@@ -680,7 +832,7 @@ def _alert_scenarios():
             ({"alertname": a + n}, 1) for n in (
                 "NotReady", "DeliveryProbeStale", "RelayLatencyHigh", "RelayLatencyCritical", "ServerErrors",
                 "ErrorRateHigh", "AuthFailuresSpike", "RateLimitDropsHigh", "OutputBufferCloses",
-                "TraceSpansDropped")])]},
+                "TraceSpansDropped", "TLSCertificateExpiring")])]},
         {"interval": "1m", "input_series": redis, "promql_expr_test": [_firing("12m", [
             ({"alertname": a + n}, 1) for n in (
                 "RedisFlapping", "RedisLatencyHigh", "ConnectionCapReached", "LogLinesDropped")])]},
@@ -712,7 +864,9 @@ def _exported_names(text):
     return names
 
 
-def test_dashboard_and_rules_use_exported_metrics(gateway, tmp_path):
+def test_dashboard_and_rules_use_exported_metrics(gateway_factory, tmp_path):
+    # A wss:// node: it exports every metric (the certificate's expiry too).
+    gateway = gateway_factory.start(tls=True)
     dash = json.loads(DASHBOARD.read_text())
     assert dash.get("title") and isinstance(dash.get("panels"), list)
 
@@ -735,7 +889,8 @@ def test_dashboard_and_rules_use_exported_metrics(gateway, tmp_path):
                    "histogram_quantile(0.99, sum by (le) (rate(relay_latency_ms_bucket",
                    "sum by (scope) (rate(ratelimit_drops_total", "sum by (code) (rate(errors_total",
                    "sum by (reason) (rate(auth_failures_total", "redis_command_latency_ms_bucket",
-                   "redis_reconnects_total", "delivery_probe_age_ms"):
+                   "redis_reconnects_total", "delivery_probe_age_ms", "count by (version, commit) (build_info",
+                   "tls_certificate_expiry_timestamp_seconds"):
         assert needle in alltext, f"no dashboard panel queries {needle!r}"
 
     # Every query parses: promtool checks them as recording rules.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Redis Cluster mode (issue 15; docs/protocol.md §7 SIGNAL_REDIS_CLUSTER):
 gateways on a real 3-master, 3-replica cluster started by the test. Rooms
 spread over every shard; a live room's slot migrated mid-call; a master

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """TLS and ACL users to Redis (issue 15; PROTOCOL.md §7: rediss:// URLs,
 SIGNAL_REDIS_TLS_CA_FILE / _CERT_FILE / _KEY_FILE, user:password@ in
 SIGNAL_REDIS_URL and in each SIGNAL_REDIS_SENTINELS entry) against real,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """PROTOCOL.md §2–§5: targeted relay of offer/answer/candidate, relay.inner,
 correlationIds, per-sender order (one node and across nodes), relay errors and
 message validation."""

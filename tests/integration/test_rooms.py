@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """PROTOCOL.md §2, §4, §5, §6: join/leave, membership events, authorization,
 capacity, takeover, disconnects, and the state left in Redis."""
 

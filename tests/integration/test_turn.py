@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """PROTOCOL.md §9 TURN credentials: joined/resumed carry iceServers in
 coturn's shared-secret (TURN REST API) scheme; a real coturn (Debian's
 `coturn`, started here on loopback) accepts them, refuses expired ones, and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The scripted bus (see fake_bus.h): the whole of bus.h's contract that the
  * session relies on, without Redis. */
 #include "fake_bus.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* A scripted stand-in for bus.c, linked instead of it by the session's unit
  * tests and fuzzer: every script call is recorded (script, rooms, arguments,
  * tag) for the test to inspect and answer in any order it likes, with

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* A session with a scripted bus and recording connections: the common
  * ground of tests/unit/test_session.c and tests/fuzz/fuzz_session.c.
  * Frames the session sends are kept per connection; a connection can be

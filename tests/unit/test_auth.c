@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for gateway/auth.c (PROTOCOL.md §1 JWT claims, §9 key rotation).
  *
  * Keys are generated once per run with OpenSSL (RSA 2048 and EC P-256, two of

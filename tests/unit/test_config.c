@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for config: the defaults of every PROTOCOL.md §7 setting,
  * environment parsing, flags over the environment, the flag grammar and its
  * errors, integer bounds, RATE/BURST, host:port splitting, the startup
@@ -627,7 +628,8 @@ static void test_redis_url_scheme(void **state)
 
 static void test_other_startup_checks(void **state)
 {
-    expect_error(ENV(SECRET, "SIGNAL_OTLP_ENDPOINT=https://otel:4318"), NULL, "SIGNAL_OTLP_ENDPOINT");
+    expect_error(ENV(SECRET, "SIGNAL_OTLP_ENDPOINT=ftp://otel:4318"), NULL, "SIGNAL_OTLP_ENDPOINT");
+    expect_error(ENV(SECRET, "SIGNAL_OTLP_ENDPOINT=otel:4318"), NULL, "must be an http:// or https:// URL");
     expect_error(ENV(SECRET, "SIGNAL_TURN_SECRET=t"), NULL, "SIGNAL_TURN_SECRET and SIGNAL_TURN_URLS");
     expect_error(ENV(SECRET, "SIGNAL_TURN_URLS=turn:x"), NULL, "SIGNAL_TURN_SECRET and SIGNAL_TURN_URLS");
 }
@@ -642,6 +644,156 @@ static void test_short_error_buffer(void **state)
     assert_int_equal(sg_config_load(&c, 2, argv, 1, ENV(SECRET), err, sizeof err, NULL), -1);
     assert_int_equal(strlen(err), sizeof err - 1);
     sg_config_free(&c);
+}
+
+/* ---- tracing: SIGNAL_OTLP_ENDPOINT and the OTEL_* variables ------------- */
+
+/* The traces URL and the variable it came from, for env and args. */
+static void expect_traces_url(char **env, char **args, const char *url, const char *source)
+{
+    loaded l;
+    load_ok(&l, env, args);
+    if (!url) {
+        assert_null(l.cfg.otlp_traces_url);
+    } else {
+        assert_non_null(l.cfg.otlp_traces_url);
+        assert_string_equal(l.cfg.otlp_traces_url, url);
+        assert_string_equal(l.cfg.otlp_source, source);
+    }
+    sg_config_free(&l.cfg);
+}
+
+static void test_otel_endpoints(void **state)
+{
+    const char *S = "SIGNAL_OTLP_ENDPOINT", *B = "OTEL_EXPORTER_OTLP_ENDPOINT",
+               *T = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+    expect_traces_url(ENV(SECRET), NULL, NULL, NULL);
+    /* A base URL gets /v1/traces (trailing slashes dropped; one that already
+     * names it is kept); https is accepted. */
+    expect_traces_url(ENV(SECRET, "SIGNAL_OTLP_ENDPOINT=http://c:4318"), NULL, "http://c:4318/v1/traces", S);
+    expect_traces_url(ENV(SECRET, "SIGNAL_OTLP_ENDPOINT=https://c/otlp//"), NULL, "https://c/otlp/v1/traces", S);
+    expect_traces_url(ENV(SECRET, "SIGNAL_OTLP_ENDPOINT=http://c:4318/v1/traces/"), NULL, "http://c:4318/v1/traces", S);
+    expect_traces_url(ENV(SECRET, "OTEL_EXPORTER_OTLP_ENDPOINT=https://o:4318/"), NULL, "https://o:4318/v1/traces", B);
+    /* The traces URL is used as it is, and wins over the base. */
+    expect_traces_url(ENV(SECRET, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://o:4318/custom",
+                          "OTEL_EXPORTER_OTLP_ENDPOINT=http://other:4318"),
+                      NULL, "http://o:4318/custom", T);
+    /* SIGNAL_OTLP_ENDPOINT (environment or flag) wins over every OTEL_* one. */
+    expect_traces_url(ENV(SECRET, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://o:4318/custom",
+                          "SIGNAL_OTLP_ENDPOINT=http://s:1", "OTEL_EXPORTER_OTLP_ENDPOINT=http://b:2"),
+                      NULL, "http://s:1/v1/traces", S);
+    expect_traces_url(ENV(SECRET, "OTEL_EXPORTER_OTLP_ENDPOINT=http://b:2"), ARGS("--otlp-endpoint=http://f:3"),
+                      "http://f:3/v1/traces", S);
+    /* Empty is unset; the kill switches turn the OTEL_* endpoints off, not ours. */
+    expect_traces_url(ENV(SECRET, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=", "OTEL_EXPORTER_OTLP_ENDPOINT=http://b:2"),
+                      NULL, "http://b:2/v1/traces", B);
+    expect_traces_url(ENV(SECRET, "OTEL_SDK_DISABLED=true", "OTEL_EXPORTER_OTLP_ENDPOINT=http://b:2"), NULL, NULL,
+                      NULL);
+    expect_traces_url(ENV(SECRET, "OTEL_TRACES_EXPORTER=none", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://t:2"),
+                      NULL, NULL, NULL);
+    expect_traces_url(ENV(SECRET, "OTEL_SDK_DISABLED=TRUE", "SIGNAL_OTLP_ENDPOINT=http://s:1"), NULL,
+                      "http://s:1/v1/traces", S);
+    expect_traces_url(ENV(SECRET, "OTEL_SDK_DISABLED=false", "OTEL_EXPORTER_OTLP_ENDPOINT=http://b:2"), NULL,
+                      "http://b:2/v1/traces", B);
+    /* A later environment entry wins, as for SIGNAL_*. */
+    expect_traces_url(ENV(SECRET, "OTEL_EXPORTER_OTLP_ENDPOINT=http://a:1", "OTEL_EXPORTER_OTLP_ENDPOINT=http://b:2"),
+                      NULL, "http://b:2/v1/traces", B);
+
+    expect_error(ENV(SECRET, "OTEL_EXPORTER_OTLP_ENDPOINT=collector:4318"), NULL,
+                 "OTEL_EXPORTER_OTLP_ENDPOINT: 'collector:4318/v1/traces' must be an http:// or https:// URL");
+    expect_error(ENV(SECRET, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=grpc://c:4317"), NULL,
+                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+}
+
+static void test_otel_protocol_service_and_ca(void **state)
+{
+    loaded l;
+    load_ok(&l,
+            ENV(SECRET, "OTEL_EXPORTER_OTLP_ENDPOINT=https://c", "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
+                "OTEL_SERVICE_NAME=edge-signal", "OTEL_EXPORTER_OTLP_CERTIFICATE=/etc/ca.pem"),
+            NULL);
+    assert_string_equal(l.cfg.otel_service_name, "edge-signal");
+    assert_string_equal(l.cfg.otlp_ca_file, "/etc/ca.pem");
+    assert_int_equal(l.cfg.otlp_nheaders, 0);
+    sg_config_free(&l.cfg);
+    /* The traces-only variants win. */
+    load_ok(&l,
+            ENV(SECRET, "SIGNAL_OTLP_ENDPOINT=https://c", "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE=/t.pem",
+                "OTEL_EXPORTER_OTLP_CERTIFICATE=/g.pem", "OTEL_EXPORTER_OTLP_PROTOCOL=grpc",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/json"),
+            NULL);
+    assert_string_equal(l.cfg.otlp_ca_file, "/t.pem");
+    assert_null(l.cfg.otel_service_name); /* the tracer's default */
+    sg_config_free(&l.cfg);
+    /* Only OTLP/HTTP is spoken: gRPC is refused at start, naming the variable. */
+    expect_error(ENV(SECRET, "OTEL_EXPORTER_OTLP_ENDPOINT=http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL=grpc"), NULL,
+                 "OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' is not supported");
+    expect_error(ENV(SECRET, "SIGNAL_OTLP_ENDPOINT=http://c", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=grpc"), NULL,
+                 "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL");
+    /* ... but only when tracing is on: a shared environment is fine. */
+    load_ok(&l, ENV(SECRET, "OTEL_EXPORTER_OTLP_PROTOCOL=grpc", "OTEL_EXPORTER_OTLP_HEADERS=bad"), NULL);
+    assert_null(l.cfg.otlp_traces_url);
+    sg_config_free(&l.cfg);
+}
+
+static void test_otel_headers(void **state)
+{
+    loaded l;
+    load_ok(&l,
+            ENV(SECRET, "SIGNAL_OTLP_ENDPOINT=http://c",
+                "OTEL_EXPORTER_OTLP_HEADERS= api-key = s3cr%3Dt%2C1 ,, X-Tenant=acme%20corp,x-dup=generic",
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS=X-DUP=traces,X-Empty="),
+            NULL);
+    assert_int_equal(l.cfg.otlp_nheaders, 4);
+    assert_string_equal(l.cfg.otlp_header_names[0], "api-key");
+    assert_string_equal(l.cfg.otlp_header_values[0], "s3cr=t,1");
+    assert_string_equal(l.cfg.otlp_header_names[1], "X-Tenant");
+    assert_string_equal(l.cfg.otlp_header_values[1], "acme corp");
+    assert_string_equal(l.cfg.otlp_header_names[2], "x-dup"); /* same name: the traces list's value */
+    assert_string_equal(l.cfg.otlp_header_values[2], "traces");
+    assert_string_equal(l.cfg.otlp_header_names[3], "X-Empty");
+    assert_string_equal(l.cfg.otlp_header_values[3], "");
+    sg_config_free(&l.cfg);
+
+    static const struct {
+        const char *headers, *needle;
+    } bad[] = {
+        {"novalue", "entry 1 is not name=value"},
+        {"a=1,=2", "entry 2 has no header name"},
+        {"bad name=1", "is not a header name"},
+        {"b@d=1", "is not a header name"},
+        {"Host=evil", "the Host header is set by the exporter"},
+        {"content-length=1", "set by the exporter"},
+        {"x=%zzTOPSECRET", "bad percent escape"},
+        {"x=TOPSECRET%4", "bad percent escape"},
+        {"x=TOP%0d%0aSECRET: 1", "control character"},
+        {"x=TOPSECRET\x01", "control character"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        loaded e;
+        load_into(&e, ENV(SECRET, "SIGNAL_OTLP_ENDPOINT=http://c", kv("OTEL_EXPORTER_OTLP_HEADERS", bad[i].headers)),
+                  NULL);
+        if (e.rc != -1 || !strstr(e.err, bad[i].needle) || !strstr(e.err, "OTEL_EXPORTER_OTLP_HEADERS"))
+            fail_msg("headers '%s': rc=%d err='%s'", bad[i].headers, e.rc, e.err);
+        /* Values carry API keys: no message quotes one. */
+        assert_null(strstr(e.err, "SECRET"));
+        sg_config_free(&e.cfg);
+    }
+    /* Caps: 32 headers, 4096 bytes of value. */
+    char many[2048] = "";
+    for (int i = 0; i < 33; i++)
+        snprintf(many + strlen(many), sizeof many - strlen(many), "%sh%d=v", i ? "," : "", i);
+    expect_error(ENV(SECRET, "SIGNAL_OTLP_ENDPOINT=http://c", kv("OTEL_EXPORTER_OTLP_HEADERS", many)), NULL,
+                 "more than 32 headers");
+    static char big[5000];
+    memcpy(big, "k=", 2);
+    memset(big + 2, 'v', 4097);
+    big[4099] = '\0';
+    char *env[] = {SECRET, "SIGNAL_OTLP_ENDPOINT=http://c", NULL, NULL};
+    static char entry[5100];
+    snprintf(entry, sizeof entry, "OTEL_EXPORTER_OTLP_TRACES_HEADERS=%s", big);
+    env[2] = entry;
+    expect_error(env, NULL, "longer than 4096 bytes");
 }
 
 /* ---- origins ------------------------------------------------------------ */
@@ -684,14 +836,16 @@ static void test_help(void **state)
         "SIGNAL_MAX_CONNECTIONS", "SIGNAL_JWT_LEEWAY_S", "SIGNAL_PING_INTERVAL_MS", "SIGNAL_PONG_TIMEOUT_MS",
         "SIGNAL_LEASE_MS", "SIGNAL_DRAIN_MS", "SIGNAL_LOG_LEVEL", "SIGNAL_LOG_HASH_KEY",
         "SIGNAL_OTLP_ENDPOINT", "SIGNAL_RATE_PEER", "SIGNAL_RATE_CANDIDATE", "SIGNAL_RATE_ROOM",
-        "SIGNAL_RATE_CONN_FRAMES", "SIGNAL_RATE_CONN_BYTES",
+        "SIGNAL_RATE_CONN_FRAMES", "SIGNAL_RATE_CONN_BYTES", "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_SERVICE_NAME",
     };
     static const char *lines[] = {
         "--listen", "--redis-url", "--tls-cert", "--rooms-per-connection", "--rate-conn-bytes",
         "[default 0.0.0.0:8443]", "[default redis://127.0.0.1:6379/0]", "[default 127.0.0.1:9090]",
         "[default mymaster]", "[default HS256]", "[default 65536]", "[default 8]", "[default 4]",
         "[default 100000]", "[default 30]", "[default 20000]", "[default 10000]", "[default 15000]",
-        "[default info]", "[default 20/200]",
+        "[default info]", "[default 20/200]", "redis[s]://[[user]:password@]host[:port][/db]",
+        "signal-gateway --version | -V",
     };
     for (int variant = 0; variant < 2; variant++) {
         char *text = NULL;
@@ -757,6 +911,9 @@ int main(void)
         cmocka_unit_test(test_split_hostport_host_too_long),
         cmocka_unit_test(test_listen_validated),
         cmocka_unit_test(test_hs256_needs_secret),
+        cmocka_unit_test(test_otel_endpoints),
+        cmocka_unit_test(test_otel_protocol_service_and_ca),
+        cmocka_unit_test(test_otel_headers),
         cmocka_unit_test(test_rs256_es256_need_a_key),
         cmocka_unit_test(test_bad_alg),
         cmocka_unit_test(test_tls_cert_and_key_together),

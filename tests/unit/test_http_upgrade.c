@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for http_upgrade: the request-head parser byte by byte, the
  * §1 handshake checks in their order, token selection and the exact bytes
  * of the responses. Parser inputs are copied into exactly-sized heap blocks

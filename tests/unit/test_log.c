@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for log: the keyed user hash, and the lines themselves. Before
  * sg_log_attach a line is written straight to stdout, so each test points
  * file descriptor 1 at a temporary file with dup2 around the log calls

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for map: put/get/del/replace, the u64 helpers, growth through
  * many resizes, iteration that sees every entry exactly once, and binary
  * keys. Values are small integers cast to pointers (the map never touches

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for metrics: counter families (label reuse, the "other" slot
  * past SG_METRICS_MAX_LABELS), histogram bucket placement at the bounds,
  * and the Prometheus text rendering (HELP/TYPE lines, cumulative buckets
@@ -400,6 +401,47 @@ static void test_render_all_metrics(void **state)
     free(t);
 }
 
+/* build_info: one gauge, value 1, the build in its labels; "unknown" until
+ * main sets them; label values escaped as the text format asks. */
+static void test_build_info(void **state)
+{
+    sg_metrics m;
+    sg_metrics_init(&m);
+    char *t = render(&m);
+    assert_well_formed(t);
+    assert_meta(t, "build_info", "gauge");
+    assert_true(has_line(t, "build_info{version=\"unknown\",commit=\"unknown\"} 1"));
+    free(t);
+
+    m.build_version = "1.2.3";
+    m.build_commit = "0123456789ab";
+    t = render(&m);
+    assert_well_formed(t);
+    assert_true(sample(t, "build_info{version=\"1.2.3\",commit=\"0123456789ab\"}") == 1);
+    free(t);
+
+    m.build_commit = "a\"b\\c\nd";
+    t = render(&m);
+    assert_true(has_line(t, "build_info{version=\"1.2.3\",commit=\"a\\\"b\\\\c\\nd\"} 1"));
+    free(t);
+}
+
+/* The certificate expiry gauge exists only on a TLS listener. */
+static void test_tls_expiry_gauge(void **state)
+{
+    sg_metrics m;
+    sg_metrics_init(&m);
+    char *t = render(&m);
+    assert_null(strstr(t, "tls_certificate_expiry_timestamp_seconds"));
+    free(t);
+    m.tls_cert_not_after = 1893456000; /* 2030-01-01 */
+    t = render(&m);
+    assert_well_formed(t);
+    assert_meta(t, "tls_certificate_expiry_timestamp_seconds", "gauge");
+    assert_true(has_line(t, "tls_certificate_expiry_timestamp_seconds 1893456000"));
+    free(t);
+}
+
 /* Rendering does not change the metrics: twice gives the same text. */
 static void test_render_idempotent(void **state)
 {
@@ -438,6 +480,8 @@ int main(void)
         cmocka_unit_test(test_hist_render_cumulative),
         cmocka_unit_test(test_hist_sum_fraction),
         cmocka_unit_test(test_render_all_metrics),
+        cmocka_unit_test(test_build_info),
+        cmocka_unit_test(test_tls_expiry_gauge),
         cmocka_unit_test(test_render_idempotent),
         cmocka_unit_test(test_render_appends),
     };

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for redis_url: the URL forms of SIGNAL_REDIS_URL and the
  * entries of the sentinel/seed lists, each field at and just past its
  * bounds, percent-decoding, the bare host:port form, and what must be

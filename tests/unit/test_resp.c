@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for resp: the encoder must produce exactly the bytes of hiredis'
  * redisFormatCommandArgv, which it replaced, for NUL-terminated and
  * length-given arguments, empty and binary ones (NUL, CR, LF inside), lengths

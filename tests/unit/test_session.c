@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* The session's state machines, specified with a scripted bus: client
  * messages in, Redis calls out (inspected argument by argument), replies and
  * channel messages back in a chosen order, frames out. No sockets, no

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* slots: CRC16 slot hashing, CLUSTER SHARDS parsing and redirections,
  * checked against what a real Redis 7.0 cluster answered (CLUSTER KEYSLOT,
  * and a CLUSTER SHARDS reply of a 3-master, 3-replica cluster captured

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for static_files: sg_static_resolve byte by byte (what maps
  * where, what is refused), then sg_static_serve end to end through a real
  * libevent bufferevent pair over a temporary directory tree built here.

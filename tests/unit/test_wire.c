@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* wire: every server -> client message and the scripts' envelope, byte for
  * byte. The scripts' side (lua/lib.lua) writes the same bytes; the
  * integration suite checks them against real Redis. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* Unit tests for ws_frame: scripted client bytes fed whole, in two parts at
  * every split point and one byte at a time; every run must produce the same
  * callbacks (counted and logged byte for byte) and the same result. Each fed

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { inspect } from 'node:util';
@@ -5,6 +6,7 @@ import { inspect } from 'node:util';
 import {
   SignalClient,
   SignalError,
+  SignalRoom,
   backoffDelay,
   normalizeCandidate,
   DEFAULT_RECONNECT,
@@ -15,6 +17,7 @@ import { FakeClock, fakeWebSocketClass, tick, PEER_A, PEER_B, PEER_C } from '../
 const TOKEN = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNlY3JldA';
 const URL = 'wss://gw.example.test/ws';
 const SDP = 'v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n';
+const ICE = { candidate: 'candidate:1 1 udp 2122260223 192.0.2.1 50000 typ host', sdpMid: '0', sdpMLineIndex: 0 };
 const EVENT_TYPES = ['state', 'open', 'close', 'joined', 'resumed', 'peer_joined', 'peer_left', 'left', 'relay', 'ack', 'error', 'message', 'sent'];
 
 function setup(options = {}) {
@@ -359,6 +362,128 @@ describe('correlation and server messages', () => {
     t.clock.advance(10000);
     t.ws().open();
     assert.equal(t.ws().sent.length, 0);
+  });
+});
+
+describe('room handle', () => {
+  test('join resolves with a SignalRoom that carries the joined detail', async () => {
+    const t = await connected();
+    const room = await joinRoom(t, 'room-1', PEER_A.toUpperCase(), {
+      peers: [PEER_B],
+      iceServers: [{ urls: ['stun:x'] }],
+      resumeToken: 'rt',
+    });
+    assert.ok(room instanceof SignalRoom);
+    // The fields code written against the detail reads keep working.
+    const { roomId, peerId, peers, iceServers, resumable, rejoin } = room;
+    assert.deepEqual({ roomId, peerId, peers, iceServers, resumable, rejoin }, {
+      roomId: 'room-1',
+      peerId: PEER_A,
+      peers: [PEER_B],
+      iceServers: [{ urls: ['stun:x'] }],
+      resumable: true,
+      rejoin: false,
+    });
+    assert.equal(room.correlationId, t.of('joined')[0].correlationId);
+    assert.equal(room.active, true);
+    assert.equal(room.info().status, 'joined');
+    // The event detail itself stays a plain object.
+    assert.equal(Object.getPrototypeOf(t.of('joined')[0]), Object.prototype);
+    // The client never shows through the handle (no token behind a property).
+    assert.equal(JSON.stringify(room).includes(TOKEN), false);
+    assert.equal(inspect(room, { depth: 5, showHidden: true }).includes(TOKEN), false);
+  });
+
+  test('offer/answer/candidate send as this peer in this room, acks included', async () => {
+    const t = await connected();
+    const room = await joinRoom(t, 'room-1', PEER_A);
+    const c1 = room.offer(PEER_B, SDP);
+    assert.deepEqual(t.ws().last(), { type: 'offer', roomId: 'room-1', from: PEER_A, to: PEER_B, sdp: SDP, correlationId: c1 });
+    const c2 = room.answer(PEER_C, { type: 'answer', sdp: SDP }, { correlationId: 'my-cid' });
+    assert.equal(c2, 'my-cid');
+    assert.deepEqual(t.ws().last(), { type: 'answer', roomId: 'room-1', from: PEER_A, to: PEER_C, sdp: SDP, correlationId: 'my-cid' });
+    const acked = room.candidate(PEER_B, ICE, { ack: true });
+    const sent = t.ws().last();
+    assert.deepEqual(sent, { type: 'candidate', roomId: 'room-1', from: PEER_A, to: PEER_B, candidate: ICE, correlationId: sent.correlationId, ack: true });
+    t.ws().receive({ type: 'ack', correlationId: sent.correlationId, status: 'delivered' });
+    assert.deepEqual(await acked, { correlationId: sent.correlationId, status: 'delivered' });
+    // The same checks as the client's own calls.
+    assert.throws(() => room.offer(PEER_A, SDP), { code: 'bad_request', local: true });
+    assert.throws(() => room.offer('nope', SDP), { code: 'bad_request' });
+  });
+
+  test("room.on() delivers this room's events only, and unsubscribes", async () => {
+    const t = await connected();
+    const r1 = await joinRoom(t, 'room-1', PEER_A);
+    await joinRoom(t, 'room-2', PEER_A);
+    const got = [];
+    const offs = ['relay', 'peer_joined', 'peer_left', 'error', 'left'].map((type) =>
+      r1.on(type, (detail, event) => got.push([type, detail.roomId, event.type])),
+    );
+    const relay = (roomId) =>
+      t.ws().receive({ type: 'relay', inner: { type: 'offer', roomId, from: PEER_B, to: PEER_A, sdp: SDP }, correlationId: 'x' });
+    relay('room-2');
+    relay('room-1');
+    t.ws().receive({ type: 'peer_joined', roomId: 'room-2', peerId: PEER_C });
+    t.ws().receive({ type: 'peer_joined', roomId: 'room-1', peerId: PEER_C });
+    t.ws().receive({ type: 'peer_left', roomId: 'room-1', peerId: PEER_C, reason: 'leave' });
+    t.ws().receive({ type: 'error', code: 'rate_limited', message: 'slow down', roomId: 'room-2' });
+    t.ws().receive({ type: 'error', code: 'rate_limited', message: 'slow down', roomId: 'room-1' });
+    t.ws().receive({ type: 'error', code: 'bad_request', message: 'no room' });
+    assert.deepEqual(got, [
+      ['relay', 'room-1', 'relay'],
+      ['peer_joined', 'room-1', 'peer_joined'],
+      ['peer_left', 'room-1', 'peer_left'],
+      ['error', 'room-1', 'error'],
+    ]);
+    assert.deepEqual(r1.info().peers, []);
+    for (const off of offs) off();
+    relay('room-1');
+    assert.equal(got.length, 4);
+  });
+
+  test('leave() leaves as this peer; the handle is inactive afterwards', async () => {
+    const t = await connected();
+    const room = await joinRoom(t, 'room-1', PEER_A);
+    let left = null;
+    room.on('left', (d) => (left = d));
+    const p = room.leave();
+    const msg = t.ws().last();
+    assert.deepEqual(msg, { type: 'leave', roomId: 'room-1', peerId: PEER_A, correlationId: msg.correlationId });
+    assert.equal(room.active, false);
+    assert.equal(room.info(), null);
+    t.ws().receive({ type: 'left', roomId: 'room-1', peerId: PEER_A, correlationId: msg.correlationId });
+    assert.deepEqual(await p, { roomId: 'room-1', peerId: PEER_A, confirmed: true });
+    assert.equal(left.reason, 'leave');
+    // Sending through it now is refused by the server, not hidden: the client still sends.
+    assert.equal(typeof room.offer(PEER_B, SDP), 'string');
+  });
+
+  test('the handle keeps working across a reconnect (resumed)', async () => {
+    const t = await connected();
+    const room = await joinRoom(t, 'room-1', PEER_A, { resumeToken: 'rt' });
+    const n = t.sockets.length;
+    t.ws().drop(1006);
+    t.clock.advance(250);
+    assert.equal(t.sockets.length, n + 1);
+    t.ws().open();
+    const resume = t.ws().last();
+    assert.equal(resume.type, 'resume');
+    t.ws().receive({ type: 'resumed', roomId: 'room-1', peerId: PEER_A, peers: [PEER_B], replayed: 0, resumeToken: 'rt2', correlationId: resume.correlationId });
+    assert.equal(room.active, true);
+    assert.deepEqual(room.info().peers, [PEER_B]);
+    const cid = room.offer(PEER_B, SDP);
+    assert.deepEqual(t.ws().last(), { type: 'offer', roomId: 'room-1', from: PEER_A, to: PEER_B, sdp: SDP, correlationId: cid });
+  });
+
+  test('a second join of the same room resolves with another handle of the same room', async () => {
+    const t = await connected();
+    const a = await joinRoom(t, 'room-1', PEER_A);
+    const b = await joinRoom(t, 'room-1', PEER_A);
+    assert.notEqual(a, b);
+    assert.equal(a.roomId, b.roomId);
+    assert.equal(a.active && b.active, true);
+    await assert.rejects(t.client.join('room-1', PEER_B), { code: 'bad_request' });
   });
 });
 

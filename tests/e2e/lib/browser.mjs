@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // browser.mjs — Debian's Chromium driven by playwright-core (no browser is
 // ever downloaded), and helpers around the demo page's test hooks
 // (window.demo, see clients/README.md).

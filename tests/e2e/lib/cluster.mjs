@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // cluster.mjs — processes of an end-to-end test: redis-server, signal-gateway
 // nodes, haproxy, a self-signed certificate and tokens. Everything listens on
 // free 127.0.0.1 ports, logs to files under the test's work directory, and is

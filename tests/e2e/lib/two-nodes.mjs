@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // two-nodes.mjs — two gateway nodes behind haproxy, one Redis.
 //
 // haproxy terminates TLS (the test's self-signed certificate) and speaks
