@@ -2,10 +2,14 @@
 signal-gateway processes on free loopback ports, all stopped by pid at the end
 of each test (SIGTERM, then SIGKILL after a bound).
 
+A test written `async def` runs in an event loop of its own (see
+pytest_pyfunc_call below), bounded by @pytest.mark.async_timeout(seconds).
+
 Gateway binary: $SG_GATEWAY_BIN, default <repo>/build/signal-gateway.
 """
 
 import datetime
+import inspect
 import ipaddress
 import os
 import signal
@@ -362,6 +366,22 @@ def gateway(gateway_factory):
 @pytest.fixture
 def make_token():
     return h.make_token
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Runs an `async def` test to its end in a fresh event loop, as
+    pytest-asyncio would (Debian's python3 has no such plugin). The whole test
+    is bounded, setup in its body included: ASYNC_TEST_TIMEOUT seconds, or
+    the test's @pytest.mark.async_timeout(seconds)."""
+    test = pyfuncitem.obj
+    if not inspect.iscoroutinefunction(test):
+        return None  # pytest calls it as usual
+    marker = pyfuncitem.get_closest_marker("async_timeout")
+    timeout = marker.args[0] if marker else h.ASYNC_TEST_TIMEOUT
+    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    h.arun(test(**kwargs), timeout)
+    return True
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -15,14 +15,9 @@ import threading
 import time
 
 import sg_helpers as h
-from sg_helpers import make_token
 
 # Resumption on, rate limits off (tests that push many relays quickly).
 RESUME_ENV = dict(h.NO_RATE_LIMITS, SIGNAL_RESUME_MS="30000")
-
-
-def tok(sub):
-    return make_token(sub, rooms=["*"])
 
 
 def peers_key(room):

@@ -187,8 +187,13 @@ def new_room(prefix="room"):
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def arun(coro, timeout=90):
-    """Run one test coroutine with an overall bound."""
+ASYNC_TEST_TIMEOUT = 90  # s: the bound of an `async def` test without its own (conftest.py)
+
+
+def arun(coro, timeout=ASYNC_TEST_TIMEOUT):
+    """Run a coroutine to its end from synchronous code, with an overall bound.
+    A test that is all asynchronous is written `async def` instead and run
+    by conftest.py's pytest_pyfunc_call."""
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
@@ -268,6 +273,12 @@ def make_token(sub, rooms=None, exp_in=300, **claims):
     """HS256 token signed with the test secret. rooms=None leaves the claim out,
     exp_in=None leaves exp out, a claim given as OMIT is left out."""
     return jwt.encode(token_claims(sub, rooms, exp_in, **claims), JWT_SECRET, algorithm="HS256")
+
+
+def tok(sub="alice", rooms=("*",), exp_in=300, **claims):
+    """The tests' usual token: make_token for sub, allowed into every room
+    unless rooms says otherwise (rooms=None leaves the claim out)."""
+    return make_token(sub, rooms=None if rooms is None else list(rooms), exp_in=exp_in, **claims)
 
 
 def sign_token(payload, key, alg, headers=None):

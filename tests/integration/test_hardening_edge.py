@@ -15,11 +15,7 @@ import os
 import time
 
 import sg_helpers as h
-from sg_helpers import handshake, make_token
-
-
-def tok(sub):
-    return make_token(sub, rooms=["*"])
+from sg_helpers import handshake, tok
 
 
 def _assert_503(resp):

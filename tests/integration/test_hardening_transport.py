@@ -12,7 +12,6 @@ import os
 import resource
 import socket
 import ssl
-import struct
 import threading
 import time
 
@@ -20,11 +19,7 @@ import pytest
 
 import abuse_helpers as ah
 import sg_helpers as h
-from sg_helpers import OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS, encode_frame, make_token
-
-
-def tok(sub="alice"):
-    return make_token(sub, rooms=["*"])
+from sg_helpers import OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS, encode_frame, tok
 
 
 # =========================================================================

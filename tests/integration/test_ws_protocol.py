@@ -11,12 +11,8 @@ import time
 import pytest
 
 import sg_helpers as h
-from sg_helpers import (OP_BIN, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS,
-                        encode_frame, make_token, new_peer, new_room)
-
-
-def tok(sub="alice"):
-    return make_token(sub, rooms=["*"])
+from sg_helpers import (OP_BIN, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS, encode_frame,
+                        make_token, new_peer, new_room, tok)
 
 
 def join_json(room=None, peer=None, **extra):
