@@ -119,13 +119,8 @@ async def test_candidate_flood_is_held_to_the_buckets(gateway_factory, redis):
 
     async with Clients() as c:
         target = await raw_client(gw, tok("target"), room, pt, "target")
-        carol = await c.connect(gw.ws_url, tok("carol"), name="carol")
-        await carol.join(room, pc)
-        a = await c.connect(gw.ws_url, tok("alice"), name="alice")
-        b = await c.connect(gw.ws_url, tok("bob"), name="bob")
-        await a.join(calm, pa)
-        await b.join(calm, pb)
-        await a.recv_type("peer_joined", peerId=pb)
+        carol = await c.member(gw, "carol", room, pc)
+        a, b = await c.pair(gw, gw, calm, pa, pb)
         flooder = await raw_client(gw, tok("mallory"), room, pf, "flooder")
         try:
             await carol.recv_type("peer_joined", peerId=pf)
@@ -427,57 +422,49 @@ async def test_slow_consumers_are_closed_and_memory_stays_flat(gateway_factory):
     samples = []
 
     async with Clients() as c:
-        a = await c.connect(gw.ws_url, tok("alice"), name="a")
-        await a.join(room, pa)
+        a = await c.member(gw, "alice", room, pa)
         slows = []
-        try:
-            for i, ps in enumerate(slow_peers):
-                s = await asyncio.to_thread(h.RawWS.connect, gw, tok(f"slow{i}"), rcvbuf=4096)
-                slows.append(s)
-                s.send_json({"type": "join", "roomId": room, "peerId": ps})
-                assert (await asyncio.to_thread(s.recv_json, 5))["type"] == "joined"
-                await a.recv_type("peer_joined", peerId=ps)
-                # from here on this client reads nothing
-            await asyncio.sleep(0.3)
-            baseline = ah.rss_kib(gw.pid)
-            m0 = await asyncio.to_thread(ah.metrics, gw)
-            live = set(slow_peers)
-            sent = 0
-            t0 = time.monotonic()
-            while live and sent < 600 and time.monotonic() - t0 < 40:
-                for ps in sorted(live):
-                    await a.send(h.offer(room, pa, ps, sdp=sdp))
-                    sent += 1
-                samples.append(ah.rss_kib(gw.pid))
-                for m in list(a.messages):
-                    if m.get("type") == "peer_left" and m.get("peerId") in live:
-                        live.discard(m["peerId"])
-                await asyncio.sleep(0.005)
-            for ps in list(live):
-                await a.recv_type("peer_left", peerId=ps, timeout=15)
-            samples.append(ah.rss_kib(gw.pid))
-            for s in slows:
-                closed, _ = await asyncio.to_thread(h.wait_socket_closed, s.sock, 10)
-                assert closed
-            m1 = await asyncio.to_thread(ah.metrics, gw)
-            closes = ah.metric(m1, "output_buffer_closes_total") - ah.metric(m0, "output_buffer_closes_total")
-            assert closes >= len(slow_peers), (closes, m1)
-            assert ah.metric(m1, "caps_tripped_total", cap="output_buffer") >= len(slow_peers)
-            peak = max(samples)
-            print(f"\n[slow consumers] {sent} offers of ~60 KB ({sent * 60 / 1024:.1f} MiB) sent; "
-                  f"3 slow consumers closed; RSS baseline {baseline / 1024:.1f} MiB, "
-                  f"peak {peak / 1024:.1f} MiB (+{(peak - baseline) / 1024:.1f} MiB)")
-            if not h.SANITIZED:  # see sg_helpers.SANITIZED
-                assert peak < baseline + 64 * 1024, (baseline, peak)
-            # the sender is unaffected
-            assert a.is_open
-            for m in a.messages:
-                if m.get("type") == "error":
-                    assert m["code"] in ("peer_not_found", "peer_unreachable"), m
-            await a.join(new_room(), new_peer())
-        finally:
-            for s in slows:
-                s.close()
+        for i, ps in enumerate(slow_peers):
+            slows.append(await c.raw_member(gw, f"slow{i}", room, ps, rcvbuf=4096))
+            await a.recv_type("peer_joined", peerId=ps)
+            # from here on this client reads nothing
+        await asyncio.sleep(0.3)
+        baseline = h.rss_kib(gw.pid)
+        m0 = await asyncio.to_thread(ah.metrics, gw)
+        live = set(slow_peers)
+        sent = 0
+        t0 = time.monotonic()
+        while live and sent < 600 and time.monotonic() - t0 < 40:
+            for ps in sorted(live):
+                await a.send(h.offer(room, pa, ps, sdp=sdp))
+                sent += 1
+            samples.append(h.rss_kib(gw.pid))
+            for m in list(a.messages):
+                if m.get("type") == "peer_left" and m.get("peerId") in live:
+                    live.discard(m["peerId"])
+            await asyncio.sleep(0.005)
+        for ps in list(live):
+            await a.recv_type("peer_left", peerId=ps, timeout=15)
+        samples.append(h.rss_kib(gw.pid))
+        for s in slows:
+            closed, _ = await asyncio.to_thread(h.wait_socket_closed, s.sock, 10)
+            assert closed
+        m1 = await asyncio.to_thread(ah.metrics, gw)
+        closes = ah.metric(m1, "output_buffer_closes_total") - ah.metric(m0, "output_buffer_closes_total")
+        assert closes >= len(slow_peers), (closes, m1)
+        assert ah.metric(m1, "caps_tripped_total", cap="output_buffer") >= len(slow_peers)
+        peak = max(samples)
+        print(f"\n[slow consumers] {sent} offers of ~60 KB ({sent * 60 / 1024:.1f} MiB) sent; "
+              f"3 slow consumers closed; RSS baseline {baseline / 1024:.1f} MiB, "
+              f"peak {peak / 1024:.1f} MiB (+{(peak - baseline) / 1024:.1f} MiB)")
+        if not h.SANITIZED:  # see sg_helpers.SANITIZED
+            assert peak < baseline + 64 * 1024, (baseline, peak)
+        # the sender is unaffected
+        assert a.is_open
+        for m in a.messages:
+            if m.get("type") == "error":
+                assert m["code"] in ("peer_not_found", "peer_unreachable"), m
+        await a.join(new_room(), new_peer())
 
 
 # =========================================================================
@@ -542,8 +529,7 @@ def test_per_ip_cap_counts_forwarded_for_from_a_trusted_proxy(gateway_factory):
         # the clients behind the proxy are usable
         w = held[2]
         room, p = new_room(), new_peer()
-        w.send_json({"type": "join", "roomId": room, "peerId": p})
-        assert w.recv_json(5)["type"] == "joined"
+        w.join(room, p)
     finally:
         for w in held:
             w.close()
@@ -573,11 +559,9 @@ def test_join_timeout_closes_1008(gateway_factory):
     leaver = h.RawWS.connect(gw, tok("leaver"))
     try:
         room, p = new_room(), new_peer()
-        joiner.send_json({"type": "join", "roomId": room, "peerId": p})
-        assert joiner.recv_json(3)["type"] == "joined"
+        joiner.join(room, p, timeout=3)
         room2, p2 = new_room(), new_peer()
-        leaver.send_json({"type": "join", "roomId": room2, "peerId": p2})
-        assert leaver.recv_json(3)["type"] == "joined"
+        leaver.join(room2, p2, timeout=3)
         leaver.send_json({"type": "leave", "roomId": room2, "peerId": p2})
         assert leaver.recv_json(3)["type"] == "left"
         code, _ = idle.expect_close(5)
@@ -783,15 +767,8 @@ async def test_hijack_by_leave_or_resume_from_another_sub(gateway_factory):
     pv, pm, pw = new_peer(), new_peer(), new_peer()
 
     async with Clients() as c:
-        v = await c.connect(g1.ws_url, tok("victim"), name="victim")
-        w = await c.connect(g1.ws_url, tok("witness"), name="witness")
-        m = await c.connect(g2.ws_url, tok("mallory"), name="mallory")
-        jv = await v.join(room, pv)
-        await w.join(room, pw)
-        await m.join(room, pm)
-        for cl in (v, w):
-            await cl.recv_type("peer_joined", peerId=pm)
-        await v.recv_type("peer_joined", peerId=pw)
+        v, w, m = await c.members(room, (g1, "victim", pv), (g1, "witness", pw), (g2, "mallory", pm))
+        jv = v.joined[room]
         m2 = await c.connect(g2.ws_url, tok("mallory"), name="mallory2")
         await m2.send({"type": "join", "roomId": room, "peerId": pv, "correlationId": "j"})
         await m2.expect_error("peer_id_taken", cid="j")
@@ -842,11 +819,7 @@ async def test_default_limits_let_a_browser_call_pass(gateway_factory):
             assert r["correlationId"] == m["correlationId"], (r, m)
 
     async with Clients() as c:
-        a = await c.connect(g1.ws_url, tok("alice"), name="alice")
-        b = await c.connect(g2.ws_url, tok("bob"), name="bob")
-        await a.join(room, pa)
-        await b.join(room, pb)
-        await a.recv_type("peer_joined", peerId=pb)
+        a, b = await c.pair(g1, g2, room, pa, pb)
         for round_, n in ((0, 60), (1, 20)):
             o = h.offer(room, pa, pb, cid=f"offer-{round_}")
             await a.send(o)

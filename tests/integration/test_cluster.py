@@ -34,23 +34,9 @@ def require(*tools):
                     f"(deploy/deps.sh test)", pytrace=False)
 
 
-async def call_across(cs, g1, g2, room, pa, pb):
-    """alice on g1 and bob on g2 in room as pa and pb; alice saw bob join."""
-    a = await cs.connect(g1.ws_url, tok("alice"), name="a")
-    b = await cs.connect(g2.ws_url, tok("bob"), name="b")
-    await a.join(room, pa)
-    await b.join(room, pb)
-    await a.recv_type("peer_joined", peerId=pb)
-    return a, b
-
-
 def info_fields(text):
     """INFO's `field:value` lines as a dict."""
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
-
-
-def peers_key(room):
-    return f"room:{{{room}}}:peers"
 
 
 def report(what, value):
@@ -111,8 +97,7 @@ async def test_lb_sticky_cookie_and_retry_of_a_draining_node(cluster):
         assert seen == {"gw1", "gw2"}, f"leastconn over two nodes should use both: {seen}"
         for name in ("gw1", "gw2", "gw1"):
             room, p = new_room(), new_peer()
-            c = await cs.connect(lb.url, tok("pin"), name="pin", extra_headers=ch.cookie_header(name))
-            await c.join(room, p)
+            c = await ch.pinned_member(cs, lb, name, "pin", room, p)
             assert cluster.redis.member_nodes(room) == {p: name}
 
         # a client that never answers the close frame keeps gw1 draining
@@ -123,8 +108,7 @@ async def test_lb_sticky_cookie_and_retry_of_a_draining_node(cluster):
             t0 = time.monotonic()
             room, p = new_room(), new_peer()
             lb_view = lb.stats().get("gw1", "")
-            c = await cs.connect(lb.url, tok("late"), name="late", extra_headers=ch.cookie_header("gw1"))
-            await c.join(room, p)
+            c = await ch.pinned_member(cs, lb, "gw1", "late", room, p)
             assert cluster.redis.member_nodes(room) == {p: "gw2"}, "not redispatched"
             assert g1.running(), "gw1 should still be draining (stubborn client)"
             lb.wait_states({"gw1": "DOWN"}, 5)
@@ -245,16 +229,11 @@ async def test_sigkill_of_a_node_peers_time_out_and_keys_expire(cluster):
     pa, pb, pc, pd, pe = (new_peer() for _ in range(5))
 
     async with h.Clients() as cs:
-        a = await cs.connect(lb.url, tok("alice"), name="a", extra_headers=ch.cookie_header("gw1"))
-        b = await cs.connect(lb.url, tok("bob"), name="b", extra_headers=ch.cookie_header("gw2"))
-        c = await cs.connect(lb.url, tok("carol"), name="c", extra_headers=ch.cookie_header("gw2"))
-        d = await cs.connect(lb.url, tok("dave"), name="d", extra_headers=ch.cookie_header("gw2"))
-        e = await cs.connect(lb.url, tok("erin"), name="e", extra_headers=ch.cookie_header("gw2"))
-        await a.join(room, pa)
-        await b.join(room, pb)
-        await c.join(room, pc)
-        await d.join(lonely, pd)
-        await e.join(lonely, pe)
+        a = await ch.pinned_member(cs, lb, "gw1", "alice", room, pa)
+        b = await ch.pinned_member(cs, lb, "gw2", "bob", room, pb)
+        c = await ch.pinned_member(cs, lb, "gw2", "carol", room, pc)
+        d = await ch.pinned_member(cs, lb, "gw2", "dave", lonely, pd)
+        e = await ch.pinned_member(cs, lb, "gw2", "erin", lonely, pe)
         await a.recv_type("peer_joined", peerId=pb)
         await a.recv_type("peer_joined", peerId=pc)
         await exchange(a, pa, b, pb, room, "pre")
@@ -284,7 +263,7 @@ async def test_sigkill_of_a_node_peers_time_out_and_keys_expire(cluster):
         worst = max(t for _, t in got.values())
         report("SIGKILL -> peer_left timeout (lease 2000 ms)", f"{worst:.2f}s")
         assert worst <= bound, f"peer_left after {worst:.2f}s, bound {bound:.2f}s"
-        assert sorted(redis.hgetall(peers_key(room))) == [pa]
+        assert sorted(redis.hgetall(h.peers_key(room))) == [pa]
         await a.expect_no_message(0.2)
 
         # the lonely room, where nobody is left to tell: the survivor
@@ -328,13 +307,9 @@ async def test_redis_restarted_empty_mid_call(cluster):
     room, pa, pb = new_room("empty"), new_peer(), new_peer()
 
     async with h.Clients() as cs:
-        a = await cs.connect(lb.url, tok("alice"), name="a", extra_headers=ch.cookie_header("gw1"))
-        b = await cs.connect(lb.url, tok("bob"), name="b", extra_headers=ch.cookie_header("gw2"))
-        await a.join(room, pa)
-        await b.join(room, pb)
-        await a.recv_type("peer_joined", peerId=pb)
+        a, b = await ch.pinned_pair(cs, lb, room, pa, pb)
         await exchange(a, pa, b, pb, room, "before")
-        before = redis.hgetall(peers_key(room))
+        before = redis.hgetall(h.peers_key(room))
         assert sorted(before) == sorted([pa, pb])
         # A key no gateway writes: it is in the old Redis and must not be
         # in the new one. (The room keys cannot show that: the gateways
@@ -370,11 +345,11 @@ async def test_redis_restarted_empty_mid_call(cluster):
         def rebuilt():
             # each member re-asserted by its own node (the other node may
             # have put it back as a ghost first)
-            recs = redis.hgetall(peers_key(room))
+            recs = redis.hgetall(h.peers_key(room))
             return sorted(recs) == sorted([pa, pb]) and not any(json.loads(v).get("ghost") for v in recs.values())
         await h.async_wait_until(rebuilt, 5, interval=0.02, what="room:{R}:peers rebuilt")
         t_rebuilt = time.monotonic() - t0
-        after = redis.hgetall(peers_key(room))
+        after = redis.hgetall(h.peers_key(room))
         for p in (pa, pb):
             old, new = json.loads(before[p]), json.loads(after[p])
             assert (new["node"], new["conn"], new["sub"]) == (old["node"], old["conn"], old["sub"]), (old, new)
@@ -427,7 +402,7 @@ async def test_leave_during_an_outage_reaches_the_room_after_an_empty_restart(cl
     room, pa, pb = new_room("ghost"), new_peer(), new_peer()
 
     async with h.Clients() as cs:
-        a, b = await call_across(cs, g1, g2, room, pa, pb)
+        a, b = await cs.pair(g1, g2, room, pa, pb)
         redis.kill()
         await h.async_wait_until(lambda: g2.readyz() == 503, 3)
         await b.close()
@@ -435,14 +410,14 @@ async def test_leave_during_an_outage_reaches_the_room_after_an_empty_restart(cl
         redis.start()
         t_back = time.monotonic()
         # the ghost is in Redis meanwhile, so room state looks unchanged to a
-        await h.async_wait_until(lambda: pb in redis.hgetall(peers_key(room)), 5, what="b re-asserted as a ghost")
-        ghost = json.loads(redis.hgetall(peers_key(room))[pb])
+        await h.async_wait_until(lambda: pb in redis.hgetall(h.peers_key(room)), 5, what="b re-asserted as a ghost")
+        ghost = json.loads(redis.hgetall(h.peers_key(room))[pb])
         assert ghost.get("ghost") is True and ghost["conn"] == "", ghost
         m = await a.recv_type("peer_left", peerId=pb, timeout=lease_ms / 1000 + 5 + 3)
         assert m["reason"] == "timeout", m
         report("leave during an outage, Redis back empty: peer_left", f"{time.monotonic() - t_back:.2f}s after the restart")
         # only a is left, re-asserted by its own node
-        assert sorted(redis.hgetall(peers_key(room))) == [pa], redis.hgetall(peers_key(room))
+        assert sorted(redis.hgetall(h.peers_key(room))) == [pa], redis.hgetall(h.peers_key(room))
         await a.leave(room, pa)
     assert ch.gateway_keys(redis) == [], ch.gateway_keys(redis)
 
@@ -476,7 +451,7 @@ async def test_relays_published_while_a_subscriber_reconnects_are_caught_up(clus
     room, pa, pb = new_room("catch"), new_peer(), new_peer()
 
     async with h.Clients() as cs:
-        a, b = await call_across(cs, g1, g2, room, pa, pb)
+        a, b = await cs.pair(g1, g2, room, pa, pb)
         # b's node reconnects within milliseconds, so the relays go
         # back to back right after the kill; a try where none fell into
         # the gap is repeated (it proves nothing either way)
@@ -529,7 +504,7 @@ async def test_catch_up_after_an_empty_restart_restarts_its_numbering(cluster):
             await asyncio.sleep(0.01)
 
     async with h.Clients() as cs:
-        a, b = await call_across(cs, g1, g2, room, pa, pb)
+        a, b = await cs.pair(g1, g2, room, pa, pb)
         before = [f"pre{i}" for i in range(20)]
         await send_all(a, before)
         got = [await b.recv_type("relay", timeout=5) for _ in before]
@@ -538,7 +513,7 @@ async def test_catch_up_after_an_empty_restart_restarts_its_numbering(cluster):
         await h.async_wait_until(lambda: g1.readyz() == 503 and g2.readyz() == 503, 5)
         redis.start()
         await h.async_wait_until(lambda: g1.readyz() == 200 and g2.readyz() == 200, 10)
-        await h.async_wait_until(lambda: sorted(redis.hgetall(peers_key(room))) == sorted([pa, pb]), 5)
+        await h.async_wait_until(lambda: sorted(redis.hgetall(h.peers_key(room))) == sorted([pa, pb]), 5)
         after = [f"post{i}" for i in range(3)]
         await send_all(a, after)
         got = [await b.recv_type("relay", timeout=5) for _ in after]
@@ -569,21 +544,14 @@ async def test_sentinel_failover(cluster):
     check ROLE, reconnect, and re-assert every membership they hold, so the
     lost member comes back, silently, and relays flow again with no client
     action."""
-    env = cluster.start_sentinel_redis(down_after_ms=1000, failover_timeout_ms=3000)
-    env.update({"SIGNAL_DRAIN_MS": 2000})
-    g1, g2 = cluster.add_nodes(2, env=env)
-    lb = cluster.start_lb()
+    g1, g2, lb = cluster.start_sentinel_cluster()
     master, replica = cluster.redis, cluster.replicas[0]
     room, pa, pb, pc = new_room("fo"), new_peer(), new_peer(), new_peer()
 
     async with h.Clients() as cs:
-        a = await cs.connect(lb.url, tok("alice"), name="a", extra_headers=ch.cookie_header("gw1"))
-        b = await cs.connect(lb.url, tok("bob"), name="b", extra_headers=ch.cookie_header("gw2"))
-        await a.join(room, pa)
-        await b.join(room, pb)
-        await a.recv_type("peer_joined", peerId=pb)
+        a, b = await ch.pinned_pair(cs, lb, room, pa, pb)
         await exchange(a, pa, b, pb, room, "before")
-        h.wait_until(lambda: sorted(replica.hgetall(peers_key(room))) == sorted([pa, pb]), 5,
+        h.wait_until(lambda: sorted(replica.hgetall(h.peers_key(room))) == sorted([pa, pb]), 5,
                      what="replica has both members")
 
         # cut replication, then carol joins: only the master knows her
@@ -591,13 +559,12 @@ async def test_sentinel_failover(cluster):
         replica("CLIENT", "KILL", "TYPE", "master")
         h.wait_until(lambda: "master_link_status:down" in replica("INFO", "replication"), 5,
                      what="replication cut")
-        c = await cs.connect(lb.url, tok("carol"), name="c", extra_headers=ch.cookie_header("gw1"))
-        await c.join(room, pc)
+        c = await ch.pinned_member(cs, lb, "gw1", "carol", room, pc)
         await a.recv_type("peer_joined", peerId=pc)
         await b.recv_type("peer_joined", peerId=pc)
         await asyncio.sleep(0.3)
-        assert pc in master.hgetall(peers_key(room))
-        assert pc not in replica.hgetall(peers_key(room)), "replication was not cut"
+        assert pc in master.hgetall(h.peers_key(room))
+        assert pc not in replica.hgetall(h.peers_key(room)), "replication was not cut"
 
         master.kill()
         t0 = time.monotonic()
@@ -655,7 +622,7 @@ async def test_sentinel_failover(cluster):
         late = len(delivered) - 1
         # carol, lost by the failover, is back on the new master: re-asserted
         await h.async_wait_until(
-            lambda: sorted(replica.hgetall(peers_key(room))) == sorted([pa, pb, pc]), 5,
+            lambda: sorted(replica.hgetall(h.peers_key(room))) == sorted([pa, pb, pc]), 5,
             what="all three members on the new master")
         t_members = time.monotonic() - t0
         assert replica("ROLE")[0] == "master"
@@ -694,30 +661,23 @@ async def test_sentinel_planned_failover(cluster):
     join made just before may exist only on the old master). Once moved, they
     re-assert every membership, so nothing is lost, and relays keep flowing
     throughout."""
-    env = cluster.start_sentinel_redis(down_after_ms=1000, failover_timeout_ms=3000)
-    env.update({"SIGNAL_DRAIN_MS": 2000})
-    cluster.add_nodes(2, env=env)
-    lb = cluster.start_lb()
+    _, _, lb = cluster.start_sentinel_cluster()
     old, new = cluster.redis, cluster.replicas[0]
     room, pa, pb, pc = new_room("planned"), new_peer(), new_peer(), new_peer()
 
     async with h.Clients() as cs:
-        a = await cs.connect(lb.url, tok("alice"), name="a", extra_headers=ch.cookie_header("gw1"))
-        b = await cs.connect(lb.url, tok("bob"), name="b", extra_headers=ch.cookie_header("gw2"))
-        await a.join(room, pa)
-        await b.join(room, pb)
-        await a.recv_type("peer_joined", peerId=pb)
+        a, b = await ch.pinned_pair(cs, lb, room, pa, pb)
         assert len(gateway_clients(old)) == 4  # cmd + sub of each gateway
 
         assert cluster.sentinels[0]("SENTINEL", "FAILOVER", "mymaster") == "OK"
         t0 = time.monotonic()
         await h.async_wait_until(lambda: (ch.ask(new, "ROLE") or [None])[0] == "master", 10,
                                  what="promotion")
-        c = await cs.connect(lb.url, tok("carol"), name="c", extra_headers=ch.cookie_header("gw1"))
-        await c.join(room, pc)   # while the gateways still write to the old master
+        # while the gateways still write to the old master
+        c = await ch.pinned_member(cs, lb, "gw1", "carol", room, pc)
         await a.recv_type("peer_joined", peerId=pc)
-        on_old = ch.ask(old, "HKEYS", peers_key(room)) or []  # old is demoted (clients killed) any time now
-        wrote_old_only = pc in on_old and pc not in new.hgetall(peers_key(room))
+        on_old = ch.ask(old, "HKEYS", h.peers_key(room)) or []  # old is demoted (clients killed) any time now
+        wrote_old_only = pc in on_old and pc not in new.hgetall(h.peers_key(room))
         moved_at, n, worst_gap, last_ok = None, 0, 0.0, time.monotonic()
         while time.monotonic() - t0 < 30:
             n += 1
@@ -737,7 +697,7 @@ async def test_sentinel_planned_failover(cluster):
         for g in cluster.nodes:
             assert '"event":"redis.switch_master"' in g.log_text(), g.log_tail()
         await h.async_wait_until(
-            lambda: sorted(new.hgetall(peers_key(room))) == sorted([pa, pb, pc]), 5,
+            lambda: sorted(new.hgetall(h.peers_key(room))) == sorted([pa, pb, pc]), 5,
             what="every member on the new master")
         await exchange(b, pb, c, pc, room, "after")
         drain_queue(a)
@@ -1023,7 +983,7 @@ async def test_a_hung_redis_counts_as_down_and_is_reconnected_when_it_answers_ag
     room, pa, pb = new_room("hung"), new_peer(), new_peer()
 
     async with h.Clients() as cs:
-        a, b = await call_across(cs, g, g, room, pa, pb)
+        a, b = await cs.pair(g, g, room, pa, pb)
         redis.proc.send_signal(signal.SIGSTOP)
         try:
             await a.send(h.offer(room, pa, pb, cid="hung-1"))

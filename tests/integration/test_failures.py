@@ -11,14 +11,6 @@ import sg_helpers as h
 from sg_helpers import Clients, RawWS, new_peer, new_room, tok
 
 
-def peers_key(room):
-    return f"room:{{{room}}}:peers"
-
-
-def channel(room, peer):
-    return f"room:{{{room}}}:peer:{peer}"
-
-
 # ---------------------------------------------------------------- node death
 
 
@@ -29,14 +21,7 @@ async def test_sigkill_gives_peer_left_timeout_within_lease(gateway_factory, red
     pa, pb, pc = new_peer(), new_peer(), new_peer()
 
     async with Clients() as c:
-        a = await c.connect(g1.ws_url, tok("alice"), name="a")
-        b = await c.connect(g2.ws_url, tok("bob"), name="b")
-        cc = await c.connect(g2.ws_url, tok("carol"), name="c")
-        await a.join(room, pa)
-        await b.join(room, pb)
-        await cc.join(room, pc)
-        await a.recv_type("peer_joined", peerId=pb)
-        await a.recv_type("peer_joined", peerId=pc)
+        a, b, cc = await c.members(room, (g1, "alice", pa), (g2, "bob", pb), (g2, "carol", pc))
         # outlive a few lease periods first: live members must not be reaped
         await a.expect_no_message(lease_ms / 1000 * 2)
 
@@ -51,7 +36,7 @@ async def test_sigkill_gives_peer_left_timeout_within_lease(gateway_factory, red
         for m in got.values():
             assert m["reason"] == "timeout" and m["roomId"] == room, m
         await a.expect_no_message()
-        assert sorted(redis.hgetall(peers_key(room))) == [pa]
+        assert sorted(redis.hgetall(h.peers_key(room))) == [pa]
         # the survivor keeps working: a new member on g1 sees only a
         d = await c.connect(g1.ws_url, tok("dave"), name="d")
         j = await d.join(room, new_peer())
@@ -65,11 +50,7 @@ async def test_peer_unreachable_after_target_node_dies(gateway_factory, redis):
     pa, pb = new_peer(), new_peer()
 
     async with Clients() as c:
-        a = await c.connect(g1.ws_url, tok("alice"), name="a")
-        b = await c.connect(g2.ws_url, tok("bob"), name="b")
-        await a.join(room, pa)
-        await b.join(room, pb)
-        await a.recv_type("peer_joined", peerId=pb)
+        a, b = await c.pair(g1, g2, room, pa, pb)
         await a.send(h.offer(room, pa, pb, cid="before"))
         await b.recv_type("relay", correlationId="before")
 
@@ -77,10 +58,10 @@ async def test_peer_unreachable_after_target_node_dies(gateway_factory, redis):
         t0 = time.monotonic()
         # let Redis notice that g2's subscriber connection is gone
         try:
-            await h.async_wait_until(lambda: redis.subscribers(channel(room, pb)) == 0, 2.0)
+            await h.async_wait_until(lambda: redis.subscribers(h.peer_channel(room, pb)) == 0, 2.0)
         except AssertionError:
             pass  # the gateway may name its channels otherwise; carry on
-        assert pb in redis.hgetall(peers_key(room)), "b's record should still be there"
+        assert pb in redis.hgetall(h.peers_key(room)), "b's record should still be there"
         await a.send(h.offer(room, pa, pb, cid="after-kill"))
         await a.expect_error("peer_unreachable", cid="after-kill")
         assert time.monotonic() - t0 < lease_ms / 1000, "test too slow to be meaningful"
@@ -103,22 +84,15 @@ async def test_heartbeat_reaps_a_client_that_never_answers_pings(gateway_factory
     pa, pb = new_peer(), new_peer()
 
     async with Clients() as c:
-        b = await c.connect(gw.ws_url, tok("bob"), name="b")
-        await b.join(room, pb)
-        raw = await asyncio.to_thread(RawWS.connect, gw, tok("alice"))
-        try:
-            raw.send_json({"type": "join", "roomId": room, "peerId": pa})
-            j = await asyncio.to_thread(raw.recv_json, 5)
-            assert j["type"] == "joined", j
-            await b.recv_type("peer_joined", peerId=pa)
-            # the raw client now stays silent (never pongs)
-            m = await b.recv_type("peer_left", peerId=pa, timeout=6)
-            assert m["reason"] == "timeout", m
-            await asyncio.to_thread(raw.wait_eof, 5)
-            pings = [f for f in raw.frames if f.opcode == h.OP_PING]
-            assert pings, f"the reaped client never saw a ping: {raw.frames}"
-        finally:
-            raw.close()
+        b = await c.member(gw, "bob", room, pb)
+        raw = await c.raw_member(gw, "alice", room, pa)
+        await b.recv_type("peer_joined", peerId=pa)
+        # the raw client now stays silent (never pongs)
+        m = await b.recv_type("peer_left", peerId=pa, timeout=6)
+        assert m["reason"] == "timeout", m
+        await asyncio.to_thread(raw.wait_eof, 5)
+        pings = [f for f in raw.frames if f.opcode == h.OP_PING]
+        assert pings, f"the reaped client never saw a ping: {raw.frames}"
         # b answers pings (websockets does) and stays, over several intervals
         await b.expect_no_message(2.5)
         assert b.is_open
@@ -159,8 +133,7 @@ def test_raw_client_answering_pings_stays_and_pings_are_periodic(gateway_factory
             else:
                 raise AssertionError(f"unexpected frame {f}")
         assert pings >= 3, f"{pings} pings in 3 s with a 500 ms interval"
-        raw.send_json({"type": "join", "roomId": new_room(), "peerId": new_peer()})
-        assert raw.recv_json(5)["type"] == "joined"
+        raw.join(new_room(), new_peer())
     finally:
         raw.close()
 
@@ -175,8 +148,7 @@ def test_client_ping_gets_pong_with_same_payload(gateway):
             assert f.payload == payload, f
         # unsolicited pongs are ignored
         raw.send_frame(h.OP_PONG, b"unsolicited")
-        raw.send_json({"type": "join", "roomId": new_room(), "peerId": new_peer()})
-        assert raw.recv_json(5)["type"] == "joined"
+        raw.join(new_room(), new_peer())
     finally:
         raw.close()
 
@@ -227,7 +199,7 @@ async def test_sigterm_drain(gateway_factory, redis, sig):
         assert rc == 0, f"drained node exited with {rc}"
         assert time.monotonic() - t0 < drain_ms / 1000 + 3
         await a.expect_no_message()
-        assert sorted(redis.hgetall(peers_key(room))) == [pa]
+        assert sorted(redis.hgetall(h.peers_key(room))) == [pa]
         # the other node carries on
         d = await c.connect(g1.ws_url, tok("dave"), name="d")
         j = await d.join(room, new_peer())
@@ -243,34 +215,28 @@ async def test_drain_refuses_new_handshakes_and_bounds_stubborn_clients(gateway_
     pa, ps = new_peer(), new_peer()
 
     async with Clients() as c:
-        a = await c.connect(g1.ws_url, tok("alice"), name="a")
-        await a.join(room, pa)
-        stubborn = await asyncio.to_thread(RawWS.connect, g2, tok("stubborn"))
-        try:
-            stubborn.send_json({"type": "join", "roomId": room, "peerId": ps})
-            assert (await asyncio.to_thread(stubborn.recv_json, 5))["type"] == "joined"
-            await a.recv_type("peer_joined", peerId=ps)
+        a = await c.member(g1, "alice", room, pa)
+        stubborn = await c.raw_member(g2, "stubborn", room, ps)
+        await a.recv_type("peer_joined", peerId=ps)
 
-            t0 = time.monotonic()
-            g2.terminate()
-            m = await a.recv_type("peer_left", peerId=ps, timeout=5)
-            assert m["reason"] == "shutdown", m
-            code, before = await asyncio.to_thread(stubborn.expect_close, 5)
-            assert code == 1001, code
-            # still draining (the stubborn client has not answered)
-            assert g2.running(), "node exited before its drain timeout with a client pending"
-            status = await asyncio.to_thread(g2.readyz, 1.0)
-            assert status == 503, f"/readyz during drain: {status}"
-            resp = await asyncio.to_thread(h.handshake, g2, tok("late"))
-            assert resp.status == 503, resp
-            assert resp.json().get("code") == "unavailable", resp
-            rc = await asyncio.to_thread(g2.wait, drain_ms / 1000 + 3)
-            assert rc == 0, rc
-            elapsed = time.monotonic() - t0
-            assert elapsed < drain_ms / 1000 + 3, elapsed
-            await asyncio.to_thread(stubborn.wait_eof, 3)
-        finally:
-            stubborn.close()
+        t0 = time.monotonic()
+        g2.terminate()
+        m = await a.recv_type("peer_left", peerId=ps, timeout=5)
+        assert m["reason"] == "shutdown", m
+        code, before = await asyncio.to_thread(stubborn.expect_close, 5)
+        assert code == 1001, code
+        # still draining (the stubborn client has not answered)
+        assert g2.running(), "node exited before its drain timeout with a client pending"
+        status = await asyncio.to_thread(g2.readyz, 1.0)
+        assert status == 503, f"/readyz during drain: {status}"
+        resp = await asyncio.to_thread(h.handshake, g2, tok("late"))
+        assert resp.status == 503, resp
+        assert resp.json().get("code") == "unavailable", resp
+        rc = await asyncio.to_thread(g2.wait, drain_ms / 1000 + 3)
+        assert rc == 0, rc
+        elapsed = time.monotonic() - t0
+        assert elapsed < drain_ms / 1000 + 3, elapsed
+        await asyncio.to_thread(stubborn.wait_eof, 3)
 
 
 def test_sigterm_with_no_clients_exits_0_promptly(gateway_factory):
@@ -293,38 +259,32 @@ async def test_a_client_that_stops_reading_is_closed(gateway_factory):
     pa, ps = new_peer(), new_peer()
 
     async with Clients() as c:
-        a = await c.connect(gw.ws_url, tok("alice"), name="a")
-        await a.join(room, pa)
-        slow = await asyncio.to_thread(RawWS.connect, gw, tok("slow"), rcvbuf=4096)
-        try:
-            slow.send_json({"type": "join", "roomId": room, "peerId": ps})
-            assert (await asyncio.to_thread(slow.recv_json, 5))["type"] == "joined"
-            await a.recv_type("peer_joined", peerId=ps)
-            # ~16 MB of offers towards a peer that reads nothing more
-            sdp = h.SDP + "a=pad:" + "p" * 60000 + "\r\n"
-            t0 = time.monotonic()
-            left = None
-            for i in range(270):
-                await a.send(h.offer(room, pa, ps, sdp=sdp, cid=f"flood-{i}"))
-                if i % 10 == 9:
-                    try:
-                        left = await a.recv_type("peer_left", peerId=ps, timeout=0.01)
-                        break
-                    except AssertionError:
-                        pass
-            if left is None:
-                left = await a.recv_type("peer_left", peerId=ps, timeout=15)
-            assert left["roomId"] == room, left
-            assert time.monotonic() - t0 < 30
-            # the sender is unaffected
-            assert a.is_open
-            # errors for relays sent after the slow peer went are fine; nothing else
-            for m in a.pending:
-                assert m["type"] == "error" and m["code"] in ("peer_not_found", "peer_unreachable"), m
-            a.pending.clear()
-            await a.join(new_room(), new_peer())
-        finally:
-            slow.close()
+        a = await c.member(gw, "alice", room, pa)
+        await c.raw_member(gw, "slow", room, ps, rcvbuf=4096)
+        await a.recv_type("peer_joined", peerId=ps)
+        # ~16 MB of offers towards a peer that reads nothing more
+        sdp = h.SDP + "a=pad:" + "p" * 60000 + "\r\n"
+        t0 = time.monotonic()
+        left = None
+        for i in range(270):
+            await a.send(h.offer(room, pa, ps, sdp=sdp, cid=f"flood-{i}"))
+            if i % 10 == 9:
+                try:
+                    left = await a.recv_type("peer_left", peerId=ps, timeout=0.01)
+                    break
+                except AssertionError:
+                    pass
+        if left is None:
+            left = await a.recv_type("peer_left", peerId=ps, timeout=15)
+        assert left["roomId"] == room, left
+        assert time.monotonic() - t0 < 30
+        # the sender is unaffected
+        assert a.is_open
+        # errors for relays sent after the slow peer went are fine; nothing else
+        for m in a.pending:
+            assert m["type"] == "error" and m["code"] in ("peer_not_found", "peer_unreachable"), m
+        a.pending.clear()
+        await a.join(new_room(), new_peer())
 
 
 # ---------------------------------------------------------------- overload
@@ -344,11 +304,7 @@ async def test_past_the_in_flight_bound_messages_get_unavailable_and_nothing_is_
     total = 9000
 
     async with Clients() as c:
-        a = await c.connect(g.ws_url, tok("alice"), name="a")
-        b = await c.connect(g.ws_url, tok("bob"), name="b")
-        await a.join(room, pa)
-        await b.join(room, pb)
-        await a.recv_type("peer_joined", peerId=pb)
+        a, b = await c.pair(g, g, room, pa, pb)
         redis("CLIENT", "PAUSE", "3000", "ALL")
         for i in range(total):
             await a.send(h.candidate(room, pa, pb, h.ice(i), cid=f"o{i}"))

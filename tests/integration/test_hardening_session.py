@@ -22,10 +22,8 @@ from ext_helpers import RESUME_ENV, resume_msg, wait_in_grace
 async def still_serving(cs, gw, room_prefix="alive"):
     """A fresh pair can join and relay on gw: the node survived."""
     room, pa, pb = new_room(room_prefix), new_peer(), new_peer()
-    a = await cs.connect(gw.ws_url, tok("zed"), name="alive-a")
-    b = await cs.connect(gw.ws_url, tok("yan"), name="alive-b")
-    await a.join(room, pa)
-    await b.join(room, pb)
+    a = await cs.member(gw, "zed", room, pa, name="alive-a")
+    b = await cs.member(gw, "yan", room, pb, name="alive-b")
     await a.send(h.offer(room, pa, pb, cid="alive"))
     m = await b.recv_type("relay", correlationId="alive")
     assert m["inner"]["from"] == pa, m
@@ -40,18 +38,14 @@ async def test_resume_with_a_short_token_is_refused_and_writes_nothing_out_of_bo
     room, pa, pb = new_room("short"), new_peer(), new_peer()
 
     async with Clients() as cs:
-        a = await cs.connect(gw.ws_url, tok("alice"), name="a")
-        b = await cs.connect(gw.ws_url, tok("bob"), name="b")
-        await a.join(room, pa)
-        await b.join(room, pb)
-        await a.recv_type("peer_joined", peerId=pb)
+        a, b = await cs.pair(gw, gw, room, pa, pb)
         # Same user as a member, tokens of every short length.
         for n, token in enumerate(["a", "abc", "x" * 31, "A-_" * 5]):
             c = await cs.connect(gw.ws_url, tok("bob"), name=f"c{n}")
             await c.send(resume_msg(room, pb, token, 0, cid=f"r{n}"))
             await c.expect_error("resume_failed", cid=f"r{n}", room=room)
         # Nothing changed for the members, and the node still serves.
-        assert x.member(redis, room, pb)["conn"] != "", x.member(redis, room, pb)
+        assert h.member_record(redis, room, pb)["conn"] != "", h.member_record(redis, room, pb)
         await a.send(h.offer(room, pa, pb, cid="after"))
         await b.recv_type("relay", correlationId="after")
         await still_serving(cs, gw)
@@ -125,29 +119,27 @@ async def test_a_ghost_is_protected_like_its_owner(gateway_factory, redis):
     room, pa, pb = new_room("ghost"), new_peer(), new_peer()
 
     async with Clients() as cs:
-        b = await cs.connect(g2.ws_url, tok("bob"), name="b")
-        await b.join(room, pb)
-        a = await cs.connect(g1.ws_url, tok("alice"), name="a")
-        await a.join(room, pa)
-        owner_hash = json.loads(redis("HGET", f"room:{{{room}}}:peers", pb))["sub"]
+        await cs.member(g2, "bob", room, pb)
+        await cs.member(g1, "alice", room, pa)
+        owner_hash = h.member_record(redis, room, pb)["sub"]
         g2.kill()  # bob's node is gone: nobody re-asserts bob for real
         _reconnect_after_flush(redis)
 
         def ghost():
-            raw = redis("HGET", f"room:{{{room}}}:peers", pb)
+            raw = redis("HGET", h.peers_key(room), pb)
             return raw is not None and json.loads(raw).get("ghost")
         await h.async_wait_until(ghost, 10, what="bob re-asserted as a ghost by alice's node")
-        rec = json.loads(redis("HGET", f"room:{{{room}}}:peers", pb))
+        rec = h.member_record(redis, room, pb)
         assert rec["sub"] == owner_hash, rec
 
         m = await cs.connect(g1.ws_url, tok("mallory"), name="m")
         await m.send({"type": "join", "roomId": room, "peerId": pb, "correlationId": "steal"})
         await m.expect_error("peer_id_taken", cid="steal", room=room)
-        assert json.loads(redis("HGET", f"room:{{{room}}}:peers", pb)).get("ghost"), "the ghost must stay"
+        assert h.member_record(redis, room, pb).get("ghost"), "the ghost must stay"
 
         b2 = await cs.connect(g1.ws_url, tok("bob"), name="b2")
         await b2.join(room, pb)  # its owner may take it back
-        rec = json.loads(redis("HGET", f"room:{{{room}}}:peers", pb))
+        rec = h.member_record(redis, room, pb)
         assert not rec.get("ghost") and rec["sub"] == owner_hash, rec
 
 
@@ -157,7 +149,7 @@ async def test_resume_is_authorized_like_a_join(gateway_factory, redis):
     authorization as join."""
     gw, = gateway_factory(1, env=RESUME_ENV)
     room, pa, pb = new_room("acl"), new_peer(), new_peer()
-    redis("SADD", f"room:{{{room}}}:acl", "alice", "bob")
+    redis("SADD", h.acl_key(room), "alice", "bob")
 
     async with Clients() as cs:
         a = await cs.connect(gw.ws_url, h.make_token("alice", rooms=[]), name="a")
@@ -166,13 +158,13 @@ async def test_resume_is_authorized_like_a_join(gateway_factory, redis):
         token = (await b.join(room, pb))["resumeToken"]
         b.abort()
         await wait_in_grace(redis, room, pb)
-        redis("SREM", f"room:{{{room}}}:acl", "bob")  # the application revokes bob's access
+        redis("SREM", h.acl_key(room), "bob")  # the application revokes bob's access
         b2 = await cs.connect(gw.ws_url, h.make_token("bob", rooms=[]), name="b2")
         await b2.send(resume_msg(room, pb, token, 0, cid="back"))
         await b2.expect_error("resume_failed", cid="back", room=room)
-        assert x.in_grace(redis, room, pb), x.member(redis, room, pb)
+        assert x.in_grace(redis, room, pb), h.member_record(redis, room, pb)
         # and with access again, the same token still works (it was not spent)
-        redis("SADD", f"room:{{{room}}}:acl", "bob")
+        redis("SADD", h.acl_key(room), "bob")
         b3 = await cs.connect(gw.ws_url, h.make_token("bob", rooms=[]), name="b3")
         await b3.send(resume_msg(room, pb, token, 0, cid="again"))
         r = await b3.recv_type("resumed")
@@ -198,7 +190,7 @@ async def test_member_records_keep_a_keyed_hash_of_sub(gateway_factory, redis):
     async with Clients() as cs:
         c1 = await cs.connect(g1.ws_url, tok(sub), name="c1")
         await c1.join(room, pa)
-        rec = json.loads(redis("HGET", f"room:{{{room}}}:peers", pa))
+        rec = h.member_record(redis, room, pa)
         assert rec["sub"] != hashlib.sha256(sub.encode()).hexdigest(), "unkeyed hash of sub in Redis"
         assert rec["sub"] == _hmac_hex(key, sub), rec
         # the same user on the other node (same key) takes the peerId over
@@ -208,7 +200,7 @@ async def test_member_records_keep_a_keyed_hash_of_sub(gateway_factory, redis):
         # the default key is derived from the shared secret: keyed too
         c3 = await cs.connect(g3.ws_url, tok(sub), name="c3")
         await c3.join(room, pb)
-        rec = json.loads(redis("HGET", f"room:{{{room}}}:peers", pb))
+        rec = h.member_record(redis, room, pb)
         label = "signal-gateway/sub-hash/v1"
         derived = hmac.new(h.JWT_SECRET.encode(), label.encode(), hashlib.sha256).hexdigest()
         assert rec["sub"] == _hmac_hex(derived, sub), rec

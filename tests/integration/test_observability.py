@@ -607,18 +607,27 @@ def _firing(eval_time, expected, by="alertname"):
                             for lbl, n in expected]}
 
 
+def _histogram(name, values_by_le, with_count=False):
+    """A histogram's bucket series (le -> values), and its _count (the +Inf
+    bucket's values) when with_count."""
+    out = [_series(f"{name}_bucket", values, le=le) for le, values in values_by_le.items()]
+    return out + ([_series(f"{name}_count", values_by_le["+Inf"])] if with_count else [])
+
+
+def _serving(steps):
+    """An instance up, connected to Redis and not draining, for `steps` samples."""
+    return [_series("up", f"1x{steps}"), _series("redis_connected", f"1x{steps}"),
+            _series("draining", f"0x{steps}")]
+
+
 def _alert_scenarios():
-    healthy = [
-        _series("up", "1x40"), _series("redis_connected", "1x40"), _series("draining", "0x40"),
+    healthy = _serving(40) + [
         _series("delivery_probe_age_ms", "400x40"), _series("redis_reconnects_total", "0x40"),
         _series("messages_total", "0+600x40", type="candidate"),
         _series("errors_total", "0+6x40", code="bad_request"),
         _series("handshakes_total", "0+120x40", outcome="101"),
         _series("auth_failures_total", "0+3x40", reason="expired"),
-        _series("relay_latency_ms_bucket", "0+590x40", le="1"),
-        _series("relay_latency_ms_bucket", "0+600x40", le="5"),
-        _series("relay_latency_ms_bucket", "0+600x40", le="+Inf"),
-        _series("relay_latency_ms_count", "0+600x40"),
+        *_histogram("relay_latency_ms", {"1": "0+590x40", "5": "0+600x40", "+Inf": "0+600x40"}, with_count=True),
         _series("ratelimit_drops_total", "0+6x40", scope="candidate"),
     ]
     down = [
@@ -626,8 +635,7 @@ def _alert_scenarios():
         _series("redis_connected", "1 0x11", instance="b:9090"), _series("draining", "0x12", instance="b:9090"),
         _series("delivery_probe_age_ms", "0+60000x12", instance="b:9090"),
     ]
-    trouble = [
-        _series("up", "1x40"), _series("redis_connected", "1x40"), _series("draining", "0x40"),
+    trouble = _serving(40) + [
         _series("delivery_probe_age_ms", "0+60000x40"),  # a wedged subscription
         _series("messages_total", "0+600x40", type="offer"),
         _series("errors_total", "0+60x40", code="bad_request"),
@@ -635,11 +643,8 @@ def _alert_scenarios():
         _series("handshakes_total", "0+60x40", outcome="101"),
         _series("handshakes_total", "0+60x40", outcome="401"),
         _series("auth_failures_total", "0+60x40", reason="bad_signature"),
-        _series("relay_latency_ms_bucket", "0+300x40", le="100"),
-        _series("relay_latency_ms_bucket", "0+500x40", le="500"),
-        _series("relay_latency_ms_bucket", "0+600x40", le="2500"),
-        _series("relay_latency_ms_bucket", "0+600x40", le="+Inf"),
-        _series("relay_latency_ms_count", "0+600x40"),
+        *_histogram("relay_latency_ms", {"100": "0+300x40", "500": "0+500x40", "2500": "0+600x40",
+                                         "+Inf": "0+600x40"}, with_count=True),
         _series("ratelimit_drops_total", "0+600x40", scope="peer"),
         _series("output_buffer_closes_total", "0+2x40"),
         _series("trace_spans_dropped_total", "0+100x40"),
@@ -648,9 +653,7 @@ def _alert_scenarios():
         _series("up", "1x20"), _series("draining", "0x20"), _series("delivery_probe_age_ms", "500x20"),
         _series("redis_connected", "1 0 1 0 1 0 1 0 1x12"),
         _series("redis_reconnects_total", "0 1 1 2 2 3 3 4 4x12"),
-        _series("redis_command_latency_ms_bucket", "0+100x20", le="25"),
-        _series("redis_command_latency_ms_bucket", "0+1000x20", le="100"),
-        _series("redis_command_latency_ms_bucket", "0+1000x20", le="+Inf"),
+        *_histogram("redis_command_latency_ms", {"25": "0+100x20", "100": "0+1000x20", "+Inf": "0+1000x20"}),
         _series("caps_tripped_total", "0 0 0 5x17", cap="max_connections"),
         _series("log_lines_dropped_total", "0 0 0 0 10x16"),
     ]

@@ -11,17 +11,6 @@ import sg_helpers as h
 from sg_helpers import Clients, new_peer, new_room, tok
 
 
-async def pair(c, g1, g2, room):
-    """Two clients in `room`, a on g1 and b on g2; returns (a, pa, b, pb)."""
-    pa, pb = new_peer(), new_peer()
-    a = await c.connect(g1.ws_url, tok("alice"), name="a")
-    b = await c.connect(g2.ws_url, tok("bob"), name="b")
-    await a.join(room, pa)
-    await b.join(room, pb)
-    await a.recv_type("peer_joined", peerId=pb)
-    return a, pa, b, pb
-
-
 def check_relay(m, sent, cid=None):
     assert m["type"] == "relay", m
     assert m["inner"] == h.inner_of(sent), f"relay.inner must be exactly the validated fields: {m}"
@@ -35,10 +24,10 @@ def check_relay(m, sent, cid=None):
 @pytest.mark.parametrize("nodes", [1, 2])
 async def test_offer_answer_candidates(gateway_factory, nodes):
     gws = gateway_factory(nodes)
-    room = new_room()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
     async with Clients() as c:
-        a, pa, b, pb = await pair(c, gws[0], gws[-1], room)
+        a, b = await c.pair(gws[0], gws[-1], room, pa, pb)
         o = h.offer(room, pa, pb, cid="offer-1")
         await a.send(o)
         check_relay(await b.recv_type("relay"), o, "offer-1")
@@ -70,15 +59,12 @@ async def test_offer_answer_candidates(gateway_factory, nodes):
 
 
 async def test_relay_goes_only_to_the_target(gateway):
-    room = new_room()
+    """§5 targeted relay: an offer or candidate reaches its `to` and no other
+    member of the room."""
+    room, pa, pb, pc = new_room(), new_peer(), new_peer(), new_peer()
 
     async with Clients() as c:
-        a, pa, b, pb = await pair(c, gateway, gateway, room)
-        cc = await c.connect(gateway.ws_url, tok("carol"), name="c")
-        pc = new_peer()
-        await cc.join(room, pc)
-        await a.recv_type("peer_joined", peerId=pc)
-        await b.recv_type("peer_joined", peerId=pc)
+        a, b, cc = await c.members(room, (gateway, "alice", pa), (gateway, "bob", pb), (gateway, "carol", pc))
         await a.send(h.offer(room, pa, pb, cid="only-b"))
         await b.recv_type("relay", correlationId="only-b")
         await a.send(h.candidate(room, pa, pc, h.ice(7), cid="only-c"))
@@ -90,10 +76,10 @@ async def test_relay_goes_only_to_the_target(gateway):
 async def test_inner_is_canonical(gateway):
     """No correlationId inside inner, ids lowercased, optional candidate fields
     kept exactly as sent (absent stays absent, null stays null)."""
-    room = new_room()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
     async with Clients() as c:
-        a, pa, b, pb = await pair(c, gateway, gateway, room)
+        a, b = await c.pair(gateway, gateway, room, pa, pb)
         cand = {"candidate": "candidate:9 1 udp 1 192.0.2.9 9 typ host", "sdpMid": None}
         m = h.candidate(room, pa.upper(), pb.upper(), cand, cid="canon")
         await a.send(m)
@@ -104,11 +90,11 @@ async def test_inner_is_canonical(gateway):
 
 
 async def test_correlation_id_echoed_exactly(gateway):
-    room = new_room()
+    room, pa, pb = new_room(), new_peer(), new_peer()
     cids = ["x", "A-Za-z0-9_.-", "c" * 64]
 
     async with Clients() as c:
-        a, pa, b, pb = await pair(c, gateway, gateway, room)
+        a, b = await c.pair(gateway, gateway, room, pa, pb)
         for cid in cids:
             await a.send(h.offer(room, pa, pb, cid=cid))
             r = await b.recv_type("relay")
@@ -117,14 +103,12 @@ async def test_correlation_id_echoed_exactly(gateway):
 
 async def test_server_generated_correlation_ids_are_unique(gateway_factory):
     g1, g2 = gateway_factory(2, env=h.NO_RATE_LIMITS)
-    room = new_room()
+    room, pa, pb, pc = new_room(), new_peer(), new_peer(), new_peer()
     n = 15
 
     async with Clients() as c:
-        a, pa, b, pb = await pair(c, g1, g1, room)
-        cc = await c.connect(g2.ws_url, tok("carol"), name="c")
-        pc = new_peer()
-        await cc.join(room, pc)
+        a, b = await c.pair(g1, g1, room, pa, pb)
+        cc = await c.member(g2, "carol", room, pc)
         for i in range(n):
             await a.send(h.offer(room, pa, pb))
             await cc.send(h.candidate(room, pc, pb, h.ice(i)))
@@ -140,11 +124,11 @@ async def test_server_generated_correlation_ids_are_unique(gateway_factory):
 @pytest.mark.parametrize("nodes", [1, 2])
 async def test_order_of_200_candidates_each_way(gateway_factory, nodes):
     gws = gateway_factory(nodes, env=h.NO_RATE_LIMITS)
-    room = new_room()
+    room, pa, pb = new_room(), new_peer(), new_peer()
     n = 200
 
     async with Clients() as c:
-        a, pa, b, pb = await pair(c, gws[0], gws[-1], room)
+        a, b = await c.pair(gws[0], gws[-1], room, pa, pb)
 
         async def burst(sender, frm, to, tag):
             for i in range(n):
@@ -169,10 +153,10 @@ async def test_order_of_200_candidates_each_way(gateway_factory, nodes):
 
 async def test_order_mixed_types_across_nodes(gateway_factory):
     g1, g2 = gateway_factory(2, env=h.NO_RATE_LIMITS)
-    room = new_room()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
     async with Clients() as c:
-        a, pa, b, pb = await pair(c, g1, g2, room)
+        a, b = await c.pair(g1, g2, room, pa, pb)
         sent = [h.offer(room, pa, pb, cid="m0")]
         sent += [h.candidate(room, pa, pb, h.ice(i), cid=f"m{i + 1}") for i in range(30)]
         sent += [h.offer(room, pa, pb, sdp=h.SDP + "a=x\r\n", cid="m31")]
@@ -189,9 +173,10 @@ async def test_order_mixed_types_across_nodes(gateway_factory):
 
 async def test_not_joined(gateway):
     room, other = new_room(), new_room()
+    pa, pb = new_peer(), new_peer()
 
     async with Clients() as c:
-        a, pa, b, pb = await pair(c, gateway, gateway, room)
+        a, b = await c.pair(gateway, gateway, room, pa, pb)
         outsider = await c.connect(gateway.ws_url, tok("eve"), name="eve")
         await outsider.send(h.offer(room, new_peer(), pb, cid="nj-1"))
         await outsider.expect_error("not_joined", cid="nj-1")
@@ -207,15 +192,12 @@ async def test_not_joined(gateway):
 
 
 async def test_forbidden_from_not_own_peer_id(gateway):
-    room = new_room()
+    """§5: a relay's `from` must be the sender's own peerId in the room;
+    another member's id, or one nobody holds, is forbidden and reaches no one."""
+    room, pa, pb, pc = new_room(), new_peer(), new_peer(), new_peer()
 
     async with Clients() as c:
-        a, pa, b, pb = await pair(c, gateway, gateway, room)
-        cc = await c.connect(gateway.ws_url, tok("carol"), name="c")
-        pc = new_peer()
-        await cc.join(room, pc)
-        await a.recv_type("peer_joined", peerId=pc)
-        await b.recv_type("peer_joined", peerId=pc)
+        a, b, cc = await c.members(room, (gateway, "alice", pa), (gateway, "bob", pb), (gateway, "carol", pc))
         # a pretends to be b
         await a.send(h.offer(room, pb, pc, cid="spoof-1"))
         await a.expect_error("forbidden", cid="spoof-1")
@@ -227,12 +209,11 @@ async def test_forbidden_from_not_own_peer_id(gateway):
 
 async def test_peer_not_found(gateway):
     room, other = new_room(), new_room()
+    pa, pb, pd = new_peer(), new_peer(), new_peer()
 
     async with Clients() as c:
-        a, pa, b, pb = await pair(c, gateway, gateway, room)
-        d = await c.connect(gateway.ws_url, tok("dave"), name="d")
-        pd = new_peer()
-        await d.join(other, pd)
+        a, b = await c.pair(gateway, gateway, room, pa, pb)
+        d = await c.member(gateway, "dave", other, pd)
         await a.send(h.offer(room, pa, new_peer(), cid="nf-1"))
         await a.expect_error("peer_not_found", cid="nf-1")
         await a.send(h.offer(room, pa, pa, cid="nf-self"))
@@ -319,10 +300,10 @@ def _bad_messages(room, pa, pb):
 
 
 async def test_bad_request_cases_keep_the_connection_open(gateway):
-    room = new_room()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
     async with Clients() as c:
-        a, pa, b, pb = await pair(c, gateway, gateway, room)
+        a, b = await c.pair(gateway, gateway, room, pa, pb)
         for i, (name, msg, has_cid) in enumerate(_bad_messages(room, pa, pb)):
             cid = f"bad-{i}"
             if isinstance(msg, dict) and has_cid:
@@ -348,10 +329,10 @@ async def test_bad_request_cases_keep_the_connection_open(gateway):
 
 async def test_payload_too_large_closes_1009(gateway_factory):
     gw = gateway_factory.start(env={"SIGNAL_MAX_MESSAGE_BYTES": "1024"})
-    room = new_room()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
     async with Clients() as c:
-        a, pa, b, pb = await pair(c, gw, gw, room)
+        a, b = await c.pair(gw, gw, room, pa, pb)
         # exactly the maximum passes
         exact = h.padded_json(h.offer(room, pa, pb, cid="exact"), 1024)
         assert len(exact.encode()) == 1024

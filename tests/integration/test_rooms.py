@@ -9,14 +9,6 @@ import sg_helpers as h
 from sg_helpers import Clients, async_wait_until, new_peer, new_room, tok
 
 
-def peers_key(room):
-    return f"room:{{{room}}}:peers"
-
-
-def acl_key(room):
-    return f"room:{{{room}}}:acl"
-
-
 # ---------------------------------------------------------------- join / leave
 
 
@@ -49,11 +41,7 @@ async def test_leave_left_and_peer_left_reason_leave(gateway):
     pa, pb = new_peer(), new_peer()
 
     async with Clients() as c:
-        a = await c.connect(gateway.ws_url, tok("alice"), name="a")
-        b = await c.connect(gateway.ws_url, tok("bob"), name="b")
-        await a.join(room, pa)
-        await b.join(room, pb)
-        await a.recv_type("peer_joined", peerId=pb)
+        a, b = await c.pair(gateway, gateway, room, pa, pb)
         m = await b.leave(room, pb)
         assert m["type"] == "left" and m["roomId"] == room
         m = await a.recv_type("peer_left")
@@ -71,11 +59,7 @@ async def test_repeated_join_is_idempotent(gateway):
     pa, pb = new_peer(), new_peer()
 
     async with Clients() as c:
-        a = await c.connect(gateway.ws_url, tok("alice"), name="a")
-        b = await c.connect(gateway.ws_url, tok("bob"), name="b")
-        await a.join(room, pa)
-        await b.join(room, pb)
-        await a.recv_type("peer_joined", peerId=pb)
+        a, b = await c.pair(gateway, gateway, room, pa, pb)
         m = await a.join(room, pa)
         assert m["peers"] == [pb]
         m = await b.join(room, pb, cid="again")
@@ -89,11 +73,7 @@ async def test_leave_of_a_room_not_joined_answers_left_and_broadcasts_nothing(ga
     pa, pb = new_peer(), new_peer()
 
     async with Clients() as c:
-        a = await c.connect(gateway.ws_url, tok("alice"), name="a")
-        b = await c.connect(gateway.ws_url, tok("bob"), name="b")
-        await a.join(room, pa)
-        await b.join(room, pb)
-        await a.recv_type("peer_joined", peerId=pb)
+        a, b = await c.pair(gateway, gateway, room, pa, pb)
         # b was never in `other`
         await b.leave(other, pb)
         # twice in a row from the same room
@@ -113,11 +93,7 @@ async def test_join_with_another_peer_id_in_same_room_is_bad_request(gateway):
     pa, pb = new_peer(), new_peer()
 
     async with Clients() as c:
-        a = await c.connect(gateway.ws_url, tok("alice"), name="a")
-        b = await c.connect(gateway.ws_url, tok("bob"), name="b")
-        await a.join(room, pa)
-        await b.join(room, pb)
-        await a.recv_type("peer_joined", peerId=pb)
+        a, b = await c.pair(gateway, gateway, room, pa, pb)
         await a.send({"type": "join", "roomId": room, "peerId": new_peer(), "correlationId": "second-id"})
         await a.expect_error("bad_request", cid="second-id")
         await b.expect_no_message()
@@ -136,8 +112,7 @@ async def test_too_many_rooms(gateway_factory):
     p = new_peer()
 
     async with Clients() as c:
-        a = await c.connect(gw.ws_url, tok("alice"), name="a")
-        await a.join(r1, p)
+        a = await c.member(gw, "alice", r1, p)
         await a.join(r2, new_peer())
         await a.send({"type": "join", "roomId": r3, "peerId": new_peer(), "correlationId": "third"})
         await a.expect_error("too_many_rooms", cid="third")
@@ -227,7 +202,7 @@ async def test_rooms_claim(gateway, rooms, room, allowed):
 
 async def test_acl_set_allows_join(gateway, redis):
     room = new_room("acl")
-    redis("SADD", acl_key(room), "carol")
+    redis("SADD", h.acl_key(room), "carol")
 
     async with Clients() as c:
         # no rooms claim at all: allowed through the ACL set
@@ -241,15 +216,15 @@ async def test_acl_set_allows_join(gateway, redis):
         await dave.send({"type": "join", "roomId": room, "peerId": new_peer(), "correlationId": "d"})
         await dave.expect_error("forbidden", cid="d")
         # the set is read at join time: removing carol forbids her next join
-        redis("SREM", acl_key(room), "carol")
+        redis("SREM", h.acl_key(room), "carol")
         carol3 = await c.connect(gateway.ws_url, tok("carol", rooms=None), name="carol3")
         await carol3.send({"type": "join", "roomId": room, "peerId": new_peer(), "correlationId": "c3"})
         await carol3.expect_error("forbidden", cid="c3")
-        redis("SADD", acl_key(room), "dave")
+        redis("SADD", h.acl_key(room), "dave")
         await dave.join(room, new_peer())
     # the gateway never writes the acl set
-    assert sorted(redis("SMEMBERS", acl_key(room))) == ["dave"]
-    assert redis("PTTL", acl_key(room)) == -1
+    assert sorted(redis("SMEMBERS", h.acl_key(room))) == ["dave"]
+    assert redis("PTTL", h.acl_key(room)) == -1
 
 
 # ---------------------------------------------------------------- peer id ownership
@@ -309,7 +284,7 @@ async def test_takeover_by_same_sub(gateway_factory, redis, nodes):
         assert r["correlationId"] == "to-new"
         await old.expect_no_message()
         # the record in Redis belongs to the new node now
-        rec = json.loads(redis.hgetall(peers_key(room))[p])
+        rec = json.loads(redis.hgetall(h.peers_key(room))[p])
         assert rec["node"] == g2.node_id, rec
 
         # the old connection is no longer in the room: its leave is a no-op
@@ -323,7 +298,7 @@ async def test_takeover_by_same_sub(gateway_factory, redis, nodes):
         await b.send(h.offer(room, pb, p, cid="still-new"))
         r = await new.recv_type("relay")
         assert r["correlationId"] == "still-new"
-        assert p in redis.hgetall(peers_key(room))
+        assert p in redis.hgetall(h.peers_key(room))
 
 
 # ---------------------------------------------------------------- disconnects
@@ -334,14 +309,7 @@ async def test_disconnect_gives_peer_left_reason_disconnect(gateway):
     pa, pb, pc = new_peer(), new_peer(), new_peer()
 
     async with Clients() as c:
-        a = await c.connect(gateway.ws_url, tok("alice"), name="a")
-        b = await c.connect(gateway.ws_url, tok("bob"), name="b")
-        cc = await c.connect(gateway.ws_url, tok("carol"), name="c")
-        await a.join(room, pa)
-        await b.join(room, pb)
-        await cc.join(room, pc)
-        await a.recv_type("peer_joined", peerId=pb)
-        await a.recv_type("peer_joined", peerId=pc)
+        a, b, cc = await c.members(room, (gateway, "alice", pa), (gateway, "bob", pb), (gateway, "carol", pc))
         # clean close (close frame)
         await b.close()
         m = await a.recv_type("peer_left", peerId=pb)
@@ -389,7 +357,7 @@ async def test_uppercase_peer_id_is_lowercased_everywhere(gateway, redis):
         assert m["peerId"] == pb and m["peers"] == [pa], m
         m = await a.recv_type("peer_joined")
         assert m["peerId"] == pb, m
-        assert sorted(redis.hgetall(peers_key(room))) == sorted([pa, pb])
+        assert sorted(redis.hgetall(h.peers_key(room))) == sorted([pa, pb])
         # the same peer in another case is the same peer: idempotent join
         m = await a.join(room, pa)
         assert m["peers"] == [pb]
@@ -449,12 +417,8 @@ async def test_member_records_in_redis(gateway_factory, redis):
     pa, pb = new_peer(), new_peer()
 
     async with Clients() as c:
-        a = await c.connect(g1.ws_url, tok("alice"), name="a")
-        b = await c.connect(g2.ws_url, tok("bob"), name="b")
-        await a.join(room, pa)
-        await b.join(room, pb)
-        await a.recv_type("peer_joined", peerId=pb)
-        recs = redis.hgetall(peers_key(room))
+        a, b = await c.pair(g1, g2, room, pa, pb)
+        recs = redis.hgetall(h.peers_key(room))
         assert sorted(recs) == sorted([pa, pb]), recs
         for peer, gw in ((pa, g1), (pb, g2)):
             rec = json.loads(recs[peer])
@@ -465,7 +429,7 @@ async def test_member_records_in_redis(gateway_factory, redis):
 
 def _assert_ttls(redis, room):
     for k in redis.keys():
-        if k == acl_key(room):
+        if k == h.acl_key(room):
             continue
         ttl = redis("PTTL", k)
         assert ttl > 0 or ttl == -2, f"key {k!r} written by the gateway has no TTL (PTTL {ttl})"
@@ -477,7 +441,7 @@ def _assert_ttls(redis, room):
 async def test_room_keys_expire_and_vanish_with_last_member(gateway_factory, redis, how):
     g1, g2 = gateway_factory(2)
     room = new_room("keys")
-    redis("SADD", acl_key(room), "alice")
+    redis("SADD", h.acl_key(room), "alice")
     pa, pb = new_peer(), new_peer()
 
     async with Clients() as c:
@@ -494,7 +458,7 @@ async def test_room_keys_expire_and_vanish_with_last_member(gateway_factory, red
         for i in range(3):
             await a.send(h.candidate(room, pa, pb, h.ice(i)))
             await b.recv_type("relay")
-        assert peers_key(room) in redis.keys()
+        assert h.peers_key(room) in redis.keys()
         _assert_ttls(redis, room)
 
         if how == "leave":
@@ -511,9 +475,9 @@ async def test_room_keys_expire_and_vanish_with_last_member(gateway_factory, red
             await a.recv_type("peer_left", peerId=pb, reason="leave")
             a.abort()
 
-        await async_wait_until(lambda: redis.room_keys(room) == [acl_key(room)], 3.0,
+        await async_wait_until(lambda: redis.room_keys(room) == [h.acl_key(room)], 3.0,
                                what=f"room keys to vanish (left: {redis.room_keys(room)})")
-    assert redis("SMEMBERS", acl_key(room)) == ["alice"]
+    assert redis("SMEMBERS", h.acl_key(room)) == ["alice"]
     _assert_ttls(redis, room)
 
 
@@ -521,7 +485,7 @@ async def test_per_peer_channel_is_subscribed_while_joined(gateway, redis):
     """§6: relays and events for a peer go to room:{R}:peer:<peerId>."""
     room = new_room()
     pa = new_peer()
-    channel = f"room:{{{room}}}:peer:{pa}"
+    channel = h.peer_channel(room, pa)
 
     async with Clients() as c:
         a = await c.connect(gateway.ws_url, tok("alice"), name="a")

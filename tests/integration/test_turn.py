@@ -53,28 +53,25 @@ async def test_ice_servers_in_joined_and_resumed(gateway_factory, redis):
     urls_env = " turn:127.0.0.1:3478?transport=udp , turn:127.0.0.1:3478?transport=tcp,stun:127.0.0.1:3478 "
     urls = ["turn:127.0.0.1:3478?transport=udp", "turn:127.0.0.1:3478?transport=tcp", "stun:127.0.0.1:3478"]
     g1, g2 = gateway_factory(2, env=turn_env(urls_env, ttl=120))
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
     async with Clients() as c:
-        a = await c.connect(g1.ws_url, tok("alice"), name="a")
-        b = await c.connect(g1.ws_url, tok("bob"), name="b")
-        ja = await a.join(room, pa)
-        jb = await b.join(room, pb)
+        a = await c.member(g1, "alice", room, pa)
+        b = await c.member(g1, "bob", room, pb)
         now = int(time.time())
-        sa = check_ice_servers(ja, "alice", urls, 120, now)
-        sb = check_ice_servers(jb, "bob", urls, 120, now)
+        sa = check_ice_servers(a.joined[room], "alice", urls, 120, now)
+        sb = check_ice_servers(b.joined[room], "bob", urls, 120, now)
         # the hash part names the user, the same on every node and join
         ua, ub = sa["username"].split(":")[1], sb["username"].split(":")[1]
         assert ua != ub
-        a2 = await c.connect(g2.ws_url, tok("alice"), name="a2")
-        ja2 = await a2.join(new_room(), new_peer())
-        assert check_ice_servers(ja2, "alice", urls, 120, int(time.time()))["username"].split(":")[1] == ua
+        room2 = new_room()
+        a2 = await c.member(g2, "alice", room2, new_peer(), name="a2")
+        s2 = check_ice_servers(a2.joined[room2], "alice", urls, 120, int(time.time()))
+        assert s2["username"].split(":")[1] == ua
         # resumed carries fresh ones too
-        b.abort()
-        await x.wait_in_grace(redis, room, pb)
+        await x.lose(b, redis, room, pb)
         b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
-        await b2.send(resume_msg(room, pb, jb["resumeToken"], 0))
+        await b2.send(resume_msg(room, pb, b.joined[room]["resumeToken"], 0))
         r = await b2.recv_type("resumed")
         check_ice_servers(r, "bob", urls, 120, int(time.time()))
 
@@ -319,14 +316,7 @@ class RtcPeer:
 
     def _use(self, ch):
         self.channel = ch
-
-        @ch.on("open")
-        def on_open():
-            self.open.set()
-
-        @ch.on("message")
-        def on_message(msg):
-            self.received.put_nowait(msg)
+        h.watch_data_channel(ch, self.open, self.received)
 
     async def _send_local(self, kind):
         sdp = self.pc.localDescription.sdp
@@ -377,17 +367,14 @@ class RtcPeer:
 @pytest.mark.async_timeout(45)
 async def test_two_aiortc_peers_connect_relay_only_through_coturn(gateway_factory, coturn):
     gw = gateway_factory.start(env=turn_env(coturn.url(), ttl=300))
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
     async with Clients() as c:
-        wa = await c.connect(gw.ws_url, tok("alice"), name="alice")
-        wb = await c.connect(gw.ws_url, tok("bob"), name="bob")
-        jb = await wb.join(room, pb)
-        ja = await wa.join(room, pa)
-        assert ja["peers"] == [pb]
-        alice = RtcPeer(wa, room, pa, pb, ja["iceServers"][0], offerer=True)
-        bob = RtcPeer(wb, room, pb, pa, jb["iceServers"][0], offerer=False)
+        wb = await c.member(gw, "bob", room, pb)
+        wa = await c.member(gw, "alice", room, pa)
+        assert wa.joined[room]["peers"] == [pb]
+        alice = RtcPeer(wa, room, pa, pb, wa.joined[room]["iceServers"][0], offerer=True)
+        bob = RtcPeer(wb, room, pb, pa, wb.joined[room]["iceServers"][0], offerer=False)
         pumps = [asyncio.ensure_future(alice.pump()), asyncio.ensure_future(bob.pump())]
         try:
             await alice.start()
