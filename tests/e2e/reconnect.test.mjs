@@ -2,7 +2,7 @@
 // two nodes behind haproxy (as in cross-node.test.mjs) are in a call; node A
 // (alice's) is killed with SIGKILL. haproxy closes alice's WebSocket and
 // sends her reconnect to node B; the JS client reconnects and resumes its
-// room there (PROTOCOL.md §9), or re-joins when the resume is refused; the
+// room there (docs/protocol.md §9), or re-joins when the resume is refused; the
 // peers renegotiate through the surviving node — an ICE restart after a
 // resume, a fresh RTCPeerConnection on both sides after a re-join — and the
 // call comes back: connectionState "connected" on the renegotiated session

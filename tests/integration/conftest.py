@@ -294,7 +294,7 @@ def pytest_runtest_makereport(item, call):
 
 
 # ==========================================================================
-# BEGIN log secret scan (issue 5; PROTOCOL.md §8: "Never a raw sub, token,
+# BEGIN log secret scan (issue 5; docs/protocol.md §8: "Never a raw sub, token,
 # SDP, candidate or client IP address"). At the end of the whole session,
 # every gateway log this run wrote (<basetemp>/**/gw*.log, see
 # GatewayFactory) is scanned; one finding fails the session.

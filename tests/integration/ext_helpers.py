@@ -1,4 +1,4 @@
-"""Helpers for the PROTOCOL.md §9 extension tests (resumption, receipts, TURN,
+"""Helpers for the docs/protocol.md §9 extension tests (resumption, receipts, TURN,
 delivery-path probe, key rotation). Black-box like sg_helpers: sockets,
 Redis reads, the admin endpoints, the gateway's log.
 """

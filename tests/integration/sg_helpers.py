@@ -43,7 +43,7 @@ HOST = "127.0.0.1"
 # runs them against the release build as well.
 SANITIZED = os.environ.get("SG_SANITIZED") == "1"
 
-# Rate limits off, for tests that push many messages quickly (PROTOCOL.md §7:
+# Rate limits off, for tests that push many messages quickly (docs/protocol.md §7:
 # "0 turns one off").
 NO_RATE_LIMITS = {
     "SIGNAL_RATE_PEER": "0",

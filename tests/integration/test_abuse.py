@@ -1,4 +1,4 @@
-"""Issue 4, abuse resistance (PROTOCOL.md §5 "Rate limits", docs/protocol.md §10,
+"""Issue 4, abuse resistance (docs/protocol.md §5 "Rate limits" and §10,
 README "Rate limits"): Redis-held token buckets under a candidate flood, on one
 node and spread over two; the local per-connection guard and its 1008 close;
 slow consumers and the output bound; per-IP and join-timeout caps; the

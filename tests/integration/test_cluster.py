@@ -218,7 +218,7 @@ async def test_sigkill_of_a_node_peers_time_out_and_keys_expire(cluster):
     peer_left reason timeout within lease + one refresh period + margin; a
     room held only by the dead node disappears when its keys' TTLs (3 x lease)
     run out; the dead node's clients reconnect through haproxy and join again;
-    afterwards nothing is left. Resumption off (PROTOCOL.md §5 as it stands)."""
+    afterwards nothing is left. Resumption off (docs/protocol.md §5 as it stands)."""
     lease_ms = 2000
     cluster.start_redis()
     g1, g2 = cluster.add_nodes(2, env={"SIGNAL_LEASE_MS": lease_ms, "SIGNAL_RESUME_MS": 0,

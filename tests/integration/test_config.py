@@ -1,4 +1,4 @@
-"""PROTOCOL.md §7: settings come from the environment and from flags (flags
+"""docs/protocol.md §7: settings come from the environment and from flags (flags
 win); bad values are startup errors; --help works."""
 
 import subprocess

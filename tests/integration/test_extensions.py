@@ -1,4 +1,4 @@
-"""PROTOCOL.md §9 extensions: resumption on any node, delivery receipts, the
+"""docs/protocol.md §9 extensions: resumption on any node, delivery receipts, the
 delivery-path probe and key rotation (TURN is in test_turn.py).
 
 conftest's gateways run with SIGNAL_RESUME_MS=0 (§5 unchanged); every test

@@ -1,4 +1,4 @@
-"""PROTOCOL.md §5: node death (lease expiry), peer_unreachable, heartbeats,
+"""docs/protocol.md §5: node death (lease expiry), peer_unreachable, heartbeats,
 client pings, and the SIGTERM/SIGINT drain."""
 
 import asyncio
@@ -165,7 +165,7 @@ async def test_websockets_client_ping(gateway):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_sigterm_drain(gateway_factory, redis, sig):
-    """PROTOCOL.md §5 shutdown, for SIGTERM and SIGINT alike."""
+    """docs/protocol.md §5 shutdown, for SIGTERM and SIGINT alike."""
     drain_ms = 3000
     g1, g2 = gateway_factory(2, env={"SIGNAL_DRAIN_MS": drain_ms})
     room, room2 = new_room(), new_room()

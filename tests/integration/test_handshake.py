@@ -1,4 +1,4 @@
-"""PROTOCOL.md §1: the upgrade handshake, token sources, JWT validation,
+"""docs/protocol.md §1: the upgrade handshake, token sources, JWT validation,
 origins, subprotocols, alternative algorithms and TLS."""
 
 import asyncio

@@ -1,4 +1,4 @@
-"""PROTOCOL.md §8 (the part the core issue starts): JSON log lines on stdout
+"""docs/protocol.md §8 (the part the core issue starts): JSON log lines on stdout
 with the named events, and no secrets or personal data in them; the admin
 listener's health endpoints."""
 

@@ -1,4 +1,4 @@
-"""Issue 5 / PROTOCOL.md §8: what an operator sees. Prometheus metrics checked
+"""Issue 5 / docs/protocol.md §8: what an operator sees. Prometheus metrics checked
 by a real promtool and against the traffic sent; OTLP/HTTP JSON traces caught
 by a capture endpoint (otlp_capture.py) across two nodes; the fields of the
 log lines of a full call; readiness against Redis.
@@ -102,10 +102,10 @@ def check_histogram_shape(samples, name, where):
 
 
 # Lines of `promtool check metrics` output the test tolerates. Empty: zero
-# problems. (PROTOCOL.md §8 fixes the names ws_connections_gauge,
+# problems. (docs/protocol.md §8 fixes the names ws_connections_gauge,
 # room_members_gauge and relay_latency_ms, which promtool's lint flags; an
 # exact line goes here only if the contract keeps a name over the lint.)
-# promtool's naming lints that the contract itself decides (PROTOCOL.md §8
+# promtool's naming lints that the contract itself decides (docs/protocol.md §8
 # fixes ws_connections_gauge, room_members_gauge and relay_latency_ms); the
 # two other millisecond metrics follow relay_latency_ms's unit so one
 # dashboard reads them alike. Any other finding fails the test.

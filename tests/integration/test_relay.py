@@ -1,4 +1,4 @@
-"""PROTOCOL.md §2–§5: targeted relay of offer/answer/candidate, relay.inner,
+"""docs/protocol.md §2–§5: targeted relay of offer/answer/candidate, relay.inner,
 correlationIds, per-sender order (one node and across nodes), relay errors and
 message validation."""
 

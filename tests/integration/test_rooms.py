@@ -1,4 +1,4 @@
-"""PROTOCOL.md §2, §4, §5, §6: join/leave, membership events, authorization,
+"""docs/protocol.md §2, §4, §5, §6: join/leave, membership events, authorization,
 capacity, takeover, disconnects, and the state left in Redis."""
 
 import json

@@ -1,4 +1,4 @@
-"""PROTOCOL.md §9 TURN credentials: joined/resumed carry iceServers in
+"""docs/protocol.md §9 TURN credentials: joined/resumed carry iceServers in
 coturn's shared-secret (TURN REST API) scheme; a real coturn (Debian's
 `coturn`, started here on loopback) accepts them, refuses expired ones, and
 two aiortc peers with relay-only ICE connect through it.

@@ -1,4 +1,4 @@
-"""PROTOCOL.md §2 (RFC 6455 on the wire): hand-made frames over raw sockets,
+"""docs/protocol.md §2 (RFC 6455 on the wire): hand-made frames over raw sockets,
 close codes, fragmentation, size caps, the close handshake, and slow or
 oversized handshakes."""
 
