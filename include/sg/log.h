@@ -1,4 +1,4 @@
-/* log: one JSON object per line on stdout (PROTOCOL.md §8).
+/* log: one JSON object per line on stdout (docs/protocol.md §8).
  *
  * Lines are built in a reusable buffer and queued; stdout is non-blocking and
  * drained by the event loop, so a slow log consumer never stalls relays. When
