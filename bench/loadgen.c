@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* loadgen: a load generator for signal-gateway (PROTOCOL.md v1).
+/* loadgen: a load generator for signal-gateway (protocol v1, docs/protocol.md).
  *
  * One thread, one libevent loop. It opens P pairs of WebSocket clients
  * (ws:// or wss://), each pair in its own room with its own HS256 tokens

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* auth: JWT verification (PROTOCOL.md §1 "JWT claims", §9 "Key rotation").
+/* auth: JWT verification (docs/protocol.md §1 "JWT claims", §9 "Key rotation").
  *
  * A token goes through three stages, each with its own failure reasons:
  *
@@ -60,7 +60,7 @@
  * holding an array of strings is depth 2; JWKS with x5c arrays depth 4. */
 #define AUTH_JSON_DEPTH 8
 #define AUTH_KID_MAX 256            /* longest "kid", in a token or a JWKS */
-#define AUTH_ROOM_MAX 128           /* roomId length, PROTOCOL.md §2 */
+#define AUTH_ROOM_MAX 128           /* roomId length, docs/protocol.md §2 */
 #define AUTH_LEEWAY_MAX 86400       /* more than a day of leeway is a config error */
 #define AUTH_JWKS_MAX (1024 * 1024) /* largest JWKS document, bytes */
 #define AUTH_JWKS_KEYS_MAX 64       /* most entries in a JWKS "keys" array */
@@ -268,7 +268,7 @@ static bool json_numeric_date(json_object *v, int64_t *out)
 }
 
 /* A rooms-claim entry: "*" alone, or 1..128 roomId characters
- * (PROTOCOL.md §2) optionally followed by one '*' making it a prefix. */
+ * (docs/protocol.md §2) optionally followed by one '*' making it a prefix. */
 static bool room_pattern_valid(const char *s, size_t len)
 {
     size_t body = len;

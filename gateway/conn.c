@@ -37,7 +37,7 @@ typedef struct sg_conn_held {
  * for the client's end of the stream (nginx's lingering_close reads up to
  * lingering_time/lingering_timeout; a byte bound is cheaper to reason about). */
 #define LINGER_MAX_BYTES (256u * 1024u)
-#define FLOOD_CLOSE_MS 10000 /* continuous excess before close 1008 (PROTOCOL.md §5) */
+#define FLOOD_CLOSE_MS 10000 /* continuous excess before close 1008 (docs/protocol.md §5) */
 
 static void on_read(struct bufferevent *bev, void *arg);
 static void start_linger(sg_conn *c);
@@ -1034,7 +1034,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     sg_conn *c = arg;
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
         /* The TCP connection ended without a close frame: the client may
-         * come back and resume (PROTOCOL.md §9). */
+         * come back and resume (docs/protocol.md §9). */
         if (c->state == SG_CONN_OPEN && !c->close_rcvd)
             c->lost = true;
         if (c->state == SG_CONN_HANDSHAKE && c->tls && (what & BEV_EVENT_ERROR))

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* http_upgrade: a bounded, allocation-free HTTP/1.1 request-head parser and
- * the WebSocket handshake checks of PROTOCOL.md §1.
+ * the WebSocket handshake checks of docs/protocol.md §1.
  *
  * The parser is stateless: every call reads buf from the start, so it is
  * called once, on a complete head. While the head arrives, sg_http_scan_head

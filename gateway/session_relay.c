@@ -72,7 +72,7 @@ static const char *relay_event(uint8_t mtype)
 
 /* A drop is always counted; the client hears of it (and the log says so)
  * at most once a second unless `always`: that one clock covers the local
- * guard and the Redis-held buckets (PROTOCOL.md §5). */
+ * guard and the Redis-held buckets (docs/protocol.md §5). */
 static bool warn_due(sg_session *s, sg_sconn *c, const char *scope, const char *room, const char *type,
                      bool always)
 {

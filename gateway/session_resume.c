@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Resumption (PROTOCOL.md §9) and the catch-up after a subscriber gap: both
+/* Resumption (docs/protocol.md §9) and the catch-up after a subscriber gap: both
  * replay relays from the peer's buffer in Redis while live ones are held,
  * so the client gets each exactly once, in order. */
 #include "session_internal.h"

@@ -2,7 +2,7 @@
 // signal-client.js — browser client of the signal-gateway signaling protocol v1.
 //
 // A plain ES module with no dependencies and no build step. It speaks the wire
-// contract of PROTOCOL.md: one JSON object per WebSocket text message, the
+// contract of docs/protocol.md: one JSON object per WebSocket text message, the
 // `signal.v1` subprotocol, a bearer token in the `Sec-WebSocket-Protocol`
 // offer (or, on request, the `access_token` query parameter), join/leave,
 // targeted offer/answer/candidate relays, delivery receipts (`ack`) and
@@ -14,7 +14,7 @@
 
 export const PROTOCOL = 'signal.v1';
 
-/** roomId: 1–128 characters from A-Z a-z 0-9 _ . : / - (PROTOCOL.md §2). */
+/** roomId: 1–128 characters from A-Z a-z 0-9 _ . : / - (docs/protocol.md §2). */
 export const ROOM_ID_RE = /^[A-Za-z0-9_.:/-]{1,128}$/;
 /** peerId: a canonical 8-4-4-4-12 hex UUID, either case (sent in lowercase). */
 export const PEER_ID_RE = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* auth: JWT verification for the handshake (PROTOCOL.md §1) and dev token
+/* auth: JWT verification for the handshake (docs/protocol.md §1) and dev token
  * minting. The front end (segment split, base64url and header checks) runs
  * before libjwt sees the token, so a token whose header names any algorithm
  * other than the configured one never reaches signature verification: a
@@ -31,7 +31,7 @@ typedef struct sg_auth_config {
  * (no secret, a PEM that does not parse as a key of the algorithm's type...). */
 sg_auth *sg_auth_new(const sg_auth_config *cfg, const char **err);
 
-/* Key rotation (PROTOCOL.md §9): an auth over the keys of a JWKS document
+/* Key rotation (docs/protocol.md §9): an auth over the keys of a JWKS document
  * (len bytes, at most 1 MiB, not necessarily NUL-terminated). Usable keys are
  * RSA (n, e) for RS256 and EC P-256 (crv, x, y) for ES256, each with a "kid";
  * a key's optional "alg" must name that algorithm and its optional "use" must

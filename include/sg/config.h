@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* config: the one immutable configuration of a node and the only home of
  * defaults. Every setting is an environment variable SIGNAL_X and a flag --x
- * (PROTOCOL.md §7); flags win over the environment. */
+ * (docs/protocol.md §7); flags win over the environment. */
 #ifndef SG_CONFIG_H
 #define SG_CONFIG_H
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* http_upgrade: pure, bounded HTTP/1.1 request parsing and the WebSocket
- * upgrade checks of PROTOCOL.md §1. No I/O, no allocation: parsed strings
+ * upgrade checks of docs/protocol.md §1. No I/O, no allocation: parsed strings
  * point into the caller's buffer, which must outlive the request struct. */
 #ifndef SG_HTTP_UPGRADE_H
 #define SG_HTTP_UPGRADE_H
@@ -94,7 +94,7 @@ typedef struct sg_upgrade_policy {
 
 typedef struct sg_upgrade {
     int status;          /* 0: proceed to token verification; else the HTTP status to answer */
-    const char *code;    /* PROTOCOL.md error code when status != 0 */
+    const char *code;    /* docs/protocol.md error code when status != 0 */
     const char *message; /* human-readable reason when status != 0; when status == 0,
                           * why the token is missing or malformed (for the 401
                           * message), NULL when a well-formed token was found */

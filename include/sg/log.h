@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* log: one JSON object per line on stdout (PROTOCOL.md §8).
+/* log: one JSON object per line on stdout (docs/protocol.md §8).
  *
  * Lines are built in a reusable buffer and queued; stdout is non-blocking and
  * drained by the event loop, so a slow log consumer never stalls relays. When

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* metrics: counters, gauges and histograms of one node, rendered in the
- * Prometheus text format for /metrics (PROTOCOL.md §8). Updating a metric is
+ * Prometheus text format for /metrics (docs/protocol.md §8). Updating a metric is
  * an array increment; label values are looked up in small fixed tables. */
 #ifndef SG_METRICS_H
 #define SG_METRICS_H

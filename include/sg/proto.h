@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* proto: validation of client messages (PROTOCOL.md §2-3, §9); what the
+/* proto: validation of client messages (docs/protocol.md §2-3, §9); what the
  * server sends is wire.h's. Pure: no I/O. Decoding uses json-c with a depth cap;
  * the decoded message owns everything it points to until sg_msg_clear. */
 #ifndef SG_PROTO_H

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* session: the protocol's semantics on one node (PROTOCOL.md §3-§5, §9). A
+/* session: the protocol's semantics on one node (docs/protocol.md §3-§5, §9). A
  * validated client message becomes a Redis operation (ops.h); a reply or a
  * channel message becomes frames for the clients.
  *

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* trace: OpenTelemetry spans exported as OTLP/HTTP JSON (PROTOCOL.md §8).
+/* trace: OpenTelemetry spans exported as OTLP/HTTP JSON (docs/protocol.md §8).
  *
  * Recording a span formats it into the pending batch and returns: no I/O on
  * the caller's path. A timer (and a full batch) sends the batch with one

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* turn: time-limited TURN credentials in coturn's shared-secret scheme
- * (PROTOCOL.md §9): username "<expiry unix time>:<keyed hash of sub>",
+ * (docs/protocol.md §9): username "<expiry unix time>:<keyed hash of sub>",
  * credential base64(HMAC-SHA1(secret, username)). Pure. */
 #ifndef SG_TURN_H
 #define SG_TURN_H

@@ -2,7 +2,7 @@
 /* wire: every byte string the gateway and its Redis scripts exchange, in one
  * place. Pure: no I/O; output goes to a caller's sg_buf.
  *
- * Server -> client messages (PROTOCOL.md §4 and §9). Ids handed in are the
+ * Server -> client messages (docs/protocol.md §4 and §9). Ids handed in are the
  * validated ones of proto.h (room ids, lowercase peer ids, correlationIds:
  * characters that need no JSON escaping), but every string is escaped
  * anyway except on the relay hot path, where the inner object comes from
@@ -38,7 +38,7 @@ typedef struct sg_wire_str {
     size_t n;
 } sg_wire_str;
 
-/* What "joined" and "resumed" carry (PROTOCOL.md §4, §9). */
+/* What "joined" and "resumed" carry (docs/protocol.md §4, §9). */
 typedef struct sg_wire_session {
     const char *room, *peer;
     const sg_wire_str *peers; /* the other members */

@@ -8,7 +8,7 @@
  * control frame, and reports the first protocol violation as the close code
  * the server must send.
  *
- * Rules enforced (PROTOCOL.md §2):
+ * Rules enforced (docs/protocol.md §2):
  *   - client frames must be masked; RSV1-3 must be 0; opcodes other than
  *     0,1,2,8,9,10 are errors; control frames must have FIN and <= 125 bytes;
  *     a continuation without a started message, or a new data frame while a

@@ -4,12 +4,11 @@
 // from one node to the other through Redis.
 
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { ARTIFACTS, loopbackOnly } from './lib/cluster.mjs';
-import { exchange, launchBrowser, openDemo, politeImpoliteIds, saveDiagnostics, screenshot, waitConnected, waitRemoteVideo } from './lib/browser.mjs';
+import { ARTIFACTS } from './lib/cluster.mjs';
+import { callUp, endBrowserTests, openDemo, politeImpoliteIds, saveDiagnostics, screenshot, startBrowserTests } from './lib/browser.mjs';
 import { connectionsPerNode, relaysCounted, twoNodes } from './lib/two-nodes.mjs';
 
 const OUT = path.join(ARTIFACTS, 'cross-node');
@@ -17,21 +16,11 @@ let env;
 let browser;
 
 before(async () => {
-  assert.ok(loopbackOnly() || process.env.SG_E2E_HOST_NETWORK === '1',
-    'run the browser tests through tests/e2e/run.sh: they need a network namespace with only loopback');
-  fs.rmSync(OUT, { recursive: true, force: true });
+  browser = await startBrowserTests(OUT);
   env = await twoNodes('cross');
-  browser = await launchBrowser();
 });
 
-after(async () => {
-  await browser?.close().catch(() => {});
-  if (env) {
-    env.cluster.saveLogs(path.join(OUT, 'logs'));
-    await env.cluster.stop();
-    env.cluster.removeWorkDir();
-  }
-});
+after(() => endBrowserTests(browser, env?.cluster, OUT));
 
 test('two Chromium pages on two gateway nodes behind haproxy call each other through Redis', { timeout: 120000 }, async () => {
   const { cluster, gwA, gwB, originA, originB } = env;
@@ -48,13 +37,7 @@ test('two Chromium pages on two gateway nodes behind haproxy call each other thr
     assert.deepEqual(joins(gwB), [b.peerId], 'bob joined on node B');
 
     const t0 = Date.now();
-    await waitConnected(a, b.peerId);
-    await waitConnected(b, a.peerId);
-    const connectMs = Date.now() - t0;
-    await exchange(a, b, 'hello bob, from alice on node A');
-    await exchange(b, a, 'hi alice, bob on node B here');
-    await waitRemoteVideo(a, b.peerId);
-    await waitRemoteVideo(b, a.peerId);
+    const connectMs = (await callUp(a, b, ['hello bob, from alice on node A', 'hi alice, bob on node B here'])) - t0;
 
     // Each node took its own client's offer/answer/candidates and the other
     // node delivered them: the only path between the nodes is Redis.

@@ -3,7 +3,7 @@
 // two nodes behind haproxy (as in cross-node.test.mjs) are in a call; node A
 // (alice's) is killed with SIGKILL. haproxy closes alice's WebSocket and
 // sends her reconnect to node B; the JS client reconnects and resumes its
-// room there (PROTOCOL.md §9), or re-joins when the resume is refused; the
+// room there (docs/protocol.md §9), or re-joins when the resume is refused; the
 // peers renegotiate through the surviving node — an ICE restart after a
 // resume, a fresh RTCPeerConnection on both sides after a re-join — and the
 // call comes back: connectionState "connected" on the renegotiated session
@@ -20,23 +20,20 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { ARTIFACTS, loopbackOnly, waitFor } from './lib/cluster.mjs';
-import { exchange, launchBrowser, openDemo, politeImpoliteIds, saveDiagnostics, screenshot, waitConnected, waitRemoteVideo } from './lib/browser.mjs';
+import { ARTIFACTS, waitFor } from './lib/cluster.mjs';
+import {
+  callUp, endBrowserTests, exchange, openDemo, politeImpoliteIds, saveDiagnostics, screenshot, startBrowserTests, waitConnected,
+} from './lib/browser.mjs';
 import { connectionsPerNode, twoNodes } from './lib/two-nodes.mjs';
 
 const OUT = path.join(ARTIFACTS, 'reconnect');
 let browser;
 
 before(async () => {
-  assert.ok(loopbackOnly() || process.env.SG_E2E_HOST_NETWORK === '1',
-    'run the browser tests through tests/e2e/run.sh: they need a network namespace with only loopback');
-  fs.rmSync(OUT, { recursive: true, force: true });
-  browser = await launchBrowser();
+  browser = await startBrowserTests(OUT);
 });
 
-after(async () => {
-  await browser?.close().catch(() => {});
-});
+after(() => endBrowserTests(browser, null, OUT));
 
 /** Starts recording the page's client and link events into window.__e2e. */
 function record(demo, remote) {
@@ -160,13 +157,7 @@ async function failover({ label, alicePolite, refuseResume }) {
     ).catch((err) => {
       throw new Error(`${err.message}: ${JSON.stringify({ before, last })}`);
     });
-    await waitConnected(a, b.peerId);
-    await waitConnected(b, a.peerId);
-    const backMs = Date.now() - t0;
-    await exchange(a, b, 'after the crash: alice -> bob');
-    await exchange(b, a, 'after the crash: bob -> alice');
-    await waitRemoteVideo(a, b.peerId);
-    await waitRemoteVideo(b, a.peerId);
+    const backMs = (await callUp(a, b, ['after the crash: alice -> bob', 'after the crash: bob -> alice'])) - t0;
 
     const ia = await iceInfo(a, b.peerId);
     const ib = await iceInfo(b, a.peerId);

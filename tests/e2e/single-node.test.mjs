@@ -10,30 +10,20 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { ARTIFACTS, Cluster, REPO, loopbackOnly, metricValue } from './lib/cluster.mjs';
-import { exchange, launchBrowser, openDemo, politeImpoliteIds, saveDiagnostics, screenshot, waitConnected, waitRemoteVideo } from './lib/browser.mjs';
+import { ARTIFACTS, Cluster, REPO, metricValue } from './lib/cluster.mjs';
+import { callUp, endBrowserTests, openDemo, politeImpoliteIds, saveDiagnostics, screenshot, startBrowserTests } from './lib/browser.mjs';
 
 const OUT = path.join(ARTIFACTS, 'single-node');
 let cluster;
 let browser;
 
 before(async () => {
-  assert.ok(loopbackOnly() || process.env.SG_E2E_HOST_NETWORK === '1',
-    'run the browser tests through tests/e2e/run.sh: they need a network namespace with only loopback');
-  fs.rmSync(OUT, { recursive: true, force: true });
+  browser = await startBrowserTests(OUT);
   cluster = new Cluster('single');
   await cluster.redis();
-  browser = await launchBrowser();
 });
 
-after(async () => {
-  await browser?.close().catch(() => {});
-  if (cluster) {
-    cluster.saveLogs(path.join(OUT, 'logs'));
-    await cluster.stop();
-    cluster.removeWorkDir();
-  }
-});
+after(() => endBrowserTests(browser, cluster, OUT));
 
 test('two Chromium pages call each other through one gateway over wss', { timeout: 120000 }, async () => {
   const gw = await cluster.gateway({ name: 'gw-single', tls: true });
@@ -53,14 +43,7 @@ test('two Chromium pages call each other through one gateway over wss', { timeou
   assert.equal(new URL(b.page.url()).pathname, '/demo/');
   try {
     const t0 = Date.now();
-    await waitConnected(a, b.peerId);
-    await waitConnected(b, a.peerId);
-    const connectMs = Date.now() - t0;
-
-    await exchange(a, b, 'hello bob, from alice');
-    await exchange(b, a, 'hi alice, bob here');
-    await waitRemoteVideo(a, b.peerId);
-    await waitRemoteVideo(b, a.peerId);
+    const connectMs = (await callUp(a, b, ['hello bob, from alice', 'hi alice, bob here'])) - t0;
 
     const sa = await a.state();
     const sb = await b.state();

@@ -90,13 +90,10 @@ def split_candidates(sdp):
     end-of-candidates ({candidate: ""}) per m-section that had `a=end-of-candidates`."""
     lines = sdp.split("\r\n")
     out, cands, ends = [], [], []
-    mline, mid = -1, None
+    mline = -1
     for line in lines:
         if line.startswith("m="):
             mline += 1
-            mid = None
-        elif line.startswith("a=mid:"):
-            mid = line[len("a=mid:"):]
         if line.startswith("a=candidate:"):
             cands.append([line[2:], mline])
             continue
@@ -164,17 +161,7 @@ class Peer:
 
     def _wire(self, channel):
         self.channel = channel
-
-        @channel.on("open")
-        def _open():
-            self.channel_open.set()
-
-        @channel.on("message")
-        def _message(msg):
-            self.messages.put_nowait(msg)
-
-        if channel.readyState == "open":
-            self.channel_open.set()
+        h.watch_data_channel(channel, self.channel_open, self.messages)
 
     async def connect(self):
         self.ws = await websockets.connect(

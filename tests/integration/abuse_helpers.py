@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Helpers for test_abuse.py: a raw-socket flooder that is never the
 bottleneck, the gateway's effective rate-limit defaults (read from --help, so
-bounds follow the configuration), /metrics parsing, Redis command statistics
-and a process' resident memory.
+bounds follow the configuration), /metrics parsing and Redis command
+statistics.
 
 Everything talks to the gateway from the outside, like sg_helpers.
 """
@@ -86,7 +86,7 @@ def metric(snapshot, name, **labels):
 
 
 # --------------------------------------------------------------------------
-# Redis / process
+# Redis and the log
 
 
 def evalsha_calls(redis):
@@ -95,14 +95,6 @@ def evalsha_calls(redis):
     text = redis("INFO", "commandstats")
     m = re.search(r"cmdstat_evalsha:calls=(\d+)", text)
     return int(m.group(1)) if m else 0
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 def log_events(gw, event):

@@ -28,34 +28,6 @@ REDIS_CONF = REPO / "deploy" / "redis.conf"
 CLUSTER_SH = REPO / "deploy" / "cluster.sh"
 COOKIE = "SGSRV"
 
-SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
-                     "SUMMARY: UndefinedBehaviorSanitizer")
-
-
-def stop_process(proc, term_timeout, sig=signal.SIGTERM):
-    """Signal, wait, SIGKILL after the bound. Returns the exit status."""
-    if proc.poll() is not None:
-        return proc.returncode
-    try:
-        proc.send_signal(sig)
-    except ProcessLookupError:
-        pass
-    try:
-        return proc.wait(timeout=term_timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait(timeout=10)
-
-
-def rss_kib(pid):
-    """Resident set size of a process, KiB (VmRSS)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
 def render_haproxy(lb_port, stats_port, servers, host=h.HOST):
     """The haproxy config for these (name, port, admin_port) servers, from the
     same template and with the same substitutions as deploy/cluster.sh."""
@@ -74,7 +46,7 @@ def render_haproxy(lb_port, stats_port, servers, host=h.HOST):
 # Redis and Sentinel
 
 
-class RedisProc:
+class RedisProc(h.RedisServer):
     """One redis-server from deploy/redis.conf on a fixed port (so it can be
     restarted in place, e.g. empty)."""
 
@@ -86,10 +58,6 @@ class RedisProc:
         self.proc = None
         self.starts = 0
 
-    @property
-    def url(self):
-        return f"redis://{h.HOST}:{self.port}/0"
-
     def start(self, timeout=5.0):
         self.starts += 1
         d = self.workdir / f"{self.name}-data"
@@ -99,24 +67,9 @@ class RedisProc:
         # their config file (CONFIG REWRITE), which must not be the repo's.
         conf = self.workdir / f"{self.name}.conf"
         conf.write_text(REDIS_CONF.read_text())
-        with open(log, "ab") as f:
-            self.proc = subprocess.Popen(
-                ["redis-server", str(conf), "--port", str(self.port), "--bind", h.HOST,
-                 "--dir", str(d), "--daemonize", "no", "--protected-mode", "no", "--logfile", "",
-                 *self.extra],
-                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                if self("PING") == "PONG":
-                    return self
-            except (OSError, h.RedisError):
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"{self.name} did not start on port {self.port}:\n"
-                           + log.read_text(errors="replace")[-1500:])
+        return self.launch(["redis-server", str(conf), "--port", str(self.port), "--bind", h.HOST,
+                            "--dir", str(d), "--daemonize", "no", "--protected-mode", "no", "--logfile", "",
+                            *self.extra], log, f"{self.name} on port {self.port}", timeout)
 
     def kill(self):
         if self.proc is not None and self.proc.poll() is None:
@@ -125,26 +78,12 @@ class RedisProc:
 
     def stop(self):
         if self.proc is not None:
-            stop_process(self.proc, 5)
-
-    def __call__(self, *args, timeout=5.0):
-        c = h.RedisClient(self.port, timeout=timeout)
-        try:
-            return c(*args)
-        finally:
-            c.close()
-
-    def keys(self, pattern="*"):
-        return sorted(self("KEYS", pattern))
-
-    def hgetall(self, key):
-        flat = self("HGETALL", key)
-        return dict(zip(flat[0::2], flat[1::2]))
+            h.stop_process(self.proc, 5)
 
     def member_nodes(self, room):
         """peerId -> node of each member record of the room."""
         import json
-        return {p: json.loads(v)["node"] for p, v in self.hgetall(f"room:{{{room}}}:peers").items()}
+        return {p: json.loads(v)["node"] for p, v in self.hgetall(h.peers_key(room)).items()}
 
 
 SENTINEL_CONF = """port {port}
@@ -171,7 +110,9 @@ def ask(server, *args):
         return None
 
 
-class SentinelProc:
+class SentinelProc(h.RedisServer):
+    command_timeout = 2.0
+
     def __init__(self, workdir, index, master_port, name="mymaster", down_after_ms=1000,
                  failover_timeout_ms=3000):
         self.workdir = pathlib.Path(workdir)
@@ -188,28 +129,8 @@ class SentinelProc:
         self.proc = None
 
     def start(self, timeout=5.0):
-        log = self.workdir / f"sentinel{self.index}.log"
-        with open(log, "ab") as f:
-            self.proc = subprocess.Popen(["redis-server", str(self.conf), "--sentinel"],
-                                         stdout=f, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if self("PING") == "PONG":
-                    return self
-            except (OSError, h.RedisError):
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"sentinel {self.index} did not start:\n"
-                           + log.read_text(errors="replace")[-1500:])
-
-    def __call__(self, *args):
-        c = h.RedisClient(self.port, timeout=2)
-        try:
-            return c(*args)
-        finally:
-            c.close()
+        return self.launch(["redis-server", str(self.conf), "--sentinel"],
+                           self.workdir / f"sentinel{self.index}.log", f"sentinel {self.index}", timeout)
 
     def master_addr(self):
         try:
@@ -220,14 +141,14 @@ class SentinelProc:
 
     def stop(self):
         if self.proc is not None:
-            stop_process(self.proc, 5)
+            h.stop_process(self.proc, 5)
 
 
 # --------------------------------------------------------------------------
 # Gateways and haproxy
 
 
-class Node:
+class Node(h.GatewayEndpoints):
     """A gateway slot: a name (its SIGNAL_NODE_ID), fixed ports, an env. The
     process can be drained, killed and started again in the same slot."""
 
@@ -245,26 +166,12 @@ class Node:
         self.deliberate = False  # the test stopped or killed the current process
         self.log_paths = []
 
-    host = h.HOST
-    tls = False
-
     def __repr__(self):
         return f"<Node {self.name} pid={self.pid} port={self.port}>"
 
     @property
     def pid(self):
         return self.proc.pid if self.proc else None
-
-    @property
-    def ws_url(self):
-        return f"ws://{h.HOST}:{self.port}/ws"
-
-    @property
-    def admin_url(self):
-        return f"http://{h.HOST}:{self.admin_port}"
-
-    def readyz(self, timeout=1.0):
-        return h.http_status(self.admin_url + "/readyz", timeout=timeout)[0]
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None
@@ -274,19 +181,7 @@ class Node:
         self.generation += 1
         log = self.cluster.workdir / f"{self.name}.{self.generation}.log"
         self.log_paths.append(log)
-        full = h.clean_env()
-        full.update({
-            "SIGNAL_LISTEN": f"{h.HOST}:{self.port}",
-            "SIGNAL_ADMIN_LISTEN": f"{h.HOST}:{self.admin_port}",
-            "SIGNAL_REDIS_URL": self.cluster.redis_url,
-            "SIGNAL_JWT_SECRET": h.JWT_SECRET,
-            "SIGNAL_NODE_ID": self.name,
-            "SIGNAL_LOG_LEVEL": "info",
-        })
-        full.update({k: str(v) for k, v in self.env.items() if v is not None})
-        for k, v in self.env.items():
-            if v is None:
-                full.pop(k, None)
+        full = h.gateway_env(self.name, self.port, self.admin_port, self.cluster.redis_url, env=self.env)
         self.deliberate = False
         # A port of the previous process may linger a moment: retry briefly.
         deadline = time.monotonic() + ready_timeout
@@ -296,12 +191,11 @@ class Node:
                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             if not wait_ready:
                 return self
-            while self.proc.poll() is None and time.monotonic() < deadline:
-                if self.readyz(timeout=0.5) == 200:
-                    return self
-                time.sleep(0.05)
+            if h.wait_answering(self.proc, lambda: self.readyz(timeout=0.5) == 200,
+                                deadline - time.monotonic(), interval=0.05):
+                return self
             if self.proc.poll() is None:
-                stop_process(self.proc, 3)
+                h.stop_process(self.proc, 3)
                 raise RuntimeError(f"{self.name} not ready within {ready_timeout}s:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} exited at start ({self.proc.returncode}):\n{self.log_tail()}")
@@ -330,13 +224,13 @@ class Node:
         if self.proc is None:
             return None
         drain_s = int(self.env.get("SIGNAL_DRAIN_MS", 10000)) / 1000
-        rc = stop_process(self.proc, timeout if timeout is not None else drain_s + 5)
+        rc = h.stop_process(self.proc, timeout if timeout is not None else drain_s + 5)
         if not self.exits or self.exits[-1][0] != self.generation:
             self.exits.append((self.generation, rc))
         return rc
 
     def rss_kib(self):
-        return rss_kib(self.proc.pid)
+        return h.rss_kib(self.proc.pid)
 
     def metrics(self):
         """The /metrics text ("" when the node does not answer)."""
@@ -351,9 +245,6 @@ class Node:
             except OSError:
                 pass
         return "".join(out)
-
-    def log_tail(self, n=40):
-        return "\n".join(self.log_text().splitlines()[-n:])
 
 
 class HAProxy:
@@ -414,7 +305,7 @@ class HAProxy:
 
     def stop(self):
         if self.proc is not None:
-            stop_process(self.proc, 5)
+            h.stop_process(self.proc, 5)
 
 
 class Cluster:
@@ -473,6 +364,14 @@ class Cluster:
             node.start()
         return new
 
+    def start_sentinel_cluster(self):
+        """start_sentinel_redis (down after 1 s, failover timeout 3 s), two
+        gateways that find the master through the sentinels (drain 2 s) and
+        haproxy in front: (g1, g2, lb)."""
+        env = self.start_sentinel_redis(down_after_ms=1000, failover_timeout_ms=3000)
+        g1, g2 = self.add_nodes(2, env=dict(env, SIGNAL_DRAIN_MS=2000))
+        return g1, g2, self.start_lb()
+
     def start_lb(self):
         self.lb = HAProxy(self).start()
         return self.lb
@@ -491,12 +390,10 @@ class Cluster:
         for n in self.nodes:
             if n.proc is not None and not n.deliberate and n.proc.poll() is not None:
                 problems.append(f"{n.name} exited on its own with status {n.proc.returncode}")
-            rc = n.stop()
-            text = n.log_text()
-            for marker in SANITIZER_MARKERS:
-                if marker in text:
-                    problems.append(f"{n.name}: sanitizer report ({marker!r})")
-                    break
+            n.stop()
+            marker = h.sanitizer_marker(n.log_text())
+            if marker:
+                problems.append(f"{n.name}: sanitizer report ({marker!r})")
         if self.lb:
             self.lb.stop()
         for s in self.sentinels:
@@ -522,6 +419,21 @@ def lb_cookie(client):
         if v.startswith(COOKIE + "="):
             return v.split(";", 1)[0].split("=", 1)[1]
     return None
+
+
+async def pinned_member(cs, lb, node, sub, room, peer):
+    """A connection of sub's through haproxy to node (its cookie pins it
+    there), joined to room as peer (h.Clients.member)."""
+    return await cs.member(lb.url, sub, room, peer, extra_headers=cookie_header(node))
+
+
+async def pinned_pair(cs, lb, room, pa, pb):
+    """alice through haproxy to gw1 as pa, bob to gw2 as pb, both in room;
+    alice has read bob's peer_joined: (a, b)."""
+    a = await pinned_member(cs, lb, "gw1", "alice", room, pa)
+    b = await pinned_member(cs, lb, "gw2", "bob", room, pb)
+    await a.recv_type("peer_joined", peerId=pb)
+    return a, b
 
 
 async def connect_retry(url, token, name, timeout=10.0, cookie=None, **kw):

@@ -3,45 +3,29 @@
 signal-gateway processes on free loopback ports, all stopped by pid at the end
 of each test (SIGTERM, then SIGKILL after a bound).
 
+A test written `async def` runs in an event loop of its own (see
+pytest_pyfunc_call below), bounded by @pytest.mark.async_timeout(seconds).
+
 Gateway binary: $SG_GATEWAY_BIN, default <repo>/build/signal-gateway.
 """
 
 import datetime
+import inspect
 import ipaddress
 import os
 import signal
 import subprocess
-import time
 import uuid
 
 import pytest
 
 import sg_helpers as h
 
-SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
-                     "ThreadSanitizer", "SUMMARY: UndefinedBehaviorSanitizer")
-
-
-def _stop_process(proc, term_timeout):
-    """SIGTERM, wait, SIGKILL. Returns the exit status."""
-    if proc.poll() is not None:
-        return proc.returncode
-    try:
-        proc.send_signal(signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        return proc.wait(timeout=term_timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait(timeout=10)
-
-
 # --------------------------------------------------------------------------
 # Redis
 
 
-class RedisServer:
+class RedisServer(h.RedisServer):
     def __init__(self, tmp_path):
         self.tmp_path = tmp_path
         self.proc = None
@@ -49,72 +33,28 @@ class RedisServer:
         self._clients = []
 
     def start(self):
-        last = ""
-        for attempt in range(5):
-            port = h.free_port()
-            log = self.tmp_path / f"redis-{port}.log"
-            logf = open(log, "wb")
-            proc = subprocess.Popen(
-                ["redis-server", "--port", str(port), "--bind", h.HOST, "--save", "",
-                 "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no",
-                 "--dir", str(self.tmp_path)],
-                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            logf.close()
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    c = h.RedisClient(port, timeout=1)
-                    ok = c("PING") == "PONG"
-                    c.close()
-                    if ok:
-                        self.proc, self.port = proc, port
-                        return self
-                except (OSError, h.RedisError):
-                    pass
-                time.sleep(0.02)
-            _stop_process(proc, 3)
-            last = log.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"redis-server did not start: {last}")
-
-    @property
-    def url(self):
-        return f"redis://{h.HOST}:{self.port}/0"
+        for attempt in range(5):  # a port taken meanwhile by a process outside the suite
+            self.port = h.free_port()
+            try:
+                return self.launch(
+                    ["redis-server", "--port", str(self.port), "--bind", h.HOST, "--save", "",
+                     "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no",
+                     "--dir", str(self.tmp_path)],
+                    self.tmp_path / f"redis-{self.port}.log", "redis-server")
+            except RuntimeError as e:
+                failure = e
+        raise failure
 
     def client(self):
         c = h.RedisClient(self.port)
         self._clients.append(c)
         return c
 
-    def __call__(self, *args):
-        """One command on a fresh connection (cheap, and safe across tests)."""
-        c = h.RedisClient(self.port)
-        try:
-            return c(*args)
-        finally:
-            c.close()
-
-    def keys(self, pattern="*"):
-        return sorted(self("KEYS", pattern))
-
-    def room_keys(self, room):
-        return sorted(k for k in self("KEYS", "*") if room in k)
-
-    def hgetall(self, key):
-        flat = self("HGETALL", key)
-        return dict(zip(flat[0::2], flat[1::2]))
-
-    def subscribers(self, channel):
-        c = h.RedisClient(self.port)
-        try:
-            return c.subscribers(channel)
-        finally:
-            c.close()
-
     def stop(self):
         for c in self._clients:
             c.close()
         if self.proc is not None:
-            _stop_process(self.proc, 5)
+            h.stop_process(self.proc, 5)
 
 
 @pytest.fixture
@@ -128,12 +68,11 @@ def redis(tmp_path):
 # Gateways
 
 
-class Gateway:
+class Gateway(h.GatewayEndpoints):
     def __init__(self, name, proc, env, port, admin_port, log_path, tls):
         self.name = name
         self.proc = proc
         self.env = env
-        self.host = h.HOST
         self.port = port
         self.admin_port = admin_port
         self.log_path = log_path
@@ -148,17 +87,6 @@ class Gateway:
     @property
     def pid(self):
         return self.proc.pid
-
-    @property
-    def ws_url(self):
-        return f"{'wss' if self.tls else 'ws'}://{self.host}:{self.port}/ws"
-
-    @property
-    def admin_url(self):
-        return f"http://{self.host}:{self.admin_port}"
-
-    def readyz(self, timeout=1.0):
-        return h.http_status(self.admin_url + "/readyz", timeout=timeout)[0]
 
     def running(self):
         return self.proc.poll() is None
@@ -176,7 +104,7 @@ class Gateway:
     def stop(self, timeout=None):
         """SIGTERM, then SIGKILL after drain + a margin. Returns the exit status."""
         self.deliberate_exit = True
-        return _stop_process(self.proc, timeout if timeout is not None else self.drain_ms / 1000 + 5)
+        return h.stop_process(self.proc, timeout if timeout is not None else self.drain_ms / 1000 + 5)
 
     def kill(self):
         """SIGKILL and reap."""
@@ -191,8 +119,10 @@ class Gateway:
         except OSError:
             return ""
 
-    def log_tail(self, n=80):
-        return "\n".join(self.log_text().splitlines()[-n:])
+
+# §9 resumption changes what a lost connection looks like to its room-mates;
+# this suite checks §5 as it stands without it.
+GATEWAY_DEFAULTS = {"SIGNAL_DRAIN_MS": "2000", "SIGNAL_RESUME_MS": "0"}
 
 
 class GatewayFactory:
@@ -211,69 +141,41 @@ class GatewayFactory:
     def __call__(self, n=1, env=None, tls=False, args=()):
         return [self.start(env=env, tls=tls, args=args) for _ in range(n)]
 
-    def _env(self, name, port, admin_port, env, tls):
-        full = h.clean_env()
-        full.update({
-            "SIGNAL_LISTEN": f"{h.HOST}:{port}",
-            "SIGNAL_ADMIN_LISTEN": f"{h.HOST}:{admin_port}",
-            "SIGNAL_REDIS_URL": self.redis.url,
-            "SIGNAL_JWT_SECRET": h.JWT_SECRET,
-            "SIGNAL_NODE_ID": name,
-            "SIGNAL_LOG_LEVEL": "info",
-            "SIGNAL_DRAIN_MS": "2000",
-            # §9 resumption changes what a lost connection looks like to its
-            # room-mates; this suite checks §5 as it stands without it.
-            "SIGNAL_RESUME_MS": "0",
-        })
-        if tls:
-            cert, key = self.tls_files()
-            full["SIGNAL_TLS_CERT"] = str(cert)
-            full["SIGNAL_TLS_KEY"] = str(key)
-        for k, v in (env or {}).items():
-            if v is None:
-                full.pop(k, None)
-            else:
-                full[k] = str(v)
-        return full
-
-    def spawn(self, env=None, tls=False, args=()):
-        """Start without waiting; returns (proc, log_path, env). Killed at teardown."""
+    def _launch(self, env, tls, args):
+        """A gateway process on two fresh ports: (name, proc, env, port, admin_port, log_path)."""
         _require_binary()
         self.count += 1
         name = f"gw{self.count}-{uuid.uuid4().hex[:6]}"
         port, admin_port = h.free_port(), h.free_port()
-        full = self._env(name, port, admin_port, env, tls)
+        while admin_port == port:
+            admin_port = h.free_port()
+        defaults = dict(GATEWAY_DEFAULTS)
+        if tls:
+            cert, key = self.tls_files()
+            defaults.update(SIGNAL_TLS_CERT=str(cert), SIGNAL_TLS_KEY=str(key))
+        full = h.gateway_env(name, port, admin_port, self.redis.url, defaults, env)
         log_path = self.tmp_path / f"{name}.log"
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen([h.GATEWAY_BIN, *args], env=full, cwd=str(h.REPO),
                                     stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return name, proc, full, port, admin_port, log_path
+
+    def spawn(self, env=None, tls=False, args=()):
+        """Start without waiting; returns (proc, log_path, env). Killed at teardown."""
+        name, proc, full, _, _, log_path = self._launch(env, tls, args)
         self.spawned.append((proc, log_path, name))
         return proc, log_path, full
 
     def start(self, env=None, tls=False, ready_timeout=10.0, args=()):
-        _require_binary()
         last_log = ""
         for attempt in range(4):
-            self.count += 1
-            name = f"gw{self.count}-{uuid.uuid4().hex[:6]}"
-            port, admin_port = h.free_port(), h.free_port()
-            if port == admin_port:
-                continue
-            full = self._env(name, port, admin_port, env, tls)
-            log_path = self.tmp_path / f"{name}.log"
-            with open(log_path, "wb") as logf:
-                proc = subprocess.Popen([h.GATEWAY_BIN, *args], env=full, cwd=str(h.REPO),
-                                        stdout=logf, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
+            name, proc, full, port, admin_port, log_path = self._launch(env, tls, args)
             gw = Gateway(name, proc, full, port, admin_port, log_path, tls)
-            deadline = time.monotonic() + ready_timeout
-            while proc.poll() is None and time.monotonic() < deadline:
-                if gw.readyz(timeout=0.5) == 200:
-                    self.gateways.append(gw)
-                    return gw
-                time.sleep(0.05)
+            if h.wait_answering(proc, lambda: gw.readyz(timeout=0.5) == 200, ready_timeout, interval=0.05):
+                self.gateways.append(gw)
+                return gw
             if proc.poll() is None:
-                _stop_process(proc, 3)
+                h.stop_process(proc, 3)
                 raise RuntimeError(f"gateway {name} not ready within {ready_timeout}s "
                                    f"(GET /readyz never returned 200); log:\n{gw.log_tail()}")
             last_log = gw.log_tail()
@@ -287,19 +189,16 @@ class GatewayFactory:
             rc = gw.stop()
             if crashed:
                 problems.append(f"{gw.name} exited on its own during the test with status {rc}")
-            text = gw.log_text()
-            for marker in SANITIZER_MARKERS:
-                if marker in text:
-                    problems.append(f"{gw.name}: sanitizer report ({marker!r}) in its log")
-                    break
+            marker = h.sanitizer_marker(gw.log_text())
+            if marker:
+                problems.append(f"{gw.name}: sanitizer report ({marker!r}) in its log")
         for proc, log_path, name in self.spawned:
-            _stop_process(proc, 5)
+            h.stop_process(proc, 5)
             text = log_path.read_text(errors="replace") if log_path.exists() else ""
-            for marker in SANITIZER_MARKERS:
-                if marker in text:
-                    problems.append(f"{name}: sanitizer report ({marker!r}) in its output:\n"
-                                    + "\n".join(text.splitlines()[-25:]))
-                    break
+            marker = h.sanitizer_marker(text)
+            if marker:
+                problems.append(f"{name}: sanitizer report ({marker!r}) in its output:\n"
+                                + "\n".join(text.splitlines()[-25:]))
         return problems
 
 
@@ -365,6 +264,22 @@ def make_token():
     return h.make_token
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Runs an `async def` test to its end in a fresh event loop, as
+    pytest-asyncio would (Debian's python3 has no such plugin). The whole test
+    is bounded, setup in its body included: ASYNC_TEST_TIMEOUT seconds, or
+    the test's @pytest.mark.async_timeout(seconds)."""
+    test = pyfuncitem.obj
+    if not inspect.iscoroutinefunction(test):
+        return None  # pytest calls it as usual
+    marker = pyfuncitem.get_closest_marker("async_timeout")
+    timeout = marker.args[0] if marker else h.ASYNC_TEST_TIMEOUT
+    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    h.arun(test(**kwargs), timeout)
+    return True
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -380,7 +295,7 @@ def pytest_runtest_makereport(item, call):
 
 
 # ==========================================================================
-# BEGIN log secret scan (issue 5; PROTOCOL.md §8: "Never a raw sub, token,
+# BEGIN log secret scan (issue 5; docs/protocol.md §8: "Never a raw sub, token,
 # SDP, candidate or client IP address"). At the end of the whole session,
 # every gateway log this run wrote (<basetemp>/**/gw*.log, see
 # GatewayFactory) is scanned; one finding fails the session.

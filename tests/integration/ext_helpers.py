@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Helpers for the PROTOCOL.md §9 extension tests (resumption, receipts, TURN,
+"""Helpers for the docs/protocol.md §9 extension tests (resumption, receipts, TURN,
 delivery-path probe, key rotation). Black-box like sg_helpers: sockets,
 Redis reads, the admin endpoints, the gateway's log.
 """
@@ -16,18 +16,9 @@ import threading
 import time
 
 import sg_helpers as h
-from sg_helpers import make_token
 
 # Resumption on, rate limits off (tests that push many relays quickly).
 RESUME_ENV = dict(h.NO_RATE_LIMITS, SIGNAL_RESUME_MS="30000")
-
-
-def tok(sub):
-    return make_token(sub, rooms=["*"])
-
-
-def peers_key(room):
-    return f"room:{{{room}}}:peers"
 
 
 def buf_key(room, peer):
@@ -38,14 +29,8 @@ def seq_key(room):
     return f"room:{{{room}}}:seq"
 
 
-def member(redis, room, peer):
-    """The member record in Redis (a dict), or None."""
-    raw = redis("HGET", peers_key(room), peer)
-    return json.loads(raw) if raw is not None else None
-
-
 def in_grace(redis, room, peer):
-    m = member(redis, room, peer)
+    m = h.member_record(redis, room, peer)
     return bool(m) and m.get("conn") == "" and "grace" in m
 
 
@@ -54,7 +39,7 @@ async def wait_in_grace(redis, room, peer, timeout=5.0):
     member in its grace period."""
     await h.async_wait_until(lambda: in_grace(redis, room, peer), timeout, 0.02,
                              what=f"{peer} in its grace period in Redis (record: "
-                                  f"{member(redis, room, peer)})")
+                                  f"{h.member_record(redis, room, peer)})")
 
 
 def buffered(redis, room, peer):
@@ -104,6 +89,60 @@ def check_relay_for(msg, room, frm, to, i, pad=0):
     assert msg.get("type") == "relay", msg
     assert msg.get("inner") == h.inner_of(h.candidate(room, frm, to, cand(i, pad))), msg
     assert "ack" not in msg["inner"], msg
+
+
+def check_candidate_relays(msgs, room, frm, to, first_seq, pad=0):
+    """msgs are the relays of candidates first_seq-1, first_seq, ... in order,
+    with seq first_seq, first_seq+1, ... (contiguous) and matching content."""
+    for k, m in enumerate(msgs):
+        seq = first_seq + k
+        assert m.get("seq") == seq, f"relay #{k}: seq {m.get('seq')}, expected {seq}: {m}"
+        check_relay_for(m, room, frm, to, seq - 1, pad)
+        assert m.get("correlationId") == f"c{seq - 1}", m
+
+
+# --------------------------------------------------------------------------
+# resumption scenarios, written from the clients' side
+
+
+async def bob_then_alice(c, g_bob, g_alice, room, pb, pa):
+    """bob joins room as pb on g_bob, then alice as pa on g_alice (so no relay
+    to bob comes before his join): (b, a, bob's resume token)."""
+    b = await c.member(g_bob, "bob", room, pb)
+    a = await c.member(g_alice, "alice", room, pa)
+    return b, a, b.joined[room]["resumeToken"]
+
+
+async def lose(client, redis, room, peer):
+    """The client's TCP connection drops without a close frame; returns once
+    the gateway noticed and Redis holds peer in its grace period."""
+    client.abort()
+    await wait_in_grace(redis, room, peer)
+
+
+async def send_candidates(sender, room, frm, to, indices, pad=0, ack=False):
+    """Candidate cand(i, pad) with correlationId c<i> for each i, in order;
+    with ack, each asks for a receipt (not read here)."""
+    for i in indices:
+        m = h.candidate(room, frm, to, cand(i, pad), cid=f"c{i}")
+        await sender.send(dict(m, ack=True) if ack else m)
+
+
+async def send_held(sender, room, frm, to, indices, pad=0):
+    """send_candidates to a peer in its grace period: every receipt must say
+    "buffered"."""
+    await send_candidates(sender, room, frm, to, indices, pad, ack=True)
+    for i in indices:
+        ack = await sender.recv_type("ack", correlationId=f"c{i}")
+        assert ack["status"] == "buffered", ack
+
+
+async def recv_candidate_relays(client, room, frm, to, first_seq, n, pad=0):
+    """The next n relays to client are candidates first_seq-1, ... with seq
+    first_seq, ... (check_candidate_relays); returns them."""
+    got = [await client.recv_type("relay") for _ in range(n)]
+    check_candidate_relays(got, room, frm, to, first_seq, pad)
+    return got
 
 
 # --------------------------------------------------------------------------

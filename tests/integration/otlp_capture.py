@@ -27,6 +27,11 @@ import time
 HOST = "127.0.0.1"
 
 
+def _field(key):
+    """A read-only attribute: the raw span's JSON field key (None when absent)."""
+    return property(lambda self: self.raw.get(key))
+
+
 class Span:
     """One span of a capture with the resource and scope it came under."""
 
@@ -35,25 +40,14 @@ class Span:
         self.resource = resource  # {key: value} of the resource attributes
         self.scope = scope
 
-    @property
-    def name(self):
-        return self.raw.get("name")
-
-    @property
-    def trace_id(self):
-        return self.raw.get("traceId")
-
-    @property
-    def span_id(self):
-        return self.raw.get("spanId")
+    name = _field("name")
+    trace_id = _field("traceId")
+    span_id = _field("spanId")
+    kind = _field("kind")
 
     @property
     def parent_span_id(self):
         return self.raw.get("parentSpanId") or None
-
-    @property
-    def kind(self):
-        return self.raw.get("kind")
 
     @property
     def node(self):

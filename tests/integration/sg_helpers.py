@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import random
+import signal
 import socket
 import ssl
 import struct
@@ -43,7 +44,7 @@ HOST = "127.0.0.1"
 # runs them against the release build as well.
 SANITIZED = os.environ.get("SG_SANITIZED") == "1"
 
-# Rate limits off, for tests that push many messages quickly (PROTOCOL.md §7:
+# Rate limits off, for tests that push many messages quickly (docs/protocol.md §7:
 # "0 turns one off").
 NO_RATE_LIMITS = {
     "SIGNAL_RATE_PEER": "0",
@@ -61,10 +62,6 @@ def clean_env():
     return {k: v for k, v in os.environ.items() if not k.startswith(("SIGNAL_", "OTEL_"))}
 
 
-SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
-                     "SUMMARY: UndefinedBehaviorSanitizer")
-
-
 def control(redis_url, *args, env=None):
     """Runs a backend control subcommand (signal-gateway kick / close-room /
     revoke) the way an operator would, with the server's Redis settings and
@@ -74,8 +71,7 @@ def control(redis_url, *args, env=None):
         full["SIGNAL_REDIS_URL"] = redis_url
     full.update({k: v for k, v in (env or {}).items() if v is not None})
     p = subprocess.run([GATEWAY_BIN, *args], env=full, capture_output=True, text=True, timeout=30)
-    for marker in SANITIZER_MARKERS:
-        assert marker not in p.stderr, f"sanitizer report from {args}:\n{p.stderr}"
+    assert not sanitizer_marker(p.stderr), f"sanitizer report from {args}:\n{p.stderr}"
     return p.returncode, p.stdout, p.stderr
 
 
@@ -212,31 +208,36 @@ def new_room(prefix="room"):
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def arun(coro, timeout=90):
-    """Run one test coroutine with an overall bound."""
+ASYNC_TEST_TIMEOUT = 90  # s: the bound of an `async def` test without its own (conftest.py)
+
+
+def arun(coro, timeout=ASYNC_TEST_TIMEOUT):
+    """Run a coroutine to its end from synchronous code, with an overall bound.
+    A test that is all asynchronous is written `async def` instead and run
+    by conftest.py's pytest_pyfunc_call."""
     return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def _poll(pred, deadline, timeout, what):
+    """pred()'s value; AssertionError when it is false past the deadline."""
+    v = pred()
+    if not v and time.monotonic() > deadline:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return v
 
 
 def wait_until(pred, timeout, interval=0.05, what="condition"):
     deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    while not (v := _poll(pred, deadline, timeout, what)):
         time.sleep(interval)
+    return v
 
 
 async def async_wait_until(pred, timeout, interval=0.05, what="condition"):
     deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    while not (v := _poll(pred, deadline, timeout, what)):
         await asyncio.sleep(interval)
+    return v
 
 
 def http_status(url, timeout=1.0):
@@ -259,6 +260,107 @@ def insecure_ssl_context():
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+# --------------------------------------------------------------------------
+# processes the tests start (conftest.py's fixtures, cluster_helpers.py)
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "ThreadSanitizer", "SUMMARY: UndefinedBehaviorSanitizer")
+
+
+def sanitizer_marker(text):
+    """The first sanitizer report marker in a log, or None."""
+    return next((m for m in SANITIZER_MARKERS if m in text), None)
+
+
+def stop_process(proc, term_timeout, sig=signal.SIGTERM):
+    """Signal (SIGTERM), wait, SIGKILL after the bound. Returns the exit status."""
+    if proc.poll() is not None:
+        return proc.returncode
+    try:
+        proc.send_signal(sig)
+    except ProcessLookupError:
+        pass
+    try:
+        return proc.wait(timeout=term_timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=10)
+
+
+def wait_answering(proc, ping, timeout=5.0, interval=0.02):
+    """Until ping() is true (a server answering, e.g. Redis' PING) or proc
+    exits; whether it answered. A refused or failing ping is tried again."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if ping():
+                return True
+        except (OSError, RedisError):
+            pass
+        time.sleep(interval)
+    return False
+
+
+def rss_kib(pid):
+    """Resident set size of a process, KiB (VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid):
+    """User + system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def gateway_env(node_id, port, admin_port, redis_url, defaults=None, env=None):
+    """The environment of a gateway under test: nothing SIGNAL_* or OTEL_* of
+    the test run's own (clean_env), its listeners, Redis, the test secret and
+    node id, then defaults, then env (a value of None removes the variable)."""
+    full = clean_env()
+    full.update({
+        "SIGNAL_LISTEN": f"{HOST}:{port}",
+        "SIGNAL_ADMIN_LISTEN": f"{HOST}:{admin_port}",
+        "SIGNAL_REDIS_URL": redis_url,
+        "SIGNAL_JWT_SECRET": JWT_SECRET,
+        "SIGNAL_NODE_ID": node_id,
+        "SIGNAL_LOG_LEVEL": "info",
+    })
+    for k, v in {**(defaults or {}), **(env or {})}.items():
+        if v is None:
+            full.pop(k, None)
+        else:
+            full[k] = str(v)
+    return full
+
+
+class GatewayEndpoints:
+    """What tests ask of a gateway process, whoever started it (conftest's
+    Gateway, cluster_helpers' Node): host, port, admin_port, tls and
+    log_text() come from the subclass."""
+
+    host = HOST
+    tls = False
+
+    @property
+    def ws_url(self):
+        return f"{'wss' if self.tls else 'ws'}://{self.host}:{self.port}/ws"
+
+    @property
+    def admin_url(self):
+        return f"http://{self.host}:{self.admin_port}"
+
+    def readyz(self, timeout=1.0):
+        return http_status(self.admin_url + "/readyz", timeout=timeout)[0]
+
+    def log_tail(self, n=80):
+        return "\n".join(self.log_text().splitlines()[-n:])
 
 
 # --------------------------------------------------------------------------
@@ -295,6 +397,12 @@ def make_token(sub, rooms=None, exp_in=300, **claims):
     return jwt.encode(token_claims(sub, rooms, exp_in, **claims), JWT_SECRET, algorithm="HS256")
 
 
+def tok(sub="alice", rooms=("*",), exp_in=300, **claims):
+    """The tests' usual token: make_token for sub, allowed into every room
+    unless rooms says otherwise (rooms=None leaves the claim out)."""
+    return make_token(sub, rooms=None if rooms is None else list(rooms), exp_in=exp_in, **claims)
+
+
 def sign_token(payload, key, alg, headers=None):
     return jwt.encode(payload, key, algorithm=alg, headers=headers)
 
@@ -319,7 +427,34 @@ class RedisError(Exception):
     pass
 
 
-class RedisClient:
+class RedisReads:
+    """The reads tests make most, over self(*command)."""
+
+    def keys(self, pattern="*"):
+        return sorted(self("KEYS", pattern))
+
+    def hgetall(self, key):
+        flat = self("HGETALL", key)
+        return dict(zip(flat[0::2], flat[1::2]))
+
+    def pttl(self, key):
+        return self("PTTL", key)
+
+    def room_keys(self, room):
+        """Every key that mentions the room id."""
+        return sorted(k for k in self("KEYS", "*") if room in k)
+
+    def subscribers(self, channel):
+        """Subscribers of a channel, plain or sharded pub/sub."""
+        n = self("PUBSUB", "NUMSUB", channel)[1]
+        try:
+            n += self("PUBSUB", "SHARDNUMSUB", channel)[1]
+        except RedisError:
+            pass
+        return n
+
+
+class RedisClient(RedisReads):
     def __init__(self, port, timeout=5.0):
         self.sock = socket.create_connection((HOST, port), timeout=timeout)
         self.f = self.sock.makefile("rb")
@@ -364,29 +499,58 @@ class RedisClient:
             return [self._read() for _ in range(n)]
         raise RedisError(f"bad reply {line!r}")
 
-    # conveniences
-    def keys(self, pattern="*"):
-        return sorted(self("KEYS", pattern))
 
-    def hgetall(self, key):
-        flat = self("HGETALL", key)
-        return dict(zip(flat[0::2], flat[1::2]))
+class RedisServer(RedisReads):
+    """A server the tests started on self.port: each call is one command on a
+    fresh connection (cheap, and safe across tests)."""
 
-    def pttl(self, key):
-        return self("PTTL", key)
+    command_timeout = 5.0
 
-    def room_keys(self, room):
-        """Every key that mentions the room id."""
-        return sorted(k for k in self("KEYS", "*") if room in k)
+    @property
+    def url(self):
+        return f"redis://{HOST}:{self.port}/0"
 
-    def subscribers(self, channel):
-        """Subscribers of a channel, plain or sharded pub/sub."""
-        n = self("PUBSUB", "NUMSUB", channel)[1]
+    def __call__(self, *args, timeout=None):
+        c = RedisClient(self.port, timeout=timeout or self.command_timeout)
         try:
-            n += self("PUBSUB", "SHARDNUMSUB", channel)[1]
-        except RedisError:
-            pass
-        return n
+            return c(*args)
+        finally:
+            c.close()
+
+    def answers(self):
+        return self("PING", timeout=1) == "PONG"
+
+    def launch(self, argv, log, what, timeout=5.0):
+        """Run argv (a redis-server) with its output appended to log; self
+        once it answers PING, else RuntimeError with the log's tail."""
+        with open(log, "ab") as f:
+            self.proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if wait_answering(self.proc, self.answers, timeout):
+            return self
+        stop_process(self.proc, 3)
+        raise RuntimeError(f"{what} did not start:\n" + log.read_text(errors="replace")[-1500:])
+
+
+# --------------------------------------------------------------------------
+# room state in Redis (docs/protocol.md §6)
+
+
+def peers_key(room):
+    return f"room:{{{room}}}:peers"
+
+
+def acl_key(room):
+    return f"room:{{{room}}}:acl"
+
+
+def peer_channel(room, peer):
+    return f"room:{{{room}}}:peer:{peer}"
+
+
+def member_record(redis, room, peer):
+    """A peer's member record in Redis (a dict), or None."""
+    raw = redis("HGET", peers_key(room), peer)
+    return json.loads(raw) if raw is not None else None
 
 
 # --------------------------------------------------------------------------
@@ -656,6 +820,13 @@ class RawWS:
     def send_json(self, obj):
         self.send_text(json.dumps(obj))
 
+    def join(self, room, peer, timeout=5.0):
+        """Join room as peer; returns the answer, which must be `joined`."""
+        self.send_json({"type": "join", "roomId": room, "peerId": peer})
+        m = self.recv_json(timeout)
+        assert m.get("type") == "joined", m
+        return m
+
     def send_close(self, code=1000, reason=b""):
         payload = b"" if code is None else struct.pack("!H", code) + reason
         self.send_frame(OP_CLOSE, payload)
@@ -795,6 +966,7 @@ class Client:
         self.closed = asyncio.Event()
         self.close_code = None
         self.close_reason = None
+        self.joined = {}    # roomId -> the last `joined` of a join() on this connection
         self.reader = asyncio.ensure_future(self._read())
 
     async def _read(self):
@@ -915,24 +1087,24 @@ class Client:
         self.ws.transport.abort()
 
     # protocol conveniences
-    async def join(self, room, peer, cid=None, timeout=5.0):
-        msg = {"type": "join", "roomId": room, "peerId": peer}
+    async def _membership(self, type_, answer, room, peer, cid, timeout):
+        """Send a join or leave; returns its answer, which must name the peer."""
+        msg = {"type": type_, "roomId": room, "peerId": peer}
         if cid is not None:
             msg["correlationId"] = cid
         await self.send(msg)
-        m = await self.recv_type("joined", timeout=timeout, roomId=room)
+        m = await self.recv_type(answer, timeout=timeout, roomId=room)
         assert m.get("peerId") == peer.lower(), m
+        return m
+
+    async def join(self, room, peer, cid=None, timeout=5.0):
+        m = await self._membership("join", "joined", room, peer, cid, timeout)
         assert isinstance(m.get("peers"), list), m
+        self.joined[room] = m
         return m
 
     async def leave(self, room, peer, cid=None, timeout=5.0):
-        msg = {"type": "leave", "roomId": room, "peerId": peer}
-        if cid is not None:
-            msg["correlationId"] = cid
-        await self.send(msg)
-        m = await self.recv_type("left", timeout=timeout, roomId=room)
-        assert m.get("peerId") == peer.lower(), m
-        return m
+        return await self._membership("leave", "left", room, peer, cid, timeout)
 
     async def expect_error(self, code, cid=None, room=None, timeout=5.0):
         m = await self.recv_type("error", timeout=timeout)
@@ -973,17 +1145,65 @@ class Clients:
 
     def __init__(self):
         self.clients = []
+        self.raws = []
 
     async def __aenter__(self):
         return self
 
     async def __aexit__(self, *exc):
+        for raw in self.raws:
+            raw.close()
         await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
 
     async def connect(self, url, token=None, name=None, **kw):
         c = await connect(url, token, name=name or f"client{len(self.clients)}", **kw)
         self.clients.append(c)
         return c
+
+    async def member(self, gw, sub, room, peer, name=None, cid=None, **kw):
+        """A connection of sub's (tok(sub): any room) to gw (a gateway, or a
+        URL) that has joined room as peer; its `joined` is .joined[room]."""
+        url = gw if isinstance(gw, str) else gw.ws_url
+        c = await self.connect(url, tok(sub), name=name or sub, **kw)
+        await c.join(room, peer, cid=cid)
+        return c
+
+    async def raw_member(self, gw, sub, room, peer, **kw):
+        """A RawWS of sub's (hand-made frames; blocking, so a test calls it
+        through asyncio.to_thread) that has joined room as peer. kw go to
+        RawWS.connect."""
+        raw = await asyncio.to_thread(RawWS.connect, gw, tok(sub), **kw)
+        self.raws.append(raw)
+        await asyncio.to_thread(raw.join, room, peer)
+        return raw
+
+    async def members(self, room, *who):
+        """Each (gw, sub, peer) of who joins room in turn (Clients.member), and
+        each has read the peer_joined of every one after it: their connections."""
+        joined = []
+        for gw, sub, peer in who:
+            c = await self.member(gw, sub, room, peer)
+            for earlier in joined:
+                await earlier.recv_type("peer_joined", peerId=peer)
+            joined.append(c)
+        return joined
+
+    async def pair(self, g1, g2, room, pa, pb):
+        """alice on g1 as pa and bob on g2 as pb, both in room (members): (a, b)."""
+        return await self.members(room, (g1, "alice", pa), (g2, "bob", pb))
+
+
+# --------------------------------------------------------------------------
+# WebRTC peers (aiortc; test_turn.py and tests/e2e/test_aiortc.py)
+
+
+def watch_data_channel(channel, opened, received):
+    """Set the asyncio.Event `opened` once an RTCDataChannel is open and put
+    each of its messages into the asyncio.Queue `received`."""
+    channel.on("open", opened.set)
+    channel.on("message", received.put_nowait)
+    if channel.readyState == "open":
+        opened.set()
 
 
 # --------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""PROTOCOL.md §7: settings come from the environment and from flags (flags
+"""docs/protocol.md §7: settings come from the environment and from flags (flags
 win); bad values are startup errors; --help works."""
 
 import subprocess
@@ -7,35 +7,31 @@ import subprocess
 import pytest
 
 import sg_helpers as h
-from sg_helpers import Clients, arun, make_token, new_peer, new_room
+from sg_helpers import Clients, make_token, new_peer, new_room
 
 
-def test_flag_wins_over_environment(gateway_factory):
+async def test_flag_wins_over_environment(gateway_factory):
     gw = gateway_factory.start(env={"SIGNAL_ROOM_MAX_PEERS": "8"}, args=["--room-max-peers", "2"])
     room = new_room()
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(gw.ws_url, make_token("alice", rooms=["*"]), name="a")
-            a2 = await c.connect(gw.ws_url, make_token("alice", rooms=["*"]), name="a2")
-            b = await c.connect(gw.ws_url, make_token("bob", rooms=["*"]), name="b")
-            await a.join(room, new_peer())
-            await a2.join(room, new_peer())
-            await b.send({"type": "join", "roomId": room, "peerId": new_peer(), "correlationId": "f"})
-            await b.expect_error("room_full", cid="f")
-    arun(main())
+    async with Clients() as c:
+        a = await c.connect(gw.ws_url, make_token("alice", rooms=["*"]), name="a")
+        a2 = await c.connect(gw.ws_url, make_token("alice", rooms=["*"]), name="a2")
+        b = await c.connect(gw.ws_url, make_token("bob", rooms=["*"]), name="b")
+        await a.join(room, new_peer())
+        await a2.join(room, new_peer())
+        await b.send({"type": "join", "roomId": room, "peerId": new_peer(), "correlationId": "f"})
+        await b.expect_error("room_full", cid="f")
 
 
-def test_flag_with_equals_sign(gateway_factory):
+async def test_flag_with_equals_sign(gateway_factory):
     gw = gateway_factory.start(args=["--rooms-per-connection=1"])
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(gw.ws_url, make_token("alice", rooms=["*"]), name="a")
-            await a.join(new_room(), new_peer())
-            await a.send({"type": "join", "roomId": new_room(), "peerId": new_peer(), "correlationId": "t"})
-            await a.expect_error("too_many_rooms", cid="t")
-    arun(main())
+    async with Clients() as c:
+        a = await c.connect(gw.ws_url, make_token("alice", rooms=["*"]), name="a")
+        await a.join(new_room(), new_peer())
+        await a.send({"type": "join", "roomId": new_room(), "peerId": new_peer(), "correlationId": "t"})
+        await a.expect_error("too_many_rooms", cid="t")
 
 
 @pytest.mark.parametrize("env", [
@@ -78,19 +74,17 @@ def test_help(gateway_factory):
         assert name in text, name
 
 
-def test_redis_host_name_is_resolved_without_blocking(gateway_factory, redis):
+async def test_redis_host_name_is_resolved_without_blocking(gateway_factory, redis):
     """A Redis URL with a host name (resolved through libevent's evdns, from
     /etc/hosts here) works like an address; a name that does not resolve is
     reported and retried, never a crash."""
     gw = gateway_factory.start(env={"SIGNAL_REDIS_URL": f"redis://localhost:{redis.port}/0"})
     room = new_room()
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(gw.ws_url, make_token("alice", rooms=["*"]), name="a")
-            j = await a.join(room, new_peer())
-            assert j["type"] == "joined", j
-    arun(main())
+    async with Clients() as c:
+        a = await c.connect(gw.ws_url, make_token("alice", rooms=["*"]), name="a")
+        j = await a.join(room, new_peer())
+        assert j["type"] == "joined", j
     proc, log_path, env = gateway_factory.spawn(env={"SIGNAL_REDIS_URL": "redis://no-such-host.invalid:6379/0"})
     h.wait_until(lambda: '"cannot resolve' in log_path.read_text(errors="replace"), 10,
                  what="a resolver error in the log")

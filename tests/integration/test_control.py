@@ -16,14 +16,10 @@ import urllib.request
 import pytest
 
 import sg_helpers as h
-from sg_helpers import Clients, arun, control, new_peer, new_room
+from sg_helpers import Clients, arun, control, new_peer, new_room, tok
 
 RESUME_ENV = {"SIGNAL_RESUME_MS": "30000"}
 DOC = h.REPO / "docs" / "backend-control.md"
-
-
-def tok(sub):
-    return h.make_token(sub, rooms=["*"])
 
 
 def log_events(stdout):

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""PROTOCOL.md §9 extensions: resumption on any node, delivery receipts, the
+"""docs/protocol.md §9 extensions: resumption on any node, delivery receipts, the
 delivery-path probe and key rotation (TURN is in test_turn.py).
 
 conftest's gateways run with SIGNAL_RESUME_MS=0 (§5 unchanged); every test
@@ -11,13 +11,12 @@ import json
 import signal
 import time
 
-import pytest
-
 import sg_helpers as h
-from sg_helpers import Clients, RawWS, arun, new_peer, new_room
+from sg_helpers import Clients, RawWS, arun, new_peer, new_room, tok
 
 import ext_helpers as x
-from ext_helpers import RESUME_ENV, cand, resume_msg, tok, wait_in_grace
+from ext_helpers import (RESUME_ENV, bob_then_alice, cand, check_candidate_relays, lose, recv_candidate_relays,
+                         resume_msg, send_candidates, send_held, wait_in_grace)
 
 
 class Sender:
@@ -48,867 +47,686 @@ class Sender:
         return self.sent
 
 
-def check_candidate_relays(msgs, room, frm, to, first_seq, pad=0):
-    """msgs are the relays of candidates first_seq-1, first_seq, ... in order,
-    with seq first_seq, first_seq+1, ... (contiguous) and matching content."""
-    for k, m in enumerate(msgs):
-        seq = first_seq + k
-        assert m.get("seq") == seq, f"relay #{k}: seq {m.get('seq')}, expected {seq}: {m}"
-        x.check_relay_for(m, room, frm, to, seq - 1, pad)
-        assert m.get("correlationId") == f"c{seq - 1}", m
-
-
 def no_membership_events(client):
     return [m for m in client.messages if m.get("type") in ("peer_left", "peer_joined", "error")]
+
+
+async def resume_fails(c, gw, name, room, peer, token, cid, sub="bob", last_seq=0):
+    """A new connection of sub's to gw resumes peer with token: refused with
+    resume_failed. Returns that connection."""
+    cl = await c.connect(gw.ws_url, tok(sub), name=name)
+    await cl.send(resume_msg(room, peer, token, last_seq, cid=cid))
+    await cl.expect_error("resume_failed", cid=cid, room=room)
+    return cl
+
+
+async def resume_works(c, gw, name, room, peer, token, last_seq, replayed, cid=None):
+    """A new connection of bob's to gw resumes peer with token after last_seq
+    and is told `replayed` relays follow: (that connection, its resumed)."""
+    cl = await c.connect(gw.ws_url, tok("bob"), name=name)
+    await cl.send(resume_msg(room, peer, token, last_seq, cid=cid))
+    r = await cl.recv_type("resumed")
+    assert r["replayed"] == replayed, r
+    return cl, r
 
 
 # ====================================================================== resumption
 
 
-def test_resume_on_other_node_after_tcp_drop_gets_every_relay_once_in_order(gateway_factory, redis):
+async def test_resume_on_other_node_after_tcp_drop_gets_every_relay_once_in_order(gateway_factory, redis):
     g1, g2 = gateway_factory(2, env=RESUME_ENV)
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            b = await c.connect(g1.ws_url, tok("bob"), name="b")
-            jb = await b.join(room, pb, cid="jb")
-            token = jb.get("resumeToken")
-            assert isinstance(token, str) and len(token) >= 16, jb
-            a = await c.connect(g1.ws_url, tok("alice"), name="a")
-            await a.join(room, pa)
-            await b.recv_type("peer_joined", peerId=pa)
+    async with Clients() as c:
+        b = await c.member(g1, "bob", room, pb, cid="jb")
+        token = b.joined[room].get("resumeToken")
+        assert isinstance(token, str) and len(token) >= 16, b.joined[room]
+        a = await c.member(g1, "alice", room, pa)
+        await b.recv_type("peer_joined", peerId=pa)
 
-            sender = Sender(a, room, pa, pb)
-            before = [await b.recv_type("relay") for _ in range(10)]
-            b.abort()  # TCP gone, no close frame
-            last = before[-1]["seq"]
-            check_candidate_relays(before, room, pa, pb, 1)
+        sender = Sender(a, room, pa, pb)
+        before = [await b.recv_type("relay") for _ in range(10)]
+        b.abort()  # TCP gone, no close frame
+        last = before[-1]["seq"]
+        check_candidate_relays(before, room, pa, pb, 1)
 
-            await wait_in_grace(redis, room, pb)
-            at_grace = sender.sent
-            await h.async_wait_until(lambda: sender.sent >= at_grace + 10, 5, what="more candidates")
+        await wait_in_grace(redis, room, pb)
+        at_grace = sender.sent
+        await h.async_wait_until(lambda: sender.sent >= at_grace + 10, 5, what="more candidates")
 
-            # resume on the other node while the room-mate keeps sending
-            b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
-            await b2.send(resume_msg(room, pb, token, last, cid="res-1"))
-            r = await b2.recv_type("resumed", timeout=5)
-            assert b2.messages[0] is r, f"resumed must come first: {b2.messages[:3]}"
-            assert r["roomId"] == room and r["peerId"] == pb, r
-            assert r["peers"] == [pa], r
-            assert r["correlationId"] == "res-1", r
-            assert isinstance(r["replayed"], int) and r["replayed"] >= 1, r
-            new_token = r.get("resumeToken")
-            assert isinstance(new_token, str) and new_token and new_token != token, r
+        # resume on the other node while the room-mate keeps sending
+        b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
+        await b2.send(resume_msg(room, pb, token, last, cid="res-1"))
+        r = await b2.recv_type("resumed", timeout=5)
+        assert b2.messages[0] is r, f"resumed must come first: {b2.messages[:3]}"
+        assert r["roomId"] == room and r["peerId"] == pb, r
+        assert r["peers"] == [pa], r
+        assert r["correlationId"] == "res-1", r
+        assert isinstance(r["replayed"], int) and r["replayed"] >= 1, r
+        new_token = r.get("resumeToken")
+        assert isinstance(new_token, str) and new_token and new_token != token, r
 
-            # live relays keep coming on the new connection; then stop
-            after = []
-            while len(after) < r["replayed"] + 10:
-                after.append(await b2.recv_type("relay"))
-            total = await sender.finish()
-            while after[-1]["seq"] < total:
-                after.append(await b2.recv_type("relay"))
-            await b2.expect_no_message(0.3)
+        # live relays keep coming on the new connection; then stop
+        after = []
+        while len(after) < r["replayed"] + 10:
+            after.append(await b2.recv_type("relay"))
+        total = await sender.finish()
+        while after[-1]["seq"] < total:
+            after.append(await b2.recv_type("relay"))
+        await b2.expect_no_message(0.3)
 
-            # every candidate, in order, exactly once: seq contiguous across the cut
-            check_candidate_relays(after, room, pa, pb, last + 1)
-            assert [m["seq"] for m in before + after] == list(range(1, total + 1))
-            assert [m["type"] for m in b2.messages] == ["resumed"] + ["relay"] * len(after)
+        # every candidate, in order, exactly once: seq contiguous across the cut
+        check_candidate_relays(after, room, pa, pb, last + 1)
+        assert [m["seq"] for m in before + after] == list(range(1, total + 1))
+        assert [m["type"] for m in b2.messages] == ["resumed"] + ["relay"] * len(after)
 
-            # the room-mate saw nothing of it
-            assert no_membership_events(a) == [], a.messages
-            # and the resumed peer relays again
-            await b2.send(h.offer(room, pb, pa, cid="back"))
-            m = await a.recv_type("relay", correlationId="back")
-            assert m["inner"]["from"] == pb, m
-            assert x.member(redis, room, pb)["conn"] != "", x.member(redis, room, pb)
+        # the room-mate saw nothing of it
+        assert no_membership_events(a) == [], a.messages
+        # and the resumed peer relays again
+        await b2.send(h.offer(room, pb, pa, cid="back"))
+        m = await a.recv_type("relay", correlationId="back")
+        assert m["inner"]["from"] == pb, m
+        assert h.member_record(redis, room, pb)["conn"] != "", h.member_record(redis, room, pb)
 
-            # a resume token works once: the old one is gone
-            b3 = await c.connect(g1.ws_url, tok("bob"), name="b3")
-            await b3.send(resume_msg(room, pb, token, 0, cid="again"))
-            await b3.expect_error("resume_failed", cid="again", room=room)
-            await b2.expect_no_message(0.3)
-            assert no_membership_events(a) == [], a.messages
-    arun(main())
+        # a resume token works once: the old one is gone
+        await resume_fails(c, g1, "b3", room, pb, token, cid="again")
+        await b2.expect_no_message(0.3)
+        assert no_membership_events(a) == [], a.messages
 
 
-def test_grace_period_ends_with_peer_left_timeout_and_resume_failed(gateway_factory, redis):
+async def test_grace_period_ends_with_peer_left_timeout_and_resume_failed(gateway_factory, redis):
     resume_ms = 1500
     env = dict(RESUME_ENV, SIGNAL_RESUME_MS=resume_ms, SIGNAL_LEASE_MS=900)
     g1, g2 = gateway_factory(2, env=env)
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            b = await c.connect(g2.ws_url, tok("bob"), name="b")
-            token = (await b.join(room, pb))["resumeToken"]
-            a = await c.connect(g1.ws_url, tok("alice"), name="a")
-            await a.join(room, pa)
-            b.abort()
-            t0 = time.monotonic()
-            await wait_in_grace(redis, room, pb)
-            await a.send(dict(h.candidate(room, pa, pb, cand(0), cid="held"), ack=True))
-            ack = await a.recv_type("ack", correlationId="held")
-            assert ack["status"] == "buffered", ack
-            assert redis("XLEN", x.buf_key(room, pb)) == 1
+    async with Clients() as c:
+        b, a, token = await bob_then_alice(c, g2, g1, room, pb, pa)
+        t0 = time.monotonic()
+        await lose(b, redis, room, pb)
+        await a.send(dict(h.candidate(room, pa, pb, cand(0), cid="held"), ack=True))
+        ack = await a.recv_type("ack", correlationId="held")
+        assert ack["status"] == "buffered", ack
+        assert redis("XLEN", x.buf_key(room, pb)) == 1
 
-            m = await a.recv_type("peer_left", timeout=resume_ms / 1000 + 5)
-            elapsed = time.monotonic() - t0
-            assert m == {"type": "peer_left", "roomId": room, "peerId": pb, "reason": "timeout"}, m
-            assert elapsed >= resume_ms / 1000 - 0.1, f"peer_left after {elapsed:.2f}s, before the grace period ended"
-            assert x.member(redis, room, pb) is None
-            assert redis("EXISTS", x.buf_key(room, pb)) == 0, "the buffer must go with the grace period"
+        m = await a.recv_type("peer_left", timeout=resume_ms / 1000 + 5)
+        elapsed = time.monotonic() - t0
+        assert m == {"type": "peer_left", "roomId": room, "peerId": pb, "reason": "timeout"}, m
+        assert elapsed >= resume_ms / 1000 - 0.1, f"peer_left after {elapsed:.2f}s, before the grace period ended"
+        assert h.member_record(redis, room, pb) is None
+        assert redis("EXISTS", x.buf_key(room, pb)) == 0, "the buffer must go with the grace period"
 
-            b2 = await c.connect(g1.ws_url, tok("bob"), name="b2")
-            await b2.send(resume_msg(room, pb, token, 0, cid="late"))
-            await b2.expect_error("resume_failed", cid="late", room=room)
-            await b2.expect_no_message(0.3)
-            # the client then joins afresh, as a new member
-            j = await b2.join(room, pb)
-            assert j["peers"] == [pa], j
-            await a.recv_type("peer_joined", peerId=pb)
-    arun(main())
+        b2 = await resume_fails(c, g1, "b2", room, pb, token, cid="late")
+        await b2.expect_no_message(0.3)
+        # the client then joins afresh, as a new member
+        j = await b2.join(room, pb)
+        assert j["peers"] == [pa], j
+        await a.recv_type("peer_joined", peerId=pb)
 
 
-def test_resume_after_grace_period_of_a_lone_peer_fails(gateway_factory, redis):
+async def test_resume_after_grace_period_of_a_lone_peer_fails(gateway_factory, redis):
     """The only member of a room loses its connection; nobody else is there to
     reap it. A resume after the grace period must still be refused (§9: an
     expired token gives resume_failed)."""
     resume_ms = 1000
     g1, g2 = gateway_factory(2, env=dict(RESUME_ENV, SIGNAL_RESUME_MS=resume_ms))
-    room = new_room()
-    pb = new_peer()
+    room, pb = new_room(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            b = await c.connect(g1.ws_url, tok("bob"), name="b")
-            token = (await b.join(room, pb))["resumeToken"]
-            b.abort()
-            await wait_in_grace(redis, room, pb)
-            await asyncio.sleep(resume_ms / 1000 + 1.0)
-            b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
-            await b2.send(resume_msg(room, pb, token, 0, cid="late"))
-            m = await b2.recv(timeout=5)
-            assert m.get("type") == "error" and m.get("code") == "resume_failed", \
-                f"resume {resume_ms / 1000 + 1.0:.1f}s into a {resume_ms / 1000:.1f}s grace period " \
-                f"was answered {m}; member record {x.member(redis, room, pb)}"
-    arun(main())
+    async with Clients() as c:
+        b = await c.member(g1, "bob", room, pb)
+        await lose(b, redis, room, pb)
+        await asyncio.sleep(resume_ms / 1000 + 1.0)
+        b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
+        await b2.send(resume_msg(room, pb, b.joined[room]["resumeToken"], 0, cid="late"))
+        m = await b2.recv(timeout=5)
+        assert m.get("type") == "error" and m.get("code") == "resume_failed", \
+            f"resume {resume_ms / 1000 + 1.0:.1f}s into a {resume_ms / 1000:.1f}s grace period " \
+            f"was answered {m}; member record {h.member_record(redis, room, pb)}"
 
 
-def test_lone_peer_can_resume_for_the_whole_grace_period(gateway_factory, redis):
+async def test_lone_peer_can_resume_for_the_whole_grace_period(gateway_factory, redis):
     lease_ms, resume_ms = 900, 6000  # room keys expire 2.7 s after the last write
     g1, g2 = gateway_factory(2, env=dict(RESUME_ENV, SIGNAL_RESUME_MS=resume_ms, SIGNAL_LEASE_MS=lease_ms))
-    room = new_room()
-    pb = new_peer()
+    room, pb = new_room(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            b = await c.connect(g1.ws_url, tok("bob"), name="b")
-            token = (await b.join(room, pb))["resumeToken"]
-            b.abort()
-            await wait_in_grace(redis, room, pb)
-            await asyncio.sleep(3 * lease_ms / 1000 + 0.8)  # well within the grace period
-            b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
-            await b2.send(resume_msg(room, pb, token, 0, cid="r"))
-            m = await b2.recv(timeout=5)
-            assert m.get("type") == "resumed", \
-                f"resume {3 * lease_ms / 1000 + 0.8:.1f}s into a {resume_ms / 1000:.0f}s grace period " \
-                f"was answered {m}"
-    arun(main())
+    async with Clients() as c:
+        b = await c.member(g1, "bob", room, pb)
+        await lose(b, redis, room, pb)
+        await asyncio.sleep(3 * lease_ms / 1000 + 0.8)  # well within the grace period
+        b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
+        await b2.send(resume_msg(room, pb, b.joined[room]["resumeToken"], 0, cid="r"))
+        m = await b2.recv(timeout=5)
+        assert m.get("type") == "resumed", \
+            f"resume {3 * lease_ms / 1000 + 0.8:.1f}s into a {resume_ms / 1000:.0f}s grace period " \
+            f"was answered {m}"
 
 
-def test_node_death_enters_grace_and_the_peer_resumes_on_the_survivor(gateway_factory, redis):
+async def test_node_death_enters_grace_and_the_peer_resumes_on_the_survivor(gateway_factory, redis):
     lease_ms, resume_ms = 1500, 1500
     g1, g2 = gateway_factory(2, env=dict(RESUME_ENV, SIGNAL_LEASE_MS=lease_ms, SIGNAL_RESUME_MS=resume_ms))
     room = new_room()
     pa, pb, pc = new_peer(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(g1.ws_url, tok("alice"), name="a")
-            b = await c.connect(g2.ws_url, tok("bob"), name="b")
-            cc = await c.connect(g2.ws_url, tok("carol"), name="c")
-            await a.join(room, pa)
-            tb = (await b.join(room, pb))["resumeToken"]
-            await cc.join(room, pc)
-            g2.kill()
-            t0 = time.monotonic()
-            # held for resumption, not peer_unreachable
-            for i, to in enumerate((pb, pc, pb)):
-                await a.send(dict(h.candidate(room, pa, to, cand(i), cid=f"c{i}"), ack=True))
-                ack = await a.recv_type("ack", correlationId=f"c{i}")
-                assert ack["status"] == "buffered", ack
-            b2 = await c.connect(g1.ws_url, tok("bob"), name="b2")
-            await b2.send(resume_msg(room, pb, tb, 0))
-            r = await b2.recv_type("resumed")
-            assert r["replayed"] == 2 and r["peers"] == sorted([pa, pc]), r
-            got = [await b2.recv_type("relay") for _ in range(2)]
-            assert [m["seq"] for m in got] == [1, 2] and [m["correlationId"] for m in got] == ["c0", "c2"]
-            # carol does not come back: lease, then grace, then peer_left timeout
-            m = await a.recv_type("peer_left", timeout=(lease_ms + resume_ms) / 1000 + 5)
-            elapsed = time.monotonic() - t0
-            assert m["peerId"] == pc and m["reason"] == "timeout", m
-            assert elapsed >= (lease_ms * 2 / 3 + resume_ms) / 1000 - 0.2, f"peer_left after {elapsed:.2f}s"
-            m = await b2.recv_type("peer_left")
-            assert m["peerId"] == pc, m
-            assert [e for e in a.messages if e.get("type") == "peer_left" and e.get("peerId") == pb] == []
-    arun(main())
+    async with Clients() as c:
+        a = await c.member(g1, "alice", room, pa)
+        b = await c.member(g2, "bob", room, pb)
+        await c.member(g2, "carol", room, pc)
+        g2.kill()
+        t0 = time.monotonic()
+        # held for resumption, not peer_unreachable
+        for i, to in enumerate((pb, pc, pb)):
+            await a.send(dict(h.candidate(room, pa, to, cand(i), cid=f"c{i}"), ack=True))
+            ack = await a.recv_type("ack", correlationId=f"c{i}")
+            assert ack["status"] == "buffered", ack
+        b2, r = await resume_works(c, g1, "b2", room, pb, b.joined[room]["resumeToken"], 0, replayed=2)
+        assert r["peers"] == sorted([pa, pc]), r
+        got = [await b2.recv_type("relay") for _ in range(2)]
+        assert [m["seq"] for m in got] == [1, 2] and [m["correlationId"] for m in got] == ["c0", "c2"]
+        # carol does not come back: lease, then grace, then peer_left timeout
+        m = await a.recv_type("peer_left", timeout=(lease_ms + resume_ms) / 1000 + 5)
+        elapsed = time.monotonic() - t0
+        assert m["peerId"] == pc and m["reason"] == "timeout", m
+        assert elapsed >= (lease_ms * 2 / 3 + resume_ms) / 1000 - 0.2, f"peer_left after {elapsed:.2f}s"
+        m = await b2.recv_type("peer_left")
+        assert m["peerId"] == pc, m
+        assert [e for e in a.messages if e.get("type") == "peer_left" and e.get("peerId") == pb] == []
 
 
-def test_seq_is_per_target_and_room_and_contiguous_across_senders(gateway_factory, redis):
+async def test_seq_is_per_target_and_room_and_contiguous_across_senders(gateway_factory, redis):
     g1, g2 = gateway_factory(2, env=RESUME_ENV)
     r1, r2 = new_room(), new_room()
     pa, pb, pc = new_peer(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            b = await c.connect(g1.ws_url, tok("bob"), name="b")
-            a = await c.connect(g1.ws_url, tok("alice"), name="a")
-            cc = await c.connect(g2.ws_url, tok("carol"), name="c")
-            await b.join(r1, pb)
-            await b.join(r2, pb)
-            await a.join(r1, pa)
-            await a.join(r2, pa)
-            await cc.join(r1, pc)
-            n = 20
-            for i in range(n):
-                await a.send(h.candidate(r1, pa, pb, cand(i), cid=f"a{i}"))
-                await cc.send(h.candidate(r1, pc, pb, cand(i), cid=f"c{i}"))
-                await a.send(h.candidate(r1, pa, pc, cand(i), cid=f"ac{i}"))
-            for i in range(5):
-                await a.send(h.candidate(r2, pa, pb, cand(i), cid=f"r2.{i}"))
-            got = [await b.recv_type("relay", roomId=None) for _ in range(2 * n + 5)]
-            in_r1 = [m for m in got if m["inner"]["roomId"] == r1]
-            in_r2 = [m for m in got if m["inner"]["roomId"] == r2]
-            assert [m["seq"] for m in in_r1] == list(range(1, 2 * n + 1)), [m["seq"] for m in in_r1]
-            assert [m["seq"] for m in in_r2] == list(range(1, 6))
-            # each sender's relays keep their order
-            for p in ("a", "c"):
-                cids = [m["correlationId"] for m in in_r1 if m["correlationId"].startswith(p)]
-                assert cids == [f"{p}{i}" for i in range(n)], cids
-            to_c = [await cc.recv_type("relay") for _ in range(n)]
-            assert [m["seq"] for m in to_c] == list(range(1, n + 1))
-    arun(main())
+    async with Clients() as c:
+        b = await c.member(g1, "bob", r1, pb)
+        await b.join(r2, pb)
+        a = await c.member(g1, "alice", r1, pa)
+        await a.join(r2, pa)
+        cc = await c.member(g2, "carol", r1, pc)
+        n = 20
+        for i in range(n):
+            await a.send(h.candidate(r1, pa, pb, cand(i), cid=f"a{i}"))
+            await cc.send(h.candidate(r1, pc, pb, cand(i), cid=f"c{i}"))
+            await a.send(h.candidate(r1, pa, pc, cand(i), cid=f"ac{i}"))
+        for i in range(5):
+            await a.send(h.candidate(r2, pa, pb, cand(i), cid=f"r2.{i}"))
+        got = [await b.recv_type("relay", roomId=None) for _ in range(2 * n + 5)]
+        in_r1 = [m for m in got if m["inner"]["roomId"] == r1]
+        in_r2 = [m for m in got if m["inner"]["roomId"] == r2]
+        assert [m["seq"] for m in in_r1] == list(range(1, 2 * n + 1)), [m["seq"] for m in in_r1]
+        assert [m["seq"] for m in in_r2] == list(range(1, 6))
+        # each sender's relays keep their order
+        for p in ("a", "c"):
+            cids = [m["correlationId"] for m in in_r1 if m["correlationId"].startswith(p)]
+            assert cids == [f"{p}{i}" for i in range(n)], cids
+        to_c = [await cc.recv_type("relay") for _ in range(n)]
+        assert [m["seq"] for m in to_c] == list(range(1, n + 1))
 
 
-def test_membership_changes_during_grace_are_in_resumed_peers_not_replayed(gateway_factory, redis):
+async def test_membership_changes_during_grace_are_in_resumed_peers_not_replayed(gateway_factory, redis):
     g1, g2 = gateway_factory(2, env=RESUME_ENV)
     room, other = new_room(), new_room()
     pa, pb, pc = new_peer(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            b = await c.connect(g1.ws_url, tok("bob"), name="b")
-            tb = (await b.join(room, pb))["resumeToken"]
-            t_other = (await b.join(other, pb))["resumeToken"]
-            a = await c.connect(g2.ws_url, tok("alice"), name="a")
-            await a.join(room, pa)
-            await b.recv_type("peer_joined", peerId=pa)
-            b.abort()
-            await wait_in_grace(redis, room, pb)
-            await wait_in_grace(redis, other, pb)
-            buf_ttl = redis("PTTL", x.buf_key(room, pb))
-            assert buf_ttl == -2  # nothing buffered yet: no key
-            cc = await c.connect(g2.ws_url, tok("carol"), name="c")
-            await cc.join(room, pc)
-            await a.recv_type("peer_joined", peerId=pc)
-            await a.leave(room, pa)
-            await cc.send(dict(h.offer(room, pc, pb, cid="o"), ack=True))
-            assert (await cc.recv_type("ack", correlationId="o"))["status"] == "buffered"
-            ttl = redis("PTTL", x.buf_key(room, pb))
-            assert 0 < ttl <= 30000 + x.ROOM_TTL_MS, ttl  # kept no longer than grace + a room's TTL
+    async with Clients() as c:
+        b = await c.member(g1, "bob", room, pb)
+        t_other = (await b.join(other, pb))["resumeToken"]
+        a = await c.member(g2, "alice", room, pa)
+        await b.recv_type("peer_joined", peerId=pa)
+        await lose(b, redis, room, pb)
+        await wait_in_grace(redis, other, pb)
+        buf_ttl = redis("PTTL", x.buf_key(room, pb))
+        assert buf_ttl == -2  # nothing buffered yet: no key
+        cc = await c.member(g2, "carol", room, pc)
+        await a.recv_type("peer_joined", peerId=pc)
+        await a.leave(room, pa)
+        await cc.send(dict(h.offer(room, pc, pb, cid="o"), ack=True))
+        assert (await cc.recv_type("ack", correlationId="o"))["status"] == "buffered"
+        ttl = redis("PTTL", x.buf_key(room, pb))
+        assert 0 < ttl <= 30000 + x.ROOM_TTL_MS, ttl  # kept no longer than grace + a room's TTL
 
-            b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
-            # each room has its own token
-            await b2.send(resume_msg(room, pb, t_other, 0, cid="wrong-room"))
-            await b2.expect_error("resume_failed", cid="wrong-room", room=room)
-            await b2.send(resume_msg(room, pb, tb, 0, cid="r"))
-            r = await b2.recv_type("resumed", correlationId="r")
-            assert r["peers"] == [pc] and r["replayed"] == 1, r
-            m = await b2.recv_type("relay")
-            assert m["correlationId"] == "o" and m["seq"] == 1, m
-            await b2.expect_no_message(0.3)  # no peer_joined / peer_left replayed
-            await b2.send(resume_msg(other, pb, t_other, 0, cid="r2"))
-            r2 = await b2.recv_type("resumed", correlationId="r2")
-            assert r2["peers"] == [] and r2["replayed"] == 0, r2
-            assert [e for e in cc.messages if e.get("type") in ("peer_joined", "peer_left")
-                    and e.get("peerId") == pb] == []
-    arun(main())
+        # each room has its own token
+        b2 = await resume_fails(c, g2, "b2", room, pb, t_other, cid="wrong-room")
+        await b2.send(resume_msg(room, pb, b.joined[room]["resumeToken"], 0, cid="r"))
+        r = await b2.recv_type("resumed", correlationId="r")
+        assert r["peers"] == [pc] and r["replayed"] == 1, r
+        m = await b2.recv_type("relay")
+        assert m["correlationId"] == "o" and m["seq"] == 1, m
+        await b2.expect_no_message(0.3)  # no peer_joined / peer_left replayed
+        await b2.send(resume_msg(other, pb, t_other, 0, cid="r2"))
+        r2 = await b2.recv_type("resumed", correlationId="r2")
+        assert r2["peers"] == [] and r2["replayed"] == 0, r2
+        assert [e for e in cc.messages if e.get("type") in ("peer_joined", "peer_left")
+                and e.get("peerId") == pb] == []
 
 
-def test_heartbeat_reap_enters_grace_then_resume_works(gateway_factory, redis):
+async def test_heartbeat_reap_enters_grace_then_resume_works(gateway_factory, redis):
     env = dict(RESUME_ENV, SIGNAL_PING_INTERVAL_MS=500, SIGNAL_PONG_TIMEOUT_MS=300)
     g1, g2 = gateway_factory(2, env=env)
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        # a raw client that never answers a ping (nor sends anything else)
-        raw = RawWS.connect(g1, tok("bob"))
-        try:
-            raw.send_json({"type": "join", "roomId": room, "peerId": pb})
-            j = raw.recv_json(timeout=5)
-            assert j["type"] == "joined", j
-            token = j["resumeToken"]
-            async with Clients() as c:
-                a = await c.connect(g2.ws_url, tok("alice"), name="a")
-                await a.join(room, pa)
-                t0 = time.monotonic()
-                await wait_in_grace(redis, room, pb, timeout=5)
-                assert raw.closed_within(3), "the reaped connection must be dropped"
-                assert any(f.opcode == h.OP_PING for f in raw.frames), raw.frames
-                for i in range(3):
-                    await a.send(dict(h.candidate(room, pa, pb, cand(i), cid=f"c{i}"), ack=True))
-                    assert (await a.recv_type("ack", correlationId=f"c{i}"))["status"] == "buffered"
-
-                b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
-                await b2.send(resume_msg(room, pb, token, 0))
-                r = await b2.recv_type("resumed")
-                assert r["replayed"] == 3 and r["peers"] == [pa], r
-                check_candidate_relays([await b2.recv_type("relay") for _ in range(3)], room, pa, pb, 1)
-                # outlive a few heartbeats: a stays, b2 (which answers pings) stays
-                await a.expect_no_message(1.5)
-                assert b2.is_open and a.is_open
-                assert no_membership_events(a) == [], a.messages
-                assert time.monotonic() - t0 < 10
-            leaves = [e for e in x.log_events(g1) if e.get("event") == "room.leave"]
-            assert leaves and leaves[-1].get("reason") == "lost", leaves
-        finally:
-            raw.close()
-    arun(main())
-
-
-def test_clean_close_leaves_at_once_and_cannot_resume(gateway_factory, redis):
-    g1, g2 = gateway_factory(2, env=RESUME_ENV)
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
-
-    async def main():
+    # a raw client that never answers a ping (nor sends anything else)
+    raw = RawWS.connect(g1, tok("bob"))
+    try:
+        token = raw.join(room, pb)["resumeToken"]
         async with Clients() as c:
-            b = await c.connect(g1.ws_url, tok("bob"), name="b")
-            token = (await b.join(room, pb))["resumeToken"]
-            a = await c.connect(g2.ws_url, tok("alice"), name="a")
-            await a.join(room, pa)
-            await b.close()  # with a close frame
+            a = await c.member(g2, "alice", room, pa)
             t0 = time.monotonic()
-            m = await a.recv_type("peer_left", timeout=3)
-            assert m["reason"] == "disconnect" and m["peerId"] == pb, m
-            assert time.monotonic() - t0 < 2
-            assert x.member(redis, room, pb) is None
-            assert redis("EXISTS", x.buf_key(room, pb)) == 0
+            await wait_in_grace(redis, room, pb, timeout=5)
+            assert raw.closed_within(3), "the reaped connection must be dropped"
+            assert any(f.opcode == h.OP_PING for f in raw.frames), raw.frames
+            await send_held(a, room, pa, pb, range(3))
 
-            b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
-            await b2.send(resume_msg(room, pb, token, 0, cid="r"))
-            await b2.expect_error("resume_failed", cid="r", room=room)
-            await a.send(dict(h.candidate(room, pa, pb, cand(0), cid="gone"), ack=True))
-            await a.expect_error("peer_not_found", cid="gone", room=room)
-            await a.expect_no_message(0.3)
-    arun(main())
+            b2, r = await resume_works(c, g2, "b2", room, pb, token, 0, replayed=3)
+            assert r["peers"] == [pa], r
+            await recv_candidate_relays(b2, room, pa, pb, 1, 3)
+            # outlive a few heartbeats: a stays, b2 (which answers pings) stays
+            await a.expect_no_message(1.5)
+            assert b2.is_open and a.is_open
+            assert no_membership_events(a) == [], a.messages
+            assert time.monotonic() - t0 < 10
+        leaves = [e for e in x.log_events(g1) if e.get("event") == "room.leave"]
+        assert leaves and leaves[-1].get("reason") == "lost", leaves
+    finally:
+        raw.close()
 
 
-def test_drain_closes_with_a_close_frame_so_peers_leave_at_once(gateway_factory, redis):
+async def test_clean_close_leaves_at_once_and_cannot_resume(gateway_factory, redis):
+    g1, g2 = gateway_factory(2, env=RESUME_ENV)
+    room, pa, pb = new_room(), new_peer(), new_peer()
+
+    async with Clients() as c:
+        b, a, token = await bob_then_alice(c, g1, g2, room, pb, pa)
+        await b.close()  # with a close frame
+        t0 = time.monotonic()
+        m = await a.recv_type("peer_left", timeout=3)
+        assert m["reason"] == "disconnect" and m["peerId"] == pb, m
+        assert time.monotonic() - t0 < 2
+        assert h.member_record(redis, room, pb) is None
+        assert redis("EXISTS", x.buf_key(room, pb)) == 0
+
+        await resume_fails(c, g2, "b2", room, pb, token, cid="r")
+        await a.send(dict(h.candidate(room, pa, pb, cand(0), cid="gone"), ack=True))
+        await a.expect_error("peer_not_found", cid="gone", room=room)
+        await a.expect_no_message(0.3)
+
+
+async def test_drain_closes_with_a_close_frame_so_peers_leave_at_once(gateway_factory, redis):
     """SIGTERM: the node closes each connection with 1001 and the client
     answers the close frame, so its rooms get peer_left (shutdown) at once and
     there is no grace period to resume into: the client joins afresh."""
     g1, g2 = gateway_factory(2, env=dict(RESUME_ENV, SIGNAL_DRAIN_MS=2000))
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            b = await c.connect(g1.ws_url, tok("bob"), name="b")
-            token = (await b.join(room, pb))["resumeToken"]
-            a = await c.connect(g2.ws_url, tok("alice"), name="a")
-            await a.join(room, pa)
-            g1.terminate()
-            assert await b.wait_closed(5) == 1001
-            m = await a.recv_type("peer_left", timeout=5)
-            assert m["peerId"] == pb and m["reason"] == "shutdown", m
-            b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
-            await b2.send(resume_msg(room, pb, token, 0, cid="r"))
-            await b2.expect_error("resume_failed", cid="r", room=room)
-        assert g1.wait(10) == 0
-    arun(main())
+    async with Clients() as c:
+        b, a, token = await bob_then_alice(c, g1, g2, room, pb, pa)
+        g1.terminate()
+        assert await b.wait_closed(5) == 1001
+        m = await a.recv_type("peer_left", timeout=5)
+        assert m["peerId"] == pb and m["reason"] == "shutdown", m
+        await resume_fails(c, g2, "b2", room, pb, token, cid="r")
+    assert g1.wait(10) == 0
 
 
-def test_buffer_count_cap_drops_oldest_and_resume_shows_the_gap(gateway_factory, redis):
+async def test_buffer_count_cap_drops_oldest_and_resume_shows_the_gap(gateway_factory, redis):
     g1, g2 = gateway_factory(2, env=dict(RESUME_ENV, SIGNAL_RESUME_BUFFER_MAX=10))
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            b = await c.connect(g1.ws_url, tok("bob"), name="b")
-            token = (await b.join(room, pb))["resumeToken"]
-            a = await c.connect(g2.ws_url, tok("alice"), name="a")
-            await a.join(room, pa)
-            for i in range(3):
-                await a.send(h.candidate(room, pa, pb, cand(i), cid=f"c{i}"))
-            check_candidate_relays([await b.recv_type("relay") for _ in range(3)], room, pa, pb, 1)
-            b.abort()
-            await wait_in_grace(redis, room, pb)
-            for i in range(3, 28):  # 25 while away
-                await a.send(dict(h.candidate(room, pa, pb, cand(i), cid=f"c{i}"), ack=True))
-            for i in range(3, 28):
-                assert (await a.recv_type("ack", correlationId=f"c{i}"))["status"] == "buffered"
-            buf = x.buffered(redis, room, pb)
-            assert [s for s, _, _ in buf] == list(range(19, 29)), buf
+    async with Clients() as c:
+        b, a, token = await bob_then_alice(c, g1, g2, room, pb, pa)
+        await send_candidates(a, room, pa, pb, range(3))
+        await recv_candidate_relays(b, room, pa, pb, 1, 3)
+        await lose(b, redis, room, pb)
+        await send_held(a, room, pa, pb, range(3, 28))  # 25 while away
+        buf = x.buffered(redis, room, pb)
+        assert [s for s, _, _ in buf] == list(range(19, 29)), buf
 
-            b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
-            await b2.send(resume_msg(room, pb, token, 3))
-            r = await b2.recv_type("resumed")
-            assert r["replayed"] == 10, r
-            got = [await b2.recv_type("relay") for _ in range(10)]
-            await b2.expect_no_message(0.3)
-            # the gap: seq 4..18 were dropped, and the client can see it
-            assert got[0]["seq"] > 3 + 1
-            check_candidate_relays(got, room, pa, pb, 19)
-            assert [m for _, m, _ in buf] == got
-            # after the gap, seq goes on from where it was
-            await a.send(h.candidate(room, pa, pb, cand(28), cid="c28"))
-            check_candidate_relays([await b2.recv_type("relay")], room, pa, pb, 29)
-    arun(main())
+        b2, r = await resume_works(c, g2, "b2", room, pb, token, 3, replayed=10)
+        got = [await b2.recv_type("relay") for _ in range(10)]
+        await b2.expect_no_message(0.3)
+        # the gap: seq 4..18 were dropped, and the client can see it
+        assert got[0]["seq"] > 3 + 1
+        check_candidate_relays(got, room, pa, pb, 19)
+        assert [m for _, m, _ in buf] == got
+        # after the gap, seq goes on from where it was
+        await send_candidates(a, room, pa, pb, [28])
+        await recv_candidate_relays(b2, room, pa, pb, 29, 1)
 
 
-def test_buffer_byte_cap_drops_oldest_and_keeps_the_newest_even_if_larger(gateway_factory, redis):
+async def test_buffer_byte_cap_drops_oldest_and_keeps_the_newest_even_if_larger(gateway_factory, redis):
     cap = 1024  # the smallest allowed
     g1, g2 = gateway_factory(2, env=dict(RESUME_ENV, SIGNAL_RESUME_BUFFER_BYTES=cap))
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            b = await c.connect(g1.ws_url, tok("bob"), name="b")
-            token = (await b.join(room, pb))["resumeToken"]
-            a = await c.connect(g2.ws_url, tok("alice"), name="a")
-            await a.join(room, pa)
-            b.abort()
-            await wait_in_grace(redis, room, pb)
-            for i in range(25):
-                await a.send(dict(h.candidate(room, pa, pb, cand(i, pad=150), cid=f"c{i}"), ack=True))
-            for i in range(25):
-                assert (await a.recv_type("ack", correlationId=f"c{i}"))["status"] == "buffered"
-            buf = x.buffered(redis, room, pb)
-            sizes = [n for _, _, n in buf]
-            assert 2 <= len(buf) < 10, sizes
-            assert sum(sizes) <= cap, sizes
-            assert sum(sizes) + min(sizes) > cap, f"dropped more than the cap needs: {sizes}"
-            assert [s for s, _, _ in buf] == list(range(26 - len(buf), 26))
-            assert x.buffered_bytes_accounted(redis, room, pb) == sum(sizes)
+    async with Clients() as c:
+        b, a, token = await bob_then_alice(c, g1, g2, room, pb, pa)
+        await lose(b, redis, room, pb)
+        await send_held(a, room, pa, pb, range(25), pad=150)
+        buf = x.buffered(redis, room, pb)
+        sizes = [n for _, _, n in buf]
+        assert 2 <= len(buf) < 10, sizes
+        assert sum(sizes) <= cap, sizes
+        assert sum(sizes) + min(sizes) > cap, f"dropped more than the cap needs: {sizes}"
+        assert [s for s, _, _ in buf] == list(range(26 - len(buf), 26))
+        assert x.buffered_bytes_accounted(redis, room, pb) == sum(sizes)
 
-            b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
-            await b2.send(resume_msg(room, pb, token, 0))
-            r = await b2.recv_type("resumed")
-            assert r["replayed"] == len(buf), (r, sizes)
-            got = [await b2.recv_type("relay") for _ in range(len(buf))]
-            assert got[0]["seq"] > 1, "the gap from seq 1 tells the client what was dropped"
-            check_candidate_relays(got, room, pa, pb, 26 - len(buf), pad=150)
-            assert [m["seq"] for m in got] == [s for s, _, _ in buf]
+        b2, r = await resume_works(c, g2, "b2", room, pb, token, 0, replayed=len(buf))
+        got = [await b2.recv_type("relay") for _ in range(len(buf))]
+        assert got[0]["seq"] > 1, "the gap from seq 1 tells the client what was dropped"
+        check_candidate_relays(got, room, pa, pb, 26 - len(buf), pad=150)
+        assert [m["seq"] for m in got] == [s for s, _, _ in buf]
 
-            # a single relay larger than the cap is kept (alone)
-            b2.abort()
-            await wait_in_grace(redis, room, pb)
-            big = h.SDP + "a=x-pad:" + "p" * 2000 + "\r\n"
-            await a.send(dict(h.offer(room, pa, pb, sdp=big, cid="big"), ack=True))
-            assert (await a.recv_type("ack", correlationId="big"))["status"] == "buffered"
-            buf = x.buffered(redis, room, pb)
-            assert [s for s, _, _ in buf] == [26] and buf[0][2] > cap, buf
-            b3 = await c.connect(g1.ws_url, tok("bob"), name="b3")
-            await b3.send(resume_msg(room, pb, r["resumeToken"], 25))
-            r3 = await b3.recv_type("resumed")
-            assert r3["replayed"] == 1, r3
-            m = await b3.recv_type("relay")
-            assert m["seq"] == 26 and m["inner"]["sdp"] == big, m
-    arun(main())
+        # a single relay larger than the cap is kept (alone)
+        await lose(b2, redis, room, pb)
+        big = h.SDP + "a=x-pad:" + "p" * 2000 + "\r\n"
+        await a.send(dict(h.offer(room, pa, pb, sdp=big, cid="big"), ack=True))
+        assert (await a.recv_type("ack", correlationId="big"))["status"] == "buffered"
+        buf = x.buffered(redis, room, pb)
+        assert [s for s, _, _ in buf] == [26] and buf[0][2] > cap, buf
+        b3, _ = await resume_works(c, g1, "b3", room, pb, r["resumeToken"], 25, replayed=1)
+        m = await b3.recv_type("relay")
+        assert m["seq"] == 26 and m["inner"]["sdp"] == big, m
 
 
-def test_resume_with_wrong_token_or_another_users_token_fails(gateway_factory, redis):
+async def test_resume_with_wrong_token_or_another_users_token_fails(gateway_factory, redis):
     g1, g2 = gateway_factory(2, env=RESUME_ENV)
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            b = await c.connect(g1.ws_url, tok("bob"), name="b")
-            token = (await b.join(room, pb))["resumeToken"]
-            a = await c.connect(g2.ws_url, tok("alice"), name="a")
-            await a.join(room, pa)
-            b.abort()
-            await wait_in_grace(redis, room, pb)
-            await a.send(h.candidate(room, pa, pb, cand(0), cid="c0"))
+    async with Clients() as c:
+        b, a, token = await bob_then_alice(c, g1, g2, room, pb, pa)
+        await lose(b, redis, room, pb)
+        await send_candidates(a, room, pa, pb, [0])
 
-            w = await c.connect(g2.ws_url, tok("bob"), name="wrong")
-            await w.send(resume_msg(room, pb, x.random_resume_token(), 0, cid="w"))
-            await w.expect_error("resume_failed", cid="w", room=room)
-            # a failed resume leaves no membership on that connection
-            await w.send(h.candidate(room, pb, pa, cand(1), cid="w2"))
-            await w.expect_error("not_joined", cid="w2")
+        w = await resume_fails(c, g2, "wrong", room, pb, x.random_resume_token(), cid="w")
+        # a failed resume leaves no membership on that connection
+        await w.send(h.candidate(room, pb, pa, cand(1), cid="w2"))
+        await w.expect_error("not_joined", cid="w2")
 
-            mallory = await c.connect(g2.ws_url, tok("mallory"), name="mallory")
-            await mallory.send(resume_msg(room, pb, token, 0, cid="m"))
-            await mallory.expect_error("resume_failed", cid="m", room=room)
+        await resume_fails(c, g2, "mallory", room, pb, token, cid="m", sub="mallory")
 
-            # a peer that was never in the room
-            await w.send(resume_msg(room, new_peer(), token, 0, cid="nobody"))
-            await w.expect_error("resume_failed", cid="nobody", room=room)
+        # a peer that was never in the room
+        await w.send(resume_msg(room, new_peer(), token, 0, cid="nobody"))
+        await w.expect_error("resume_failed", cid="nobody", room=room)
 
-            # none of that disturbed the real owner
-            assert x.in_grace(redis, room, pb)
-            b2 = await c.connect(g1.ws_url, tok("bob"), name="b2")
-            await b2.send(resume_msg(room, pb, token, 0))
-            r = await b2.recv_type("resumed")
-            assert r["replayed"] == 1, r
-            check_candidate_relays([await b2.recv_type("relay")], room, pa, pb, 1)
-            assert no_membership_events(a) == [], a.messages
-    arun(main())
+        # none of that disturbed the real owner
+        assert x.in_grace(redis, room, pb)
+        b2, _ = await resume_works(c, g1, "b2", room, pb, token, 0, replayed=1)
+        await recv_candidate_relays(b2, room, pa, pb, 1, 1)
+        assert no_membership_events(a) == [], a.messages
 
 
-def test_fresh_join_replaces_the_resume_token(gateway_factory, redis):
+async def test_fresh_join_replaces_the_resume_token(gateway_factory, redis):
     g1, g2 = gateway_factory(2, env=RESUME_ENV)
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(g2.ws_url, tok("alice"), name="a")
-            await a.join(room, pa)
-            # a repeated join on the same connection answers a fresh token
-            b = await c.connect(g1.ws_url, tok("bob"), name="b")
-            t1 = (await b.join(room, pb))["resumeToken"]
-            await a.recv_type("peer_joined", peerId=pb)
-            t2 = (await b.join(room, pb))["resumeToken"]
-            assert t1 != t2
-            b.abort()
-            await wait_in_grace(redis, room, pb)
-            b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
-            await b2.send(resume_msg(room, pb, t1, 0, cid="old"))
-            await b2.expect_error("resume_failed", cid="old", room=room)
-            await b2.send(resume_msg(room, pb, t2, 0, cid="new"))
-            t3 = (await b2.recv_type("resumed", correlationId="new"))["resumeToken"]
+    async with Clients() as c:
+        a = await c.member(g2, "alice", room, pa)
+        # a repeated join on the same connection answers a fresh token
+        b = await c.member(g1, "bob", room, pb)
+        t1 = b.joined[room]["resumeToken"]
+        await a.recv_type("peer_joined", peerId=pb)
+        t2 = (await b.join(room, pb))["resumeToken"]
+        assert t1 != t2
+        await lose(b, redis, room, pb)
+        b2 = await resume_fails(c, g2, "b2", room, pb, t1, cid="old")
+        await b2.send(resume_msg(room, pb, t2, 0, cid="new"))
+        t3 = (await b2.recv_type("resumed", correlationId="new"))["resumeToken"]
 
-            # lost again, then a fresh join (not a resume) takes the place over
-            await a.send(h.candidate(room, pa, pb, cand(0), cid="c0"))
-            assert (await b2.recv_type("relay"))["seq"] == 1
-            b2.abort()
-            await wait_in_grace(redis, room, pb)
-            # buffered before the fresh join (acknowledged), not racing it
-            await a.send(dict(h.candidate(room, pa, pb, cand(1), cid="c1"), ack=True))
-            assert (await a.recv_type("ack", correlationId="c1"))["status"] == "buffered"
-            b3 = await c.connect(g1.ws_url, tok("bob"), name="b3")
-            j = await b3.join(room, pb)
-            t4 = j["resumeToken"]
-            assert t4 not in (t1, t2, t3)
-            # a fresh join starts afresh: the buffer is gone and seq restarts at 1
-            assert redis("EXISTS", x.buf_key(room, pb)) == 0
-            await b3.expect_no_message(0.3)
-            await a.send(h.candidate(room, pa, pb, cand(0), cid="c0"))
-            check_candidate_relays([await b3.recv_type("relay")], room, pa, pb, 1)
-            b4 = await c.connect(g2.ws_url, tok("bob"), name="b4")
-            await b4.send(resume_msg(room, pb, t3, 1, cid="stale"))
-            await b4.expect_error("resume_failed", cid="stale", room=room)
-            assert b3.is_open
-            await b3.expect_no_message(0.3)
-    arun(main())
+        # lost again, then a fresh join (not a resume) takes the place over
+        await send_candidates(a, room, pa, pb, [0])
+        assert (await b2.recv_type("relay"))["seq"] == 1
+        await lose(b2, redis, room, pb)
+        # buffered before the fresh join (acknowledged), not racing it
+        await send_held(a, room, pa, pb, [1])
+        b3 = await c.member(g1, "bob", room, pb, name="b3")
+        t4 = b3.joined[room]["resumeToken"]
+        assert t4 not in (t1, t2, t3)
+        # a fresh join starts afresh: the buffer is gone and seq restarts at 1
+        assert redis("EXISTS", x.buf_key(room, pb)) == 0
+        await b3.expect_no_message(0.3)
+        await send_candidates(a, room, pa, pb, [0])
+        await recv_candidate_relays(b3, room, pa, pb, 1, 1)
+        await resume_fails(c, g2, "b4", room, pb, t3, cid="stale", last_seq=1)
+        assert b3.is_open
+        await b3.expect_no_message(0.3)
 
 
-def test_two_resumes_with_one_token_exactly_one_wins(gateway_factory, redis):
+async def test_two_resumes_with_one_token_exactly_one_wins(gateway_factory, redis):
     g1, g2 = gateway_factory(2, env=RESUME_ENV)
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            b = await c.connect(g1.ws_url, tok("bob"), name="b")
-            token = (await b.join(room, pb))["resumeToken"]
-            a = await c.connect(g2.ws_url, tok("alice"), name="a")
-            await a.join(room, pa)
-            b.abort()
-            await wait_in_grace(redis, room, pb)
-            x1 = await c.connect(g1.ws_url, tok("bob"), name="x1")
-            x2 = await c.connect(g2.ws_url, tok("bob"), name="x2")
-            await asyncio.gather(x1.send(resume_msg(room, pb, token, 0, cid="r")),
-                                 x2.send(resume_msg(room, pb, token, 0, cid="r")))
-            answers = sorted([(await x1.recv(timeout=5))["type"], (await x2.recv(timeout=5))["type"]])
-            assert answers == ["error", "resumed"], answers
-            winner = x1 if x1.messages[0]["type"] == "resumed" else x2
-            loser = x2 if winner is x1 else x1
-            assert loser.messages[0]["code"] == "resume_failed", loser.messages
-            await a.send(h.candidate(room, pa, pb, cand(0), cid="c0"))
-            check_candidate_relays([await winner.recv_type("relay")], room, pa, pb, 1)
-            await loser.expect_no_message(0.3)
-    arun(main())
+    async with Clients() as c:
+        b, a, token = await bob_then_alice(c, g1, g2, room, pb, pa)
+        await lose(b, redis, room, pb)
+        x1 = await c.connect(g1.ws_url, tok("bob"), name="x1")
+        x2 = await c.connect(g2.ws_url, tok("bob"), name="x2")
+        await asyncio.gather(x1.send(resume_msg(room, pb, token, 0, cid="r")),
+                             x2.send(resume_msg(room, pb, token, 0, cid="r")))
+        answers = sorted([(await x1.recv(timeout=5))["type"], (await x2.recv(timeout=5))["type"]])
+        assert answers == ["error", "resumed"], answers
+        winner = x1 if x1.messages[0]["type"] == "resumed" else x2
+        loser = x2 if winner is x1 else x1
+        assert loser.messages[0]["code"] == "resume_failed", loser.messages
+        await send_candidates(a, room, pa, pb, [0])
+        await recv_candidate_relays(winner, room, pa, pb, 1, 1)
+        await loser.expect_no_message(0.3)
 
 
-def test_a_peer_in_grace_keeps_its_place_in_the_room(gateway_factory, redis):
+async def test_a_peer_in_grace_keeps_its_place_in_the_room(gateway_factory, redis):
     gw = gateway_factory.start(env=dict(RESUME_ENV, SIGNAL_ROOM_MAX_PEERS=2))
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(gw.ws_url, tok("alice"), name="a")
-            b = await c.connect(gw.ws_url, tok("bob"), name="b")
-            await a.join(room, pa)
-            await b.join(room, pb)
-            b.abort()
-            await wait_in_grace(redis, room, pb)
-            cc = await c.connect(gw.ws_url, tok("carol"), name="c")
-            await cc.send({"type": "join", "roomId": room, "peerId": new_peer(), "correlationId": "j"})
-            await cc.expect_error("room_full", cid="j", room=room)
-            # nor can another user take its peerId
-            await cc.send({"type": "join", "roomId": room, "peerId": pb, "correlationId": "j2"})
-            await cc.expect_error("peer_id_taken", cid="j2", room=room)
-    arun(main())
+    async with Clients() as c:
+        await c.member(gw, "alice", room, pa)
+        b = await c.member(gw, "bob", room, pb)
+        await lose(b, redis, room, pb)
+        cc = await c.connect(gw.ws_url, tok("carol"), name="c")
+        await cc.send({"type": "join", "roomId": room, "peerId": new_peer(), "correlationId": "j"})
+        await cc.expect_error("room_full", cid="j", room=room)
+        # nor can another user take its peerId
+        await cc.send({"type": "join", "roomId": room, "peerId": pb, "correlationId": "j2"})
+        await cc.expect_error("peer_id_taken", cid="j2", room=room)
 
 
-def test_resume_with_last_seq_beyond_the_current_seq(gateway_factory, redis):
+async def test_resume_with_last_seq_beyond_the_current_seq(gateway_factory, redis):
     """Not validated against the buffer: resumed with replayed 0, and later
     relays go on from the real seq (lower than the lastSeq the client sent)."""
     g1, g2 = gateway_factory(2, env=RESUME_ENV)
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            b = await c.connect(g1.ws_url, tok("bob"), name="b")
-            token = (await b.join(room, pb))["resumeToken"]
-            a = await c.connect(g2.ws_url, tok("alice"), name="a")
-            await a.join(room, pa)
-            for i in range(3):
-                await a.send(h.candidate(room, pa, pb, cand(i), cid=f"c{i}"))
-            check_candidate_relays([await b.recv_type("relay") for _ in range(3)], room, pa, pb, 1)
-            b.abort()
-            await wait_in_grace(redis, room, pb)
-            for i in range(3, 5):
-                await a.send(dict(h.candidate(room, pa, pb, cand(i), cid=f"c{i}"), ack=True))
-                assert (await a.recv_type("ack", correlationId=f"c{i}"))["status"] == "buffered"
-            b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
-            await b2.send(resume_msg(room, pb, token, 100))
-            r = await b2.recv_type("resumed")
-            assert r["replayed"] == 0, r
-            await b2.expect_no_message(0.3)
-            await a.send(h.candidate(room, pa, pb, cand(5), cid="c5"))
-            check_candidate_relays([await b2.recv_type("relay")], room, pa, pb, 6)
-    arun(main())
+    async with Clients() as c:
+        b, a, token = await bob_then_alice(c, g1, g2, room, pb, pa)
+        await send_candidates(a, room, pa, pb, range(3))
+        await recv_candidate_relays(b, room, pa, pb, 1, 3)
+        await lose(b, redis, room, pb)
+        await send_held(a, room, pa, pb, range(3, 5))
+        b2, _ = await resume_works(c, g2, "b2", room, pb, token, 100, replayed=0)
+        await b2.expect_no_message(0.3)
+        await send_candidates(a, room, pa, pb, [5])
+        await recv_candidate_relays(b2, room, pa, pb, 6, 1)
 
 
-def test_resume_message_validation(gateway_factory):
+async def test_resume_message_validation(gateway_factory):
     gw = gateway_factory.start(env=RESUME_ENV)
-    room = new_room()
-    pb = new_peer()
+    room, pb = new_room(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            b = await c.connect(gw.ws_url, tok("bob"), name="b")
-            token = (await b.join(room, pb))["resumeToken"]
-            bad = [
-                dict(resume_msg(room, pb, token, -1), correlationId="neg"),
-                dict(resume_msg(room, pb, token, 1.5), correlationId="float"),
-                dict(resume_msg(room, pb, token, "3"), correlationId="str"),
-                dict(resume_msg(room, pb, token, 2 ** 53), correlationId="big"),
-                dict(resume_msg(room, pb, "not a token!", 0), correlationId="chars"),
-                dict(resume_msg(room, pb, "t" * 129, 0), correlationId="long"),
-                {"type": "resume", "roomId": room, "peerId": pb, "resumeToken": token, "correlationId": "noseq"},
-                {"type": "resume", "roomId": room, "peerId": pb, "lastSeq": 0, "correlationId": "notok"},
-            ]
-            for m in bad:
-                await b.send(m)
-                await b.expect_error("bad_request", cid=m["correlationId"])
-            # resume into a room this connection is in
-            await b.send(resume_msg(room, pb, token, 0, cid="dup"))
-            await b.expect_error("bad_request", cid="dup", room=room)
-            await b.expect_no_message(0.3)
-    arun(main())
+    async with Clients() as c:
+        b = await c.member(gw, "bob", room, pb)
+        token = b.joined[room]["resumeToken"]
+        bad = [
+            dict(resume_msg(room, pb, token, -1), correlationId="neg"),
+            dict(resume_msg(room, pb, token, 1.5), correlationId="float"),
+            dict(resume_msg(room, pb, token, "3"), correlationId="str"),
+            dict(resume_msg(room, pb, token, 2 ** 53), correlationId="big"),
+            dict(resume_msg(room, pb, "not a token!", 0), correlationId="chars"),
+            dict(resume_msg(room, pb, "t" * 129, 0), correlationId="long"),
+            {"type": "resume", "roomId": room, "peerId": pb, "resumeToken": token, "correlationId": "noseq"},
+            {"type": "resume", "roomId": room, "peerId": pb, "lastSeq": 0, "correlationId": "notok"},
+        ]
+        for m in bad:
+            await b.send(m)
+            await b.expect_error("bad_request", cid=m["correlationId"])
+        # resume into a room this connection is in
+        await b.send(resume_msg(room, pb, token, 0, cid="dup"))
+        await b.expect_error("bad_request", cid="dup", room=room)
+        await b.expect_no_message(0.3)
 
 
-def test_resume_while_the_old_connection_is_still_open_replaces_it(gateway_factory, redis):
+async def test_resume_while_the_old_connection_is_still_open_replaces_it(gateway_factory, redis):
     """The gateway has not noticed the loss yet (half-open TCP): the resume
     still works and the old connection is told it was replaced."""
     g1, g2 = gateway_factory(2, env=RESUME_ENV)
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            b = await c.connect(g1.ws_url, tok("bob"), name="b")
-            token = (await b.join(room, pb))["resumeToken"]
-            a = await c.connect(g2.ws_url, tok("alice"), name="a")
-            await a.join(room, pa)
-            await b.recv_type("peer_joined", peerId=pa)
-            await a.send(h.candidate(room, pa, pb, cand(0), cid="c0"))
-            first = await b.recv_type("relay")
-            b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
-            await b2.send(resume_msg(room, pb, token, first["seq"]))
-            r = await b2.recv_type("resumed")
-            assert r["replayed"] == 0, r
-            await b.expect_error("replaced", room=room)
-            await a.send(h.candidate(room, pa, pb, cand(1), cid="c1"))
-            check_candidate_relays([await b2.recv_type("relay")], room, pa, pb, 2)
-            await b.expect_no_message(0.3)
-            assert no_membership_events(a) == [], a.messages
-            # the old connection closing now changes nothing
-            await b.close()
-            await a.expect_no_message(0.5)
-            assert x.member(redis, room, pb)["conn"] != ""
-    arun(main())
+    async with Clients() as c:
+        b, a, token = await bob_then_alice(c, g1, g2, room, pb, pa)
+        await b.recv_type("peer_joined", peerId=pa)
+        await send_candidates(a, room, pa, pb, [0])
+        first = await b.recv_type("relay")
+        b2, _ = await resume_works(c, g2, "b2", room, pb, token, first["seq"], replayed=0)
+        await b.expect_error("replaced", room=room)
+        await send_candidates(a, room, pa, pb, [1])
+        await recv_candidate_relays(b2, room, pa, pb, 2, 1)
+        await b.expect_no_message(0.3)
+        assert no_membership_events(a) == [], a.messages
+        # the old connection closing now changes nothing
+        await b.close()
+        await a.expect_no_message(0.5)
+        assert h.member_record(redis, room, pb)["conn"] != ""
 
 
-def test_resume_off_gives_resume_failed_and_no_seq(gateway_factory, redis):
+async def test_resume_off_gives_resume_failed_and_no_seq(gateway_factory, redis):
     gw = gateway_factory.start(env=dict(h.NO_RATE_LIMITS, SIGNAL_RESUME_MS=0))
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            b = await c.connect(gw.ws_url, tok("bob"), name="b")
-            jb = await b.join(room, pb)
-            assert "resumeToken" not in jb, jb
-            a = await c.connect(gw.ws_url, tok("alice"), name="a")
-            await a.join(room, pa)
-            await a.send(dict(h.candidate(room, pa, pb, cand(0), cid="c0"), ack=True))
-            assert (await a.recv_type("ack", correlationId="c0"))["status"] == "delivered"
-            m = await b.recv_type("relay")
-            assert "seq" not in m, m
-            assert redis.keys(f"room:{{{room}}}:buf:*") == []
-            b.abort()
-            left = await a.recv_type("peer_left", timeout=3)
-            assert left["reason"] == "disconnect", left
-            b2 = await c.connect(gw.ws_url, tok("bob"), name="b2")
-            await b2.send(resume_msg(room, pb, x.random_resume_token(), 0, cid="off"))
-            await b2.expect_error("resume_failed", cid="off", room=room)
-    arun(main())
+    async with Clients() as c:
+        b = await c.member(gw, "bob", room, pb)
+        assert "resumeToken" not in b.joined[room], b.joined[room]
+        a = await c.member(gw, "alice", room, pa)
+        await a.send(dict(h.candidate(room, pa, pb, cand(0), cid="c0"), ack=True))
+        assert (await a.recv_type("ack", correlationId="c0"))["status"] == "delivered"
+        m = await b.recv_type("relay")
+        assert "seq" not in m, m
+        assert redis.keys(f"room:{{{room}}}:buf:*") == []
+        b.abort()
+        left = await a.recv_type("peer_left", timeout=3)
+        assert left["reason"] == "disconnect", left
+        await resume_fails(c, gw, "b2", room, pb, x.random_resume_token(), cid="off")
 
 
 # ====================================================================== receipts
 
 
-def test_ack_statuses_and_errors(gateway_factory, redis):
+async def test_ack_statuses_and_errors(gateway_factory, redis):
     g1, g2 = gateway_factory(2, env=RESUME_ENV)
     room = new_room()
     pa, pb, pc = new_peer(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(g1.ws_url, tok("alice"), name="a")
-            b = await c.connect(g2.ws_url, tok("bob"), name="b")
-            cc = await c.connect(g1.ws_url, tok("carol"), name="c")
-            await a.join(room, pa)
-            await b.join(room, pb)
-            await cc.join(room, pc)
-            for p in (pb, pc):
-                await a.recv_type("peer_joined", peerId=p)
+    async with Clients() as c:
+        a = await c.member(g1, "alice", room, pa)
+        b = await c.member(g2, "bob", room, pb)
+        cc = await c.member(g1, "carol", room, pc)
+        for p in (pb, pc):
+            await a.recv_type("peer_joined", peerId=p)
 
-            # live target on the other node / on the same node
-            await a.send(dict(h.offer(room, pa, pb, cid="o1"), ack=True))
-            ack = await a.recv_type("ack", correlationId="o1")
-            assert ack == {"type": "ack", "correlationId": "o1", "status": "delivered"}, ack
-            rel = await b.recv_type("relay", correlationId="o1")
-            assert "ack" not in rel["inner"] and "ack" not in rel, rel
-            assert rel["inner"] == h.inner_of(h.offer(room, pa, pb)), rel
-            await a.send(dict(h.candidate(room, pa, pc, cand(0), cid="k1"), ack=True))
-            assert (await a.recv_type("ack", correlationId="k1"))["status"] == "delivered"
-            rel = await cc.recv_type("relay", correlationId="k1")
-            assert "ack" not in rel["inner"], rel
+        # live target on the other node / on the same node
+        await a.send(dict(h.offer(room, pa, pb, cid="o1"), ack=True))
+        ack = await a.recv_type("ack", correlationId="o1")
+        assert ack == {"type": "ack", "correlationId": "o1", "status": "delivered"}, ack
+        rel = await b.recv_type("relay", correlationId="o1")
+        assert "ack" not in rel["inner"] and "ack" not in rel, rel
+        assert rel["inner"] == h.inner_of(h.offer(room, pa, pb)), rel
+        await a.send(dict(h.candidate(room, pa, pc, cand(0), cid="k1"), ack=True))
+        assert (await a.recv_type("ack", correlationId="k1"))["status"] == "delivered"
+        rel = await cc.recv_type("relay", correlationId="k1")
+        assert "ack" not in rel["inner"], rel
 
-            # without a correlationId: the ack names the server-made one the target got
-            await a.send(dict(h.answer(room, pa, pb), ack=True))
-            ack = await a.recv_type("ack")
-            rel = await b.recv_type("relay")
-            assert ack["status"] == "delivered" and ack["correlationId"] == rel["correlationId"], (ack, rel)
-            assert ack["correlationId"].startswith("s."), ack
+        # without a correlationId: the ack names the server-made one the target got
+        await a.send(dict(h.answer(room, pa, pb), ack=True))
+        ack = await a.recv_type("ack")
+        rel = await b.recv_type("relay")
+        assert ack["status"] == "delivered" and ack["correlationId"] == rel["correlationId"], (ack, rel)
+        assert ack["correlationId"].startswith("s."), ack
 
-            # ack false, or absent: no receipt
-            await a.send(dict(h.candidate(room, pa, pb, cand(1), cid="nf"), ack=False))
-            await a.send(h.candidate(room, pa, pb, cand(2), cid="na"))
-            await b.recv_type("relay", correlationId="nf")
-            await b.recv_type("relay", correlationId="na")
-            await a.expect_no_message(0.3)
+        # ack false, or absent: no receipt
+        await a.send(dict(h.candidate(room, pa, pb, cand(1), cid="nf"), ack=False))
+        await a.send(h.candidate(room, pa, pb, cand(2), cid="na"))
+        await b.recv_type("relay", correlationId="nf")
+        await b.recv_type("relay", correlationId="na")
+        await a.expect_no_message(0.3)
 
-            # target in its grace period
-            b.abort()
-            await wait_in_grace(redis, room, pb)
-            await a.send(dict(h.answer(room, pa, pb, cid="g1"), ack=True))
-            assert (await a.recv_type("ack", correlationId="g1"))["status"] == "buffered"
+        # target in its grace period
+        b.abort()
+        await wait_in_grace(redis, room, pb)
+        await a.send(dict(h.answer(room, pa, pb, cid="g1"), ack=True))
+        assert (await a.recv_type("ack", correlationId="g1"))["status"] == "buffered"
 
-            # other failures stay errors, never an ack
-            await a.send(dict(h.candidate(room, pa, new_peer(), cand(3), cid="nf1"), ack=True))
-            await a.expect_error("peer_not_found", cid="nf1", room=room)
-            await a.send(dict(h.candidate(room, pa, pa, cand(3), cid="self"), ack=True))
-            await a.expect_error("peer_not_found", cid="self", room=room)
-            await a.send(dict(h.candidate(room, pc, pb, cand(3), cid="forged"), ack=True))
-            await a.expect_error("forbidden", cid="forged", room=room)
-            other = new_room()
-            await a.send(dict(h.candidate(other, pa, pb, cand(3), cid="nj"), ack=True))
-            await a.expect_error("not_joined", cid="nj")
-            await a.send(dict(h.candidate(room, pa, pc, cand(3), cid="bad"), ack="yes"))
-            await a.expect_error("bad_request", cid="bad")
-            await a.send(dict(h.candidate(room, pa, pc, cand(3), cid="bad1"), ack=1))
-            await a.expect_error("bad_request", cid="bad1")
-            await a.expect_no_message(0.3)
-            assert [m for m in a.messages if m.get("type") == "ack"
-                    and m["correlationId"] in ("nf1", "self", "forged", "nj", "bad", "bad1")] == []
-            # ack belongs to relays only
-            await a.send({"type": "join", "roomId": other, "peerId": pa, "ack": True, "correlationId": "j"})
-            await a.expect_error("bad_request", cid="j")
-    arun(main())
+        # other failures stay errors, never an ack
+        await a.send(dict(h.candidate(room, pa, new_peer(), cand(3), cid="nf1"), ack=True))
+        await a.expect_error("peer_not_found", cid="nf1", room=room)
+        await a.send(dict(h.candidate(room, pa, pa, cand(3), cid="self"), ack=True))
+        await a.expect_error("peer_not_found", cid="self", room=room)
+        await a.send(dict(h.candidate(room, pc, pb, cand(3), cid="forged"), ack=True))
+        await a.expect_error("forbidden", cid="forged", room=room)
+        other = new_room()
+        await a.send(dict(h.candidate(other, pa, pb, cand(3), cid="nj"), ack=True))
+        await a.expect_error("not_joined", cid="nj")
+        await a.send(dict(h.candidate(room, pa, pc, cand(3), cid="bad"), ack="yes"))
+        await a.expect_error("bad_request", cid="bad")
+        await a.send(dict(h.candidate(room, pa, pc, cand(3), cid="bad1"), ack=1))
+        await a.expect_error("bad_request", cid="bad1")
+        await a.expect_no_message(0.3)
+        assert [m for m in a.messages if m.get("type") == "ack"
+                and m["correlationId"] in ("nf1", "self", "forged", "nj", "bad", "bad1")] == []
+        # ack belongs to relays only
+        await a.send({"type": "join", "roomId": other, "peerId": pa, "ack": True, "correlationId": "j"})
+        await a.expect_error("bad_request", cid="j")
 
 
-def test_ack_with_resumption_off_peer_unreachable_stays_an_error(gateway_factory, redis):
+async def test_ack_with_resumption_off_peer_unreachable_stays_an_error(gateway_factory, redis):
     g1, g2 = gateway_factory(2, env=dict(h.NO_RATE_LIMITS, SIGNAL_RESUME_MS=0, SIGNAL_LEASE_MS=6000))
     room = new_room()
     pa, pb = new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(g1.ws_url, tok("alice"), name="a")
-            b = await c.connect(g2.ws_url, tok("bob"), name="b")
-            await a.join(room, pa)
-            await b.join(room, pb)
-            await a.recv_type("peer_joined", peerId=pb)
-            await a.send(dict(h.offer(room, pa, pb, cid="o1"), ack=True))
-            assert (await a.recv_type("ack", correlationId="o1"))["status"] == "delivered"
-            g2.kill()
-            # The kernel closed g2's sockets; Redis drops its subscriber when
-            # it reads that, which may come after our next PUBLISH.
-            channel = f"room:{{{room}}}:peer:{pb}"
-            await h.async_wait_until(lambda: redis.subscribers(channel) == 0, 5,
-                                     what="Redis noticed the dead node's subscriber")
-            await a.send(dict(h.offer(room, pa, pb, cid="o2"), ack=True))
-            await a.expect_error("peer_unreachable", cid="o2", room=room)
-            await a.expect_no_message(0.3)
-    arun(main())
+    async with Clients() as c:
+        a, b = await c.pair(g1, g2, room, pa, pb)
+        await a.send(dict(h.offer(room, pa, pb, cid="o1"), ack=True))
+        assert (await a.recv_type("ack", correlationId="o1"))["status"] == "delivered"
+        g2.kill()
+        # The kernel closed g2's sockets; Redis drops its subscriber when
+        # it reads that, which may come after our next PUBLISH.
+        channel = h.peer_channel(room, pb)
+        await h.async_wait_until(lambda: redis.subscribers(channel) == 0, 5,
+                                 what="Redis noticed the dead node's subscriber")
+        await a.send(dict(h.offer(room, pa, pb, cid="o2"), ack=True))
+        await a.expect_error("peer_unreachable", cid="o2", room=room)
+        await a.expect_no_message(0.3)
 
 
-def test_ack_dropped_over_a_rate_limit(gateway_factory):
+async def test_ack_dropped_over_a_rate_limit(gateway_factory):
     env = dict(RESUME_ENV, SIGNAL_RATE_CANDIDATE="0.1/3")
     g1, g2 = gateway_factory(2, env=env)
     room = new_room()
     pa, pb = new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(g1.ws_url, tok("alice"), name="a")
-            b = await c.connect(g2.ws_url, tok("bob"), name="b")
-            await a.join(room, pa)
-            await b.join(room, pb)
-            for i in range(6):
-                await a.send(dict(h.candidate(room, pa, pb, cand(i), cid=f"c{i}"), ack=True))
-            statuses = [(await a.recv_type("ack", correlationId=f"c{i}"))["status"] for i in range(6)]
-            assert statuses == ["delivered"] * 3 + ["dropped"] * 3, statuses
-            got = [await b.recv_type("relay") for _ in range(3)]
-            assert [m["correlationId"] for m in got] == ["c0", "c1", "c2"]
-            await b.expect_no_message(0.3)
-            # the receipt is the answer: no rate_limited error besides it
-            assert [m for m in a.messages if m.get("type") == "error"] == [], a.messages
-            # without ack, the same limit answers the §10 way
-            await a.send(h.candidate(room, pa, pb, cand(6), cid="c6"))
-            await a.expect_error("rate_limited", room=room)
-            # offers are not under the candidate limit
-            await a.send(dict(h.offer(room, pa, pb, cid="o"), ack=True))
-            assert (await a.recv_type("ack", correlationId="o"))["status"] == "delivered"
-    arun(main())
+    async with Clients() as c:
+        a = await c.member(g1, "alice", room, pa)
+        b = await c.member(g2, "bob", room, pb)
+        for i in range(6):
+            await a.send(dict(h.candidate(room, pa, pb, cand(i), cid=f"c{i}"), ack=True))
+        statuses = [(await a.recv_type("ack", correlationId=f"c{i}"))["status"] for i in range(6)]
+        assert statuses == ["delivered"] * 3 + ["dropped"] * 3, statuses
+        got = [await b.recv_type("relay") for _ in range(3)]
+        assert [m["correlationId"] for m in got] == ["c0", "c1", "c2"]
+        await b.expect_no_message(0.3)
+        # the receipt is the answer: no rate_limited error besides it
+        assert [m for m in a.messages if m.get("type") == "error"] == [], a.messages
+        # without ack, the same limit answers the §10 way
+        await a.send(h.candidate(room, pa, pb, cand(6), cid="c6"))
+        await a.expect_error("rate_limited", room=room)
+        # offers are not under the candidate limit
+        await a.send(dict(h.offer(room, pa, pb, cid="o"), ack=True))
+        assert (await a.recv_type("ack", correlationId="o"))["status"] == "delivered"
 
 
 # ====================================================================== delivery-path probe
@@ -936,19 +754,14 @@ def _wait_first_probe(gw):
     h.wait_until(lambda: 0 <= _probe_age(gw) < 2500, 5, what="a probe to come back")
 
 
-def _relay_works(gw):
+async def _relay_works(gw):
     room = new_room()
     pa, pb = new_peer(), new_peer()
-
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(gw.ws_url, tok("alice"), name="a")
-            b = await c.connect(gw.ws_url, tok("bob"), name="b")
-            await a.join(room, pa)
-            await b.join(room, pb)
-            await a.send(h.offer(room, pa, pb, cid="o"))
-            await b.recv_type("relay", correlationId="o")
-    arun(main(), timeout=20)
+    async with Clients() as c:
+        a = await c.member(gw, "alice", room, pa)
+        b = await c.member(gw, "bob", room, pb)
+        await a.send(h.offer(room, pa, pb, cid="o"))
+        await b.recv_type("relay", correlationId="o")
 
 
 def test_probe_catches_a_wedged_subscription_and_renews_it(gateway_factory, redis):
@@ -978,7 +791,7 @@ def test_probe_catches_a_wedged_subscription_and_renews_it(gateway_factory, redi
         assert proxy.sub_conns > subs_before
         assert any(e.get("event") == "redis.probe_stale" for e in x.log_events(gw))
         _wait_first_probe(gw)
-        _relay_works(gw)
+        arun(_relay_works(gw), timeout=20)
     finally:
         proxy.close()
 
@@ -998,7 +811,7 @@ def test_probe_readyz_503_while_pubsub_is_broken_and_200_when_it_stops(gateway_f
         proxy.wedged.clear()
         _wait_ready(gw, 200, 15)
         _wait_first_probe(gw)
-        _relay_works(gw)
+        arun(_relay_works(gw), timeout=20)
     finally:
         proxy.close()
 
@@ -1011,7 +824,7 @@ def _auth_status(gw, token):
     return r.status, r.header("www-authenticate")
 
 
-def test_key_rotation_on_sighup_under_live_traffic(gateway_factory, tmp_path):
+async def test_key_rotation_on_sighup_under_live_traffic(gateway_factory, tmp_path):
     ka, ja = x.rsa_key("a")
     kb, jb = x.rsa_key("b")
     jwks = tmp_path / "jwks.json"
@@ -1024,59 +837,57 @@ def test_key_rotation_on_sighup_under_live_traffic(gateway_factory, tmp_path):
     def token(key, kid, sub):
         return x.signed_token(key, kid, "RS256", sub)
 
-    async def main():
-        st, www = _auth_status(gw, token(kb, "b", "bob"))
-        assert st == 401 and "unknown_kid" in (www or ""), (st, www)
-        async with Clients() as c:
-            a = await c.connect(gw.ws_url, token(ka, "a", "alice"), name="a")
-            b = await c.connect(gw.ws_url, token(ka, "a", "bob"), name="b")
-            await a.join(room, pa)
-            await b.join(room, pb)
-            s1 = Sender(a, room, pa, pb, interval=0.02)
-            s2 = Sender(b, room, pb, pa, interval=0.02)
-            await h.async_wait_until(lambda: s1.sent > 5, 5)
+    st, www = _auth_status(gw, token(kb, "b", "bob"))
+    assert st == 401 and "unknown_kid" in (www or ""), (st, www)
+    async with Clients() as c:
+        a = await c.connect(gw.ws_url, token(ka, "a", "alice"), name="a")
+        b = await c.connect(gw.ws_url, token(ka, "a", "bob"), name="b")
+        await a.join(room, pa)
+        await b.join(room, pb)
+        s1 = Sender(a, room, pa, pb, interval=0.02)
+        s2 = Sender(b, room, pb, pa, interval=0.02)
+        await h.async_wait_until(lambda: s1.sent > 5, 5)
 
-            # rotate: the file now holds key B only
-            n_logs = len(x.log_events(gw))
-            x.write_atomically(jwks, json.dumps({"keys": [jb]}))
-            gw.proc.send_signal(signal.SIGHUP)
-            await asyncio.to_thread(x.wait_log_event, gw, "auth.reload", 5, n_logs)
-            await asyncio.sleep(0.3)
-            st, www = await asyncio.to_thread(_auth_status, gw, token(ka, "a", "carol"))
-            assert st == 401 and 'error_description="unknown_kid"' in www, (st, www)
-            d = await c.connect(gw.ws_url, token(kb, "b", "dave"), name="d")
-            await d.join(room, new_peer())
+        # rotate: the file now holds key B only
+        n_logs = len(x.log_events(gw))
+        x.write_atomically(jwks, json.dumps({"keys": [jb]}))
+        gw.proc.send_signal(signal.SIGHUP)
+        await asyncio.to_thread(x.wait_log_event, gw, "auth.reload", 5, n_logs)
+        await asyncio.sleep(0.3)
+        st, www = await asyncio.to_thread(_auth_status, gw, token(ka, "a", "carol"))
+        assert st == 401 and 'error_description="unknown_kid"' in www, (st, www)
+        d = await c.connect(gw.ws_url, token(kb, "b", "dave"), name="d")
+        await d.join(room, new_peer())
 
-            # a broken file keeps the keys in force (B)
+        # a broken file keeps the keys in force (B)
+        n_logs = len(x.log_events(gw))
+        x.write_atomically(jwks, '{"keys": [')
+        gw.proc.send_signal(signal.SIGHUP)
+        ev = await asyncio.to_thread(x.wait_log_event, gw, "auth.reload_failed", 5, n_logs)
+        assert ev.get("level") == "error", ev
+        assert (await asyncio.to_thread(_auth_status, gw, token(kb, "b", "erin")))[0] == 101
+        assert (await asyncio.to_thread(_auth_status, gw, token(ka, "a", "erin")))[0] == 401
+        # so does a file with no usable key, and a missing one
+        for text in ('{"keys": []}', json.dumps({"keys": [dict(ja, use="enc")]})):
             n_logs = len(x.log_events(gw))
-            x.write_atomically(jwks, '{"keys": [')
-            gw.proc.send_signal(signal.SIGHUP)
-            ev = await asyncio.to_thread(x.wait_log_event, gw, "auth.reload_failed", 5, n_logs)
-            assert ev.get("level") == "error", ev
-            assert (await asyncio.to_thread(_auth_status, gw, token(kb, "b", "erin")))[0] == 101
-            assert (await asyncio.to_thread(_auth_status, gw, token(ka, "a", "erin")))[0] == 401
-            # so does a file with no usable key, and a missing one
-            for text in ('{"keys": []}', json.dumps({"keys": [dict(ja, use="enc")]})):
-                n_logs = len(x.log_events(gw))
-                x.write_atomically(jwks, text)
-                gw.proc.send_signal(signal.SIGHUP)
-                await asyncio.to_thread(x.wait_log_event, gw, "auth.reload_failed", 5, n_logs)
-            n_logs = len(x.log_events(gw))
-            jwks.unlink()
+            x.write_atomically(jwks, text)
             gw.proc.send_signal(signal.SIGHUP)
             await asyncio.to_thread(x.wait_log_event, gw, "auth.reload_failed", 5, n_logs)
-            assert (await asyncio.to_thread(_auth_status, gw, token(kb, "b", "erin")))[0] == 101
+        n_logs = len(x.log_events(gw))
+        jwks.unlink()
+        gw.proc.send_signal(signal.SIGHUP)
+        await asyncio.to_thread(x.wait_log_event, gw, "auth.reload_failed", 5, n_logs)
+        assert (await asyncio.to_thread(_auth_status, gw, token(kb, "b", "erin")))[0] == 101
 
-            # the live traffic went on throughout, on the connections admitted with key A
-            sent1, sent2 = await s1.finish(), await s2.finish()
-            got_b = [await b.recv_type("relay", correlationId=f"c{i}") for i in range(sent1)]
-            got_a = [await a.recv_type("relay", correlationId=f"c{i}") for i in range(sent2)]
-            assert len(got_b) == sent1 and len(got_a) == sent2
-            assert a.is_open and b.is_open and d.is_open
-            errors = [m for cl in (a, b, d) for m in cl.messages if m.get("type") == "error"]
-            assert errors == [], errors
-        assert gw.running()
-    arun(main())
+        # the live traffic went on throughout, on the connections admitted with key A
+        sent1, sent2 = await s1.finish(), await s2.finish()
+        got_b = [await b.recv_type("relay", correlationId=f"c{i}") for i in range(sent1)]
+        got_a = [await a.recv_type("relay", correlationId=f"c{i}") for i in range(sent2)]
+        assert len(got_b) == sent1 and len(got_a) == sent2
+        assert a.is_open and b.is_open and d.is_open
+        errors = [m for cl in (a, b, d) for m in cl.messages if m.get("type") == "error"]
+        assert errors == [], errors
+    assert gw.running()
 
 
 def test_jwks_with_es256_and_rs256_keys_alg_must_match_the_kid(gateway_factory, tmp_path):

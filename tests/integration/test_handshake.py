@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""PROTOCOL.md §1: the upgrade handshake, token sources, JWT validation,
+"""docs/protocol.md §1: the upgrade handshake, token sources, JWT validation,
 origins, subprotocols, alternative algorithms and TLS."""
 
 import asyncio
@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import sg_helpers as h
-from sg_helpers import Clients, arun, handshake, make_token, new_peer, new_room
+from sg_helpers import Clients, handshake, make_token, new_peer, new_room
 
 
 def assert_refused(resp, status, code):
@@ -194,18 +194,16 @@ def test_clock_leeway_default_30s(gateway, claims):
     assert_101(resp)
 
 
-def test_established_connection_outlives_token_expiry(gateway_factory):
+async def test_established_connection_outlives_token_expiry(gateway_factory):
     gw = gateway_factory.start(env={"SIGNAL_JWT_LEEWAY_S": "0"})
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(gw.ws_url, make_token("alice", rooms=["*"], exp_in=2))
-            await asyncio.sleep(3.5)
-            # the token expired meanwhile; the connection lives on (§1)
-            await a.join(new_room(), new_peer())
-            # and a new handshake with it is refused
-            assert_401(handshake(gw, token=make_token("alice", rooms=["*"], exp_in=-2)))
-    arun(main())
+    async with Clients() as c:
+        a = await c.connect(gw.ws_url, make_token("alice", rooms=["*"], exp_in=2))
+        await asyncio.sleep(3.5)
+        # the token expired meanwhile; the connection lives on (§1)
+        await a.join(new_room(), new_peer())
+        # and a new handshake with it is refused
+        assert_401(handshake(gw, token=make_token("alice", rooms=["*"], exp_in=-2)))
 
 
 # ---------------------------------------------------------------- iss / aud
@@ -235,18 +233,16 @@ def test_issuer_audience_rejected(iss_aud_gateway, claims):
 # ---------------------------------------------------------------- token sources
 
 
-def test_token_via_header_query_protocol(gateway):
-    async def main():
-        async with Clients() as c:
-            room = new_room()
-            for via in ("header", "query", "protocol"):
-                cl = await c.connect(gateway.ws_url, make_token("u-" + via, rooms=[room]), via=via)
-                await cl.join(room, new_peer())
-                if via == "protocol":
-                    assert cl.ws.subprotocol == "signal.v1"
-                else:
-                    assert cl.ws.subprotocol is None
-    arun(main())
+async def test_token_via_header_query_protocol(gateway):
+    async with Clients() as c:
+        room = new_room()
+        for via in ("header", "query", "protocol"):
+            cl = await c.connect(gateway.ws_url, make_token("u-" + via, rooms=[room]), via=via)
+            await cl.join(room, new_peer())
+            if via == "protocol":
+                assert cl.ws.subprotocol == "signal.v1"
+            else:
+                assert cl.ws.subprotocol is None
 
 
 @pytest.mark.parametrize("order", ["signal.v1, bearer.{t}", "bearer.{t}, signal.v1"])
@@ -291,19 +287,17 @@ def test_precedence_header_decides_even_when_invalid(gateway):
                          headers={"Sec-WebSocket-Protocol": "signal.v1, bearer." + good}))
 
 
-def test_precedence_uses_the_deciding_tokens_claims(gateway):
+async def test_precedence_uses_the_deciding_tokens_claims(gateway):
     """The header's sub/rooms apply, not the query's."""
     room_h, room_q = new_room("h"), new_room("q")
 
-    async def main():
-        async with Clients() as c:
-            cl = await c.connect(gateway.ws_url + "?access_token=" + make_token("q", rooms=[room_q]),
-                                 make_token("h", rooms=[room_h]), via="header")
-            await cl.join(room_h, new_peer())
-            await cl.send({"type": "join", "roomId": room_q, "peerId": new_peer(),
-                           "correlationId": "q1"})
-            await cl.expect_error("forbidden", cid="q1")
-    arun(main())
+    async with Clients() as c:
+        cl = await c.connect(gateway.ws_url + "?access_token=" + make_token("q", rooms=[room_q]),
+                             make_token("h", rooms=[room_h]), via="header")
+        await cl.join(room_h, new_peer())
+        await cl.send({"type": "join", "roomId": room_q, "peerId": new_peer(),
+                       "correlationId": "q1"})
+        await cl.expect_error("forbidden", cid="q1")
 
 
 # ---------------------------------------------------------------- origins
@@ -328,12 +322,10 @@ def test_origin_allowed_or_absent(origin_gateway, origin):
     assert_101(resp)
 
 
-def test_origin_allowed_websockets_client(origin_gateway):
-    async def main():
-        async with Clients() as c:
-            cl = await c.connect(origin_gateway.ws_url, good_token(), origin="https://app.example")
-            await cl.join(new_room(), new_peer())
-    arun(main())
+async def test_origin_allowed_websockets_client(origin_gateway):
+    async with Clients() as c:
+        cl = await c.connect(origin_gateway.ws_url, good_token(), origin="https://app.example")
+        await cl.join(new_room(), new_peer())
 
 
 # ---------------------------------------------------------------- RS256 / ES256
@@ -369,7 +361,7 @@ def _asym_gateway(factory, tmp_path, alg, key):
     return gw, pub.read_bytes()
 
 
-def test_rs256_gateway(gateway_factory, tmp_path, rsa_keys, ec_keys):
+async def test_rs256_gateway(gateway_factory, tmp_path, rsa_keys, ec_keys):
     key, other = rsa_keys
     gw, pub_pem = _asym_gateway(gateway_factory, tmp_path, "RS256", key)
     payload = h.token_claims("alice", rooms=["*"])
@@ -393,14 +385,12 @@ def test_rs256_gateway(gateway_factory, tmp_path, rsa_keys, ec_keys):
     expired = h.token_claims("alice", rooms=["*"], exp_in=-120)
     assert_401(handshake(gw, token=jwt.encode(expired, _pem_private(key), algorithm="RS256")))
 
-    async def main():
-        async with Clients() as c:
-            cl = await c.connect(gw.ws_url, jwt.encode(payload, _pem_private(key), algorithm="RS256"))
-            await cl.join(new_room(), new_peer())
-    arun(main())
+    async with Clients() as c:
+        cl = await c.connect(gw.ws_url, jwt.encode(payload, _pem_private(key), algorithm="RS256"))
+        await cl.join(new_room(), new_peer())
 
 
-def test_es256_gateway(gateway_factory, tmp_path, ec_keys, rsa_keys):
+async def test_es256_gateway(gateway_factory, tmp_path, ec_keys, rsa_keys):
     key, other = ec_keys
     gw, pub_pem = _asym_gateway(gateway_factory, tmp_path, "ES256", key)
     payload = h.token_claims("alice", rooms=["*"])
@@ -411,18 +401,16 @@ def test_es256_gateway(gateway_factory, tmp_path, ec_keys, rsa_keys):
     t = h.hand_made_token({"alg": "HS256", "typ": "JWT"}, payload, hmac_key=pub_pem)
     assert_401(handshake(gw, token=t))
 
-    async def main():
-        async with Clients() as c:
-            cl = await c.connect(gw.ws_url, jwt.encode(payload, _pem_private(key), algorithm="ES256"),
-                                 via="protocol")
-            await cl.join(new_room(), new_peer())
-    arun(main())
+    async with Clients() as c:
+        cl = await c.connect(gw.ws_url, jwt.encode(payload, _pem_private(key), algorithm="ES256"),
+                             via="protocol")
+        await cl.join(new_room(), new_peer())
 
 
 # ---------------------------------------------------------------- TLS
 
 
-def test_wss_with_self_signed_cert(gateway_factory):
+async def test_wss_with_self_signed_cert(gateway_factory):
     gw = gateway_factory.start(tls=True)
     assert gw.ws_url.startswith("wss://")
     key = h.new_ws_key()
@@ -430,19 +418,17 @@ def test_wss_with_self_signed_cert(gateway_factory):
     assert_101(resp, key)
     assert_401(handshake(gw, token="bad.token.here"))
 
-    async def main():
-        async with Clients() as c:
-            room = new_room()
-            pa, pb = new_peer(), new_peer()
-            a = await c.connect(gw.ws_url, make_token("alice", rooms=[room]), name="a")
-            b = await c.connect(gw.ws_url, make_token("bob", rooms=[room]), name="b", via="protocol")
-            await a.join(room, pa)
-            await b.join(room, pb)
-            await a.recv_type("peer_joined", peerId=pb)
-            await a.send(h.offer(room, pa, pb, cid="tls-1"))
-            m = await b.recv_type("relay")
-            assert m["inner"] == h.inner_of(h.offer(room, pa, pb)) and m["correlationId"] == "tls-1"
-    arun(main())
+    async with Clients() as c:
+        room = new_room()
+        pa, pb = new_peer(), new_peer()
+        a = await c.connect(gw.ws_url, make_token("alice", rooms=[room]), name="a")
+        b = await c.connect(gw.ws_url, make_token("bob", rooms=[room]), name="b", via="protocol")
+        await a.join(room, pa)
+        await b.join(room, pb)
+        await a.recv_type("peer_joined", peerId=pb)
+        await a.send(h.offer(room, pa, pb, cid="tls-1"))
+        m = await b.recv_type("relay")
+        assert m["inner"] == h.inner_of(h.offer(room, pa, pb)) and m["correlationId"] == "tls-1"
 
 
 def test_plain_http_to_tls_listener_is_not_upgraded(gateway_factory):

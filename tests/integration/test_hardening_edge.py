@@ -12,15 +12,10 @@ from outside against a real gateway:
 tests/unit/test_static_files.c.)
 """
 
-import os
 import time
 
 import sg_helpers as h
-from sg_helpers import handshake, make_token
-
-
-def tok(sub):
-    return make_token(sub, rooms=["*"])
+from sg_helpers import handshake, tok
 
 
 def _assert_503(resp):
@@ -61,8 +56,7 @@ def test_forwarded_for_proxy_line_decides_not_the_clients(gateway_factory):
         # the counted connections are usable ones
         w = held[-1]
         room, p = h.new_room(), h.new_peer()
-        w.send_json({"type": "join", "roomId": room, "peerId": p})
-        assert w.recv_json(5)["type"] == "joined"
+        w.join(room, p)
     finally:
         for w in held:
             w.close()
@@ -92,13 +86,6 @@ def test_forwarded_for_invalid_last_entry_keeps_the_proxy_address(gateway_factor
 # finding 11: a request head in small pieces
 
 
-def gateway_cpu_seconds(gw):
-    """User + system CPU time the gateway process has used so far."""
-    with open(f"/proc/{gw.pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 HEAD_CAP = 65536      # SIGNAL_MAX_HEADER_BYTES: the largest head allowed
 LONG_NAME = 56000     # one complete header line early in the head
 TAIL = 4000           # then this many bytes, one TCP segment each
@@ -126,12 +113,12 @@ def test_head_in_single_bytes_costs_linear_cpu(gateway_factory):
     try:
         s.sendall(prefix)
         time.sleep(0.2)  # let the gateway take the bulk in before measuring
-        before = gateway_cpu_seconds(gw)
+        before = h.cpu_seconds(gw.pid)
         for i in range(len(tail)):
             s.send(tail[i:i + 1])
             time.sleep(0.0005)  # one segment per byte, most of them read alone
         resp = h.read_http_response(s, timeout=60)
-        used = gateway_cpu_seconds(gw) - before
+        used = h.cpu_seconds(gw.pid) - before
     finally:
         s.close()
     print(f"\nhead of {len(prefix) + len(tail)} bytes, last {len(tail)} one per segment: "

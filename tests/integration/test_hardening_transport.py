@@ -13,7 +13,6 @@ import os
 import resource
 import socket
 import ssl
-import struct
 import threading
 import time
 
@@ -21,11 +20,7 @@ import pytest
 
 import abuse_helpers as ah
 import sg_helpers as h
-from sg_helpers import OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS, encode_frame, make_token
-
-
-def tok(sub="alice"):
-    return make_token(sub, rooms=["*"])
+from sg_helpers import OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS, encode_frame, tok
 
 
 # =========================================================================
@@ -341,12 +336,6 @@ def test_a_trusted_proxy_is_not_capped_at_accept(gateway_factory):
 # finding 5: descriptor exhaustion
 
 
-def _cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_descriptor_exhaustion_pauses_both_listeners(gateway_factory):
     """Out of descriptors (RLIMIT_NOFILE lowered to what the gateway holds plus
     8), with connections waiting on the public and the admin listener for 2 s:
@@ -364,12 +353,12 @@ def test_descriptor_exhaustion_pauses_both_listeners(gateway_factory):
         socks += [h.open_socket(gw.host, gw.port) for _ in range(12)]
         socks += [h.open_socket(gw.host, gw.admin_port) for _ in range(3)]
         time.sleep(0.5)
-        cpu0, t0 = _cpu_seconds(gw.pid), time.monotonic()
+        cpu0, t0 = h.cpu_seconds(gw.pid), time.monotonic()
         while time.monotonic() - t0 < 2.0:
             socks.append(h.open_socket(gw.host, gw.port))
             socks.append(h.open_socket(gw.host, gw.admin_port))
             time.sleep(0.1)
-        cpu = _cpu_seconds(gw.pid) - cpu0
+        cpu = h.cpu_seconds(gw.pid) - cpu0
         elapsed = time.monotonic() - t0
     finally:
         for s in socks:
@@ -480,7 +469,6 @@ def test_tls13_still_works_and_a_wss_connection_opens(gateway_factory):
     raw = RawWS.connect(gw, tok())
     try:
         assert raw.sock.version() == "TLSv1.3"
-        raw.send_json({"type": "join", "roomId": h.new_room(), "peerId": h.new_peer()})
-        assert raw.recv_json(5)["type"] == "joined"
+        raw.join(h.new_room(), h.new_peer())
     finally:
         raw.close()

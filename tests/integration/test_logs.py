@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""PROTOCOL.md §8 (the part the core issue starts): JSON log lines on stdout
+"""docs/protocol.md §8 (the part the core issue starts): JSON log lines on stdout
 with the named events, and no secrets or personal data in them; the admin
 listener's health endpoints."""
 
@@ -7,13 +7,13 @@ import json
 import uuid
 
 import sg_helpers as h
-from sg_helpers import Clients, arun, handshake, make_token, new_peer, new_room
+from sg_helpers import Clients, handshake, make_token, new_peer, new_room
 
 REQUIRED_EVENTS = {"ws.connect", "ws.auth_success", "ws.auth_failure", "ws.close", "room.join",
                    "room.leave", "relay.offer", "relay.answer", "relay.candidate"}
 
 
-def test_log_lines_events_and_redaction(gateway_factory):
+async def test_log_lines_events_and_redaction(gateway_factory):
     gw = gateway_factory.start(env={"SIGNAL_LOG_LEVEL": "debug"})
     marker = uuid.uuid4().hex
     sub_a, sub_b = f"user-a-{marker}", f"user-b-{marker}"
@@ -24,22 +24,20 @@ def test_log_lines_events_and_redaction(gateway_factory):
     bad_token = make_token(sub_a, rooms=["*"], exp_in=-300)
     room = new_room()
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(gw.ws_url, tok_a, name="a")
-            b = await c.connect(gw.ws_url, tok_b, name="b", via="query")
-            pa, pb = new_peer(), new_peer()
-            await a.join(room, pa)
-            await b.join(room, pb)
-            await a.send(h.offer(room, pa, pb, sdp=sdp))
-            await b.recv_type("relay")
-            await b.send(h.answer(room, pb, pa, sdp=sdp))
-            await a.recv_type("relay")
-            await a.send(h.candidate(room, pa, pb, cand))
-            await b.recv_type("relay")
-            await b.leave(room, pb)
-            await b.close()
-    arun(main())
+    async with Clients() as c:
+        a = await c.connect(gw.ws_url, tok_a, name="a")
+        b = await c.connect(gw.ws_url, tok_b, name="b", via="query")
+        pa, pb = new_peer(), new_peer()
+        await a.join(room, pa)
+        await b.join(room, pb)
+        await a.send(h.offer(room, pa, pb, sdp=sdp))
+        await b.recv_type("relay")
+        await b.send(h.answer(room, pb, pa, sdp=sdp))
+        await a.recv_type("relay")
+        await a.send(h.candidate(room, pa, pb, cand))
+        await b.recv_type("relay")
+        await b.leave(room, pb)
+        await b.close()
     assert handshake(gw, token=bad_token).status == 401
     assert handshake(gw, token=bad_token, path="/ws?access_token=" + tok_a).status == 401
 

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Issue 5 / PROTOCOL.md §8: what an operator sees. Prometheus metrics checked
+"""Issue 5 / docs/protocol.md §8: what an operator sees. Prometheus metrics checked
 by a real promtool and against the traffic sent; OTLP/HTTP JSON traces caught
 by a capture endpoint (otlp_capture.py) across two nodes; the fields of the
 log lines of a full call; readiness against Redis.
@@ -27,7 +27,7 @@ import pytest
 
 import sg_helpers as h
 from otlp_capture import OTLPCapture
-from sg_helpers import Clients, arun, handshake, make_token, new_peer, new_room
+from sg_helpers import arun, Clients, handshake, make_token, new_peer, new_room, tok
 
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -35,10 +35,6 @@ TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SERVER_CID = re.compile(r"^s\.[0-9a-f]{12}\.[0-9a-f]+$")
 LEVELS = {"debug", "info", "warn", "error"}
 SPAN_PRODUCER, SPAN_CONSUMER = 4, 5
-
-
-def tok(sub):
-    return make_token(sub, rooms=["*"])
 
 
 def uniq(prefix):
@@ -109,10 +105,10 @@ def check_histogram_shape(samples, name, where):
 
 
 # Lines of `promtool check metrics` output the test tolerates. Empty: zero
-# problems. (PROTOCOL.md §8 fixes the names ws_connections_gauge,
+# problems. (docs/protocol.md §8 fixes the names ws_connections_gauge,
 # room_members_gauge and relay_latency_ms, which promtool's lint flags; an
 # exact line goes here only if the contract keeps a name over the lint.)
-# promtool's naming lints that the contract itself decides (PROTOCOL.md §8
+# promtool's naming lints that the contract itself decides (docs/protocol.md §8
 # fixes ws_connections_gauge, room_members_gauge and relay_latency_ms); the
 # two other millisecond metrics follow relay_latency_ms's unit so one
 # dashboard reads them alike. Any other finding fails the test.
@@ -148,23 +144,22 @@ async def call_traffic(a, b, room, pa, pb, candidates=1):
         await b.recv_type("relay")
 
 
-def test_promtool_accepts_metrics_after_traffic(gateway_factory):
+@pytest.mark.async_timeout(30)
+async def test_promtool_accepts_metrics_after_traffic(gateway_factory):
     gw1, gw2 = gateway_factory(2)
     scrapes = []
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(gw1.ws_url, tok(uniq("prom-a")), name="a")
-            b = await c.connect(gw2.ws_url, tok(uniq("prom-b")), name="b")
-            room, pa, pb = new_room(), new_peer(), new_peer()
-            await call_traffic(a, b, room, pa, pb, candidates=3)
-            await a.send({"type": "offer", "roomId": room})  # bad_request
-            await a.expect_error("bad_request")
-            await b.send(h.offer(new_room(), pb, pa))  # not_joined
-            await b.expect_error("not_joined")
-            for gw in (gw1, gw2):
-                scrapes.append((f"{gw.name} (clients connected)", scrape(gw)))
-    arun(main(), timeout=30)
+    async with Clients() as c:
+        a = await c.connect(gw1.ws_url, tok(uniq("prom-a")), name="a")
+        b = await c.connect(gw2.ws_url, tok(uniq("prom-b")), name="b")
+        room, pa, pb = new_room(), new_peer(), new_peer()
+        await call_traffic(a, b, room, pa, pb, candidates=3)
+        await a.send({"type": "offer", "roomId": room})  # bad_request
+        await a.expect_error("bad_request")
+        await b.send(h.offer(new_room(), pb, pa))  # not_joined
+        await b.expect_error("not_joined")
+        for gw in (gw1, gw2):
+            scrapes.append((f"{gw.name} (clients connected)", scrape(gw)))
     for gw in (gw1, gw2):
         assert handshake(gw, token=make_token(uniq("prom-exp"), rooms=["*"], exp_in=-300)).status == 401
         scrapes.append((f"{gw.name} (after)", scrape(gw)))
@@ -182,33 +177,31 @@ def test_promtool_accepts_metrics_after_traffic(gateway_factory):
         f"  {ln}    [{', '.join(w)}]" for ln, w in problems.items())
 
 
-def test_relay_latency_histogram_counts_delivered_relays(gateway_factory):
+@pytest.mark.async_timeout(30)
+async def test_relay_latency_histogram_counts_delivered_relays(gateway_factory):
     gw1, gw2 = gateway_factory(2, env=h.NO_RATE_LIMITS)
     a_to_b, b_to_a = 16, 9  # 1 offer + 15 candidates; 1 answer + 8 candidates
     got = {}
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(gw1.ws_url, tok(uniq("lat-a")), name="a")
-            b = await c.connect(gw2.ws_url, tok(uniq("lat-b")), name="b")
-            room, pa, pb = new_room(), new_peer(), new_peer()
-            await a.join(room, pa)
-            await b.join(room, pb)
-            before = {gw.name: metrics(gw) for gw in (gw1, gw2)}
-            await a.send(h.offer(room, pa, pb))
-            await b.send(h.answer(room, pb, pa))
-            for i in range(a_to_b - 1):
-                await a.send(h.candidate(room, pa, pb, h.ice(i)))
-            for i in range(b_to_a - 1):
-                await b.send(h.candidate(room, pb, pa, h.ice(100 + i)))
-            got["b"] = [await b.recv_type("relay") for _ in range(a_to_b)]
-            got["a"] = [await a.recv_type("relay") for _ in range(b_to_a)]
-            await asyncio.sleep(0.3)  # nothing more comes
-            for cl, n in ((a, b_to_a), (b, a_to_b)):
-                assert sum(m["type"] == "relay" for m in cl.messages) == n, cl.messages
-            after = {gw.name: metrics(gw) for gw in (gw1, gw2)}
-            return before, after
-    before, after = arun(main(), timeout=30)
+    async with Clients() as c:
+        a = await c.connect(gw1.ws_url, tok(uniq("lat-a")), name="a")
+        b = await c.connect(gw2.ws_url, tok(uniq("lat-b")), name="b")
+        room, pa, pb = new_room(), new_peer(), new_peer()
+        await a.join(room, pa)
+        await b.join(room, pb)
+        before = {gw.name: metrics(gw) for gw in (gw1, gw2)}
+        await a.send(h.offer(room, pa, pb))
+        await b.send(h.answer(room, pb, pa))
+        for i in range(a_to_b - 1):
+            await a.send(h.candidate(room, pa, pb, h.ice(i)))
+        for i in range(b_to_a - 1):
+            await b.send(h.candidate(room, pb, pa, h.ice(100 + i)))
+        got["b"] = [await b.recv_type("relay") for _ in range(a_to_b)]
+        got["a"] = [await a.recv_type("relay") for _ in range(b_to_a)]
+        await asyncio.sleep(0.3)  # nothing more comes
+        for cl, n in ((a, b_to_a), (b, a_to_b)):
+            assert sum(m["type"] == "relay" for m in cl.messages) == n, cl.messages
+        after = {gw.name: metrics(gw) for gw in (gw1, gw2)}
     n = len(got["a"]) + len(got["b"])
     assert n == a_to_b + b_to_a
 
@@ -228,26 +221,25 @@ def test_relay_latency_histogram_counts_delivered_relays(gateway_factory):
     assert 0 < total_sum < n * 1000, f"relay_latency_ms_sum grew by {total_sum} ms for {n} relays"
 
 
-def test_message_error_and_auth_counters_match_traffic(gateway_factory):
+@pytest.mark.async_timeout(30)
+async def test_message_error_and_auth_counters_match_traffic(gateway_factory):
     gw = gateway_factory.start()
     before = metrics(gw)
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(gw.ws_url, tok(uniq("cnt-a")), name="a")
-            b = await c.connect(gw.ws_url, tok(uniq("cnt-b")), name="b")
-            room, pa, pb = new_room(), new_peer(), new_peer()
-            await call_traffic(a, b, room, pa, pb, candidates=3)
-            m = metrics(gw)
-            assert value(m, "ws_connections_gauge") == 2
-            assert value(m, "room_members_gauge") == 2
-            await a.send({"roomId": room, "peerId": pa})  # no type: bad_request
-            await a.expect_error("bad_request")
-            await a.send(h.offer(new_room(), pa, pb))  # a room a is not in
-            await a.expect_error("not_joined")
-            await b.leave(room, pb)
-            assert value(metrics(gw), "room_members_gauge") == 1
-    arun(main(), timeout=30)
+    async with Clients() as c:
+        a = await c.connect(gw.ws_url, tok(uniq("cnt-a")), name="a")
+        b = await c.connect(gw.ws_url, tok(uniq("cnt-b")), name="b")
+        room, pa, pb = new_room(), new_peer(), new_peer()
+        await call_traffic(a, b, room, pa, pb, candidates=3)
+        m = metrics(gw)
+        assert value(m, "ws_connections_gauge") == 2
+        assert value(m, "room_members_gauge") == 2
+        await a.send({"roomId": room, "peerId": pa})  # no type: bad_request
+        await a.expect_error("bad_request")
+        await a.send(h.offer(new_room(), pa, pb))  # a room a is not in
+        await a.expect_error("not_joined")
+        await b.leave(room, pb)
+        assert value(metrics(gw), "room_members_gauge") == 1
     assert handshake(gw, token=make_token(uniq("cnt-exp"), rooms=["*"], exp_in=-300)).status == 401
     assert handshake(gw).status == 401  # no token at all
 
@@ -309,26 +301,25 @@ def one(spans, what, **where):
     return found[0]
 
 
-def test_otlp_spans_cross_node_relay_and_client_traceparent(gateway_factory):
+@pytest.mark.async_timeout(30)
+async def test_otlp_spans_cross_node_relay_and_client_traceparent(gateway_factory):
     with OTLPCapture() as cap:
         gw1, gw2 = gateway_factory(2, env={"SIGNAL_OTLP_ENDPOINT": cap.url})
         client_trace, client_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
         room, pa, pb = new_room(), new_peer(), new_peer()
 
-        async def main():
-            async with Clients() as c:
-                a = await c.connect(gw1.ws_url, tok(uniq("otlp-a")), name="a",
-                                    extra_headers={"traceparent": f"00-{client_trace}-{client_span}-01"})
-                b = await c.connect(gw2.ws_url, tok(uniq("otlp-b")), name="b")
-                await a.join(room, pa)
-                await b.join(room, pb)
-                await a.send(h.offer(room, pa, pb, cid="obs-offer-1"))
-                relay = await b.recv_type("relay")
-                assert relay["correlationId"] == "obs-offer-1"
-                await a.leave(room, pa)
-                await a.close()
-                await b.close()
-        arun(main(), timeout=30)
+        async with Clients() as c:
+            a = await c.connect(gw1.ws_url, tok(uniq("otlp-a")), name="a",
+                                extra_headers={"traceparent": f"00-{client_trace}-{client_span}-01"})
+            b = await c.connect(gw2.ws_url, tok(uniq("otlp-b")), name="b")
+            await a.join(room, pa)
+            await b.join(room, pb)
+            await a.send(h.offer(room, pa, pb, cid="obs-offer-1"))
+            relay = await b.recv_type("relay")
+            assert relay["correlationId"] == "obs-offer-1"
+            await a.leave(room, pa)
+            await a.close()
+            await b.close()
 
         def ready(spans):
             names = {(s.node, s.name) for s in spans}
@@ -382,28 +373,26 @@ def test_otlp_spans_cross_node_relay_and_client_traceparent(gateway_factory):
     assert len(ids) == len(set(ids)), "span ids repeat"
 
 
-def test_relays_flow_while_collector_is_down(gateway_factory):
+@pytest.mark.async_timeout(40)
+async def test_relays_flow_while_collector_is_down(gateway_factory):
     closed = h.free_port()  # nothing listens there
     env = dict(h.NO_RATE_LIMITS, SIGNAL_OTLP_ENDPOINT=f"http://{h.HOST}:{closed}")
     gw1, gw2 = gateway_factory(2, env=env)
     count = 200
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(gw1.ws_url, tok(uniq("down-a")), name="a")
-            b = await c.connect(gw2.ws_url, tok(uniq("down-b")), name="b")
-            room, pa, pb = new_room(), new_peer(), new_peer()
-            await a.join(room, pa)
-            await b.join(room, pb)
-            t0 = time.monotonic()
-            for i in range(count):
-                await a.send(h.candidate(room, pa, pb, h.ice(i), cid=f"c{i}"))
-            got = [await b.recv_type("relay", timeout=10) for _ in range(count)]
-            elapsed = time.monotonic() - t0
-            assert [m["correlationId"] for m in got] == [f"c{i}" for i in range(count)], "out of order"
-            assert [m["inner"]["candidate"] for m in got] == [h.ice(i) for i in range(count)]
-            return elapsed
-    elapsed = arun(main(), timeout=40)
+    async with Clients() as c:
+        a = await c.connect(gw1.ws_url, tok(uniq("down-a")), name="a")
+        b = await c.connect(gw2.ws_url, tok(uniq("down-b")), name="b")
+        room, pa, pb = new_room(), new_peer(), new_peer()
+        await a.join(room, pa)
+        await b.join(room, pb)
+        t0 = time.monotonic()
+        for i in range(count):
+            await a.send(h.candidate(room, pa, pb, h.ice(i), cid=f"c{i}"))
+        got = [await b.recv_type("relay", timeout=10) for _ in range(count)]
+        elapsed = time.monotonic() - t0
+        assert [m["correlationId"] for m in got] == [f"c{i}" for i in range(count)], "out of order"
+        assert [m["inner"]["candidate"] for m in got] == [h.ice(i) for i in range(count)]
     assert elapsed < 10, f"{count} relays took {elapsed:.1f}s with the collector down"
 
     # The relay spans (node 1) and delivery spans (node 2) are dropped and counted.
@@ -587,32 +576,31 @@ def user_hash(key, sub):
     return hmac.new(key.encode(), sub.encode(), hashlib.sha256).hexdigest()[:16]
 
 
-def test_full_call_log_fields_and_stable_user_hash(gateway_factory):
+@pytest.mark.async_timeout(30)
+async def test_full_call_log_fields_and_stable_user_hash(gateway_factory):
     key = "obs-log-hash-key-" + uuid.uuid4().hex
     gw1, gw2 = gateway_factory(2, env={"SIGNAL_LOG_HASH_KEY": key})
     sub_a, sub_b = uniq("logs-alice"), uniq("logs-bob")
     room, pa, pb = new_room(), new_peer(), new_peer()
     seen = {}
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(gw1.ws_url, tok(sub_a), name="a")
-            a2 = await c.connect(gw2.ws_url, tok(sub_a), name="a2")  # same user, other node
-            b = await c.connect(gw2.ws_url, tok(sub_b), name="b")
-            await a.join(room, pa, cid="j-a")
-            await b.join(room, pb, cid="j-b")
-            await a.send(h.offer(room, pa, pb, cid="o-1"))
+    async with Clients() as c:
+        a = await c.connect(gw1.ws_url, tok(sub_a), name="a")
+        a2 = await c.connect(gw2.ws_url, tok(sub_a), name="a2")  # same user, other node
+        b = await c.connect(gw2.ws_url, tok(sub_b), name="b")
+        await a.join(room, pa, cid="j-a")
+        await b.join(room, pb, cid="j-b")
+        await a.send(h.offer(room, pa, pb, cid="o-1"))
+        await b.recv_type("relay")
+        await b.send(h.answer(room, pb, pa))  # no correlationId: the server makes one
+        seen["answer_cid"] = (await a.recv_type("relay"))["correlationId"]
+        for i in range(2):
+            await a.send(h.candidate(room, pa, pb, h.ice(i), cid=f"c-{i}"))
             await b.recv_type("relay")
-            await b.send(h.answer(room, pb, pa))  # no correlationId: the server makes one
-            seen["answer_cid"] = (await a.recv_type("relay"))["correlationId"]
-            for i in range(2):
-                await a.send(h.candidate(room, pa, pb, h.ice(i), cid=f"c-{i}"))
-                await b.recv_type("relay")
-            await b.leave(room, pb, cid="l-b")
-            await a2.close()
-            await a.close()
-            await b.close()
-    arun(main(), timeout=30)
+        await b.leave(room, pb, cid="l-b")
+        await a2.close()
+        await a.close()
+        await b.close()
     assert gw1.stop() == 0 and gw2.stop() == 0
     logs = {gw.node_id: log_lines(gw) for gw in (gw1, gw2)}
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -685,17 +673,16 @@ def test_auth_failure_log_fields(gateway):
     assert isinstance(fails[0].get("conn"), int) and fails[0]["level"] in LEVELS, fails
 
 
-def test_log_level_warn_suppresses_info(gateway_factory):
+@pytest.mark.async_timeout(30)
+async def test_log_level_warn_suppresses_info(gateway_factory):
     closed = h.free_port()
     gw = gateway_factory.start(env={"SIGNAL_LOG_LEVEL": "warn",
                                     "SIGNAL_OTLP_ENDPOINT": f"http://{h.HOST}:{closed}"})
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(gw.ws_url, tok(uniq("warn-a")), name="a")
-            b = await c.connect(gw.ws_url, tok(uniq("warn-b")), name="b")
-            await call_traffic(a, b, new_room(), new_peer(), new_peer())
-    arun(main(), timeout=30)
+    async with Clients() as c:
+        a = await c.connect(gw.ws_url, tok(uniq("warn-a")), name="a")
+        b = await c.connect(gw.ws_url, tok(uniq("warn-b")), name="b")
+        await call_traffic(a, b, new_room(), new_peer(), new_peer())
     # A warn line does get through: the failed span export.
     h.wait_until(lambda: "trace.export_failed" in gw.log_text(), 8, what="a trace.export_failed line")
     assert gw.stop() == 0
@@ -770,18 +757,27 @@ def _firing(eval_time, expected, by="alertname"):
                             for lbl, n in expected]}
 
 
+def _histogram(name, values_by_le, with_count=False):
+    """A histogram's bucket series (le -> values), and its _count (the +Inf
+    bucket's values) when with_count."""
+    out = [_series(f"{name}_bucket", values, le=le) for le, values in values_by_le.items()]
+    return out + ([_series(f"{name}_count", values_by_le["+Inf"])] if with_count else [])
+
+
+def _serving(steps):
+    """An instance up, connected to Redis and not draining, for `steps` samples."""
+    return [_series("up", f"1x{steps}"), _series("redis_connected", f"1x{steps}"),
+            _series("draining", f"0x{steps}")]
+
+
 def _alert_scenarios():
-    healthy = [
-        _series("up", "1x40"), _series("redis_connected", "1x40"), _series("draining", "0x40"),
+    healthy = _serving(40) + [
         _series("delivery_probe_age_ms", "400x40"), _series("redis_reconnects_total", "0x40"),
         _series("messages_total", "0+600x40", type="candidate"),
         _series("errors_total", "0+6x40", code="bad_request"),
         _series("handshakes_total", "0+120x40", outcome="101"),
         _series("auth_failures_total", "0+3x40", reason="expired"),
-        _series("relay_latency_ms_bucket", "0+590x40", le="1"),
-        _series("relay_latency_ms_bucket", "0+600x40", le="5"),
-        _series("relay_latency_ms_bucket", "0+600x40", le="+Inf"),
-        _series("relay_latency_ms_count", "0+600x40"),
+        *_histogram("relay_latency_ms", {"1": "0+590x40", "5": "0+600x40", "+Inf": "0+600x40"}, with_count=True),
         _series("ratelimit_drops_total", "0+6x40", scope="candidate"),
         _series("tls_certificate_expiry_timestamp_seconds", "10000000x40"),  # 115 days away
     ]
@@ -790,8 +786,7 @@ def _alert_scenarios():
         _series("redis_connected", "1 0x11", instance="b:9090"), _series("draining", "0x12", instance="b:9090"),
         _series("delivery_probe_age_ms", "0+60000x12", instance="b:9090"),
     ]
-    trouble = [
-        _series("up", "1x40"), _series("redis_connected", "1x40"), _series("draining", "0x40"),
+    trouble = _serving(40) + [
         _series("delivery_probe_age_ms", "0+60000x40"),  # a wedged subscription
         _series("messages_total", "0+600x40", type="offer"),
         _series("errors_total", "0+60x40", code="bad_request"),
@@ -799,11 +794,8 @@ def _alert_scenarios():
         _series("handshakes_total", "0+60x40", outcome="101"),
         _series("handshakes_total", "0+60x40", outcome="401"),
         _series("auth_failures_total", "0+60x40", reason="bad_signature"),
-        _series("relay_latency_ms_bucket", "0+300x40", le="100"),
-        _series("relay_latency_ms_bucket", "0+500x40", le="500"),
-        _series("relay_latency_ms_bucket", "0+600x40", le="2500"),
-        _series("relay_latency_ms_bucket", "0+600x40", le="+Inf"),
-        _series("relay_latency_ms_count", "0+600x40"),
+        *_histogram("relay_latency_ms", {"100": "0+300x40", "500": "0+500x40", "2500": "0+600x40",
+                                         "+Inf": "0+600x40"}, with_count=True),
         _series("ratelimit_drops_total", "0+600x40", scope="peer"),
         _series("output_buffer_closes_total", "0+2x40"),
         _series("trace_spans_dropped_total", "0+100x40"),
@@ -813,9 +805,7 @@ def _alert_scenarios():
         _series("up", "1x20"), _series("draining", "0x20"), _series("delivery_probe_age_ms", "500x20"),
         _series("redis_connected", "1 0 1 0 1 0 1 0 1x12"),
         _series("redis_reconnects_total", "0 1 1 2 2 3 3 4 4x12"),
-        _series("redis_command_latency_ms_bucket", "0+100x20", le="25"),
-        _series("redis_command_latency_ms_bucket", "0+1000x20", le="100"),
-        _series("redis_command_latency_ms_bucket", "0+1000x20", le="+Inf"),
+        *_histogram("redis_command_latency_ms", {"25": "0+100x20", "100": "0+1000x20", "+Inf": "0+1000x20"}),
         _series("caps_tripped_total", "0 0 0 5x17", cap="max_connections"),
         _series("log_lines_dropped_total", "0 0 0 0 10x16"),
     ]

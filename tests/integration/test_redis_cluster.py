@@ -13,14 +13,10 @@ import time
 import pytest
 
 import sg_helpers as h
-from sg_helpers import Clients, arun, new_peer
+from sg_helpers import Clients, arun, new_peer, tok
 
 import ext_helpers as x
 import redis_cluster as rc
-
-
-def tok(sub):
-    return h.make_token(sub, rooms=["*"])
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""PROTOCOL.md §2–§5: targeted relay of offer/answer/candidate, relay.inner,
+"""docs/protocol.md §2–§5: targeted relay of offer/answer/candidate, relay.inner,
 correlationIds, per-sender order (one node and across nodes), relay errors and
 message validation."""
 
@@ -9,22 +9,7 @@ import json
 import pytest
 
 import sg_helpers as h
-from sg_helpers import Clients, arun, make_token, new_peer, new_room
-
-
-def tok(sub, rooms=("*",)):
-    return make_token(sub, rooms=list(rooms))
-
-
-async def pair(c, g1, g2, room):
-    """Two clients in `room`, a on g1 and b on g2; returns (a, pa, b, pb)."""
-    pa, pb = new_peer(), new_peer()
-    a = await c.connect(g1.ws_url, tok("alice"), name="a")
-    b = await c.connect(g2.ws_url, tok("bob"), name="b")
-    await a.join(room, pa)
-    await b.join(room, pb)
-    await a.recv_type("peer_joined", peerId=pb)
-    return a, pa, b, pb
+from sg_helpers import Clients, new_peer, new_room, tok
 
 
 def check_relay(m, sent, cid=None):
@@ -38,238 +23,210 @@ def check_relay(m, sent, cid=None):
 
 
 @pytest.mark.parametrize("nodes", [1, 2])
-def test_offer_answer_candidates(gateway_factory, nodes):
+async def test_offer_answer_candidates(gateway_factory, nodes):
     gws = gateway_factory(nodes)
-    room = new_room()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            a, pa, b, pb = await pair(c, gws[0], gws[-1], room)
-            o = h.offer(room, pa, pb, cid="offer-1")
-            await a.send(o)
-            check_relay(await b.recv_type("relay"), o, "offer-1")
-            ans = h.answer(room, pb, pa, cid="answer-1")
-            await b.send(ans)
-            check_relay(await a.recv_type("relay"), ans, "answer-1")
-            cands = [
-                h.ice(1),
-                {"candidate": "candidate:2 1 udp 1 198.51.100.7 3478 typ srflx", "sdpMid": None,
-                 "sdpMLineIndex": None, "usernameFragment": None},
-                {"candidate": "candidate:3 1 tcp 1 192.0.2.3 9 typ host tcptype active"},
-                {"candidate": "candidate:4 1 udp 1 192.0.2.4 4 typ host", "sdpMLineIndex": 65535},
-                {"candidate": "candidate:5 1 udp 1 192.0.2.5 5 typ host", "sdpMid": "audio"},
-                {"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0},  # end-of-candidates
-            ]
-            for i, cand in enumerate(cands):
-                m = h.candidate(room, pa, pb, cand, cid=f"cand-a-{i}")
-                await a.send(m)
-                check_relay(await b.recv_type("relay"), m, f"cand-a-{i}")
-                m = h.candidate(room, pb, pa, cand, cid=f"cand-b-{i}")
-                await b.send(m)
-                check_relay(await a.recv_type("relay"), m, f"cand-b-{i}")
-            # renegotiation: a second offer/answer pass
-            o2 = h.offer(room, pb, pa, sdp=h.SDP + "a=renegotiate\r\n")
-            await b.send(o2)
-            check_relay(await a.recv_type("relay"), o2)
-            await a.expect_no_message()
-            await b.expect_no_message()
-    arun(main())
+    async with Clients() as c:
+        a, b = await c.pair(gws[0], gws[-1], room, pa, pb)
+        o = h.offer(room, pa, pb, cid="offer-1")
+        await a.send(o)
+        check_relay(await b.recv_type("relay"), o, "offer-1")
+        ans = h.answer(room, pb, pa, cid="answer-1")
+        await b.send(ans)
+        check_relay(await a.recv_type("relay"), ans, "answer-1")
+        cands = [
+            h.ice(1),
+            {"candidate": "candidate:2 1 udp 1 198.51.100.7 3478 typ srflx", "sdpMid": None,
+             "sdpMLineIndex": None, "usernameFragment": None},
+            {"candidate": "candidate:3 1 tcp 1 192.0.2.3 9 typ host tcptype active"},
+            {"candidate": "candidate:4 1 udp 1 192.0.2.4 4 typ host", "sdpMLineIndex": 65535},
+            {"candidate": "candidate:5 1 udp 1 192.0.2.5 5 typ host", "sdpMid": "audio"},
+            {"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0},  # end-of-candidates
+        ]
+        for i, cand in enumerate(cands):
+            m = h.candidate(room, pa, pb, cand, cid=f"cand-a-{i}")
+            await a.send(m)
+            check_relay(await b.recv_type("relay"), m, f"cand-a-{i}")
+            m = h.candidate(room, pb, pa, cand, cid=f"cand-b-{i}")
+            await b.send(m)
+            check_relay(await a.recv_type("relay"), m, f"cand-b-{i}")
+        # renegotiation: a second offer/answer pass
+        o2 = h.offer(room, pb, pa, sdp=h.SDP + "a=renegotiate\r\n")
+        await b.send(o2)
+        check_relay(await a.recv_type("relay"), o2)
+        await a.expect_no_message()
+        await b.expect_no_message()
 
 
-def test_relay_goes_only_to_the_target(gateway):
-    room = new_room()
+async def test_relay_goes_only_to_the_target(gateway):
+    """§5 targeted relay: an offer or candidate reaches its `to` and no other
+    member of the room."""
+    room, pa, pb, pc = new_room(), new_peer(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            a, pa, b, pb = await pair(c, gateway, gateway, room)
-            cc = await c.connect(gateway.ws_url, tok("carol"), name="c")
-            pc = new_peer()
-            await cc.join(room, pc)
-            await a.recv_type("peer_joined", peerId=pc)
-            await b.recv_type("peer_joined", peerId=pc)
-            await a.send(h.offer(room, pa, pb, cid="only-b"))
-            await b.recv_type("relay", correlationId="only-b")
-            await a.send(h.candidate(room, pa, pc, h.ice(7), cid="only-c"))
-            await cc.recv_type("relay", correlationId="only-c")
-            for cl in (a, b, cc):
-                await cl.expect_no_message()
-    arun(main())
+    async with Clients() as c:
+        a, b, cc = await c.members(room, (gateway, "alice", pa), (gateway, "bob", pb), (gateway, "carol", pc))
+        await a.send(h.offer(room, pa, pb, cid="only-b"))
+        await b.recv_type("relay", correlationId="only-b")
+        await a.send(h.candidate(room, pa, pc, h.ice(7), cid="only-c"))
+        await cc.recv_type("relay", correlationId="only-c")
+        for cl in (a, b, cc):
+            await cl.expect_no_message()
 
 
-def test_inner_is_canonical(gateway):
+async def test_inner_is_canonical(gateway):
     """No correlationId inside inner, ids lowercased, optional candidate fields
     kept exactly as sent (absent stays absent, null stays null)."""
-    room = new_room()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            a, pa, b, pb = await pair(c, gateway, gateway, room)
-            cand = {"candidate": "candidate:9 1 udp 1 192.0.2.9 9 typ host", "sdpMid": None}
-            m = h.candidate(room, pa.upper(), pb.upper(), cand, cid="canon")
-            await a.send(m)
-            r = await b.recv_type("relay")
-            assert r["inner"] == {"type": "candidate", "roomId": room, "from": pa, "to": pb,
-                                  "candidate": cand}, r
-            assert r["correlationId"] == "canon"
-    arun(main())
+    async with Clients() as c:
+        a, b = await c.pair(gateway, gateway, room, pa, pb)
+        cand = {"candidate": "candidate:9 1 udp 1 192.0.2.9 9 typ host", "sdpMid": None}
+        m = h.candidate(room, pa.upper(), pb.upper(), cand, cid="canon")
+        await a.send(m)
+        r = await b.recv_type("relay")
+        assert r["inner"] == {"type": "candidate", "roomId": room, "from": pa, "to": pb,
+                              "candidate": cand}, r
+        assert r["correlationId"] == "canon"
 
 
-def test_correlation_id_echoed_exactly(gateway):
-    room = new_room()
+async def test_correlation_id_echoed_exactly(gateway):
+    room, pa, pb = new_room(), new_peer(), new_peer()
     cids = ["x", "A-Za-z0-9_.-", "c" * 64]
 
-    async def main():
-        async with Clients() as c:
-            a, pa, b, pb = await pair(c, gateway, gateway, room)
-            for cid in cids:
-                await a.send(h.offer(room, pa, pb, cid=cid))
-                r = await b.recv_type("relay")
-                assert r["correlationId"] == cid, r
-    arun(main())
+    async with Clients() as c:
+        a, b = await c.pair(gateway, gateway, room, pa, pb)
+        for cid in cids:
+            await a.send(h.offer(room, pa, pb, cid=cid))
+            r = await b.recv_type("relay")
+            assert r["correlationId"] == cid, r
 
 
-def test_server_generated_correlation_ids_are_unique(gateway_factory):
+async def test_server_generated_correlation_ids_are_unique(gateway_factory):
     g1, g2 = gateway_factory(2, env=h.NO_RATE_LIMITS)
-    room = new_room()
+    room, pa, pb, pc = new_room(), new_peer(), new_peer(), new_peer()
     n = 15
 
-    async def main():
-        async with Clients() as c:
-            a, pa, b, pb = await pair(c, g1, g1, room)
-            cc = await c.connect(g2.ws_url, tok("carol"), name="c")
-            pc = new_peer()
-            await cc.join(room, pc)
-            for i in range(n):
-                await a.send(h.offer(room, pa, pb))
-                await cc.send(h.candidate(room, pc, pb, h.ice(i)))
-            seen = []
-            for _ in range(2 * n):
-                r = await b.recv_type("relay")
-                cid = r.get("correlationId")
-                assert isinstance(cid, str) and 1 <= len(cid), r
-                seen.append(cid)
-            assert len(set(seen)) == 2 * n, f"server-made correlationIds are not unique: {seen}"
-    arun(main())
+    async with Clients() as c:
+        a, b = await c.pair(g1, g1, room, pa, pb)
+        cc = await c.member(g2, "carol", room, pc)
+        for i in range(n):
+            await a.send(h.offer(room, pa, pb))
+            await cc.send(h.candidate(room, pc, pb, h.ice(i)))
+        seen = []
+        for _ in range(2 * n):
+            r = await b.recv_type("relay")
+            cid = r.get("correlationId")
+            assert isinstance(cid, str) and 1 <= len(cid), r
+            seen.append(cid)
+        assert len(set(seen)) == 2 * n, f"server-made correlationIds are not unique: {seen}"
 
 
 @pytest.mark.parametrize("nodes", [1, 2])
-def test_order_of_200_candidates_each_way(gateway_factory, nodes):
+async def test_order_of_200_candidates_each_way(gateway_factory, nodes):
     gws = gateway_factory(nodes, env=h.NO_RATE_LIMITS)
-    room = new_room()
+    room, pa, pb = new_room(), new_peer(), new_peer()
     n = 200
 
-    async def main():
-        async with Clients() as c:
-            a, pa, b, pb = await pair(c, gws[0], gws[-1], room)
+    async with Clients() as c:
+        a, b = await c.pair(gws[0], gws[-1], room, pa, pb)
 
-            async def burst(sender, frm, to, tag):
-                for i in range(n):
-                    await sender.send(h.candidate(room, frm, to, h.ice(i), cid=f"{tag}{i}"))
+        async def burst(sender, frm, to, tag):
+            for i in range(n):
+                await sender.send(h.candidate(room, frm, to, h.ice(i), cid=f"{tag}{i}"))
 
-            await asyncio.gather(burst(a, pa, pb, "a"), burst(b, pb, pa, "b"))
+        await asyncio.gather(burst(a, pa, pb, "a"), burst(b, pb, pa, "b"))
 
-            async def collect(receiver, tag):
-                got = []
-                for _ in range(n):
-                    r = await receiver.recv_type("relay", timeout=10)
-                    got.append(r["correlationId"])
-                    assert r["inner"]["candidate"] == h.ice(int(r["correlationId"][1:])), r
-                return got
+        async def collect(receiver, tag):
+            got = []
+            for _ in range(n):
+                r = await receiver.recv_type("relay", timeout=10)
+                got.append(r["correlationId"])
+                assert r["inner"]["candidate"] == h.ice(int(r["correlationId"][1:])), r
+            return got
 
-            got_b, got_a = await asyncio.gather(collect(b, "a"), collect(a, "b"))
-            assert got_b == [f"a{i}" for i in range(n)], "a->b relays out of order or lost"
-            assert got_a == [f"b{i}" for i in range(n)], "b->a relays out of order or lost"
-            await a.expect_no_message()
-            await b.expect_no_message()
-    arun(main())
+        got_b, got_a = await asyncio.gather(collect(b, "a"), collect(a, "b"))
+        assert got_b == [f"a{i}" for i in range(n)], "a->b relays out of order or lost"
+        assert got_a == [f"b{i}" for i in range(n)], "b->a relays out of order or lost"
+        await a.expect_no_message()
+        await b.expect_no_message()
 
 
-def test_order_mixed_types_across_nodes(gateway_factory):
+async def test_order_mixed_types_across_nodes(gateway_factory):
     g1, g2 = gateway_factory(2, env=h.NO_RATE_LIMITS)
-    room = new_room()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            a, pa, b, pb = await pair(c, g1, g2, room)
-            sent = [h.offer(room, pa, pb, cid="m0")]
-            sent += [h.candidate(room, pa, pb, h.ice(i), cid=f"m{i + 1}") for i in range(30)]
-            sent += [h.offer(room, pa, pb, sdp=h.SDP + "a=x\r\n", cid="m31")]
-            for m in sent:
-                await a.send(m)
-            for m in sent:
-                r = await b.recv_type("relay")
-                assert r["correlationId"] == m["correlationId"], (r, m)
-                assert r["inner"] == h.inner_of(m)
-    arun(main())
+    async with Clients() as c:
+        a, b = await c.pair(g1, g2, room, pa, pb)
+        sent = [h.offer(room, pa, pb, cid="m0")]
+        sent += [h.candidate(room, pa, pb, h.ice(i), cid=f"m{i + 1}") for i in range(30)]
+        sent += [h.offer(room, pa, pb, sdp=h.SDP + "a=x\r\n", cid="m31")]
+        for m in sent:
+            await a.send(m)
+        for m in sent:
+            r = await b.recv_type("relay")
+            assert r["correlationId"] == m["correlationId"], (r, m)
+            assert r["inner"] == h.inner_of(m)
 
 
 # ---------------------------------------------------------------- relay errors
 
 
-def test_not_joined(gateway):
+async def test_not_joined(gateway):
     room, other = new_room(), new_room()
+    pa, pb = new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            a, pa, b, pb = await pair(c, gateway, gateway, room)
-            outsider = await c.connect(gateway.ws_url, tok("eve"), name="eve")
-            await outsider.send(h.offer(room, new_peer(), pb, cid="nj-1"))
-            await outsider.expect_error("not_joined", cid="nj-1")
-            # a member of `room` relaying in a room it is not in
-            await a.send(h.offer(other, pa, pb, cid="nj-2"))
-            await a.expect_error("not_joined", cid="nj-2")
-            # after leaving
-            await a.leave(room, pa)
-            await b.recv_type("peer_left", peerId=pa)
-            await a.send(h.candidate(room, pa, pb, h.ice(1), cid="nj-3"))
-            await a.expect_error("not_joined", cid="nj-3")
-            await b.expect_no_message()
-    arun(main())
-
-
-def test_forbidden_from_not_own_peer_id(gateway):
-    room = new_room()
-
-    async def main():
-        async with Clients() as c:
-            a, pa, b, pb = await pair(c, gateway, gateway, room)
-            cc = await c.connect(gateway.ws_url, tok("carol"), name="c")
-            pc = new_peer()
-            await cc.join(room, pc)
-            await a.recv_type("peer_joined", peerId=pc)
-            await b.recv_type("peer_joined", peerId=pc)
-            # a pretends to be b
-            await a.send(h.offer(room, pb, pc, cid="spoof-1"))
-            await a.expect_error("forbidden", cid="spoof-1")
-            await a.send(h.candidate(room, new_peer(), pc, h.ice(1), cid="spoof-2"))
-            await a.expect_error("forbidden", cid="spoof-2")
-            for cl in (b, cc):
-                await cl.expect_no_message()
-    arun(main())
+    async with Clients() as c:
+        a, b = await c.pair(gateway, gateway, room, pa, pb)
+        outsider = await c.connect(gateway.ws_url, tok("eve"), name="eve")
+        await outsider.send(h.offer(room, new_peer(), pb, cid="nj-1"))
+        await outsider.expect_error("not_joined", cid="nj-1")
+        # a member of `room` relaying in a room it is not in
+        await a.send(h.offer(other, pa, pb, cid="nj-2"))
+        await a.expect_error("not_joined", cid="nj-2")
+        # after leaving
+        await a.leave(room, pa)
+        await b.recv_type("peer_left", peerId=pa)
+        await a.send(h.candidate(room, pa, pb, h.ice(1), cid="nj-3"))
+        await a.expect_error("not_joined", cid="nj-3")
+        await b.expect_no_message()
 
 
-def test_peer_not_found(gateway):
+async def test_forbidden_from_not_own_peer_id(gateway):
+    """§5: a relay's `from` must be the sender's own peerId in the room;
+    another member's id, or one nobody holds, is forbidden and reaches no one."""
+    room, pa, pb, pc = new_room(), new_peer(), new_peer(), new_peer()
+
+    async with Clients() as c:
+        a, b, cc = await c.members(room, (gateway, "alice", pa), (gateway, "bob", pb), (gateway, "carol", pc))
+        # a pretends to be b
+        await a.send(h.offer(room, pb, pc, cid="spoof-1"))
+        await a.expect_error("forbidden", cid="spoof-1")
+        await a.send(h.candidate(room, new_peer(), pc, h.ice(1), cid="spoof-2"))
+        await a.expect_error("forbidden", cid="spoof-2")
+        for cl in (b, cc):
+            await cl.expect_no_message()
+
+
+async def test_peer_not_found(gateway):
     room, other = new_room(), new_room()
+    pa, pb, pd = new_peer(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            a, pa, b, pb = await pair(c, gateway, gateway, room)
-            d = await c.connect(gateway.ws_url, tok("dave"), name="d")
-            pd = new_peer()
-            await d.join(other, pd)
-            await a.send(h.offer(room, pa, new_peer(), cid="nf-1"))
-            await a.expect_error("peer_not_found", cid="nf-1")
-            await a.send(h.offer(room, pa, pa, cid="nf-self"))
-            await a.expect_error("peer_not_found", cid="nf-self")
-            await a.send(h.offer(room, pa, pd, cid="nf-other-room"))
-            await a.expect_error("peer_not_found", cid="nf-other-room")
-            await b.leave(room, pb)
-            await a.recv_type("peer_left", peerId=pb)
-            await a.send(h.answer(room, pa, pb, cid="nf-left"))
-            await a.expect_error("peer_not_found", cid="nf-left")
-            await d.expect_no_message()
-            await b.expect_no_message()
-    arun(main())
+    async with Clients() as c:
+        a, b = await c.pair(gateway, gateway, room, pa, pb)
+        d = await c.member(gateway, "dave", other, pd)
+        await a.send(h.offer(room, pa, new_peer(), cid="nf-1"))
+        await a.expect_error("peer_not_found", cid="nf-1")
+        await a.send(h.offer(room, pa, pa, cid="nf-self"))
+        await a.expect_error("peer_not_found", cid="nf-self")
+        await a.send(h.offer(room, pa, pd, cid="nf-other-room"))
+        await a.expect_error("peer_not_found", cid="nf-other-room")
+        await b.leave(room, pb)
+        await a.recv_type("peer_left", peerId=pb)
+        await a.send(h.answer(room, pa, pb, cid="nf-left"))
+        await a.expect_error("peer_not_found", cid="nf-left")
+        await d.expect_no_message()
+        await b.expect_no_message()
 
 
 # ---------------------------------------------------------------- validation
@@ -343,57 +300,53 @@ def _bad_messages(room, pa, pb):
     ]
 
 
-def test_bad_request_cases_keep_the_connection_open(gateway):
-    room = new_room()
+async def test_bad_request_cases_keep_the_connection_open(gateway):
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            a, pa, b, pb = await pair(c, gateway, gateway, room)
-            for i, (name, msg, has_cid) in enumerate(_bad_messages(room, pa, pb)):
-                cid = f"bad-{i}"
-                if isinstance(msg, dict) and has_cid:
-                    msg = dict(msg, correlationId=cid)
-                await a.send(msg)
-                try:
-                    e = await a.recv_type("error")
-                except AssertionError as ex:
-                    raise AssertionError(f"case {name}: {ex}") from None
-                assert e.get("code") == "bad_request", (name, e)
-                assert isinstance(e.get("message"), str) and e["message"], (name, e)
-                if has_cid:
-                    assert e.get("correlationId") == cid, f"case {name}: correlationId not echoed: {e}"
-                assert a.is_open, f"case {name}: connection closed"
-            # the connection is still usable and nothing reached b
-            await b.expect_no_message()
-            await a.send(h.offer(room, pa, pb, cid="after-bad"))
-            r = await b.recv_type("relay")
-            assert r["correlationId"] == "after-bad"
-            await a.expect_no_message()
-            await b.expect_no_message()
-    arun(main())
+    async with Clients() as c:
+        a, b = await c.pair(gateway, gateway, room, pa, pb)
+        for i, (name, msg, has_cid) in enumerate(_bad_messages(room, pa, pb)):
+            cid = f"bad-{i}"
+            if isinstance(msg, dict) and has_cid:
+                msg = dict(msg, correlationId=cid)
+            await a.send(msg)
+            try:
+                e = await a.recv_type("error")
+            except AssertionError as ex:
+                raise AssertionError(f"case {name}: {ex}") from None
+            assert e.get("code") == "bad_request", (name, e)
+            assert isinstance(e.get("message"), str) and e["message"], (name, e)
+            if has_cid:
+                assert e.get("correlationId") == cid, f"case {name}: correlationId not echoed: {e}"
+            assert a.is_open, f"case {name}: connection closed"
+        # the connection is still usable and nothing reached b
+        await b.expect_no_message()
+        await a.send(h.offer(room, pa, pb, cid="after-bad"))
+        r = await b.recv_type("relay")
+        assert r["correlationId"] == "after-bad"
+        await a.expect_no_message()
+        await b.expect_no_message()
 
 
-def test_payload_too_large_closes_1009(gateway_factory):
+async def test_payload_too_large_closes_1009(gateway_factory):
     gw = gateway_factory.start(env={"SIGNAL_MAX_MESSAGE_BYTES": "1024"})
-    room = new_room()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            a, pa, b, pb = await pair(c, gw, gw, room)
-            # exactly the maximum passes
-            exact = h.padded_json(h.offer(room, pa, pb, cid="exact"), 1024)
-            assert len(exact.encode()) == 1024
-            await a.send(exact)
-            r = await b.recv_type("relay")
-            assert r["correlationId"] == "exact"
-            # one byte more does not
-            await a.send(h.padded_json(h.offer(room, pa, pb, cid="over"), 1025))
-            await a.expect_error("payload_too_large")
-            code = await a.wait_closed(5)
-            assert code == 1009, f"close code {code}, expected 1009"
-            assert not a.pending, a.pending
-            # the room-mate learns that a went away, and gets nothing of the big message
-            m = await b.recv_type("peer_left", peerId=pa)
-            assert m["roomId"] == room
-            await b.expect_no_message()
-    arun(main())
+    async with Clients() as c:
+        a, b = await c.pair(gw, gw, room, pa, pb)
+        # exactly the maximum passes
+        exact = h.padded_json(h.offer(room, pa, pb, cid="exact"), 1024)
+        assert len(exact.encode()) == 1024
+        await a.send(exact)
+        r = await b.recv_type("relay")
+        assert r["correlationId"] == "exact"
+        # one byte more does not
+        await a.send(h.padded_json(h.offer(room, pa, pb, cid="over"), 1025))
+        await a.expect_error("payload_too_large")
+        code = await a.wait_closed(5)
+        assert code == 1009, f"close code {code}, expected 1009"
+        assert not a.pending, a.pending
+        # the room-mate learns that a went away, and gets nothing of the big message
+        m = await b.recv_type("peer_left", peerId=pa)
+        assert m["roomId"] == room
+        await b.expect_no_message()

@@ -16,7 +16,6 @@ import ipaddress
 import json
 import os
 import signal
-import ssl
 import urllib.request
 
 from cryptography import x509

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""PROTOCOL.md §9 TURN credentials: joined/resumed carry iceServers in
+"""docs/protocol.md §9 TURN credentials: joined/resumed carry iceServers in
 coturn's shared-secret (TURN REST API) scheme; a real coturn (Debian's
 `coturn`, started here on loopback) accepts them, refuses expired ones, and
 two aiortc peers with relay-only ICE connect through it.
@@ -17,10 +17,10 @@ import time
 import pytest
 
 import sg_helpers as h
-from sg_helpers import Clients, arun, new_peer, new_room
+from sg_helpers import Clients, arun, new_peer, new_room, tok
 
 import ext_helpers as x
-from ext_helpers import RESUME_ENV, resume_msg, tok
+from ext_helpers import RESUME_ENV, resume_msg
 
 SECRET = "turn-shared-secret-for-tests-0c1d"
 
@@ -50,45 +50,38 @@ def check_ice_servers(msg, sub, urls, ttl, now):
 # ====================================================================== the credentials
 
 
-def test_ice_servers_in_joined_and_resumed(gateway_factory, redis):
+async def test_ice_servers_in_joined_and_resumed(gateway_factory, redis):
     urls_env = " turn:127.0.0.1:3478?transport=udp , turn:127.0.0.1:3478?transport=tcp,stun:127.0.0.1:3478 "
     urls = ["turn:127.0.0.1:3478?transport=udp", "turn:127.0.0.1:3478?transport=tcp", "stun:127.0.0.1:3478"]
     g1, g2 = gateway_factory(2, env=turn_env(urls_env, ttl=120))
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(g1.ws_url, tok("alice"), name="a")
-            b = await c.connect(g1.ws_url, tok("bob"), name="b")
-            ja = await a.join(room, pa)
-            jb = await b.join(room, pb)
-            now = int(time.time())
-            sa = check_ice_servers(ja, "alice", urls, 120, now)
-            sb = check_ice_servers(jb, "bob", urls, 120, now)
-            # the hash part names the user, the same on every node and join
-            ua, ub = sa["username"].split(":")[1], sb["username"].split(":")[1]
-            assert ua != ub
-            a2 = await c.connect(g2.ws_url, tok("alice"), name="a2")
-            ja2 = await a2.join(new_room(), new_peer())
-            assert check_ice_servers(ja2, "alice", urls, 120, int(time.time()))["username"].split(":")[1] == ua
-            # resumed carries fresh ones too
-            b.abort()
-            await x.wait_in_grace(redis, room, pb)
-            b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
-            await b2.send(resume_msg(room, pb, jb["resumeToken"], 0))
-            r = await b2.recv_type("resumed")
-            check_ice_servers(r, "bob", urls, 120, int(time.time()))
-    arun(main())
+    async with Clients() as c:
+        a = await c.member(g1, "alice", room, pa)
+        b = await c.member(g1, "bob", room, pb)
+        now = int(time.time())
+        sa = check_ice_servers(a.joined[room], "alice", urls, 120, now)
+        sb = check_ice_servers(b.joined[room], "bob", urls, 120, now)
+        # the hash part names the user, the same on every node and join
+        ua, ub = sa["username"].split(":")[1], sb["username"].split(":")[1]
+        assert ua != ub
+        room2 = new_room()
+        a2 = await c.member(g2, "alice", room2, new_peer(), name="a2")
+        s2 = check_ice_servers(a2.joined[room2], "alice", urls, 120, int(time.time()))
+        assert s2["username"].split(":")[1] == ua
+        # resumed carries fresh ones too
+        await x.lose(b, redis, room, pb)
+        b2 = await c.connect(g2.ws_url, tok("bob"), name="b2")
+        await b2.send(resume_msg(room, pb, b.joined[room]["resumeToken"], 0))
+        r = await b2.recv_type("resumed")
+        check_ice_servers(r, "bob", urls, 120, int(time.time()))
 
 
-def test_no_ice_servers_without_turn_config(gateway):
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(gateway.ws_url, tok("alice"), name="a")
-            j = await a.join(new_room(), new_peer())
-            assert "iceServers" not in j, j
-    arun(main())
+async def test_no_ice_servers_without_turn_config(gateway):
+    async with Clients() as c:
+        a = await c.connect(gateway.ws_url, tok("alice"), name="a")
+        j = await a.join(new_room(), new_peer())
+        assert "iceServers" not in j, j
 
 
 @pytest.mark.parametrize("env", [{"SIGNAL_TURN_SECRET": SECRET}, {"SIGNAL_TURN_URLS": "turn:127.0.0.1:3478"},
@@ -242,19 +235,17 @@ def coturn(tmp_path):
     t.stop()
 
 
-def _ice_server_from_join(gw, sub="alice"):
-    async def main():
-        async with Clients() as c:
-            a = await c.connect(gw.ws_url, tok(sub), name=sub)
-            j = await a.join(new_room(), new_peer())
-            return j["iceServers"][0]
-    return arun(main(), timeout=20)
+async def _ice_server_from_join(gw, sub="alice"):
+    async with Clients() as c:
+        a = await c.connect(gw.ws_url, tok(sub), name=sub)
+        j = await a.join(new_room(), new_peer())
+        return j["iceServers"][0]
 
 
 @pytest.mark.e2e
 def test_coturn_accepts_the_credentials_and_refuses_expired_ones(gateway_factory, coturn):
     gw = gateway_factory.start(env=turn_env(coturn.url(), ttl=60))
-    s = _ice_server_from_join(gw)
+    s = arun(_ice_server_from_join(gw), timeout=20)
     ok = stun_allocate(coturn.port, s["username"], s["credential"])
     assert ok[0] == "success", (ok, coturn.log()[-2000:])
     assert ok[1][0] == "127.0.0.1" and ok[1][1] in coturn.relay_ports, ok
@@ -326,14 +317,7 @@ class RtcPeer:
 
     def _use(self, ch):
         self.channel = ch
-
-        @ch.on("open")
-        def on_open():
-            self.open.set()
-
-        @ch.on("message")
-        def on_message(msg):
-            self.received.put_nowait(msg)
+        h.watch_data_channel(ch, self.open, self.received)
 
     async def _send_local(self, kind):
         sdp = self.pc.localDescription.sdp
@@ -381,50 +365,46 @@ class RtcPeer:
 
 
 @pytest.mark.e2e
-def test_two_aiortc_peers_connect_relay_only_through_coturn(gateway_factory, coturn):
+@pytest.mark.async_timeout(45)
+async def test_two_aiortc_peers_connect_relay_only_through_coturn(gateway_factory, coturn):
     gw = gateway_factory.start(env=turn_env(coturn.url(), ttl=300))
-    room = new_room()
-    pa, pb = new_peer(), new_peer()
+    room, pa, pb = new_room(), new_peer(), new_peer()
 
-    async def main():
-        async with Clients() as c:
-            wa = await c.connect(gw.ws_url, tok("alice"), name="alice")
-            wb = await c.connect(gw.ws_url, tok("bob"), name="bob")
-            jb = await wb.join(room, pb)
-            ja = await wa.join(room, pa)
-            assert ja["peers"] == [pb]
-            alice = RtcPeer(wa, room, pa, pb, ja["iceServers"][0], offerer=True)
-            bob = RtcPeer(wb, room, pb, pa, jb["iceServers"][0], offerer=False)
-            pumps = [asyncio.ensure_future(alice.pump()), asyncio.ensure_future(bob.pump())]
-            try:
-                await alice.start()
-                opened = asyncio.ensure_future(asyncio.gather(alice.open.wait(), bob.open.wait()))
-                await asyncio.wait([opened, *pumps], timeout=20, return_when=asyncio.FIRST_COMPLETED)
-                for t in pumps:
-                    if t.done():
-                        t.result()  # a signaling failure: raise it
-                if not opened.done():
-                    opened.cancel()
-                    raise AssertionError(
-                        f"no data channel within 20s: ICE {alice.pc.iceConnectionState}/"
-                        f"{bob.pc.iceConnectionState}; coturn log:\n{coturn.log()[-3000:]}")
-                alice.channel.send("hello from alice")
-                assert await asyncio.wait_for(bob.received.get(), 10) == "hello from alice"
-                await h.async_wait_until(lambda: bob.channel.readyState == "open", 5)
-                bob.channel.send("hello from bob")
-                assert await asyncio.wait_for(alice.received.get(), 10) == "hello from bob"
-                # the path is TURN relay to TURN relay
-                for p in (alice, bob):
-                    pair = p.selected_pair()
-                    assert pair is not None
-                    assert pair.local_candidate.type == "relay" and pair.remote_candidate.type == "relay", pair
-                    for cand in (pair.local_candidate, pair.remote_candidate):
-                        # addresses that coturn allocated from its relay range
-                        assert cand.host == "127.0.0.1" and cand.port in coturn.relay_ports, cand
-                assert alice.sent_candidates and bob.sent_candidates
-            finally:
-                for t in pumps:
-                    t.cancel()
-                await asyncio.gather(*pumps, return_exceptions=True)
-                await asyncio.gather(alice.pc.close(), bob.pc.close(), return_exceptions=True)
-    arun(main(), timeout=45)
+    async with Clients() as c:
+        wb = await c.member(gw, "bob", room, pb)
+        wa = await c.member(gw, "alice", room, pa)
+        assert wa.joined[room]["peers"] == [pb]
+        alice = RtcPeer(wa, room, pa, pb, wa.joined[room]["iceServers"][0], offerer=True)
+        bob = RtcPeer(wb, room, pb, pa, wb.joined[room]["iceServers"][0], offerer=False)
+        pumps = [asyncio.ensure_future(alice.pump()), asyncio.ensure_future(bob.pump())]
+        try:
+            await alice.start()
+            opened = asyncio.ensure_future(asyncio.gather(alice.open.wait(), bob.open.wait()))
+            await asyncio.wait([opened, *pumps], timeout=20, return_when=asyncio.FIRST_COMPLETED)
+            for t in pumps:
+                if t.done():
+                    t.result()  # a signaling failure: raise it
+            if not opened.done():
+                opened.cancel()
+                raise AssertionError(
+                    f"no data channel within 20s: ICE {alice.pc.iceConnectionState}/"
+                    f"{bob.pc.iceConnectionState}; coturn log:\n{coturn.log()[-3000:]}")
+            alice.channel.send("hello from alice")
+            assert await asyncio.wait_for(bob.received.get(), 10) == "hello from alice"
+            await h.async_wait_until(lambda: bob.channel.readyState == "open", 5)
+            bob.channel.send("hello from bob")
+            assert await asyncio.wait_for(alice.received.get(), 10) == "hello from bob"
+            # the path is TURN relay to TURN relay
+            for p in (alice, bob):
+                pair = p.selected_pair()
+                assert pair is not None
+                assert pair.local_candidate.type == "relay" and pair.remote_candidate.type == "relay", pair
+                for cand in (pair.local_candidate, pair.remote_candidate):
+                    # addresses that coturn allocated from its relay range
+                    assert cand.host == "127.0.0.1" and cand.port in coturn.relay_ports, cand
+            assert alice.sent_candidates and bob.sent_candidates
+        finally:
+            for t in pumps:
+                t.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            await asyncio.gather(alice.pc.close(), bob.pc.close(), return_exceptions=True)

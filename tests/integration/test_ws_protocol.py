@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""PROTOCOL.md §2 (RFC 6455 on the wire): hand-made frames over raw sockets,
+"""docs/protocol.md §2 (RFC 6455 on the wire): hand-made frames over raw sockets,
 close codes, fragmentation, size caps, the close handshake, and slow or
 oversized handshakes."""
 
@@ -12,12 +12,8 @@ import time
 import pytest
 
 import sg_helpers as h
-from sg_helpers import (OP_BIN, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS,
-                        encode_frame, make_token, new_peer, new_room)
-
-
-def tok(sub="alice"):
-    return make_token(sub, rooms=["*"])
+from sg_helpers import (OP_BIN, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS, encode_frame,
+                        make_token, new_peer, new_room, tok)
 
 
 def join_json(room=None, peer=None, **extra):

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Unit tests for gateway/auth.c (PROTOCOL.md §1 JWT claims, §9 key rotation).
+/* Unit tests for gateway/auth.c (docs/protocol.md §1 JWT claims, §9 key rotation).
  *
  * Keys are generated once per run with OpenSSL (RSA 2048 and EC P-256, two of
  * each for rotation and wrong-key cases); nothing is committed. Tokens are

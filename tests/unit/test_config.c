@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Unit tests for config: the defaults of every PROTOCOL.md §7 setting,
+/* Unit tests for config: the defaults of every docs/protocol.md §7 setting,
  * environment parsing, flags over the environment, the flag grammar and its
  * errors, integer bounds, RATE/BURST, host:port splitting, the startup
  * checks of validate() and the --help table.
@@ -83,7 +83,7 @@ static char *kv(const char *name, const char *value)
 
 /* ---- defaults ----------------------------------------------------------- */
 
-/* Each row of the PROTOCOL.md §7 table, with only the mandatory secret set. */
+/* Each row of the docs/protocol.md §7 table, with only the mandatory secret set. */
 static void test_defaults_match_protocol_table(void **state)
 {
     loaded l;

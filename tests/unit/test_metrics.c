@@ -164,7 +164,7 @@ static void test_family_label_reuse(void **state)
     free(t);
 }
 
-/* Label names per family, as PROTOCOL.md §8 and metrics.h name them. */
+/* Label names per family, as docs/protocol.md §8 and metrics.h name them. */
 static void test_family_labels(void **state)
 {
     sg_metrics m;

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Unit tests for gateway/proto.c: every rule of PROTOCOL.md §2, §3, §4 and
+/* Unit tests for gateway/proto.c: every rule of docs/protocol.md §2, §3, §4 and
  * §9 that the decoder enforces, accepted and rejected, and the exact bytes of
  * relay.inner and of error messages.
  *

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Test doubles for the client library: a fake clock, a scriptable fake
-// WebSocket, an in-memory signaling server that follows PROTOCOL.md closely
+// WebSocket, an in-memory signaling server that follows docs/protocol.md closely
 // enough for the peer tests, and a fake RTCPeerConnection with a real
 // signaling state machine (strict: no implicit rollback).
 

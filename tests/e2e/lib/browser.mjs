@@ -3,10 +3,13 @@
 // ever downloaded), and helpers around the demo page's test hooks
 // (window.demo, see clients/README.md).
 
+import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+
+import { loopbackOnly } from './cluster.mjs';
 
 export const CHROMIUM = process.env.SG_CHROMIUM || '/usr/bin/chromium';
 
@@ -39,6 +42,28 @@ export function launchBrowser() {
     args: CHROMIUM_ARGS,
     timeout: 60000,
   });
+}
+
+/**
+ * The start of a browser test file: it runs in a network namespace with only
+ * loopback (tests/e2e/run.sh; SG_E2E_HOST_NETWORK=1 to run it anyway), its
+ * artifacts directory `out` starts empty; returns a fresh Chromium.
+ */
+export function startBrowserTests(out) {
+  assert.ok(loopbackOnly() || process.env.SG_E2E_HOST_NETWORK === '1',
+    'run the browser tests through tests/e2e/run.sh: they need a network namespace with only loopback');
+  fs.rmSync(out, { recursive: true, force: true });
+  return launchBrowser();
+}
+
+/** The end of a browser test file: Chromium closed, the cluster's logs saved under out/logs, the cluster stopped. */
+export async function endBrowserTests(browser, cluster, out) {
+  await browser?.close().catch(() => {});
+  if (cluster) {
+    cluster.saveLogs(path.join(out, 'logs'));
+    await cluster.stop();
+    cluster.removeWorkDir();
+  }
 }
 
 /**
@@ -123,6 +148,23 @@ export async function waitRemoteVideo(demo, remote, timeoutMs = 15000) {
     [remote, t0],
     { timeout: timeoutMs, polling: 100 },
   );
+}
+
+/**
+ * The call between pages a and b is up: each sees the other "connected" with
+ * an open chat channel, a chat message goes each way (texts [a to b, b to a])
+ * and each plays the other's video. Returns Date.now() of the moment both
+ * were connected.
+ */
+export async function callUp(a, b, [toB, toA]) {
+  await waitConnected(a, b.peerId);
+  await waitConnected(b, a.peerId);
+  const connectedAt = Date.now();
+  await exchange(a, b, toB);
+  await exchange(b, a, toA);
+  await waitRemoteVideo(a, b.peerId);
+  await waitRemoteVideo(b, a.peerId);
+  return connectedAt;
 }
 
 /** Saves a PNG of the page under dir; returns its path. */
