@@ -10,11 +10,11 @@ import asyncio
 import hashlib
 import json
 import re
-import subprocess
 import urllib.request
 
 import pytest
 
+import redis_cluster as rc
 import sg_helpers as h
 from sg_helpers import Clients, arun, control, new_peer, new_room, tok
 
@@ -552,75 +552,24 @@ def test_the_subcommands_follow_a_cluster_to_the_slot_of_the_key(tmp_path):
     """Three masters; the seed is one of them: each call reaches the node of
     its room's (or the revocations') slot through MOVED, and loads the
     control library there when it has none."""
-    import cluster_helpers as ch
-    procs = []
+    cluster = rc.RedisCluster(tmp_path / "cluster", masters=3, replicas=0).start()
     try:
-        nodes = []
-        for i in range(3):
-            port, bus = h.free_port(), h.free_port()
-            d = tmp_path / f"cluster{i}"
-            d.mkdir()
-            log = open(tmp_path / f"cluster{i}.log", "wb")
-            procs.append(subprocess.Popen(
-                ["redis-server", "--port", str(port), "--bind", h.HOST, "--cluster-enabled", "yes",
-                 "--cluster-port", str(bus), "--cluster-config-file", str(d / "nodes.conf"),
-                 "--dir", str(d), "--save", "", "--appendonly", "no", "--protected-mode", "no"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
-            log.close()
-            nodes.append(port)
-
-        def up(port):
-            try:
-                c = h.RedisClient(port, timeout=1)
-                try:
-                    return c("PING") == "PONG"
-                finally:
-                    c.close()
-            except (OSError, h.RedisError):
-                return False
-        h.wait_until(lambda: all(up(p) for p in nodes), 10, what="cluster nodes up")
-        subprocess.run(["redis-cli", "--cluster", "create", *[f"{h.HOST}:{p}" for p in nodes],
-                        "--cluster-yes"], check=True, capture_output=True, timeout=60)
-
-        def ask(port, *args):
-            c = h.RedisClient(port, timeout=2)
-            try:
-                return c(*args)
-            finally:
-                c.close()
-        h.wait_until(lambda: all("cluster_state:ok" in ask(p, "CLUSTER", "INFO") for p in nodes), 20,
-                     interval=0.1, what="cluster_state:ok on every node")
-
-        env = {"SIGNAL_REDIS_CLUSTER": f"{h.HOST}:{h.free_port()},{h.HOST}:{nodes[0]}"}  # first seed down
-        rc, out, err = control(f"redis://{h.HOST}:1/0", "revoke", "--sub", "clustered", "--ttl", "30", env=env)
-        assert rc == 0, (rc, out, err)
-        owner = [p for p in nodes if ask(p, "CLUSTER", "COUNTKEYSINSLOT",
-                                        ask(p, "CLUSTER", "KEYSLOT", "signal:{control}:revoked")) == 1]
-        assert len(owner) == 1, owner
+        env = {"SIGNAL_REDIS_CLUSTER": f"{h.HOST}:{h.free_port()},{h.HOST}:{cluster.nodes[0].port}"}  # first seed down
+        code, out, err = control(f"redis://{h.HOST}:1/0", "revoke", "--sub", "clustered", "--ttl", "30", env=env)
+        assert code == 0, (code, out, err)
+        assert cluster.client_for("signal:{control}:revoked")("ZCARD", "signal:{control}:revoked") == 1
         # rooms spread over the three masters: a member on each, kicked through the one seed
-        rooms, seen = [], set()
-        for i in range(200):
-            r = f"cl{i}"
-            slot = ask(nodes[0], "CLUSTER", "KEYSLOT", f"room:{{{r}}}:peers")
-            shards = ask(nodes[0], "CLUSTER", "SLOTS")
-            port = next(s[2][1] for s in shards if s[0] <= slot <= s[1])
-            if port not in seen:
-                seen.add(port)
-                rooms.append((r, port))
-            if len(seen) == 3:
-                break
-        assert len(rooms) == 3
-        for r, port in rooms:
-            p = new_peer()
-            ask(port, "HSET", f"room:{{{r}}}:peers", p,
-                json.dumps({"node": "n", "inst": "i", "conn": "", "sub": "ab", "joinedAt": 1}))
-            rc, out, err = control(f"redis://{h.HOST}:1/0", "kick", "--room", r, "--peer", p, env=env)
-            assert rc == 0, (r, rc, out, err)
-            assert ask(port, "EXISTS", f"room:{{{r}}}:peers") == 0
-            rc, out, err = control(f"redis://{h.HOST}:1/0", "close-room", "--room", r, env=env)
-            assert rc == 0, (r, rc, out, err)
-        for port in nodes:
-            assert ask(port, "FUNCTION", "LIST", "LIBRARYNAME", "signal_control"), port
+        for port, rooms in rc.rooms_on_every_shard(cluster, "cl").items():
+            r, p = rooms[0], new_peer()
+            master = next(n for n in cluster.nodes if n.port == port)
+            master("HSET", f"room:{{{r}}}:peers", p,
+                   json.dumps({"node": "n", "inst": "i", "conn": "", "sub": "ab", "joinedAt": 1}))
+            code, out, err = control(f"redis://{h.HOST}:1/0", "kick", "--room", r, "--peer", p, env=env)
+            assert code == 0, (r, code, out, err)
+            assert master("EXISTS", f"room:{{{r}}}:peers") == 0
+            code, out, err = control(f"redis://{h.HOST}:1/0", "close-room", "--room", r, env=env)
+            assert code == 0, (r, code, out, err)
+        for n in cluster.nodes:
+            assert n("FUNCTION", "LIST", "LIBRARYNAME", "signal_control"), n.port
     finally:
-        for p in procs:
-            ch.stop_process(p, 5)
+        cluster.stop()

@@ -21,7 +21,6 @@ import datetime
 import ipaddress
 import json
 import pathlib
-import signal
 import socket
 import ssl
 import subprocess
@@ -56,16 +55,6 @@ def q(s):
 
 def gw_url(tls, port, password=GW_PW, host=h.HOST):
     return f"{'rediss' if tls else 'redis'}://{GW_USER}:{q(password)}@{host}:{port}/0"
-
-
-def stop_process(proc, timeout=5):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 # --------------------------------------------------------------------------
@@ -215,7 +204,7 @@ class Server:
                 except (OSError, h.RedisError, ssl.SSLError):
                     pass
                 time.sleep(0.05)
-            stop_process(self.proc)
+            h.stop_process(self.proc, 5)
         raise RuntimeError(f"{self.name} did not start:\n{self.log.read_text(errors='replace')[-1500:]}")
 
     def __call__(self, *args, user="default", password=ADMIN_PW):
@@ -233,7 +222,7 @@ class Server:
 
     def stop(self):
         if self.proc is not None:
-            stop_process(self.proc)
+            h.stop_process(self.proc, 5)
 
 
 @pytest.fixture
