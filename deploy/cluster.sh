@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # A process-based signal-gateway cluster on loopback, the same topology as
-# docker-compose.yml: one redis-server (deploy/redis.conf), N gateways with
-# distinct SIGNAL_NODE_IDs, and haproxy in front of them (rendered from
-# deploy/haproxy-local.cfg.in). Every process is started in the background,
-# recorded by pid under the state directory and stopped by that pid.
+# docker-compose.yml: one redis-server (deploy/redis.conf) or, with
+# --redis-cluster, a Redis Cluster of three masters and three replicas (the
+# compose "cluster" profile), N gateways with distinct SIGNAL_NODE_IDs, and
+# haproxy in front of them (rendered from deploy/haproxy-local.cfg.in).
+# Every process is started in the background, recorded by pid under the
+# state directory and stopped by that pid.
 #
 #   deploy/cluster.sh start N       start redis, N gateways, haproxy (N: 1-16, default 2)
+#   deploy/cluster.sh start N --redis-cluster
+#                                   the same on a 3-master, 3-replica Redis Cluster
 #   deploy/cluster.sh status        what runs, readiness, haproxy's view, room keys
 #   deploy/cluster.sh stop          drain the gateways (SIGTERM), then haproxy, then redis
 #   deploy/cluster.sh drain I       SIGTERM gateway I, wait, print its exit status
@@ -24,10 +28,11 @@
 #   SG_CLUSTER_STATS_PORT haproxy stats + /metrics (default: a free port)
 #   SG_CLUSTER_REDIS_PORT redis-server port (default: a free port)
 #   SG_CLUSTER_REDIS_URL  use this Redis instead of starting one
+#   SG_CLUSTER_NODE_TIMEOUT_MS  the Redis Cluster's cluster-node-timeout (default 5000)
 #   SIGNAL_*              passed to every gateway (e.g. SIGNAL_LEASE_MS=3000,
 #                         SIGNAL_RESUME_MS=0, SIGNAL_JWT_SECRET); SIGNAL_LISTEN,
 #                         SIGNAL_ADMIN_LISTEN, SIGNAL_NODE_ID and
-#                         SIGNAL_REDIS_URL are set per node.
+#                         SIGNAL_REDIS_URL (or SIGNAL_REDIS_CLUSTER) are set per node.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -117,6 +122,58 @@ start_redis() {
   die "redis-server did not start on $host:$REDIS_PORT"
 }
 
+# Six cluster-enabled redis-servers (each its own directory and cluster bus
+# port), joined by redis-cli as 3 masters with a replica each.
+start_redis_cluster() {
+  local k port bus seeds="" addrs=""
+  REDIS_NODES=""
+  cp "$root/deploy/redis.conf" "$dir/redis.conf"
+  for k in 1 2 3 4 5 6; do
+    port=$(free_port); bus=$(free_port)
+    while [ "$bus" = "$port" ]; do bus=$(free_port); done
+    mkdir -p "$dir/redis$k"
+    rm -f "$dir/redis$k/nodes.conf"
+    setsid redis-server "$dir/redis.conf" --port "$port" --bind "$host" --dir "$dir/redis$k" \
+      --cluster-enabled yes --cluster-port "$bus" --cluster-config-file nodes.conf \
+      --cluster-node-timeout "${SG_CLUSTER_NODE_TIMEOUT_MS:-5000}" \
+      --daemonize no --logfile "" --protected-mode no >"$dir/redis$k.log" 2>&1 </dev/null &
+    echo $! >"$dir/redis$k.pid"
+    REDIS_NODES+="$port "
+    addrs+="$host:$port "
+    [ $k -le 3 ] && seeds+="${seeds:+,}$host:$port"
+  done
+  for port in $REDIS_NODES; do
+    for _ in $(seq 100); do
+      redis-cli -h "$host" -p "$port" ping >/dev/null 2>&1 && continue 2
+      sleep 0.05
+    done
+    die "redis-server did not start on $host:$port (logs: $dir/redis*.log)"
+  done
+  # shellcheck disable=SC2086
+  redis-cli --cluster create $addrs --cluster-replicas 1 --cluster-yes >"$dir/redis-cluster-create.log" 2>&1 ||
+    { tail -20 "$dir/redis-cluster-create.log" >&2; die "redis-cli --cluster create failed"; }
+  for port in $REDIS_NODES; do
+    for _ in $(seq 200); do
+      redis-cli -h "$host" -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok' && continue 2
+      sleep 0.05
+    done
+    die "the Redis Cluster did not reach cluster_state:ok on $host:$port"
+  done
+  REDIS_SEEDS=$seeds
+  REDIS_PORT=${REDIS_NODES%% *}
+  REDIS_URL=""
+}
+
+# stop_redis: the one server, or every cluster node.
+stop_redis() {
+  local f
+  stop_pid redis redis-server TERM 10
+  for f in "$dir"/redis[0-9]*.pid; do
+    [ -e "$f" ] || continue
+    stop_pid "$(basename "$f" .pid)" redis-server TERM 10
+  done
+}
+
 # start_node I: runs gateway I under a small waiting shell that records its
 # exit status in gwI.rc (so `drain` can report it); gwI.pid is the gateway's own pid.
 start_node() {
@@ -140,7 +197,12 @@ start_node() {
     . "$dir/secret.env"
     set +a
     export SIGNAL_NODE_ID="${SG_CLUSTER_NODE_PREFIX}$i" SIGNAL_LISTEN="$host:$port" \
-      SIGNAL_ADMIN_LISTEN="$host:$aport" SIGNAL_REDIS_URL="$REDIS_URL"
+      SIGNAL_ADMIN_LISTEN="$host:$aport"
+    if [ -n "${REDIS_SEEDS:-}" ]; then
+      export SIGNAL_REDIS_CLUSTER="$REDIS_SEEDS"
+    else
+      export SIGNAL_REDIS_URL="$REDIS_URL"
+    fi
     setsid bash -c '"$1" & echo $! >"$2"; wait $!; echo $? >"$3"' _ "$BIN" "$dir/gw$i.pid" "$dir/gw$i.rc" \
       >>"$dir/gw$i.log" 2>&1 </dev/null &
   )
@@ -194,6 +256,9 @@ start_haproxy() {
 # ---------------------------------------------------------------- commands
 
 cmd_start() {
+  local redis_cluster=""
+  if [ "${2:-}" = --redis-cluster ]; then redis_cluster=1
+  elif [ -n "${2:-}" ]; then die "start N [--redis-cluster]"; fi
   N=${1:-2}
   [[ "$N" =~ ^[0-9]+$ ]] && [ "$N" -ge 1 ] && [ "$N" -le 16 ] || die "start N: N is 1-16"
   if [ -f "$dir/cluster.env" ]; then
@@ -201,7 +266,7 @@ cmd_start() {
       [ -e "$f" ] || continue
       name=$(basename "$f" .pid)
       case $name in gw*) m=signal-gateway ;; *) m=$name ;; esac
-      [ "$name" = redis ] && m=redis-server
+      case $name in redis*) m=redis-server ;; esac
       is_ours "$(cat "$f")" "$m" && die "a cluster is running in $dir (deploy/cluster.sh stop first)"
     done
   fi
@@ -215,8 +280,8 @@ cmd_start() {
   fi
   mkdir -p "$dir"
   chmod 700 "$dir"
-  rm -f "$dir"/redis.pid "$dir"/haproxy.pid "$dir"/gw*.pid "$dir"/gw*.rc \
-    "$dir"/redis.log "$dir"/haproxy.log "$dir"/gw*.log
+  rm -f "$dir"/redis*.pid "$dir"/haproxy.pid "$dir"/gw*.pid "$dir"/gw*.rc \
+    "$dir"/redis*.log "$dir"/haproxy.log "$dir"/gw*.log
   SG_CLUSTER_NODE_PREFIX=${SG_CLUSTER_NODE_PREFIX:-gw}
   LB_PORT=${SG_CLUSTER_LB_PORT:-8443}
   if [ -z "${SG_CLUSTER_LB_PORT:-}" ] && port_in_use "$LB_PORT"; then LB_PORT=$(free_port); fi
@@ -233,7 +298,7 @@ cmd_start() {
   fi
   for v in $(compgen -e); do
     case $v in
-      SIGNAL_JWT_SECRET|SIGNAL_LISTEN|SIGNAL_ADMIN_LISTEN|SIGNAL_NODE_ID|SIGNAL_REDIS_URL) ;;
+      SIGNAL_JWT_SECRET|SIGNAL_LISTEN|SIGNAL_ADMIN_LISTEN|SIGNAL_NODE_ID|SIGNAL_REDIS_URL|SIGNAL_REDIS_CLUSTER) ;;
       SIGNAL_*) printf '%s=%q\n' "$v" "${!v}" ;;
     esac
   done >"$dir/gateway.env"
@@ -241,7 +306,8 @@ cmd_start() {
 
   # A start that fails half way stops what it started.
   trap failed_start EXIT
-  start_redis
+  REDIS_SEEDS="" REDIS_NODES=""
+  if [ -n "$redis_cluster" ]; then start_redis_cluster; else start_redis; fi
   {
     echo "N=$N"
     echo "HOST=$host"
@@ -250,6 +316,8 @@ cmd_start() {
     echo "STATS_PORT=$STATS_PORT"
     echo "REDIS_PORT=$REDIS_PORT"
     echo "REDIS_URL=$REDIS_URL"
+    echo "REDIS_SEEDS=$REDIS_SEEDS"
+    echo "REDIS_NODES=\"$REDIS_NODES\""
     echo "SG_CLUSTER_NODE_PREFIX=$SG_CLUSTER_NODE_PREFIX"
     for i in $(seq "$N"); do
       p=$(free_port); a=$(free_port)
@@ -269,9 +337,9 @@ signal-gateway cluster: $N gateways behind haproxy (state in $dir)
   WebSocket (load balancer): ws://$host:$LB_PORT/ws
   haproxy stats:             http://$host:$STATS_PORT/stats   (Prometheus: /metrics)
   gateways:                  $(for i in $(seq "$N"); do printf '%s ' "$(eval echo "ws://$host:\$GW${i}_PORT/ws")"; done)
-  Redis:                     $( [ -n "$REDIS_PORT" ] && echo "redis-cli -h $host -p $REDIS_PORT" || echo "$REDIS_URL")
+  Redis:                     $( if [ -n "$REDIS_SEEDS" ]; then echo "Redis Cluster, 3 masters + 3 replicas: redis-cli -c -h $host -p $REDIS_PORT"; elif [ -n "$REDIS_PORT" ]; then echo "redis-cli -h $host -p $REDIS_PORT"; else echo "$REDIS_URL"; fi)
   Tokens:                    deploy/cluster.sh token alice demo     (HS256, secret in $dir/secret.env)
-  Inspect a room:            redis-cli -h $host -p ${REDIS_PORT:-PORT} HGETALL 'room:{demo}:peers'
+  Inspect a room:            redis-cli$( [ -n "$REDIS_SEEDS" ] && echo " -c") -h $host -p ${REDIS_PORT:-PORT} HGETALL 'room:{demo}:peers'
   Rolling restart, one node: deploy/cluster.sh restart 1
   Stop everything:           deploy/cluster.sh stop
 MSG
@@ -287,14 +355,14 @@ failed_start() {
     stop_pid "$name" signal-gateway TERM 15
   done
   stop_pid haproxy haproxy TERM 10
-  stop_pid redis redis-server TERM 10
+  stop_redis
 }
 
 cmd_env() {
   load_state
   echo "SG_LB_URL=ws://$HOST:$LB_PORT/ws"
   echo "SG_STATS_URL=http://$HOST:$STATS_PORT/stats"
-  echo "SG_REDIS_URL=$REDIS_URL"
+  if [ -n "${REDIS_SEEDS:-}" ]; then echo "SG_REDIS_CLUSTER=$REDIS_SEEDS"; else echo "SG_REDIS_URL=$REDIS_URL"; fi
   for i in $(seq "$N"); do
     echo "SG_GW${i}_URL=ws://$HOST:$(eval echo "\$GW${i}_PORT")/ws"
     echo "SG_GW${i}_ADMIN=http://$HOST:$(eval echo "\$GW${i}_ADMIN")"
@@ -306,7 +374,17 @@ cmd_status() {
   load_state
   local rc=0 pid
   pid=$(pid_of redis)
-  if [ -n "$REDIS_PORT" ]; then
+  if [ -n "${REDIS_SEEDS:-}" ]; then
+    local k=0 port role
+    for port in $REDIS_NODES; do
+      k=$((k + 1)); pid=$(pid_of "redis$k")
+      if is_ours "$pid" redis-server; then
+        role=$(redis-cli -h "$HOST" -p "$port" role 2>/dev/null | head -1)
+        echo "redis$k   pid $pid  $HOST:$port  ${role:-?}  keys: $(redis-cli -h "$HOST" -p "$port" dbsize 2>/dev/null)"
+      else echo "redis$k   DOWN"; rc=1; fi
+    done
+    redis-cli -h "$HOST" -p "${REDIS_NODES%% *}" cluster info 2>/dev/null | grep '^cluster_state' | sed 's/^/  /' || true
+  elif [ -n "$REDIS_PORT" ]; then
     if is_ours "$pid" redis-server; then
       echo "redis    pid $pid  $HOST:$REDIS_PORT  room keys: $(redis-cli -h "$HOST" -p "$REDIS_PORT" --scan --pattern 'room:*' 2>/dev/null | wc -l)"
     else echo "redis    DOWN"; rc=1; fi
@@ -352,7 +430,7 @@ cmd_stop() {
   load_state
   for i in $(seq "$N"); do stop_pid "gw$i" signal-gateway TERM 60; done
   stop_pid haproxy haproxy TERM 10
-  stop_pid redis redis-server TERM 10
+  stop_redis
   echo "cluster in $dir stopped"
 }
 
@@ -382,5 +460,5 @@ case "${1:-}" in
   start-node) shift; start_node "${1:?start-node I}"; load_state; echo "gw$1 started (pid $(pid_of "gw$1"))" ;;
   restart) shift; cmd_drain "${1:?restart I}"; start_node "$1"; echo "gw$1 started again (pid $(pid_of "gw$1"))" ;;
   token) shift; cmd_token "$@" ;;
-  *) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 # Static checks of the deployment files (no container engine needed):
 #   - docker-compose.yml parses and validates (Debian's docker-compose 1.29),
-#     with and without each optional profile (tls, nginx, sentinel) and with
+#     with and without each optional profile (tls, nginx, sentinel, cluster) and with
 #     all of them, has no obsolete `version:` key, and refuses to run without
 #     SIGNAL_JWT_SECRET;
 #   - every long-running service restarts unless stopped; the gateway's
@@ -10,6 +10,9 @@
 #     load balancer checks /readyz;
 #   - Grafana gets Prometheus as its data source and the dashboard, as the
 #     provisioning files and mounts say;
+#   - the cluster profile: six cluster-enabled Redis nodes, one init job
+#     that waits for all of them and joins those six (3 masters, 1 replica
+#     each), SIGNAL_REDIS_CLUSTER passed through to the gateways;
 #   - the tls profile: the certificate script makes a PEM that haproxy
 #     accepts with deploy/haproxy.cfg + deploy/haproxy-tls.cfg;
 #   - .dockerignore keeps .git and build*/ out and every COPY source in;
@@ -37,8 +40,8 @@ need haproxy haproxy
 
 # ---- docker-compose.yml
 export SIGNAL_JWT_SECRET=check-only-not-a-secret
-ALL_PROFILES="--profile tls --profile nginx --profile sentinel"
-for profiles in "" "--profile tls" "--profile nginx" "--profile sentinel" "$ALL_PROFILES"; do
+ALL_PROFILES="--profile tls --profile nginx --profile sentinel --profile cluster"
+for profiles in "" "--profile tls" "--profile nginx" "--profile sentinel" "--profile cluster" "$ALL_PROFILES"; do
   # shellcheck disable=SC2086
   docker-compose -f docker-compose.yml $profiles config -q || fail "docker-compose $profiles config"
   ok "docker-compose ${profiles:+$profiles }config"
@@ -49,7 +52,7 @@ fi
 ok "docker-compose refuses to run without SIGNAL_JWT_SECRET"
 (
   for v in $(compgen -e); do case $v in SIGNAL_JWT_SECRET) ;; SIGNAL_*) unset "$v" ;; esac; done
-  docker-compose -f docker-compose.yml --profile nginx --profile sentinel config >"$tmp/compose.out"
+  docker-compose -f docker-compose.yml --profile nginx --profile sentinel --profile cluster config >"$tmp/compose.out"
 )
 if grep -nE "^\s+SIGNAL_[A-Z_]+: (''|\"\")\s*$" "$tmp/compose.out"; then
   fail "a SIGNAL_* variable is set to an empty string in docker-compose.yml"
@@ -70,7 +73,7 @@ docker-compose -f docker-compose.yml $ALL_PROFILES config >"$tmp/compose-all.yml
 import sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1]))
 svc = cfg["services"]
-one_shot = {"tls-cert"}
+one_shot = {"tls-cert", "redis-cluster-init"}
 bad = [n for n, s in svc.items() if n not in one_shot and s.get("restart") != "unless-stopped"]
 assert not bad, f"services without restart: unless-stopped: {bad}"
 assert "restart" not in svc["tls-cert"] or svc["tls-cert"]["restart"] == "no", "tls-cert runs once"
@@ -108,8 +111,24 @@ assert any(dash.startswith(p.rstrip("/") + "/") for p in paths), (dash, paths)
 lt = svc["lb-tls"]
 assert lt["depends_on"]["tls-cert"]["condition"] == "service_completed_successfully", lt["depends_on"]
 assert any(str(p.get("target") if isinstance(p, dict) else p).endswith("8445") for p in lt["ports"]), lt["ports"]
+# cluster profile: six cluster-enabled nodes, joined once by the init job
+# after all six answer, 3 masters with a replica each; the gateways take
+# SIGNAL_REDIS_CLUSTER from the environment.
+nodes = sorted(n for n in svc if n.startswith("redis-node-"))
+assert nodes == [f"redis-node-{i}" for i in range(1, 7)], nodes
+for n in nodes:
+    cmd = svc[n]["command"]
+    assert cmd[cmd.index("--cluster-enabled") + 1] == "yes", (n, cmd)
+    assert svc[n].get("profiles") == ["cluster"], n
+    assert "redis-cli" in " ".join(svc[n]["healthcheck"]["test"]), n
+init = svc["redis-cluster-init"]
+assert {k: v["condition"] for k, v in init["depends_on"].items()} == {n: "service_healthy" for n in nodes}, init
+script = init["command"][0]
+assert "--cluster create" in script and "--cluster-replicas 1" in script, script
+assert "for n in 1 2 3 4 5 6" in script, script
+assert "SIGNAL_REDIS_CLUSTER" in svc["gateway"]["environment"], svc["gateway"]["environment"]
 PY
-ok "restart: unless-stopped everywhere; gateway health check on /healthz; Grafana provisioned; tls profile wired"
+ok "restart: unless-stopped everywhere; gateway health check on /healthz; Grafana provisioned; tls and cluster profiles wired"
 
 # ---- the tls profile's certificate, made as its script makes it, accepted by haproxy
 mkdir -p "$tmp/certs"

@@ -718,11 +718,10 @@ async def test_sentinel_planned_failover(cluster):
 # ---------------------------------------------------------------- deploy/cluster.sh
 
 
-def test_cluster_script_start_status_restart_stop(tmp_path):
-    """deploy/cluster.sh brings up redis + 2 gateways + haproxy, reports them,
-    restarts a node (exit status 0), and stops everything by pid."""
+def cluster_script(state):
+    """(env, sh): deploy/cluster.sh run as a user would, its state in state,
+    on ports of this test process' block."""
     require("haproxy", "redis-server", "redis-cli", "curl")
-    state = tmp_path / "cluster"
     env = h.clean_env()
     env.update({"SG_CLUSTER_DIR": str(state), "SG_GATEWAY_BIN": h.GATEWAY_BIN,
                 "SG_CLUSTER_LB_PORT": str(h.free_port()), "SG_CLUSTER_STATS_PORT": str(h.free_port()),
@@ -735,7 +734,18 @@ def test_cluster_script_start_status_restart_stop(tmp_path):
         if check:
             assert r.returncode == 0, f"cluster.sh {' '.join(args)}: {r.returncode}\n{r.stdout}\n{r.stderr}"
         return r
+    return env, sh
 
+
+def gone(pid):
+    return not os.path.exists(f"/proc/{pid}/cmdline") or not open(f"/proc/{pid}/cmdline").read()
+
+
+def test_cluster_script_start_status_restart_stop(tmp_path):
+    """deploy/cluster.sh brings up redis + 2 gateways + haproxy, reports them,
+    restarts a node (exit status 0), and stops everything by pid."""
+    state = tmp_path / "cluster"
+    env, sh = cluster_script(state)
     pids = []
     try:
         out = sh("start", "2")
@@ -768,9 +778,65 @@ def test_cluster_script_start_status_restart_stop(tmp_path):
         assert st.stdout.count("readyz 200") == 2, st.stdout
         sh("stop")
         for p in pids:
-            assert not os.path.exists(f"/proc/{p}/cmdline") or not open(f"/proc/{p}/cmdline").read(), \
-                f"pid {p} still running after stop"
+            assert gone(p), f"pid {p} still running after stop"
         assert sh("status", check=False).returncode != 0
+    finally:
+        if (state / "cluster.env").exists():
+            sh("stop", check=False)
+
+
+def test_cluster_script_on_a_redis_cluster(tmp_path):
+    """deploy/cluster.sh start 2 --redis-cluster: the compose "cluster"
+    profile's topology as processes (3 masters, 3 replicas); the gateways
+    reach rooms on every shard through haproxy; stop ends every process."""
+    state = tmp_path / "cluster"
+    env, sh = cluster_script(state)
+    try:
+        out = sh("start", "2", "--redis-cluster", timeout=120)
+        vals = dict(line.split("=", 1) for line in out.stdout.split() if "=" in line)
+        seeds = vals["SG_REDIS_CLUSTER"].split(",")
+        assert len(seeds) == 3 and "SG_REDIS_URL" not in vals, vals
+        pids = [int((state / f"{n}.pid").read_text()) for n in
+                ("gw1", "gw2", "haproxy", *[f"redis{k}" for k in range(1, 7)])]
+        st = sh("status").stdout
+        assert st.count("readyz 200") == 2, st
+        assert st.count("  master  ") == 3 and st.count("  slave  ") == 3, st
+        assert "cluster_state:ok" in st, st
+        token = sh("token", "alice").stdout.strip()
+        ports = [int(seed.rsplit(":", 1)[1]) for seed in seeds]
+
+        def owner(room):
+            c = h.RedisClient(ports[0])
+            try:
+                slot = c("CLUSTER", "KEYSLOT", f"room:{{{room}}}:peers")
+                return next(sh_[2][1] for sh_ in c("CLUSTER", "SLOTS") if sh_[0] <= slot <= sh_[1])
+            finally:
+                c.close()
+        rooms = {}
+        for i in range(1000):
+            rooms.setdefault(owner(f"demo-{i}"), f"demo-{i}")
+            if len(rooms) == 3:
+                break
+        assert len(rooms) == 3, rooms
+
+        async def main():
+            async with h.Clients() as cs:
+                a = await cs.connect(vals["SG_LB_URL"], token, name="a", extra_headers=ch.cookie_header("gw1"))
+                b = await cs.connect(vals["SG_LB_URL"], token, name="b", extra_headers=ch.cookie_header("gw2"))
+                for port, room in rooms.items():
+                    pa, pb = new_peer(), new_peer()
+                    await a.join(room, pa)
+                    await b.join(room, pb)
+                    await exchange(a, pa, b, pb, room, room)
+                    c = h.RedisClient(port)
+                    try:
+                        assert sorted(c("HKEYS", f"room:{{{room}}}:peers")) == sorted([pa, pb])
+                    finally:
+                        c.close()
+        arun(main(), 60)
+        sh("stop")
+        for p in pids:
+            assert gone(p), f"pid {p} still running after stop"
     finally:
         if (state / "cluster.env").exists():
             sh("stop", check=False)
