@@ -395,7 +395,7 @@ static bool redirect(sg_bus *b, req *q, node *from, const redisReply *r)
 }
 
 static void load_functions(sg_bus *b, node *nd);
-static void apply_map(sg_bus *b, const redisReply *r);
+static void apply_map(sg_bus *b, const redisReply *r, const char *asked_from);
 
 static void on_internal_reply(sg_bus *b, req *q, node *nd, redisReply *r)
 {
@@ -444,8 +444,13 @@ static void on_internal_reply(sg_bus *b, req *q, node *nd, redisReply *r)
         break;
     case REQ_SHARDS:
         b->refreshing = false;
-        if (r)
-            apply_map(b, r);
+        if (r) {
+            /* nd may not survive the new map: its host is copied first. */
+            char from[SG_REDIS_HOST_MAX + 1] = "";
+            if (nd)
+                sg_strlcpy(from, sg_link_target_of(nd->l)->host, sizeof from);
+            apply_map(b, r, from[0] ? from : NULL);
+        }
         if (!r || r->type != REDIS_REPLY_ARRAY || b->refresh_again) {
             b->refresh_again = false;
             schedule_connect(b);
@@ -811,11 +816,11 @@ static void connect_node(sg_bus *b, node *nd)
  * order: a link to a master that stays is kept (and its subscriptions);
  * one no longer a master is dropped (its commands in flight are answered
  * NULL); a new master gets a link. */
-static void apply_map(sg_bus *b, const redisReply *r)
+static void apply_map(sg_bus *b, const redisReply *r, const char *asked_from)
 {
     char err[128];
     sg_slot_map *m = sg_xmalloc(sizeof *m);
-    if (sg_slot_map_parse(m, r, b->target.tls, err, sizeof err) < 0 || !m->nshards) {
+    if (sg_slot_map_parse(m, r, b->target.tls, asked_from, err, sizeof err) < 0 || !m->nshards) {
         if (sg_log_begin(b->log, SG_LOG_WARN, "redis.cluster_map_failed")) {
             sg_log_str(b->log, "reason", m->nshards ? err : "no master serves any slot");
             sg_log_end(b->log);
@@ -943,7 +948,8 @@ static void on_seed_reply(void *ud, uint64_t tag, redisReply *r)
     sg_bus *b = ud;
     b->refreshing = false;
     if (r && r->type == REDIS_REPLY_ARRAY) {
-        apply_map(b, r);
+        const sg_redis_endpoint *ep = current_seed(b);
+        apply_map(b, r, ep ? ep->host : NULL);
         sg_rconn_close(b->seed, "done");
         return;
     }

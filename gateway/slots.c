@@ -48,7 +48,7 @@ static bool str_is(const redisReply *r, const char *s)
 }
 
 /* The online master of a shard's node list, as host and port. */
-static bool master_of(const redisReply *nodes, bool tls, sg_shard *out)
+static bool master_of(const redisReply *nodes, bool tls, const char *asked_from, sg_shard *out)
 {
     for (size_t i = 0; nodes && nodes->type == REDIS_REPLY_ARRAY && i < nodes->elements; i++) {
         const redisReply *n = nodes->element[i];
@@ -59,10 +59,19 @@ static bool master_of(const redisReply *nodes, bool tls, sg_shard *out)
             host = field(n, "ip");
         const redisReply *port = field(n, tls ? "tls-port" : "port");
         const redisReply *id = field(n, "id");
-        if (!host || host->type != REDIS_REPLY_STRING || host->len == 0 || host->len >= SG_SLOT_HOST_MAX ||
-            !port || port->type != REDIS_REPLY_INTEGER || port->integer <= 0 || port->integer > 65535)
+        if (!host || host->type != REDIS_REPLY_STRING || !port || port->type != REDIS_REPLY_INTEGER ||
+            port->integer <= 0 || port->integer > 65535)
             continue;
-        memcpy(out->host, host->str, host->len + 1);
+        const char *name = host->str;
+        size_t len = host->len;
+        if (len == 0 && asked_from) {
+            name = asked_from;
+            len = strlen(asked_from);
+        }
+        if (len == 0 || len >= SG_SLOT_HOST_MAX)
+            continue;
+        memcpy(out->host, name, len);
+        out->host[len] = '\0';
         out->port = (int)port->integer;
         out->id[0] = '\0';
         if (id && id->type == REDIS_REPLY_STRING && id->len < sizeof out->id)
@@ -72,7 +81,8 @@ static bool master_of(const redisReply *nodes, bool tls, sg_shard *out)
     return false;
 }
 
-int sg_slot_map_parse(sg_slot_map *m, const redisReply *shards, bool tls, char *err, size_t errlen)
+int sg_slot_map_parse(sg_slot_map *m, const redisReply *shards, bool tls, const char *asked_from, char *err,
+                      size_t errlen)
 {
     m->nshards = 0;
     for (size_t s = 0; s < SG_SLOTS; s++)
@@ -86,7 +96,7 @@ int sg_slot_map_parse(sg_slot_map *m, const redisReply *shards, bool tls, char *
         const redisReply *slots = field(sh, "slots");
         sg_shard master;
         if (!slots || slots->type != REDIS_REPLY_ARRAY || slots->elements == 0 ||
-            !master_of(field(sh, "nodes"), tls, &master))
+            !master_of(field(sh, "nodes"), tls, asked_from, &master))
             continue; /* no slots (a spare master) or no master right now */
         if (m->nshards == SG_MAX_SHARDS) {
             snprintf(err, errlen, "CLUSTER SHARDS: more than %d shards", SG_MAX_SHARDS);

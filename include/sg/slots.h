@@ -36,9 +36,13 @@ typedef struct sg_slot_map {
 
 /* Fills m from a CLUSTER SHARDS reply (Redis >= 7.0). A shard's address is
  * its master's "endpoint" (or "ip"), with "tls-port" when tls is true, else
- * "port". Shards without a usable online master leave their slots at -1.
- * Returns 0, or -1 with err set when the reply is not a shard list. */
-int sg_slot_map_parse(sg_slot_map *m, const redisReply *shards, bool tls, char *err, size_t errlen);
+ * "port". A node that does not know its own address (a one-node cluster
+ * never met a peer: both are empty) is asked_from, the host the reply came
+ * from, as Redis says to do (NULL: such a node is unusable). Shards without
+ * a usable online master leave their slots at -1. Returns 0, or -1 with err
+ * set when the reply is not a shard list. */
+int sg_slot_map_parse(sg_slot_map *m, const redisReply *shards, bool tls, const char *asked_from, char *err,
+                      size_t errlen);
 
 /* The shard serving slot, or -1. */
 static inline int sg_slot_owner(const sg_slot_map *m, uint16_t slot)

@@ -258,3 +258,25 @@ def test_a_shard_restarted_empty_gets_its_memberships_back(gateway_factory, clus
             await b.recv_type("relay", correlationId="back")
             no_membership_changes(a, b)
     arun(main(), 120)
+
+
+def test_a_one_master_cluster(gateway_factory, tmp_path):
+    """A cluster of one master holding every slot (a small managed Redis
+    Cluster): the node never met a peer, so CLUSTER SHARDS gives it no
+    address; the gateway uses the seed it asked (it used to find "no master
+    serves any slot" and never became ready)."""
+    one = rc.RedisCluster(tmp_path / "one", masters=1, replicas=0).start()
+    try:
+        assert one.nodes[0]("CLUSTER", "SHARDS")[0][3][0][5] == ""  # "ip": unknown to the node itself
+        g1, g2 = gateway_factory(2, env=cluster_env(one))
+
+        async def main():
+            async with Clients() as cs:
+                a, pa, b, pb, _ = await pair(cs, g1, g2, "solo")
+                o = h.offer("solo", pa, pb, cid="one-master")
+                await a.send(o)
+                assert (await b.recv_type("relay"))["inner"] == h.inner_of(o)
+        arun(main())
+    finally:
+        one.stop()
+

@@ -239,7 +239,7 @@ static void test_cluster_shards_parse(void **state)
     redisReply *r = parse(SHARDS, sizeof SHARDS - 1);
     static sg_slot_map m;
     char err[128];
-    assert_int_equal(sg_slot_map_parse(&m, r, false, err, sizeof err), 0);
+    assert_int_equal(sg_slot_map_parse(&m, r, false, NULL, err, sizeof err), 0);
     assert_int_equal(m.nshards, 3);
     assert_true(sg_slot_map_complete(&m));
     int s0 = sg_slot_owner(&m, 0), s1 = sg_slot_owner(&m, 5461), s2 = sg_slot_owner(&m, 16383);
@@ -253,13 +253,13 @@ static void test_cluster_shards_parse(void **state)
     assert_int_equal(m.shard[s2].port, 7103);
     assert_int_equal(strlen(m.shard[s0].id), 40);
     /* no tls-port in this cluster: with TLS asked for, no shard is usable */
-    assert_int_equal(sg_slot_map_parse(&m, r, true, err, sizeof err), 0);
+    assert_int_equal(sg_slot_map_parse(&m, r, true, NULL, err, sizeof err), 0);
     assert_int_equal(m.nshards, 0);
     assert_false(sg_slot_map_complete(&m));
     freeReplyObject(r);
     /* not a shard list */
     r = parse(":1\r\n", 4);
-    assert_int_equal(sg_slot_map_parse(&m, r, false, err, sizeof err), -1);
+    assert_int_equal(sg_slot_map_parse(&m, r, false, NULL, err, sizeof err), -1);
     freeReplyObject(r);
 }
 
@@ -270,9 +270,34 @@ static void test_a_shard_without_a_master_leaves_its_slots_unserved(void **state
     redisReply *r = parse(one, sizeof one - 1);
     static sg_slot_map m;
     char err[64];
-    assert_int_equal(sg_slot_map_parse(&m, r, false, err, sizeof err), 0);
+    assert_int_equal(sg_slot_map_parse(&m, r, false, NULL, err, sizeof err), 0);
     assert_int_equal(m.nshards, 0);
     assert_int_equal(sg_slot_owner(&m, 50), -1);
+    freeReplyObject(r);
+}
+
+/* A one-node cluster (every slot on it, as a small managed Redis Cluster
+ * is) never met a peer and does not know its own address: its CLUSTER
+ * SHARDS answer (from Redis 7.0) has an empty endpoint and ip. The node is
+ * the one asked. */
+static void test_a_node_that_does_not_know_its_address_is_the_one_asked(void **state)
+{
+    static const char one[] =
+        "*1\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:16383\r\n$5\r\nnodes\r\n*1\r\n*14\r\n"
+        "$2\r\nid\r\n$40\r\nffe189c281c3864cea482284edb0a11f6b3bebf8\r\n$4\r\nport\r\n:24001\r\n"
+        "$2\r\nip\r\n$0\r\n\r\n$8\r\nendpoint\r\n$0\r\n\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
+        "$18\r\nreplication-offset\r\n:0\r\n$6\r\nhealth\r\n$6\r\nonline\r\n";
+    redisReply *r = parse(one, sizeof one - 1);
+    static sg_slot_map m;
+    char err[64];
+    assert_int_equal(sg_slot_map_parse(&m, r, false, "redis.internal", err, sizeof err), 0);
+    assert_int_equal(m.nshards, 1);
+    assert_true(sg_slot_map_complete(&m));
+    assert_string_equal(m.shard[0].host, "redis.internal");
+    assert_int_equal(m.shard[0].port, 24001);
+    /* nobody to fall back on: unusable, not an empty host name */
+    assert_int_equal(sg_slot_map_parse(&m, r, false, NULL, err, sizeof err), 0);
+    assert_int_equal(m.nshards, 0);
     freeReplyObject(r);
 }
 
@@ -281,7 +306,7 @@ static void test_tags_for_each_shard(void **state)
     redisReply *r = parse(SHARDS, sizeof SHARDS - 1);
     static sg_slot_map m;
     char err[64], tag[8];
-    assert_int_equal(sg_slot_map_parse(&m, r, false, err, sizeof err), 0);
+    assert_int_equal(sg_slot_map_parse(&m, r, false, NULL, err, sizeof err), 0);
     for (int s = 0; s < (int)m.nshards; s++) {
         assert_true(sg_slot_tag_for(&m, s, tag));
         char key[32];
@@ -318,6 +343,7 @@ int main(void)
         cmocka_unit_test(test_key_slots_match_redis),
         cmocka_unit_test(test_cluster_shards_parse),
         cmocka_unit_test(test_a_shard_without_a_master_leaves_its_slots_unserved),
+        cmocka_unit_test(test_a_node_that_does_not_know_its_address_is_the_one_asked),
         cmocka_unit_test(test_tags_for_each_shard),
         cmocka_unit_test(test_redirections),
     };
