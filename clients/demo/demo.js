@@ -11,6 +11,12 @@
 //
 // For tests the page exposes window.demo = {client, room, peers, state(), send()}
 // and data-testid attributes on the chat input/send button, the logs and tiles.
+//
+// Backend control (docs/backend-control.md): when the application removes
+// this peer from the room (signal-gateway kick / close-room) the page says so
+// with the reason and stays out (the client never re-enters a room it was
+// kicked from); when it revokes the user the page says the connection is
+// closed for good; a room-mate removed shows as "removed by the application".
 
 import { SignalClient, isPeerId, isRoomId } from '../js/signal-client.js';
 import { PeerRoom } from '../js/peer.js';
@@ -64,6 +70,9 @@ const wsUrl = params.get('ws') || defaultWsUrl();
 const received = []; // chat messages from others: {from, text, at}
 const sentChat = []; // chat messages we sent: {text, at}
 const errors = []; // {code, message}
+const departures = []; // room-mates that left: {peerId, reason, at}
+let membership = 'joining'; // joining | joined | left | kicked | revoked
+let kicked = null; // {roomId, reason} once the application removed us
 const channels = new Map(); // remote peerId -> RTCDataChannel
 const tiles = new Map(); // remote peerId -> {root, video, stream, ice, conn, chan}
 let localStream = null;
@@ -151,6 +160,29 @@ function setState(el, state) {
   el.textContent = state;
   el.dataset.state = state;
 }
+
+function setMembership(value) {
+  membership = value;
+  setState($('membership'), value);
+}
+
+/** A line in the notices list (what happened to the room, in words). */
+function notice(kind, text) {
+  const list = $('notices');
+  const li = document.createElement('li');
+  li.className = kind;
+  li.textContent = text;
+  list.append(li);
+  list.hidden = false;
+}
+
+const LEFT_BECAUSE = {
+  leave: 'left the room',
+  disconnect: 'disconnected',
+  timeout: 'timed out',
+  shutdown: 'left: its server shut down',
+  kicked: 'was removed from the room by the application',
+};
 
 // ------------------------------------------------------------ media
 
@@ -365,6 +397,9 @@ function state() {
     signaling: client?.state ?? 'idle',
     media: mediaKind,
     peers,
+    membership,
+    kicked: kicked && { ...kicked },
+    departures: departures.map((d) => ({ ...d })),
     received: received.map((m) => ({ ...m })),
     sent: sentChat.map((m) => ({ ...m })),
     errors: errors.map((e) => ({ ...e })),
@@ -400,6 +435,7 @@ async function main() {
   $('room-id').textContent = roomId;
   $('peer-id').textContent = abbrev(peerId);
   $('peer-id').title = peerId;
+  setMembership('joining');
   $('chat-form').addEventListener('submit', (event) => {
     event.preventDefault();
     const input = $('chat-input');
@@ -449,7 +485,33 @@ async function main() {
     if (e.local) log('err', `client: ${e.code}: ${e.message}`);
   });
   client.on('left', ({ roomId: r, reason }) => {
-    if (r === roomId && reason !== 'leave') showError(`Left the room (${reason}). Reload to join again.`);
+    if (r !== roomId) return;
+    if (reason === 'kicked' || reason === 'revoked') return; // said by their own events below
+    setMembership('left');
+    if (reason !== 'leave') showError(`Left the room (${reason}). Reload to join again.`);
+  });
+  client.on('joined', ({ roomId: r }) => r === roomId && setMembership('joined'));
+  client.on('resumed', ({ roomId: r }) => r === roomId && setMembership('joined'));
+  // The application removed us: the client forgets the room (no re-join on
+  // reconnect), and so does the page.
+  client.on('kicked', ({ roomId: r, reason }) => {
+    if (r !== roomId) return;
+    kicked = { roomId: r, reason };
+    setMembership('kicked');
+    const why = reason ? `: ${reason}` : '';
+    showError(`You were removed from room ${r} by the application${why}. The page will not rejoin; reload to try again.`);
+    log('err', `kicked from ${r}${why}`);
+  });
+  client.on('revoked', () => {
+    setMembership('revoked');
+    showError('Your access was revoked by the application: the server closed the connection, and the page will not reconnect.');
+    log('err', 'access revoked: connection closed (1008 revoked), no reconnect');
+  });
+  client.on('peer_left', ({ roomId: r, peerId: remote, reason }) => {
+    if (r !== roomId) return;
+    departures.push({ peerId: remote, reason, at: Date.now() });
+    const text = LEFT_BECAUSE[reason] ?? `left (${reason})`;
+    notice(reason === 'kicked' ? 'kicked' : 'info', `Peer ${abbrev(remote)} ${text}.`);
   });
 
   room = new PeerRoom({ client, roomId, peerId, setup: setupPeerConnection });

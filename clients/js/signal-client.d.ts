@@ -32,7 +32,7 @@ export interface ReconnectPolicy {
   stableMs: number;
   /** Attempts in a row before giving up (Infinity). */
   maxAttempts: number;
-  /** Close codes after which the client does not reconnect ([1000, 1008]). */
+  /** Close codes after which the client does not reconnect ([1000, 1008]). A close 1008 "revoked" never reconnects. */
   noReconnectCodes: readonly number[];
 }
 export declare const DEFAULT_RECONNECT: Readonly<ReconnectPolicy>;
@@ -52,6 +52,7 @@ export type ServerErrorCode =
   | 'payload_too_large'
   | 'unavailable'
   | 'resume_failed'
+  | 'kicked'
   | 'internal';
 /** Codes the client itself raises (SignalError.local is true). */
 export type ClientErrorCode =
@@ -61,7 +62,8 @@ export type ClientErrorCode =
   | 'timeout'
   | 'left'
   | 'invalid_message'
-  | 'connect_failed';
+  | 'connect_failed'
+  | 'revoked';
 /** A known code, or one a newer server sends. */
 export type ErrorCode = ServerErrorCode | ClientErrorCode | (string & {});
 
@@ -176,7 +178,8 @@ export interface PeerJoinedDetail {
   roomId: string;
   peerId: string;
 }
-export type PeerLeftReason = 'leave' | 'disconnect' | 'timeout' | 'shutdown' | (string & {});
+/** kicked: the application removed the peer (kick, close-room, or its user revoked). */
+export type PeerLeftReason = 'leave' | 'disconnect' | 'timeout' | 'shutdown' | 'kicked' | (string & {});
 export interface PeerLeftDetail {
   roomId: string;
   peerId: string;
@@ -185,9 +188,39 @@ export interface PeerLeftDetail {
 export interface LeftDetail {
   roomId: string;
   peerId: string;
-  /** leave (our leave acknowledged), replaced, or the error code of a failed automatic re-join. */
-  reason: 'leave' | 'replaced' | ErrorCode;
+  /**
+   * leave (our leave acknowledged), replaced, kicked (the `kicked` event
+   * came first), revoked (the `revoked` event came first), or the error code
+   * of a failed automatic re-join.
+   */
+  reason: 'leave' | 'replaced' | 'kicked' | 'revoked' | ErrorCode;
   correlationId?: string;
+}
+/**
+ * The application's backend removed this client from a room
+ * (docs/protocol.md §9 "Backend control": `signal-gateway kick` or
+ * `close-room`). The connection stays open for the other rooms; this room is
+ * forgotten and never re-entered by a reconnect (join() again to come back,
+ * if the application allows it).
+ */
+export interface KickedDetail {
+  roomId: string;
+  /** Our peerId in that room. */
+  peerId: string;
+  /** The application's reason (the error's `message`), or the server's default text. */
+  reason: string;
+}
+/**
+ * The server closed the connection with 1008 "revoked": this user's access
+ * was revoked (`signal-gateway revoke`). The client does not reconnect (its
+ * handshakes would be refused until the revocation ends) and forgets every
+ * room; `close` follows.
+ */
+export interface RevokedDetail {
+  code: 1008;
+  reason: 'revoked';
+  /** The rooms the client was in (or joining); each established one also gets `left` with reason revoked. */
+  rooms: string[];
 }
 export type RelayType = 'offer' | 'answer' | 'candidate';
 interface RelayInnerBase {
@@ -250,6 +283,8 @@ export interface SignalClientEventMap {
   peer_joined: PeerJoinedDetail;
   peer_left: PeerLeftDetail;
   left: LeftDetail;
+  kicked: KickedDetail;
+  revoked: RevokedDetail;
   relay: RelayDetail;
   ack: AckDetail;
   error: ErrorDetail;
@@ -258,7 +293,7 @@ export interface SignalClientEventMap {
 }
 export type SignalClientEventType = keyof SignalClientEventMap;
 /** The events whose detail carries a roomId: what room.on() takes. */
-export type RoomEventType = 'joined' | 'resumed' | 'peer_joined' | 'peer_left' | 'left' | 'relay' | 'error';
+export type RoomEventType = 'joined' | 'resumed' | 'peer_joined' | 'peer_left' | 'left' | 'kicked' | 'relay' | 'error';
 export type RoomEventMap = Pick<SignalClientEventMap, RoomEventType>;
 export type SignalListener<D> = (detail: D, event: CustomEvent<D>) => void;
 
@@ -297,7 +332,7 @@ export declare class SignalRoom {
   readonly rejoin?: boolean;
   readonly replayed?: number;
   readonly resumed?: true;
-  /** True while the client is in this room as this peer. */
+  /** True while the client is in this room as this peer (false after leave, replaced, kicked, revoked, close). */
   readonly active: boolean;
   info(): RoomInfo | null;
   offer(to: string, sdp: SdpSource, options: AckedRelayOptions): Promise<AckDetail>;

@@ -33,12 +33,21 @@ export const DEFAULT_RECONNECT = Object.freeze({
   // ended the session on purpose) and 1008 (policy violation, e.g. a
   // connection closed for flooding; reconnecting would only repeat it).
   // Everything else — 1001 (node draining), 1006 (dropped TCP, failed
-  // handshake), 1011/1012/1013, 1009 — is retried with backoff.
+  // handshake), 1011/1012/1013, 1009 — is retried with backoff. A close
+  // 1008 "revoked" never reconnects, whatever this list says.
   noReconnectCodes: Object.freeze([1000, 1008]),
 });
 
 /** Server error codes that a client may retry after a while. */
 const TRANSIENT_CODES = new Set(['unavailable', 'rate_limited', 'internal']);
+
+/**
+ * The close a revoked user's connections get (docs/protocol.md §9 "Backend
+ * control"): its handshakes are refused with 401 for the revocation's TTL,
+ * which a browser reports as a plain 1006, so reconnecting would loop on
+ * refusals until the TTL ends.
+ */
+const REVOKED_CLOSE = Object.freeze({ code: 1008, reason: 'revoked' });
 
 /** RFC 7230 token characters: what a Sec-WebSocket-Protocol entry may hold. */
 const SUBPROTOCOL_TOKEN_RE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
@@ -49,7 +58,8 @@ const CANDIDATE_KEYS = ['candidate', 'sdpMid', 'sdpMLineIndex', 'usernameFragmen
  * An error raised by the client: either a server `error` message (`local`
  * false) or an early, client-side check (`local` true). `code` is one of the
  * protocol's error codes, or a client code: `not_connected`, `closed`,
- * `disconnected`, `timeout`, `left`, `invalid_message`, `connect_failed`.
+ * `disconnected`, `timeout`, `left`, `invalid_message`, `connect_failed`,
+ * `revoked`.
  */
 export class SignalError extends Error {
   constructor(code, message, extra = {}) {
@@ -205,7 +215,7 @@ export class SignalRoom {
     Object.assign(this, detail);
   }
 
-  /** True while the client is in this room as this peer (false after leave(), replaced, close()). */
+  /** True while the client is in this room as this peer (false after leave(), replaced, kicked, revoked, close()). */
   get active() {
     const r = this.#client.room(this.roomId);
     return Boolean(r) && r.peerId === this.peerId;
@@ -259,7 +269,9 @@ export class SignalRoom {
  *   resumed      {roomId, peerId, peers, replayed, iceServers?, correlationId?}
  *   peer_joined  {roomId, peerId}
  *   peer_left    {roomId, peerId, reason}
- *   left         {roomId, peerId, reason, correlationId?}   reason: leave | replaced | <error code>
+ *   left         {roomId, peerId, reason, correlationId?}   reason: leave | replaced | kicked | revoked | <error code>
+ *   kicked       {roomId, peerId, reason}   the application removed us from the room (never re-entered)
+ *   revoked      {code, reason, rooms}      the server closed the connection: this user is revoked (no reconnect)
  *   relay        {roomId, type, from, to, inner, correlationId, seq?, gap}
  *   ack          {correlationId, status}
  *   error        {code, message, correlationId?, roomId?, local?}
@@ -1001,13 +1013,31 @@ export class SignalClient extends EventTarget {
       const room = this._rooms.get(msg.roomId);
       if (room) this._dropRoom(room, 'replaced', err);
     }
+    if (msg.code === 'kicked' && typeof msg.roomId === 'string') this._onKicked(msg, err);
   }
 
-  _dropRoom(room, reason, err) {
+  // The application removed us from the room (docs/protocol.md §9 "Backend
+  // control"): the connection stays for the other rooms, and this one is
+  // forgotten so that no reconnect re-enters it (a resume would fail, and
+  // a fresh join would undo the application's decision).
+  _onKicked(msg, err) {
+    const room = this._rooms.get(msg.roomId);
+    if (!room) return; // already left or never joined on our side: nothing to forget
+    const reason = typeof msg.message === 'string' ? msg.message : '';
+    this._forgetRoom(room, err);
+    this._emit('kicked', { roomId: room.roomId, peerId: room.peerId, reason });
+    if (room.established) this._emit('left', { roomId: room.roomId, peerId: room.peerId, reason: 'kicked' });
+  }
+
+  _forgetRoom(room, err) {
     this._rooms.delete(room.roomId);
     this._clearRoomTimer(room);
     if (room.cid) this._requests.delete(room.cid);
     this._rejectRoomWaiters(room, err);
+  }
+
+  _dropRoom(room, reason, err) {
+    this._forgetRoom(room, err);
     if (room.established) {
       this._emit('left', { roomId: room.roomId, peerId: room.peerId, reason });
     }
@@ -1074,11 +1104,31 @@ export class SignalClient extends EventTarget {
       return;
     }
     if (lived >= this._reconnect.stableMs) this._attempt = 0;
+    if (info.code === REVOKED_CLOSE.code && info.reason === REVOKED_CLOSE.reason) {
+      this._stopRevoked(info);
+      return;
+    }
     if (this._reconnect.noReconnectCodes.includes(info.code)) {
       this._stopAfterClose(info, localError('closed', `the server closed the connection with ${info.code}`));
       return;
     }
     this._scheduleReconnect(info);
+  }
+
+  // Revoked: every room is gone on the server (room-mates saw peer_left
+  // "kicked"), and reconnecting would only collect 401s until the TTL ends.
+  _stopRevoked(info) {
+    const err = localError('revoked', 'the server closed the connection: this user is revoked');
+    const rooms = [...this._rooms.values()];
+    this._rooms.clear();
+    this._setState('closed');
+    this._failOpenWaiters(err);
+    for (const room of rooms) this._rejectRoomWaiters(room, localError(err.code, err.message, { roomId: room.roomId }));
+    this._emit('revoked', { code: info.code, reason: info.reason, rooms: rooms.map((r) => r.roomId) });
+    for (const room of rooms) {
+      if (room.established) this._emit('left', { roomId: room.roomId, peerId: room.peerId, reason: 'revoked' });
+    }
+    this._emit('close', { ...info, willReconnect: false });
   }
 
   _stopAfterClose(info, err) {

@@ -5,7 +5,8 @@
 #   2. single-node.test.mjs  two headless Chromium pages, the demo over wss from one gateway
 #   3. cross-node.test.mjs   the pages on two gateway nodes behind haproxy (TLS at haproxy)
 #   4. reconnect.test.mjs    SIGKILL of one page's node: reconnect, resume, ICE restart
-# (2-4 run on node's test runner, Chromium driven by playwright-core.)
+#   5. control.test.mjs      backend control: `signal-gateway kick` / `revoke` of a page in a call
+# (2-5 run on node's test runner, Chromium driven by playwright-core.)
 #
 # Usage: tests/e2e/run.sh            (from anywhere; exits non-zero on any failure)
 # Env:   SG_GATEWAY_BIN     gateway binary (default build/signal-gateway; built when missing)
@@ -69,13 +70,13 @@ rc=0
 echo "===== e2e 1: two aiortc peers (pytest) ====="
 timeout 300 "$PY" -m pytest -v -m e2e tests/e2e/test_aiortc.py || rc=1
 
-echo "===== e2e 2-4: Chromium pages and the demo (node --test) ====="
+echo "===== e2e 2-5: Chromium pages and the demo (node --test) ====="
 node_args=(--test --test-reporter=spec)
 # One browser test at a time (2 cores shared). Node before 20.10 lacks the
 # flag and runs availableParallelism()-1 files at once.
 if node --test-concurrency=1 -e 0 2>/dev/null; then node_args+=(--test-concurrency=1); fi
 timeout 900 node "${node_args[@]}" tests/e2e/single-node.test.mjs tests/e2e/cross-node.test.mjs \
-  tests/e2e/reconnect.test.mjs || rc=1
+  tests/e2e/reconnect.test.mjs tests/e2e/control.test.mjs || rc=1
 
 echo "artifacts (screenshots, page and process logs): $SG_E2E_ARTIFACTS"
 [ $rc -eq 0 ] && echo "===== e2e: all passed =====" || echo "===== e2e: FAILED =====" >&2

@@ -8,7 +8,10 @@ import SignalClientDefault, {
   SignalError,
   SignalRoom,
   type AckDetail,
+  type KickedDetail,
+  type PeerLeftReason,
   type RelayDetail,
+  type RevokedDetail,
   type SignalClientEventMap,
 } from 'signal-gateway-client';
 import { PeerRoom, type PeerLink } from 'signal-gateway-client/peer';
@@ -42,6 +45,16 @@ export async function call(roomId: string, me: string, stream: MediaStream): Pro
     }
   });
   room.on('left', ({ reason }) => console.log('left:', reason));
+
+  // Backend control: removed from this room (never re-entered by itself),
+  // a room-mate removed, or the user revoked (no reconnect).
+  room.on('kicked', ({ roomId: from, peerId, reason }: KickedDetail) => console.log(`${peerId} removed from ${from}: ${reason}`));
+  room.on('peer_left', ({ peerId, reason }) => {
+    const why: PeerLeftReason = reason;
+    if (why === 'kicked') console.log(`${peerId} was removed by the application`);
+  });
+  client.on('revoked', ({ code, reason, rooms }: RevokedDetail) => console.log(code === 1008, reason, rooms.join(',')));
+  client.on('left', ({ roomId: r, reason }) => (reason === 'kicked' || reason === 'revoked') && console.log(r, 'gone:', reason));
   if (first) {
     const cid: string = room.offer(first, pc.localDescription ?? { sdp: 'v=0' });
     const receipt: AckDetail = await room.candidate(first, { candidate: '' }, { ack: true });
@@ -83,6 +96,10 @@ export async function call(roomId: string, me: string, stream: MediaStream): Pro
   client.on('bogus', () => {});
   // @ts-expect-error: the room handle takes room events only
   room.on('open', () => {});
+  // @ts-expect-error: revoked concerns the connection, not one room
+  room.on('revoked', () => {});
+  // @ts-expect-error: a kicked detail carries the reason as a string
+  room.on('kicked', (d) => d.reason.toFixed());
   // @ts-expect-error: a relay detail has no 'sdp' at its top level
   room.on('relay', (d) => d.sdp);
   // @ts-expect-error: offer wants an SDP, not a number

@@ -421,6 +421,60 @@ describe('PeerRoom with SignalClient and an in-memory gateway', () => {
     B.client.close();
   });
 
+  test('kicked: the kicked side closes every link (kicked) and never re-enters the room; the other side closes its link (kicked)', async () => {
+    const server = new FakeServer({ resume: true });
+    const A = makePeer(server, PEER_A);
+    const B = makePeer(server, PEER_B);
+    await A.client.connect();
+    await A.room.join();
+    await B.client.connect();
+    await B.room.join();
+    await until(() => linkState(A, PEER_B) === 'connected' && linkState(B, PEER_A) === 'connected', { what: 'connected' });
+    const kicked = [];
+    B.client.on('kicked', (d) => kicked.push(d));
+    assert.equal(server.kick(ROOM, PEER_B, 'bye B'), true);
+    await until(() => kicked.length > 0, { what: "B's kicked event" });
+    assert.deepEqual(kicked, [{ roomId: ROOM, peerId: PEER_B, reason: 'bye B' }]);
+    await until(() => A.room.peers.size === 0, { what: 'A closes its link to B' });
+    assert.deepEqual(B.events, [['peer', PEER_A], ['peerclosed', PEER_A, 'kicked']]);
+    assert.deepEqual(A.events, [['peer', PEER_B], ['peerclosed', PEER_B, 'kicked']]);
+    assert.equal(B.client.state, 'open', 'the connection stays');
+    // B's connection drops: its reconnect must not resume or join the room.
+    const bSocket = server.sockets[1]; // A connected first
+    let reopened = false;
+    B.client.on('open', (d) => (reopened ||= d.reconnected));
+    const logged = server.log.length;
+    server.kill(bSocket);
+    await until(() => reopened, { what: 'B reconnected' }); // the client re-enters its rooms before it says 'open'
+    await tick();
+    assert.deepEqual(server.log.slice(logged).filter((m) => m.roomId === ROOM), [], 'nothing sent for the kicked room');
+    assert.equal(B.room.peers.size, 0);
+    assert.equal(A.room.peers.size, 0);
+    A.client.close();
+    B.client.close();
+  });
+
+  test('revoked: links close (revoked), the room-mate sees peer_left kicked, the client stays closed', async () => {
+    const server = new FakeServer({ resume: true });
+    const A = makePeer(server, PEER_A);
+    const B = makePeer(server, PEER_B);
+    await A.client.connect();
+    await A.room.join();
+    await B.client.connect();
+    await B.room.join();
+    await until(() => linkState(A, PEER_B) === 'connected' && linkState(B, PEER_A) === 'connected', { what: 'connected' });
+    const closes = [];
+    B.client.on('close', (d) => closes.push(d));
+    server.revoke(server.sockets[1]);
+    assert.deepEqual(closes.map((d) => [d.code, d.reason, d.willReconnect]), [[1008, 'revoked', false]]);
+    assert.deepEqual(B.events, [['peer', PEER_A], ['peerclosed', PEER_A, 'revoked']]);
+    assert.equal(B.room.peers.get(PEER_A), undefined);
+    await until(() => A.room.peers.size === 0, { what: 'A closes its link to B' });
+    assert.deepEqual(A.events.at(-1), ['peerclosed', PEER_B, 'kicked']);
+    assert.equal(B.client.state, 'closed');
+    A.client.close();
+  });
+
   test('an offer from a peer without a link creates one; other relays from strangers are dropped', async () => {
     const server = new FakeServer();
     const A = makePeer(server, PEER_A);

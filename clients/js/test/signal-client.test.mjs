@@ -18,7 +18,7 @@ const TOKEN = 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNlY3JldA'
 const URL = 'wss://gw.example.test/ws';
 const SDP = 'v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n';
 const ICE = { candidate: 'candidate:1 1 udp 2122260223 192.0.2.1 50000 typ host', sdpMid: '0', sdpMLineIndex: 0 };
-const EVENT_TYPES = ['state', 'open', 'close', 'joined', 'resumed', 'peer_joined', 'peer_left', 'left', 'relay', 'ack', 'error', 'message', 'sent'];
+const EVENT_TYPES = ['state', 'open', 'close', 'joined', 'resumed', 'peer_joined', 'peer_left', 'left', 'kicked', 'revoked', 'relay', 'ack', 'error', 'message', 'sent'];
 
 function setup(options = {}) {
   const clock = new FakeClock();
@@ -771,5 +771,186 @@ describe('resumption', () => {
       t.of('relay').map((r) => r.seq),
       [1, 2, 1],
     );
+  });
+});
+
+// docs/protocol.md §9 "Backend control": kick (and close-room) tell the
+// kicked connection {type: error, code: kicked, roomId, message: reason} and
+// keep it open for its other rooms; revoke closes the user's connections
+// with 1008 "revoked" and refuses its handshakes (401) for the TTL.
+describe('backend control: kicked and revoked', () => {
+  const KICK = (roomId, message = 'see you later') => ({ type: 'error', code: 'kicked', roomId, message });
+
+  /** Two rooms joined, both with resume tokens (the gateway's default). */
+  async function inTwoRooms(options) {
+    const t = await connected(options);
+    const r1 = await joinRoom(t, 'room-1', PEER_A, { resumeToken: 'rt-1', peers: [PEER_B] });
+    const r2 = await joinRoom(t, 'room-2', PEER_C, { resumeToken: 'rt-2', peers: [PEER_B] });
+    return { t, r1, r2 };
+  }
+
+  test('kicked: a typed kicked event with the reason, then left (kicked); the room is forgotten, the connection stays', async () => {
+    const { t, r1, r2 } = await inTwoRooms();
+    const order = [];
+    for (const type of ['error', 'kicked', 'left']) t.client.on(type, () => order.push(type));
+    t.ws().receive(KICK('room-1'));
+    assert.deepEqual(t.of('kicked'), [{ roomId: 'room-1', peerId: PEER_A, reason: 'see you later' }]);
+    assert.deepEqual(t.of('left'), [{ roomId: 'room-1', peerId: PEER_A, reason: 'kicked' }]);
+    assert.deepEqual(t.of('error'), [{ code: 'kicked', message: 'see you later', roomId: 'room-1' }]);
+    assert.deepEqual(order, ['error', 'kicked', 'left'], 'the error first, as for every server error; then what it means');
+    assert.deepEqual(t.client.rooms.map((r) => r.roomId), ['room-2']);
+    assert.equal(r1.active, false);
+    assert.equal(r1.info(), null);
+    // The connection and the other room go on.
+    assert.equal(t.client.state, 'open');
+    assert.equal(t.of('close').length, 0);
+    assert.equal(r2.active, true);
+    const cid = r2.offer(PEER_B, SDP);
+    assert.deepEqual(t.ws().last(), { type: 'offer', roomId: 'room-2', from: PEER_C, to: PEER_B, sdp: SDP, correlationId: cid });
+    t.ws().receive({ type: 'peer_joined', roomId: 'room-2', peerId: PEER_A });
+    assert.deepEqual(r2.info().peers, [PEER_B, PEER_A]);
+  });
+
+  test('no rejoin after kicked: a reconnect resumes the other room only, and nothing re-enters the kicked one', async () => {
+    const { t } = await inTwoRooms();
+    t.ws().receive(KICK('room-1'));
+    t.ws().drop(1006);
+    t.clock.advance(250);
+    t.ws().open();
+    assert.deepEqual(t.ws().messages.map((m) => [m.type, m.roomId]), [['resume', 'room-2']]);
+    const resume = t.ws().last();
+    t.ws().receive({ type: 'resumed', roomId: 'room-2', peerId: PEER_C, peers: [PEER_B], replayed: 0, resumeToken: 'rt-2b', correlationId: resume.correlationId });
+    // Nor later: more drops, more reconnects, a resume_failed fallback of the other room.
+    t.ws().drop(1006);
+    t.clock.advance(10000);
+    t.ws().open();
+    const again = t.ws().last();
+    t.ws().receive({ type: 'error', code: 'resume_failed', message: 'expired', roomId: 'room-2', correlationId: again.correlationId });
+    assert.deepEqual(t.ws().messages.map((m) => [m.type, m.roomId]), [['resume', 'room-2'], ['join', 'room-2']]);
+    const afterKick = t.sockets.slice(1).flatMap((ws) => ws.messages);
+    assert.equal(afterKick.filter((m) => m.roomId === 'room-1').length, 0, 'room-1 never re-entered');
+    assert.equal(t.of('kicked').length, 1);
+  });
+
+  test('no rejoin after kicked without resumption either (the fresh-join path)', async () => {
+    const t = await connected({ resume: false });
+    await joinRoom(t, 'room-1', PEER_A);
+    await joinRoom(t, 'room-2', PEER_A);
+    t.ws().receive(KICK('room-2', ''));
+    assert.deepEqual(t.of('kicked'), [{ roomId: 'room-2', peerId: PEER_A, reason: '' }]);
+    t.ws().drop(1006);
+    t.clock.advance(250);
+    t.ws().open();
+    assert.deepEqual(t.ws().messages.map((m) => [m.type, m.roomId]), [['join', 'room-1']]);
+  });
+
+  test("room.on('kicked') gets its own room's kick only; room.on('left') says kicked", async () => {
+    const { t, r1, r2 } = await inTwoRooms();
+    const got = [];
+    r1.on('kicked', (d) => got.push(['r1 kicked', d.roomId, d.reason]));
+    r1.on('left', (d) => got.push(['r1 left', d.roomId, d.reason]));
+    r2.on('kicked', (d) => got.push(['r2 kicked', d.roomId, d.reason]));
+    t.ws().receive(KICK('room-2', 'meeting over'));
+    t.ws().receive(KICK('room-1', 'bye'));
+    assert.deepEqual(got, [
+      ['r2 kicked', 'room-2', 'meeting over'],
+      ['r1 kicked', 'room-1', 'bye'],
+      ['r1 left', 'room-1', 'kicked'],
+    ]);
+    assert.equal(r1.active || r2.active, false);
+    assert.deepEqual(t.client.rooms, []);
+    assert.equal(t.client.state, 'open');
+  });
+
+  test('a kick while a join() of that room waits rejects it with the kicked error', async () => {
+    const { t } = await inTwoRooms();
+    let outcome = 'pending';
+    t.client.join('room-1', PEER_A).then(() => (outcome = 'resolved'), (err) => (outcome = err)); // a repeated join, unanswered
+    t.ws().receive(KICK('room-1', 'out'));
+    await tick();
+    assert.ok(outcome instanceof SignalError, `the join is rejected, not ${outcome}`);
+    assert.deepEqual([outcome.code, outcome.message, outcome.roomId, outcome.local], ['kicked', 'out', 'room-1', false]);
+    // Its late answer (if the server sends one) brings nothing back.
+    t.ws().receive({ type: 'error', code: 'not_joined', message: 'gone', roomId: 'room-1', correlationId: t.ws().last().correlationId });
+    assert.equal(t.client.room('room-1'), null);
+  });
+
+  test('a kick of a room the client does not hold is only an error event', async () => {
+    const { t } = await inTwoRooms();
+    t.ws().receive(KICK('room-9'));
+    t.ws().receive({ type: 'error', code: 'kicked', message: 'no room id' });
+    assert.equal(t.of('kicked').length, 0);
+    assert.equal(t.of('left').length, 0);
+    assert.equal(t.of('error').length, 2);
+    assert.deepEqual(t.client.rooms.map((r) => r.roomId), ['room-1', 'room-2']);
+  });
+
+  test('after a kick the application may join the room again itself', async () => {
+    const { t } = await inTwoRooms();
+    t.ws().receive(KICK('room-1'));
+    const room = await joinRoom(t, 'room-1', PEER_A, { resumeToken: 'rt-new' });
+    assert.equal(room.active, true);
+    assert.equal(t.of('joined').at(-1).rejoin, false, 'an explicit join, not an automatic re-join');
+  });
+
+  test('peer_left with reason kicked reaches the app and the room handle; the peer is gone from the room', async () => {
+    const { t, r1 } = await inTwoRooms();
+    const viaRoom = [];
+    r1.on('peer_left', (d) => viaRoom.push(d));
+    t.ws().receive({ type: 'peer_left', roomId: 'room-1', peerId: PEER_B, reason: 'kicked' });
+    assert.deepEqual(t.of('peer_left'), [{ roomId: 'room-1', peerId: PEER_B, reason: 'kicked' }]);
+    assert.deepEqual(viaRoom, [{ roomId: 'room-1', peerId: PEER_B, reason: 'kicked' }]);
+    assert.deepEqual(r1.info().peers, []);
+    assert.equal(r1.active, true, 'a room-mate kicked: we stay');
+  });
+
+  test('revoked (close 1008 "revoked"): a revoked event, left (revoked) per room, close without reconnect', async () => {
+    const { t, r1 } = await inTwoRooms();
+    const order = [];
+    for (const type of ['revoked', 'left', 'close']) t.client.on(type, (d) => order.push(type === 'left' ? `left ${d.roomId}` : type));
+    t.ws().drop(1008, 'revoked');
+    assert.deepEqual(t.of('revoked'), [{ code: 1008, reason: 'revoked', rooms: ['room-1', 'room-2'] }]);
+    assert.deepEqual(t.of('left'), [
+      { roomId: 'room-1', peerId: PEER_A, reason: 'revoked' },
+      { roomId: 'room-2', peerId: PEER_C, reason: 'revoked' },
+    ]);
+    assert.deepEqual(t.of('close'), [{ code: 1008, reason: 'revoked', wasClean: true, willReconnect: false }]);
+    assert.deepEqual(order, ['revoked', 'left room-1', 'left room-2', 'close']);
+    assert.equal(t.client.state, 'closed');
+    assert.deepEqual(t.client.rooms, []);
+    assert.equal(r1.active, false);
+    t.clock.advance(600000);
+    assert.equal(t.sockets.length, 1, 'no reconnect');
+    assert.deepEqual(t.clock.pending(), [], 'no timer left behind');
+  });
+
+  test('no reconnect after revoked even when 1008 is not in noReconnectCodes (any other 1008 then reconnects)', async () => {
+    const policy = { reconnect: { noReconnectCodes: [1000] } };
+    const revoked = await inTwoRooms(policy);
+    revoked.t.ws().drop(1008, 'revoked');
+    revoked.t.clock.advance(600000);
+    assert.equal(revoked.t.sockets.length, 1, 'revoked: no reconnect');
+    assert.equal(revoked.t.of('close')[0].willReconnect, false);
+    assert.equal(revoked.t.of('revoked').length, 1);
+
+    const flooded = await inTwoRooms(policy);
+    flooded.t.ws().drop(1008, 'policy violation');
+    flooded.t.clock.advance(250);
+    assert.equal(flooded.t.sockets.length, 2, 'another 1008 follows noReconnectCodes');
+    assert.equal(flooded.t.of('revoked').length, 0);
+  });
+
+  test('revoked rejects a pending join with the revoked code; connecting again is the application\'s call', async () => {
+    const { t } = await inTwoRooms();
+    const joining = t.client.join('room-3', PEER_A);
+    t.ws().drop(1008, 'revoked');
+    await assert.rejects(joining, { name: 'SignalError', code: 'revoked', roomId: 'room-3', local: true });
+    assert.deepEqual(t.of('revoked')[0].rooms, ['room-1', 'room-2', 'room-3']);
+    assert.equal(t.of('left').length, 2, 'left only for rooms the client was in');
+    // connect() again is the application's call (a new token, after the revocation ends).
+    const p = t.client.connect();
+    t.ws().open();
+    await p;
+    assert.equal(t.client.state, 'open');
   });
 });

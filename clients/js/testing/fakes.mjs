@@ -132,7 +132,8 @@ export function fakeWebSocketClass({ onSend, autoOpen = false } = {}) {
  * An in-memory gateway: join/leave/offer/answer/candidate/resume with
  * joined/peer_joined/peer_left/left/relay(seq)/error, delivered on a later
  * turn (setImmediate) like a network would. Resumption is on when
- * `resume` is true.
+ * `resume` is true. kick() and revoke() play the backend control
+ * subcommands.
  */
 export class FakeServer {
   constructor({ resume = false, iceServers } = {}) {
@@ -168,6 +169,33 @@ export class FakeServer {
       }
     }
     ws.drop(1006);
+  }
+
+  /**
+   * `signal-gateway kick` (docs/protocol.md §9): the member is removed, its
+   * connection gets the kicked error (and stays open), room-mates get
+   * peer_left "kicked"; a later resume fails. Returns whether it was a member.
+   */
+  kick(roomId, peerId, reason = 'removed from the room by the application') {
+    const members = this.members(roomId);
+    const sock = members.get(peerId);
+    if (!sock) return false;
+    members.delete(peerId);
+    this._deliver(sock, { type: 'error', code: 'kicked', message: reason, roomId });
+    for (const other of members.values()) this._deliver(other, { type: 'peer_left', roomId, peerId, reason: 'kicked' });
+    return true;
+  }
+
+  /** `signal-gateway revoke` of the user of `ws`: out of every room (peer_left "kicked"), then closed 1008 "revoked". */
+  revoke(ws) {
+    for (const [roomId, members] of this.rooms) {
+      for (const [peerId, sock] of members) {
+        if (sock !== ws) continue;
+        members.delete(peerId);
+        for (const other of members.values()) this._deliver(other, { type: 'peer_left', roomId, peerId, reason: 'kicked' });
+      }
+    }
+    ws.drop(1008, 'revoked');
   }
 
   _onFrame(ws, text) {
