@@ -109,6 +109,13 @@ void send_resume(sg_session *s, sg_sconn *c, sg_membership *m)
     m->state = MEM_RESUMING;
 }
 
+/* {"error", "kicked", reason} (lua/resume.lua). */
+static bool kicked_reply(const redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_ARRAY && r->elements == 3 && r->element[1]->type == REDIS_REPLY_STRING &&
+           strcmp(r->element[1]->str, "kicked") == 0 && r->element[2]->type == REDIS_REPLY_STRING;
+}
+
 void on_resume_reply(sg_session *s, sg_op *op, redisReply *r)
 {
     sg_sconn *c = sess_conn(s, op->conn_id);
@@ -121,6 +128,17 @@ void on_resume_reply(sg_session *s, sg_op *op, redisReply *r)
     if (!m) {
         if (ok) /* resumed for a connection that is gone: back into grace */
             issue_leave(s, op->conn_id, op->room, op->peer, "lost", false, NULL);
+        return;
+    }
+    if (kicked_reply(r)) {
+        /* Kicked while it was away: as if the kick had reached it (no
+         * resume, no rejoin by a client that knows), with the reason. */
+        release_membership(s, c, m);
+        room_unannounce(s, op->room);
+        sg_metrics_inc(&s->metrics->errors, "kicked");
+        sg_buf_reset(&s->out);
+        sg_wire_kicked(&s->out, op->room, r->element[2]->str, r->element[2]->len);
+        send_out(s, c);
         return;
     }
     if (!ok) {

@@ -23,6 +23,9 @@ local REVOKED_KEY = 'signal:{control}:revoked'
 local REASON_MAX = 256   -- wire.h SG_WIRE_KICK_REASON_MAX
 local SUB_MAX = 256      -- auth.h SG_SUB_MAX
 local TTL_MAX_S = 31536000
+-- How long a kicked member's resume token is remembered (see kicked_mark):
+-- the longest grace period SIGNAL_RESUME_MS allows, and a minute more.
+local KICKED_MEMORY_MS = 3660000
 
 -- Every message of these functions goes out here: sharded pub/sub, as in
 -- lib.lua (the gateways SSUBSCRIBE; a channel lives in its key's slot).
@@ -39,6 +42,19 @@ local function control_room(keys, args)
     return nil
   end
   return room
+end
+
+-- A member kicked while its connection was away (in its grace period, or
+-- lost a moment before the kick reached it) would resume, fail, and join
+-- again as if nothing happened. Its resume token's hash is kept, with the
+-- reason, under room:{R}:kicked:<peer>: a resume with that token is
+-- answered "kicked" (lua/resume.lua), so the client knows, and only that
+-- client hears the reason.
+local function kicked_mark(room, peer, rec_json, reason)
+  local rt = cjson.decode(rec_json).rt
+  if type(rt) == 'string' and rt ~= '' then
+    redis.call('SET', rkey(room, 'kicked:' .. peer), rt .. '\n' .. reason, 'PX', KICKED_MEMORY_MS)
+  end
 end
 
 local BAD_KEYS = 'ERR signal_control: KEYS must be room:{R}:peers room:{R}:buckets room:{R}:seq of ARGV[1] = R'
@@ -65,6 +81,7 @@ register('kick', function(keys, args)
   if conn ~= '' then
     publish(channel(room, peer), envelope(conn, 'k', reason, 'kick'))
   end
+  kicked_mark(room, peer, cur, reason)
   remove_member(room, peer, 'kicked')
   return 1
 end)
@@ -74,7 +91,10 @@ end)
 --   ARGV: R reason
 -- Every member is kicked as above, but nobody is told that the others left;
 -- every key of the room but the application's acl is deleted (relay buffers
--- too, also those a seq entry still names). Returns the number of members.
+-- too, also those a seq entry still names), so no kicked mark is left: a
+-- member away at the time hears resume_failed when it comes back (the
+-- application decides, through acl, whether it may join again). Returns the
+-- number of members.
 register('close_room', function(keys, args)
   local room = control_room(keys, args)
   if not room then return redis.error_reply(BAD_KEYS) end

@@ -7,7 +7,8 @@
 -- the room as a join would be.
 -- Returns {"resumed", {peer, subhash, ...}, {seq, frame, seq, frame...}, seq}
 -- (seq: the last relay seq to the peer, so a lastSeq from the future does
--- not hide the next relays) or {"error", "resume_failed"}.
+-- not hide the next relays) or {"error", "resume_failed"}, or {"error",
+-- "kicked", reason} for a member kicked while it was away.
 register('resume', function(keys, args)
   local room = room_of(keys, args)
   local peer, holder, node, subhash = args[2], args[3], args[4], args[5]
@@ -17,7 +18,17 @@ register('resume', function(keys, args)
   end
   local cur = redis.call('HGET', room.peers, peer)
   local rec = cur and cjson.decode(cur)
-  if not rec or rec.sub ~= subhash or not rec.rt or rec.rt ~= rt_old or rec.ghost then
+  if not rec then
+    -- Kicked while away (lua/control.lua kicked_mark): say so to the holder
+    -- of that membership's token, with the application's reason.
+    local mark = redis.call('GET', rkey(room, 'kicked:' .. peer))
+    local rt, reason = string.match(mark or '', '^([^\n]*)\n(.*)$')
+    if rt and rt == rt_old then
+      return {'error', 'kicked', reason}
+    end
+    return {'error', 'resume_failed'}
+  end
+  if rec.sub ~= subhash or not rec.rt or rec.rt ~= rt_old or rec.ghost then
     return {'error', 'resume_failed'}
   end
   if rec.grace and rec.grace <= now_ms() then

@@ -151,15 +151,23 @@ def test_kick_of_a_peer_in_its_grace_period_ends_its_resumption(gateway_factory,
             await wait_in_grace(redis, room, pb)
             await a.expect_no_message(0.3)  # grace: no peer_left yet
 
-            rc, out, err = await asyncio.to_thread(control, redis.url, "kick", "--room", room, "--peer", pb)
+            rc, out, err = await asyncio.to_thread(control, redis.url, "kick", "--room", room, "--peer", pb,
+                                                   "--reason", "seat taken")
             assert rc == 0, (rc, out, err)
             left = await a.recv_type("peer_left", roomId=room, peerId=pb)
             assert left["reason"] == "kicked", left
             assert member(redis, room, pb) is None
             assert redis("EXISTS", f"room:{{{room}}}:buf:{pb}") == 0
 
+            # The client comes back with its token: it learns it was kicked,
+            # and why (it used to hear only resume_failed, and joined again).
             b2 = await c.connect(g1.ws_url, tok("bob"), name="b2")
             await b2.send(resume_msg(room, pb, token, 0))
+            m = await b2.expect_error("kicked", room=room)
+            assert m["message"] == "seat taken", m
+            assert member(redis, room, pb) is None
+            # anyone else with another token hears nothing of it
+            await b2.send(resume_msg(room, pb, "x" * 32, 0))
             await b2.expect_error("resume_failed")
             # the grace period's end, long after, says nothing more
             await a.expect_no_message(0.5)

@@ -381,6 +381,28 @@ static void test_a_resume_replays_then_sends_what_it_held_once_in_order(void **s
     assert_int_equal(w->metrics.room_members, 1);
 }
 
+/* A member kicked while it was away: its resume is answered "kicked" with
+ * the application's reason (lua/resume.lua), not resume_failed, and the
+ * room is forgotten here as after a kick: no membership, no subscription,
+ * no leave. */
+static void test_a_resume_after_a_kick_while_away_says_kicked(void **state)
+{
+    world *w = *state;
+    world_open(w, 1, "alice", "*");
+    resume(w, 1, "tok", 0);
+    assert_int_equal(fake_bus_refs(w->bus, "room:{r}:peer:" A), 1);
+    free_call(world_answer(w, "*3\r\n$5\r\nerror\r\n$6\r\nkicked\r\n$10\r\nseat taken\r\n"));
+    assert_string_equal(world_last(w, 1),
+                        "{\"type\":\"error\",\"code\":\"kicked\",\"message\":\"seat taken\",\"roomId\":\"r\"}");
+    assert_int_equal(fake_bus_refs(w->bus, "room:{r}:peer:" A), 0);
+    assert_int_equal(fake_bus_pending(w->bus), 0);
+    assert_int_equal(w->metrics.room_members, 0);
+    assert_int_equal(w->conns[1].close_code, 0);
+    /* the room is not held: a relay into it is refused */
+    world_text(w, 1, "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" A "\",\"to\":\"" B "\",\"sdp\":\"v=0\"}");
+    assert_contains(world_last(w, 1), "\"code\":\"not_joined\"");
+}
+
 static void test_a_resumed_frame_refused_frees_nothing_twice(void **state)
 {
     world *w = *state;
@@ -918,6 +940,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_resume_keeps_only_the_hash_of_any_token_length, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_resume_replays_then_sends_what_it_held_once_in_order, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_a_resume_after_a_kick_while_away_says_kicked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_resumed_frame_refused_frees_nothing_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_resume_for_a_gone_connection_goes_back_into_grace, setup, teardown),
         cmocka_unit_test_setup_teardown(test_catch_up_after_a_subscriber_gap_is_exactly_once, setup, teardown),
