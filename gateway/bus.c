@@ -75,8 +75,7 @@ struct sg_bus {
     /* The URL's endpoint: where (single) and as whom. In a cluster, the
      * first seed's scheme and credentials, which every master shares. */
     sg_link_target target;
-    sg_redis_endpoint *sentinel_eps, *seed_eps; /* each with its own scheme and credentials */
-    size_t nsentinels, nseeds;
+    sg_redis_targets targets; /* the URL, the sentinels, the seeds as the settings say */
     char *tls_ca_file, *tls_cert_file, *tls_key_file;
     SSL_CTX *tls;             /* built at start when any endpoint is rediss:// */
     char fn[SG_FN_COUNT][48]; /* "sg_<hash>_<name>" of each function, for FCALL */
@@ -904,12 +903,14 @@ static void apply_map(sg_bus *b, const redisReply *r, const char *asked_from)
 
 static const sg_redis_endpoint *current_seed(const sg_bus *b)
 {
-    return b->nseeds ? &b->seed_eps[b->seed_idx % b->nseeds] : NULL;
+    const sg_redis_targets *t = &b->targets;
+    return t->nseeds ? &t->seeds[b->seed_idx % t->nseeds] : NULL;
 }
 
 static const sg_redis_endpoint *current_sentinel(const sg_bus *b)
 {
-    return b->nsentinels ? &b->sentinel_eps[b->sentinel_idx % b->nsentinels] : NULL;
+    const sg_redis_targets *t = &b->targets;
+    return t->nsentinels ? &t->sentinels[b->sentinel_idx % t->nsentinels] : NULL;
 }
 
 /* Connects c (a seed, a sentinel, the sentinel watch) to the endpoint with
@@ -1317,40 +1318,21 @@ sg_bus *sg_bus_new(struct event_base *base, const sg_bus_config *cfg, const sg_b
     return b;
 }
 
-/* SIGNAL_REDIS_URL (or, in a cluster, the seeds) and the sentinel list,
- * and the one TLS context they share when any of them is rediss://. */
+/* The settings' endpoints, and the one TLS context they share when any of
+ * them is rediss://. */
 static int parse_endpoints(sg_bus *b, char *err, size_t errlen)
 {
-    char why[200];
-    if (b->mode == MODE_CLUSTER) {
-        if (sg_redis_list_parse(b->seeds, SG_REDIS_BARE | SG_REDIS_NO_DB, &b->seed_eps, &b->nseeds, why,
-                                sizeof why) < 0) {
-            snprintf(err, errlen, "SIGNAL_REDIS_CLUSTER: %s", why);
-            return -1;
-        }
-        /* The masters the map names are reached as the first seed was:
-         * one scheme and one user for the whole cluster. */
-        for (size_t i = 1; i < b->nseeds; i++)
-            if (b->seed_eps[i].tls != b->seed_eps[0].tls) {
-                snprintf(err, errlen, "SIGNAL_REDIS_CLUSTER: entry %zu: every seed must use the same scheme",
-                         i + 1);
-                return -1;
-            }
-        b->target = b->seed_eps[0];
+    sg_redis_targets *t = &b->targets;
+    if (sg_redis_targets_parse(t, b->url, b->mode == MODE_SENTINEL ? b->sentinels : NULL,
+                               b->mode == MODE_CLUSTER ? b->seeds : NULL, err, errlen) < 0)
+        return -1;
+    /* In a cluster the masters the map names are reached as the first seed
+     * was: one scheme and one user for the whole cluster. */
+    b->target = b->mode == MODE_CLUSTER ? t->seeds[0] : t->url;
+    if (b->mode == MODE_CLUSTER)
         b->target.db = 0;
-    } else if (sg_redis_endpoint_parse(b->url, strlen(b->url), 0, &b->target, why, sizeof why) < 0) {
-        snprintf(err, errlen, "SIGNAL_REDIS_URL: %s", why);
-        return -1;
-    }
-    if (b->mode == MODE_SENTINEL && sg_redis_list_parse(b->sentinels, SG_REDIS_BARE | SG_REDIS_NO_DB,
-                                                        &b->sentinel_eps, &b->nsentinels, why, sizeof why) < 0) {
-        snprintf(err, errlen, "SIGNAL_REDIS_SENTINELS: %s", why);
-        return -1;
-    }
-    bool tls = b->target.tls;
-    for (size_t i = 0; i < b->nsentinels; i++)
-        tls = tls || b->sentinel_eps[i].tls;
-    if (tls && !(b->tls = sg_redis_tls_ctx_new(b->tls_ca_file, b->tls_cert_file, b->tls_key_file, err, errlen)))
+    if (sg_redis_targets_tls(t) &&
+        !(b->tls = sg_redis_tls_ctx_new(b->tls_ca_file, b->tls_cert_file, b->tls_key_file, err, errlen)))
         return -1;
     return 0;
 }
@@ -1408,8 +1390,7 @@ void sg_bus_free(sg_bus *b)
     free(b->url);
     free(b->sentinels);
     free(b->seeds);
-    sg_redis_list_free(b->sentinel_eps, b->nsentinels);
-    sg_redis_list_free(b->seed_eps, b->nseeds);
+    sg_redis_targets_free(&b->targets);
     OPENSSL_cleanse(&b->target, sizeof b->target);
     SSL_CTX_free(b->tls);
     free(b->tls_ca_file);

@@ -260,41 +260,16 @@ static int check_readable(const char *var, const char *path, char *err, size_t e
     return -1;
 }
 
-/* The URL and the sentinel list parse (redis_url.h; the messages never echo
- * them, as they may hold passwords), and the TLS files are readable and
- * used. */
+/* The URL, the sentinel and the seed lists parse (redis_url.h; the messages
+ * never echo them, as they may hold passwords), and the TLS files are
+ * readable and used. */
 static int validate_redis(const sg_config *cfg, char *err, size_t errlen)
 {
-    char why[200];
-    sg_redis_endpoint ep;
-    if (sg_redis_endpoint_parse(cfg->redis_url, strlen(cfg->redis_url), 0, &ep, why, sizeof why) < 0) {
-        seterr(err, errlen, "SIGNAL_REDIS_URL: %s", why);
+    sg_redis_targets t;
+    if (sg_redis_targets_parse(&t, cfg->redis_url, cfg->redis_sentinels, cfg->redis_cluster, err, errlen) < 0)
         return -1;
-    }
-    bool tls = ep.tls;
-    sg_redis_endpoint *eps = NULL;
-    size_t n = 0;
-    if (cfg->redis_sentinels) {
-        if (sg_redis_list_parse(cfg->redis_sentinels, SG_REDIS_BARE | SG_REDIS_NO_DB, &eps, &n, why,
-                                sizeof why) < 0) {
-            seterr(err, errlen, "SIGNAL_REDIS_SENTINELS: %s", why);
-            return -1;
-        }
-        for (size_t i = 0; i < n; i++)
-            tls = tls || eps[i].tls;
-        sg_redis_list_free(eps, n);
-    }
-    if (cfg->redis_cluster) {
-        /* The seeds decide the scheme: SIGNAL_REDIS_URL is not used. */
-        if (sg_redis_list_parse(cfg->redis_cluster, SG_REDIS_BARE | SG_REDIS_NO_DB, &eps, &n, why, sizeof why) < 0) {
-            seterr(err, errlen, "SIGNAL_REDIS_CLUSTER: %s", why);
-            return -1;
-        }
-        tls = false;
-        for (size_t i = 0; i < n; i++)
-            tls = tls || eps[i].tls;
-        sg_redis_list_free(eps, n);
-    }
+    bool tls = sg_redis_targets_tls(&t);
+    sg_redis_targets_free(&t);
     if (!!cfg->redis_tls_cert_file != !!cfg->redis_tls_key_file) {
         seterr(err, errlen, "SIGNAL_REDIS_TLS_CERT_FILE and SIGNAL_REDIS_TLS_KEY_FILE must be set together");
         return -1;

@@ -143,49 +143,30 @@ static int load_config(sg_config *cfg, int cfg_argc, char **cfg_argv, char *err,
 
 /* Where the call goes, parsed as the server parses it (redis_url.h): the
  * URL, the sentinels, the seeds, and the TLS context any rediss:// needs. */
+/* Where the call goes, parsed as the server parses it (redis_url.h), and
+ * the TLS context any rediss:// needs. */
 typedef struct redis_setup {
-    sg_redis_endpoint url;
-    sg_redis_endpoint *sentinels, *seeds;
-    size_t nsentinels, nseeds;
+    sg_redis_targets t;
     SSL_CTX *tls;
     int64_t timeout_ms;
 } redis_setup;
 
 static int setup_redis(redis_setup *rs, const sg_config *cfg, char *err, size_t errlen)
 {
-    char why[200];
     memset(rs, 0, sizeof *rs);
     rs->timeout_ms = cfg->redis_timeout_ms;
-    if (sg_redis_endpoint_parse(cfg->redis_url, strlen(cfg->redis_url), 0, &rs->url, why, sizeof why) < 0) {
-        snprintf(err, errlen, "SIGNAL_REDIS_URL: %s", why);
+    if (sg_redis_targets_parse(&rs->t, cfg->redis_url, cfg->redis_sentinels, cfg->redis_cluster, err, errlen) < 0)
         return -1;
-    }
-    if (cfg->redis_cluster && sg_redis_list_parse(cfg->redis_cluster, SG_REDIS_BARE | SG_REDIS_NO_DB, &rs->seeds,
-                                                  &rs->nseeds, why, sizeof why) < 0) {
-        snprintf(err, errlen, "SIGNAL_REDIS_CLUSTER: %s", why);
-        return -1;
-    }
-    if (cfg->redis_sentinels && sg_redis_list_parse(cfg->redis_sentinels, SG_REDIS_BARE | SG_REDIS_NO_DB,
-                                                    &rs->sentinels, &rs->nsentinels, why, sizeof why) < 0) {
-        snprintf(err, errlen, "SIGNAL_REDIS_SENTINELS: %s", why);
-        return -1;
-    }
-    bool tls = rs->url.tls;
-    for (size_t i = 0; i < rs->nseeds; i++)
-        tls = tls || rs->seeds[i].tls;
-    for (size_t i = 0; i < rs->nsentinels; i++)
-        tls = tls || rs->sentinels[i].tls;
-    if (tls && !(rs->tls = sg_redis_tls_ctx_new(cfg->redis_tls_ca_file, cfg->redis_tls_cert_file,
-                                                cfg->redis_tls_key_file, err, errlen)))
+    if (sg_redis_targets_tls(&rs->t) &&
+        !(rs->tls = sg_redis_tls_ctx_new(cfg->redis_tls_ca_file, cfg->redis_tls_cert_file, cfg->redis_tls_key_file,
+                                         err, errlen)))
         return -1;
     return 0;
 }
 
 static void free_redis(redis_setup *rs)
 {
-    OPENSSL_cleanse(&rs->url, sizeof rs->url);
-    sg_redis_list_free(rs->sentinels, rs->nsentinels);
-    sg_redis_list_free(rs->seeds, rs->nseeds);
+    sg_redis_targets_free(&rs->t);
     SSL_CTX_free(rs->tls);
 }
 
@@ -193,8 +174,8 @@ static void free_redis(redis_setup *rs)
  * URL's scheme, credentials and database. */
 static sg_redis_sync *connect_via_sentinel(const redis_setup *rs, const char *master_name, char *err, size_t errlen)
 {
-    for (size_t i = 0; i < rs->nsentinels; i++) {
-        sg_redis_sync *s = sg_redis_sync_connect(&rs->sentinels[i], 0, rs->tls, rs->timeout_ms, err, errlen);
+    for (size_t i = 0; i < rs->t.nsentinels; i++) {
+        sg_redis_sync *s = sg_redis_sync_connect(&rs->t.sentinels[i], 0, rs->tls, rs->timeout_ms, err, errlen);
         if (!s)
             continue;
         const char *q[] = {"SENTINEL", "get-master-addr-by-name", master_name};
@@ -207,12 +188,12 @@ static sg_redis_sync *connect_via_sentinel(const redis_setup *rs, const char *ma
             port = atoi(r->element[1]->str);
         if (port < 1 || port > 65535) {
             if (r)
-                snprintf(err, errlen, "sentinel %s:%d knows no master %s", rs->sentinels[i].host,
-                         rs->sentinels[i].port, master_name);
+                snprintf(err, errlen, "sentinel %s:%d knows no master %s", rs->t.sentinels[i].host,
+                         rs->t.sentinels[i].port, master_name);
             freeReplyObject(r);
             continue;
         }
-        sg_redis_endpoint m = rs->url;
+        sg_redis_endpoint m = rs->t.url;
         sg_strlcpy(m.host, r->element[0]->str, sizeof m.host);
         m.port = port;
         freeReplyObject(r);
@@ -230,20 +211,20 @@ static sg_redis_sync *connect_via_sentinel(const redis_setup *rs, const char *ma
 static sg_redis_sync *connect_redis(const redis_setup *rs, const sg_config *cfg, const sg_redis_endpoint **creds,
                                     char *err, size_t errlen)
 {
-    *creds = &rs->url;
-    if (rs->nseeds) {
-        for (size_t i = 0; i < rs->nseeds; i++) {
-            sg_redis_sync *c = sg_redis_sync_connect(&rs->seeds[i], 0, rs->tls, rs->timeout_ms, err, errlen);
+    *creds = &rs->t.url;
+    if (rs->t.nseeds) {
+        for (size_t i = 0; i < rs->t.nseeds; i++) {
+            sg_redis_sync *c = sg_redis_sync_connect(&rs->t.seeds[i], 0, rs->tls, rs->timeout_ms, err, errlen);
             if (c) {
-                *creds = &rs->seeds[i];
+                *creds = &rs->t.seeds[i];
                 return c;
             }
         }
         return NULL;
     }
-    if (rs->nsentinels)
+    if (rs->t.nsentinels)
         return connect_via_sentinel(rs, cfg->redis_master_name, err, errlen);
-    return sg_redis_sync_connect(&rs->url, rs->url.db, rs->tls, rs->timeout_ms, err, errlen);
+    return sg_redis_sync_connect(&rs->t.url, rs->t.url.db, rs->tls, rs->timeout_ms, err, errlen);
 }
 
 /* The control call, loading the library first if this Redis has none yet

@@ -272,3 +272,47 @@ void sg_redis_list_free(sg_redis_endpoint *eps, size_t count)
     OPENSSL_cleanse(eps, count * sizeof *eps);
     free(eps);
 }
+
+void sg_redis_targets_free(sg_redis_targets *t)
+{
+    sg_redis_list_free(t->sentinels, t->nsentinels);
+    sg_redis_list_free(t->seeds, t->nseeds);
+    OPENSSL_cleanse(t, sizeof *t);
+}
+
+int sg_redis_targets_parse(sg_redis_targets *t, const char *url, const char *sentinels, const char *seeds,
+                           char *err, size_t errlen)
+{
+    char why[200];
+    memset(t, 0, sizeof *t);
+    const char *setting = "SIGNAL_REDIS_URL";
+    if (sg_redis_endpoint_parse(url, strlen(url), 0, &t->url, why, sizeof why) < 0)
+        goto fail;
+    setting = "SIGNAL_REDIS_SENTINELS";
+    if (sentinels && sg_redis_list_parse(sentinels, SG_REDIS_BARE | SG_REDIS_NO_DB, &t->sentinels, &t->nsentinels,
+                                         why, sizeof why) < 0)
+        goto fail;
+    setting = "SIGNAL_REDIS_CLUSTER";
+    if (seeds && sg_redis_list_parse(seeds, SG_REDIS_BARE | SG_REDIS_NO_DB, &t->seeds, &t->nseeds, why,
+                                     sizeof why) < 0)
+        goto fail;
+    for (size_t i = 1; i < t->nseeds; i++)
+        if (t->seeds[i].tls != t->seeds[0].tls) {
+            snprintf(why, sizeof why, "entry %zu: every seed must use the same scheme", i + 1);
+            goto fail;
+        }
+    return 0;
+fail:
+    sg_redis_targets_free(t);
+    return fail(err, errlen, "%s: %s", setting, why);
+}
+
+bool sg_redis_targets_tls(const sg_redis_targets *t)
+{
+    if (t->nseeds)
+        return t->seeds[0].tls;
+    bool tls = t->url.tls;
+    for (size_t i = 0; i < t->nsentinels; i++)
+        tls = tls || t->sentinels[i].tls;
+    return tls;
+}

@@ -73,4 +73,24 @@ int sg_redis_list_parse(const char *list, unsigned flags, sg_redis_endpoint **ou
 /* Wipes the credentials and frees; NULL is fine. */
 void sg_redis_list_free(sg_redis_endpoint *eps, size_t count);
 
+/* Where Redis is, as the settings say (SIGNAL_REDIS_URL, _SENTINELS,
+ * _CLUSTER), parsed alike by the configuration check, the server's bus and
+ * the control subcommands. */
+typedef struct sg_redis_targets {
+    sg_redis_endpoint url;        /* not used in cluster mode */
+    sg_redis_endpoint *sentinels; /* each with its own scheme and credentials */
+    sg_redis_endpoint *seeds;     /* cluster mode when nseeds > 0 */
+    size_t nsentinels, nseeds;
+} sg_redis_targets;
+
+/* url is required; sentinels and seeds may be NULL. Every seed must use the
+ * same scheme (the masters a cluster names are reached as the seeds were).
+ * Returns 0, or -1 with "<SETTING>: reason" in err and *t empty. */
+int sg_redis_targets_parse(sg_redis_targets *t, const char *url, const char *sentinels, const char *seeds,
+                           char *err, size_t errlen);
+/* An endpoint in use is rediss:// (in cluster mode the seeds decide). */
+bool sg_redis_targets_tls(const sg_redis_targets *t);
+/* Wipes the credentials and frees; an empty *t is fine. */
+void sg_redis_targets_free(sg_redis_targets *t);
+
 #endif

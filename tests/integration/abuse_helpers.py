@@ -98,15 +98,7 @@ def evalsha_calls(redis):
 
 
 def log_events(gw, event):
-    out = []
-    for line in gw.log_text().splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if obj.get("event") == event:
-            out.append(obj)
-    return out
+    return h.log_events(gw.log_text(), event)
 
 
 def log_ts(obj):

@@ -163,15 +163,7 @@ def metric(gw, name):
 
 
 def log_events(gw):
-    out = []
-    for ln in gw.log_text().splitlines():
-        try:
-            obj = json.loads(ln)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
+    return h.log_events(gw.log_text())
 
 
 def wait_log_event(gw, event, timeout=5.0, after=0):

@@ -62,6 +62,20 @@ def clean_env():
     return {k: v for k, v in os.environ.items() if not k.startswith(("SIGNAL_", "OTEL_"))}
 
 
+def log_events(text, event=None):
+    """The JSON objects of a gateway's log (or a subcommand's stdout), one
+    per line, those of one event when event is given; other lines skipped."""
+    out = []
+    for line in text.splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and (event is None or obj.get("event") == event):
+            out.append(obj)
+    return out
+
+
 def control(redis_url, *args, env=None):
     """Runs a backend control subcommand (signal-gateway kick / close-room /
     revoke) the way an operator would, with the server's Redis settings and

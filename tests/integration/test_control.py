@@ -22,10 +22,6 @@ RESUME_ENV = {"SIGNAL_RESUME_MS": "30000"}
 DOC = h.REPO / "docs" / "backend-control.md"
 
 
-def log_events(stdout):
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-
-
 def samples(gw):
     with urllib.request.urlopen(gw.admin_url + "/metrics", timeout=3) as r:
         text = r.read().decode()
@@ -39,18 +35,6 @@ def samples(gw):
 
 def control_count(gw, action):
     return samples(gw).get(f'control_actions_total{{action="{action}"}}', 0)
-
-
-def gw_events(gw, event):
-    out = []
-    for line in gw.log_text().splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if obj.get("event") == event:
-            out.append(obj)
-    return out
 
 
 def resume_msg(room, peer, token, last_seq=0):
@@ -94,7 +78,7 @@ def test_kick_across_nodes_keeps_the_connection_for_its_other_rooms(gateway_fact
             rc, out, err = await asyncio.to_thread(control, redis.url, "kick", "--room", room, "--peer",
                                                    pb.upper(), "--reason", reason)
             assert rc == 0, (rc, out, err)
-            ev = log_events(out)
+            ev = h.log_events(out)
             assert ev and ev[-1]["event"] == "control.kick" and ev[-1]["result"] == "kicked", out
 
             m = await b.expect_error("kicked", room=room)
@@ -121,12 +105,12 @@ def test_kick_across_nodes_keeps_the_connection_for_its_other_rooms(gateway_fact
             await b.leave(room, pb)
             rc, out, err = await asyncio.to_thread(control, redis.url, "kick", "--room", room, "--peer", pb)
             assert rc == 1, (rc, out, err)
-            assert log_events(out)[-1]["result"] == "not_member"
+            assert h.log_events(out)[-1]["result"] == "not_member"
     arun(main())
 
     assert control_count(g2, "kick") == 1
     assert control_count(g1, "kick") == 0
-    lines = gw_events(g2, "control.kick")
+    lines = h.log_events(g2.log_text(), "control.kick")
     assert len(lines) == 1 and lines[0]["room"] == room and lines[0]["peer"] == pb, lines
     assert re.fullmatch(r"[0-9a-f]{16}", lines[0]["user"]), lines
 
@@ -222,7 +206,7 @@ def test_close_room_kicks_everyone_on_both_nodes_and_keeps_only_the_acl(gateway_
             rc, out, err = await asyncio.to_thread(control, redis.url, "close-room", "--room", room,
                                                    "--reason", "meeting over")
             assert rc == 0, (rc, out, err)
-            assert log_events(out)[-1]["members"] == 3, out
+            assert h.log_events(out)[-1]["members"] == 3, out
             for who in (a, b, cc):
                 m = await who.expect_error("kicked", room=room)
                 assert m["message"] == "meeting over", m
@@ -241,11 +225,11 @@ def test_close_room_kicks_everyone_on_both_nodes_and_keeps_only_the_acl(gateway_
             assert a.is_open and b.is_open and cc.is_open
             # an empty room closes too
             rc, out, err = await asyncio.to_thread(control, redis.url, "close-room", "--room", room)
-            assert rc == 0 and log_events(out)[-1]["members"] == 0, (rc, out, err)
+            assert rc == 0 and h.log_events(out)[-1]["members"] == 0, (rc, out, err)
     arun(main())
     assert control_count(g1, "close_room") == 1
     assert control_count(g2, "close_room") == 2
-    assert len(gw_events(g2, "control.close_room")) == 2
+    assert len(h.log_events(g2.log_text(), "control.close_room")) == 2
 
 
 # --------------------------------------------------------------------------
@@ -298,7 +282,7 @@ def test_revoke_closes_the_users_connections_everywhere_and_refuses_its_handshak
     for gw in (g1, g2):
         s = samples(gw)
         assert s.get('auth_failures_total{reason="revoked"}') == 1, s
-        lines = gw_events(gw, "control.revoke")
+        lines = h.log_events(gw.log_text(), "control.revoke")
         assert lines and lines[0]["connections"] == 1, lines
 
 
@@ -337,7 +321,7 @@ def test_a_revocation_missed_while_the_subscription_was_down_still_closes(gatewa
             await a.expect_no_message(0.3)
             assert a.is_open
     arun(main())
-    lines = gw_events(g1, "control.revoke")
+    lines = h.log_events(g1.log_text(), "control.revoke")
     assert lines and lines[-1].get("source") == "resync", lines
 
 
@@ -522,7 +506,7 @@ def test_exit_codes_and_usage_errors(redis):
     for args in (("close-room", "--room", room, "--reason", "bye"), ("revoke", "--sub", "s", "--ttl", "5")):
         rc, out, err = control(url, *args)
         assert rc == 0, (args, rc, out, err)
-        assert len(log_events(out)) == 1, out
+        assert len(h.log_events(out)) == 1, out
     # a Redis that refuses the call (no such library and no right to load it): 3
     redis("ACL", "SETUSER", "weak", "on", ">pw", "~*", "+fcall")
     redis("FUNCTION", "DELETE", "signal_control")

@@ -19,7 +19,6 @@ stop the start with a message that never holds a password.
 
 import datetime
 import ipaddress
-import json
 import pathlib
 import socket
 import ssl
@@ -269,15 +268,7 @@ async def relay(g1, g2, redis=None, room=None):
 
 
 def log_events(path, event):
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(ev, dict) and ev.get("event") == event:
-            out.append(ev)
-    return out
+    return h.log_events(path.read_text(errors="replace"), event)
 
 
 def expect_never_ready(gateway_factory, env, reason, role=None, settle_s=2.0, reason_in=None):

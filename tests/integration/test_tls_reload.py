@@ -13,7 +13,6 @@ real wss clients (the `websockets` library over Python's ssl):
 
 import datetime
 import ipaddress
-import json
 import os
 import signal
 import urllib.request
@@ -66,8 +65,7 @@ def expiry_gauge(gw):
 
 
 def log_events(gw, name):
-    return [o for o in (json.loads(ln) for ln in gw.log_text().splitlines() if ln.startswith("{"))
-            if o.get("event") == name]
+    return h.log_events(gw.log_text(), name)
 
 
 def test_sighup_reloads_the_certificate_for_new_handshakes_only(gateway_factory, tmp_path):

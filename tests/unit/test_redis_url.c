@@ -319,6 +319,39 @@ static void test_list(void **state)
     assert_non_null(strstr(err, "more than 64 entries"));
 }
 
+/* The three settings together, as config, the bus and the subcommands read them. */
+static void test_targets(void **state)
+{
+    sg_redis_targets t;
+    char err[256];
+    assert_int_equal(sg_redis_targets_parse(&t, "redis://127.0.0.1:6379/2", "rediss://u:p%40@s1:26380,s2:26379",
+                                            NULL, err, sizeof err), 0);
+    assert_int_equal(t.url.db, 2);
+    assert_int_equal(t.nsentinels, 2);
+    assert_true(t.sentinels[0].tls && t.sentinels[0].auth);
+    assert_string_equal(t.sentinels[0].pass, "p@");
+    assert_int_equal(t.nseeds, 0);
+    assert_true(sg_redis_targets_tls(&t)); /* a sentinel is rediss:// */
+    sg_redis_targets_free(&t);
+    /* cluster mode: the seeds decide the scheme, the URL is not used */
+    assert_int_equal(sg_redis_targets_parse(&t, "rediss://127.0.0.1/0", NULL, "10.0.0.1:7000,10.0.0.2:7000", err,
+                                            sizeof err), 0);
+    assert_int_equal(t.nseeds, 2);
+    assert_false(sg_redis_targets_tls(&t));
+    sg_redis_targets_free(&t);
+    /* each error names its setting, never the text (which may hold a password) */
+    assert_int_equal(sg_redis_targets_parse(&t, "redis://x/0", NULL, "rediss://a:1,redis://u:secret@b:2", err,
+                                            sizeof err), -1);
+    assert_string_equal(err, "SIGNAL_REDIS_CLUSTER: entry 2: every seed must use the same scheme");
+    assert_null(t.seeds);
+    assert_int_equal(sg_redis_targets_parse(&t, "http://u:secret@x/0", NULL, NULL, err, sizeof err), -1);
+    assert_non_null(strstr(err, "SIGNAL_REDIS_URL: "));
+    assert_null(strstr(err, "secret"));
+    assert_int_equal(sg_redis_targets_parse(&t, "redis://x/0", "s1:26379,", NULL, err, sizeof err), -1);
+    assert_non_null(strstr(err, "SIGNAL_REDIS_SENTINELS: entry 2"));
+    assert_null(t.sentinels);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -332,6 +365,7 @@ int main(void)
         cmocka_unit_test(test_bytes),
         cmocka_unit_test(test_lengths),
         cmocka_unit_test(test_list),
+        cmocka_unit_test(test_targets),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
