@@ -1,5 +1,5 @@
 -- SPDX-License-Identifier: Apache-2.0
--- expire (gateway/session_lease.c)
+-- expire (gateway/session_liveness.c)
 --   KEYS: peers buckets seq
 --   ARGV: room peer until
 -- A deadline this node watches has passed: the member in its grace period

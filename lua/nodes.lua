@@ -1,5 +1,5 @@
 -- SPDX-License-Identifier: Apache-2.0
--- nodes (gateway/session_lease.c): a gateway instance's heartbeat, once a
+-- nodes (gateway/session_liveness.c): a gateway instance's heartbeat, once a
 -- third of a lease, and the only per-period work idle rooms cause.
 --   KEYS: signal:nodes
 --   ARGV: inst lease_ms ttl_ms

@@ -1,5 +1,5 @@
 -- SPDX-License-Identifier: Apache-2.0
--- reap (gateway/session_lease.c): one room of a gateway instance taken for
+-- reap (gateway/session_liveness.c): one room of a gateway instance taken for
 -- dead (see nodes). The calling instance answers for what is left of it.
 --   KEYS: peers buckets seq
 --   ARGV: room dead inst resume_ms

@@ -1,5 +1,5 @@
 -- SPDX-License-Identifier: Apache-2.0
--- reassert (gateway/session_lease.c): several rooms in one call; KEYS are
+-- reassert (gateway/session_liveness.c): several rooms in one call; KEYS are
 -- the peers, buckets and seq keys of each room in turn (one hash slot per
 -- call in a cluster: the gateway batches by slot).
 --   ARGV: silent ttl_ms node inst ghost_ms nrooms, then per room:
