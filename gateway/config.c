@@ -64,7 +64,7 @@ static const opt OPTS[] = {
     {"SIGNAL_TRUSTED_PROXIES", S(trusted_proxies), NULL, 0, 0, "comma-separated proxy IPs whose X-Forwarded-For is believed"},
     {"SIGNAL_PING_INTERVAL_MS", I(ping_interval_ms), "20000", 100, 3600000, "server ping interval"},
     {"SIGNAL_PONG_TIMEOUT_MS", I(pong_timeout_ms), "10000", 100, 3600000, "drop a silent connection this long after a ping"},
-    {"SIGNAL_LEASE_MS", I(lease_ms), "15000", 300, 3600000, "membership lease"},
+    {"SIGNAL_LEASE_MS", I(lease_ms), "15000", 300, 3600000, "a gateway instance's liveness lease: heartbeat every lease/3; one silent this long is reaped"},
     {"SIGNAL_DRAIN_MS", I(drain_ms), "10000", 0, 3600000, "graceful shutdown bound"},
     {"SIGNAL_HANDSHAKE_TIMEOUT_MS", I(handshake_timeout_ms), "5000", 100, 600000, "time to send a complete upgrade request"},
     {"SIGNAL_JOIN_TIMEOUT_MS", I(join_timeout_ms), "30000", 0, 3600000, "time from upgrade to first join; 0: off"},

@@ -9,8 +9,8 @@
 -- build puts lib.lua before this file under the header
 --   #!lua name=signal_control
 --   local FN_PREFIX = 'signal_'
--- and every gateway loads it (FUNCTION LOAD REPLACE) each time its control
--- subscription comes up, so the names, keys, arguments and replies below
+-- and every gateway loads it (FUNCTION LOAD REPLACE) on every Redis server
+-- it connects to, so the names, keys, arguments and replies below
 -- are a contract that later versions keep.
 --
 -- A kicked peer's holder hears of it on the peer's own channel, envelope

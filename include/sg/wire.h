@@ -11,7 +11,7 @@
  * The scripts' side (lua/lib.lua) writes three things the gateway reads:
  *   - the channel envelope "<holder>\t<kind>\t<ts_us>\t<traceparent>\t<seq>\n<frame>"
  *     (lib.lua envelope(); relay.lua writes the relay one inline), where
- *     holder is "<node id>#<connection id>", kind is r (relay), e (membership
+ *     holder is "<instance>#<connection id>" (instance: "<node id>~<8 hex>"), kind is r (relay), e (membership
  *     event), x (the holder lost its peerId: frame is the error to send) or
  *     k (the application removed the holder's peer, lua/control.lua: the
  *     traceparent field carries the action, "kick" or "close_room", and

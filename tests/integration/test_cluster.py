@@ -216,9 +216,8 @@ async def test_rolling_restart_through_the_load_balancer(cluster):
 @pytest.mark.async_timeout(60)
 async def test_sigkill_of_a_node_peers_time_out_and_keys_expire(cluster):
     """A node dies without a word (SIGKILL): its peers' room-mates get
-    peer_left reason timeout within lease + one refresh period + margin; a
-    room held only by the dead node disappears when its keys' TTLs (3 x lease)
-    run out; the dead node's clients reconnect through haproxy and join again;
+    peer_left reason timeout within lease + one heartbeat period + margin; a
+    room held only by the dead node is reaped with it (its keys deleted); the dead node's clients reconnect through haproxy and join again;
     afterwards nothing is left. Resumption off (docs/protocol.md §5 as it stands)."""
     lease_ms = 2000
     cluster.start_redis()
