@@ -160,7 +160,13 @@ int sg_ops_nodes(const sg_ops *o, uint64_t tag)
 {
     const char *keys[] = {NODES_KEY};
     const char *argv[] = {o->inst, o->lease_ms, o->ttl_ms};
-    return sg_bus_fcall(o->bus, SG_FN_NODES, 1, keys, NARGS(argv), argv, NULL, tag);
+    int rc = sg_bus_fcall(o->bus, SG_FN_NODES, 1, keys, NARGS(argv), argv, NULL, tag);
+    /* The room set lives while the instance heartbeats (and a room TTL more,
+     * for whoever reaps it); another slot in a cluster: its own command. */
+    const char *exp[] = {"PEXPIRE", o->node_rooms, o->ttl_ms};
+    if (rc == 0)
+        sg_bus_command(o->bus, NARGS(exp), exp, NULL, 0);
+    return rc;
 }
 
 static void node_rooms_key(char out[128], const char *inst)
@@ -198,14 +204,29 @@ int sg_ops_room_held(const sg_ops *o, const char *room, bool held)
     const char *argv[] = {held ? "SADD" : "SREM", o->node_rooms, room};
     int rc = sg_bus_command(o->bus, NARGS(argv), argv, NULL, 0);
     if (rc == 0 && held) {
-        /* The set lives as long as the instance heartbeats (nodes.lua), and
-         * a while more for whoever reaps it. */
-        char ttl[24];
-        snprintf(ttl, sizeof ttl, "%d", SG_ROOM_TTL_MS);
-        const char *exp[] = {"PEXPIRE", o->node_rooms, ttl};
+        /* The set lives as long as the instance heartbeats (sg_ops_nodes),
+         * and a while more for whoever reaps it. */
+        const char *exp[] = {"PEXPIRE", o->node_rooms, o->ttl_ms};
         sg_bus_command(o->bus, NARGS(exp), exp, NULL, 0);
     }
     return rc;
+}
+
+int sg_ops_rooms_held_reset(const sg_ops *o, const char *const *rooms, size_t n)
+{
+    const char *del[] = {"DEL", o->node_rooms};
+    if (sg_bus_command(o->bus, NARGS(del), del, NULL, 0) < 0)
+        return -1;
+    enum { CHUNK = 512 };
+    const char *argv[2 + CHUNK] = {"SADD", o->node_rooms};
+    for (size_t i = 0; i < n; i += CHUNK) {
+        size_t k = n - i < CHUNK ? n - i : CHUNK;
+        memcpy(argv + 2, rooms + i, k * sizeof *rooms);
+        if (sg_bus_command(o->bus, (int)(2 + k), argv, NULL, 0) < 0)
+            return -1;
+    }
+    const char *exp[] = {"PEXPIRE", o->node_rooms, o->ttl_ms};
+    return sg_bus_command(o->bus, NARGS(exp), exp, NULL, 0);
 }
 
 /* ---- backend control -------------------------------------------------------- */

@@ -65,6 +65,7 @@ void sg_session_free(sg_session *s)
     }
     sg_map_free(&s->waiters);
     control_free(s);
+    free(s->unsure);
     while (s->op_free) {
         sg_op *op = s->op_free;
         s->op_free = op->next_free;

@@ -147,7 +147,22 @@ typedef struct sg_op {
     char peer[SG_PEER_LEN + 1];
     char to[SG_PEER_LEN + 1];
     char cid[SG_CID_MAX + 1];
+    char reason[16];        /* OP_LEAVE */
 } sg_op;
+
+/* A leave whose outcome Redis never told: not sent (Redis away) or not
+ * answered (the connection went with it in flight). */
+typedef struct sg_unsure_leave {
+    uint64_t conn_id;
+    char room[SG_ROOM_MAX + 1];
+    char peer[SG_PEER_LEN + 1];
+    char reason[16];
+} sg_unsure_leave;
+/* At most this many are kept (about 200 bytes each); beyond, the oldest
+ * are dropped and logged: their members stay until this instance is gone. */
+#define SG_SESSION_UNSURE_LEAVES_MAX 100000
+/* Sent again per tick, so a long list does not arrive in one burst. */
+#define SG_SESSION_UNSURE_LEAVES_PER_TICK 1000
 
 struct sg_session {
     const sg_config *cfg;
@@ -175,6 +190,10 @@ struct sg_session {
     sg_map revoked;      /* SHA-1 of a revoked sub -> end (uint64_t ms, heap), as this node heard */
     size_t revoked_pruned; /* entries after the last pruning */
     bool control_sync_due; /* the control subscription came up while commands could not go */
+    /* Leaves to send again once Redis answers (session_rooms.c): a ring. */
+    sg_unsure_leave *unsure;
+    size_t unsure_head, unsure_n, unsure_cap;
+    uint64_t unsure_dropped; /* since the last time it was logged */
 };
 
 /* session.c */
@@ -211,6 +230,9 @@ void mark_joined(sg_session *s, sg_sconn *c, sg_membership *m);
 void issue_leave(sg_session *s, uint64_t conn_id, const char *room, const char *peer, const char *reason,
                  bool reply, const char *cid);
 void leave_all(sg_session *s, sg_sconn *c, const char *reason);
+/* Sends again (a slice per call) the leaves Redis never answered; Redis must
+ * be available. */
+void retry_unsure_leaves(sg_session *s);
 void on_join_reply(sg_session *s, sg_op *op, redisReply *r);
 void on_leave_reply(sg_session *s, sg_op *op, redisReply *r);
 void rooms_on_subscribed(sg_session *s, const char *channel, size_t chlen);

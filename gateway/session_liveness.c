@@ -396,6 +396,19 @@ static void batch_room(sg_session *s, reassert_batch *b, const char *room, const
     }
 }
 
+/* After Redis was away the set of rooms this instance answers for may have
+ * missed SADDs and SREMs (a room dropped meanwhile would be reaped for
+ * nothing, one taken would be missed if this instance died): set anew. */
+static void reset_held_rooms(sg_session *s)
+{
+    const char **rooms = sg_xmalloc((s->rooms.count + 1) * sizeof *rooms);
+    size_t n = 0, i;
+    for (sg_map_entry *e = sg_map_first(&s->rooms, &i); e; e = sg_map_next(&s->rooms, &i, e))
+        rooms[n++] = e->key;
+    sg_ops_rooms_held_reset(&s->ops, rooms, n);
+    free(rooms);
+}
+
 void reassert(sg_session *s, bool silent)
 {
     size_t i;
@@ -408,8 +421,10 @@ void reassert(sg_session *s, bool silent)
     }
     batch_flush(s, &b);
     batch_free(&b);
-    if (silent)
+    if (silent) {
         s->reasserted = true;
+        reset_held_rooms(s);
+    }
 }
 
 /* The keys of a room live SG_ROOM_TTL_MS; each is renewed once a third of
@@ -516,6 +531,7 @@ void liveness_tick(sg_session *s)
     heartbeat(s, now, false);
     expire_due(s, sg_now_wall_ms());
     renew_ttls(s, now);
+    retry_unsure_leaves(s);
 }
 
 /* {reaped, dead...}: this instance had been taken for dead (it puts its

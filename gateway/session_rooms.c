@@ -260,6 +260,56 @@ static void send_joined(sg_session *s, sg_sconn *c, sg_membership *m, const redi
     m->fresh_token = NULL;
 }
 
+/* ---- leaves Redis never answered ---------------------------------------------- */
+
+/* A connection that ended while Redis was away (a blip, a hung server that
+ * kept its data) would otherwise stay a member for as long as this instance
+ * lives: the re-assert after the reconnect only puts back what this
+ * instance holds, it removes nothing. leave.lua is idempotent: a record
+ * another connection holds now, or none, is left alone, and a grace period
+ * already started is answered again. */
+static void unsure_leave(sg_session *s, uint64_t conn_id, const char *room, const char *peer, const char *reason)
+{
+    if (s->unsure_n == SG_SESSION_UNSURE_LEAVES_MAX) {
+        s->unsure_head = (s->unsure_head + 1) % s->unsure_cap; /* the oldest goes */
+        s->unsure_n--;
+        s->unsure_dropped++;
+    }
+    if (s->unsure_n == s->unsure_cap) {
+        size_t cap = s->unsure_cap ? s->unsure_cap * 2 : 64;
+        if (cap > SG_SESSION_UNSURE_LEAVES_MAX)
+            cap = SG_SESSION_UNSURE_LEAVES_MAX;
+        sg_unsure_leave *v = sg_xmalloc(cap * sizeof *v);
+        for (size_t i = 0; i < s->unsure_n; i++)
+            v[i] = s->unsure[(s->unsure_head + i) % s->unsure_cap];
+        free(s->unsure);
+        s->unsure = v;
+        s->unsure_cap = cap;
+        s->unsure_head = 0;
+    }
+    sg_unsure_leave *u = &s->unsure[(s->unsure_head + s->unsure_n++) % s->unsure_cap];
+    u->conn_id = conn_id;
+    sg_strlcpy(u->room, room, sizeof u->room);
+    sg_strlcpy(u->peer, peer, sizeof u->peer);
+    sg_strlcpy(u->reason, reason, sizeof u->reason);
+}
+
+void retry_unsure_leaves(sg_session *s)
+{
+    if (s->unsure_dropped && sg_log_begin(s->log, SG_LOG_WARN, "room.leave_dropped")) {
+        sg_log_int(s->log, "leaves", (int64_t)s->unsure_dropped);
+        sg_log_str(s->log, "why", "more unanswered leaves than kept while Redis was away");
+        sg_log_end(s->log);
+    }
+    s->unsure_dropped = 0;
+    for (size_t k = 0; k < SG_SESSION_UNSURE_LEAVES_PER_TICK && s->unsure_n; k++) {
+        sg_unsure_leave u = s->unsure[s->unsure_head];
+        s->unsure_head = (s->unsure_head + 1) % s->unsure_cap;
+        s->unsure_n--;
+        issue_leave(s, u.conn_id, u.room, u.peer, u.reason, false, NULL); /* back in the list if it fails */
+    }
+}
+
 void issue_leave(sg_session *s, uint64_t conn_id, const char *room, const char *peer, const char *reason,
                  bool reply, const char *cid)
 {
@@ -272,6 +322,7 @@ void issue_leave(sg_session *s, uint64_t conn_id, const char *room, const char *
     if (cid)
         sg_strlcpy(op->cid, cid, sizeof op->cid);
     op->reply_left = reply;
+    sg_strlcpy(op->reason, reason, sizeof op->reason);
     op->t0_us = sg_now_wall_us();
     sg_sconn *c = sess_conn(s, conn_id);
     if (c)
@@ -282,11 +333,10 @@ void issue_leave(sg_session *s, uint64_t conn_id, const char *room, const char *
     if (op->lost)
         room_pending(s, room);
     if (sg_ops_leave(&s->ops, &a, op_tag(op)) < 0) {
-        /* Redis is away: when it is back this instance re-asserts what it
-         * still holds, and this member is not among it. */
         if (op->lost)
             room_settled(s, room);
         op_free(s, op);
+        unsure_leave(s, conn_id, room, peer, reason);
         if (reply && c)
             send_error(s, c, "unavailable", "Redis is unreachable", cid, room);
     }
@@ -406,6 +456,8 @@ void handle_leave(sg_session *s, sg_sconn *c, const sg_msg *msg)
 
 void on_leave_reply(sg_session *s, sg_op *op, redisReply *r)
 {
+    if (!r) /* it may have run, or not: again when Redis is back */
+        unsure_leave(s, op->conn_id, op->room, op->peer, op->reason);
     if (op->lost) {
         /* {"grace", until}: the member waits for its resume, and this
          * instance watches the deadline. */

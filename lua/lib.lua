@@ -131,10 +131,18 @@ end
 
 -- Every key the gateway writes expires, so nothing outlives a crash; the
 -- nodes holding a room renew its keys long before (reassert).
+-- A renewal never shortens a TTL a grace period set longer (enter_grace):
+-- GT, or NX for a key that has none yet (GT takes no TTL for an infinite one).
+local function extend(key, ttl_ms)
+  if redis.call('PEXPIRE', key, ttl_ms, 'GT') == 0 then
+    redis.call('PEXPIRE', key, ttl_ms, 'NX')
+  end
+end
+
 local function touch(room, ttl_ms)
-  redis.call('PEXPIRE', room.peers, ttl_ms)
-  redis.call('PEXPIRE', room.buckets, ttl_ms)
-  redis.call('PEXPIRE', room.seq, ttl_ms)
+  extend(room.peers, ttl_ms)
+  extend(room.buckets, ttl_ms)
+  extend(room.seq, ttl_ms)
 end
 
 -- Forgets a peer's relay buffer and sequence (a fresh join starts at 1).
@@ -159,9 +167,15 @@ end
 -- Puts a member whose connection is lost into its grace period: no
 -- peer_left yet, relays to it are buffered, its token may resume it. `inst`
 -- watches the deadline. Returns the deadline.
+-- The room's keys and the peer's buffer outlive the grace period, however
+-- long SIGNAL_RESUME_MS is (they would otherwise last a room TTL from the
+-- last renewal, and a room nobody holds a connection in is not renewed).
 local function enter_grace(room, peer, rec, inst, now, resume_ms)
   rec.conn, rec.inst, rec.grace = '', inst, now + resume_ms
   redis.call('HSET', room.peers, peer, cjson.encode(rec))
+  local keep = resume_ms + 60000
+  touch(room, keep)
+  extend(rkey(room, 'buf:' .. peer), keep)
   return rec.grace
 end
 

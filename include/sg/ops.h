@@ -86,8 +86,9 @@ int sg_ops_reassert(const sg_ops *o, const char *const *rooms, int nrooms, bool 
 /* A deadline this instance watches (grace period, ghost) has passed. */
 int sg_ops_expire(const sg_ops *o, const char *room, const char *peer, uint64_t until_ms, uint64_t tag);
 
-/* Node liveness: the heartbeat (which hands out dead instances), the rooms
- * of a dead instance, one of them reaped, and the dead instance forgotten. */
+/* Node liveness: the heartbeat (which hands out dead instances, and keeps
+ * this instance's room set from expiring), the rooms of a dead instance,
+ * one of them reaped, and the dead instance forgotten. */
 int sg_ops_nodes(const sg_ops *o, uint64_t tag);
 int sg_ops_dead_rooms(const sg_ops *o, const char *dead, uint64_t tag);
 int sg_ops_reap(const sg_ops *o, const char *room, const char *dead, uint64_t tag);
@@ -96,6 +97,9 @@ int sg_ops_forget(const sg_ops *o, const char *dead);
 /* This instance answers for room R (members, grace periods, ghosts) or no
  * longer does: signal:node:{<inst>}:rooms, for whoever reaps it. */
 int sg_ops_room_held(const sg_ops *o, const char *room, bool held);
+/* The whole set anew (after Redis was away, when SADDs and SREMs may have
+ * been lost): exactly rooms[0..n). */
+int sg_ops_rooms_held_reset(const sg_ops *o, const char *const *rooms, size_t n);
 
 /* ---- backend control (lua/control.lua, docs/backend-control.md) --------- */
 

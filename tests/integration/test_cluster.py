@@ -1064,3 +1064,57 @@ async def test_a_hung_redis_counts_as_down_and_is_reconnected_when_it_answers_ag
         await a.leave(room, pa)
         await b.leave(room, pb)
     assert ch.gateway_keys(redis) == [], ch.gateway_keys(redis)
+
+
+@pytest.mark.async_timeout(30)
+async def test_a_live_instances_room_set_does_not_expire(cluster):
+    """signal:node:{<instance>}:rooms is what a reaper reads when the
+    instance dies: its TTL is renewed with every heartbeat, not only when a
+    room is added (it used to expire 10 minutes after the last join, and a
+    dead instance's members in older rooms were then never reaped)."""
+    cluster.start_redis()
+    g, = cluster.add_nodes(1, env={"SIGNAL_LEASE_MS": 900})
+    redis = cluster.redis
+    room, pa, pb = new_room("set"), new_peer(), new_peer()
+    async with h.Clients() as cs:
+        await cs.pair(g, g, room, pa, pb)
+        key, = [k for k in redis.keys("signal:node:*") if k.endswith(":rooms")]
+        assert redis("SMEMBERS", key) == [room]
+        redis("PEXPIRE", key, 3000)
+        await h.async_wait_until(lambda: redis("PTTL", key) > 3000, 5, what="the set's TTL renewed by a heartbeat")
+        assert redis("SMEMBERS", key) == [room]
+
+
+@pytest.mark.async_timeout(60)
+async def test_a_connection_closed_while_redis_hangs_leaves_once_it_answers(cluster):
+    """A connection ends while its gateway cannot reach Redis, and Redis
+    keeps its data (a hung server, a network blip): the leave could not go.
+    Once Redis answers again the gateway sends it, and the room hears
+    peer_left. (The member used to stay for as long as its gateway lived:
+    the re-assert after the reconnect only puts back what a node holds.)
+    The lease is long: no reaping is involved."""
+    cluster.start_redis()
+    g1, g2 = cluster.add_nodes(2, env={"SIGNAL_REDIS_TIMEOUT_MS": 1000, "SIGNAL_RESUME_MS": 0,
+                                       "SIGNAL_LEASE_MS": 60000})
+    redis = cluster.redis
+    room, pa, pb = new_room("blip"), new_peer(), new_peer()
+
+    async with h.Clients() as cs:
+        a, b = await cs.pair(g1, g2, room, pa, pb)
+        redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            # a command waiting on each node makes it notice the hang
+            await a.send(h.offer(room, pa, pb, cid="blip-a"))
+            await b.send(h.offer(room, pb, pa, cid="blip-b"))
+            await h.async_wait_until(lambda: g1.readyz() == 503 and g2.readyz() == 503, 10,
+                                     what="both nodes unready")
+            await b.close()
+            await h.async_wait_until(lambda: '"event":"ws.close"' in g2.log_text(), 5, what="b's close on g2")
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+        await h.async_wait_until(lambda: g1.readyz() == 200 and g2.readyz() == 200, 15, what="both ready again")
+        left = await a.recv_type("peer_left", peerId=pb, timeout=15)
+        assert left["reason"] == "disconnect", left
+        assert h.member_record(redis, room, pb) is None
+        await a.leave(room, pa)
+    assert ch.gateway_keys(redis) == [], ch.gateway_keys(redis)

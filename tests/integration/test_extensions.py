@@ -184,6 +184,28 @@ async def test_resume_after_grace_period_of_a_lone_peer_fails(gateway_factory, r
             f"was answered {m}; member record {h.member_record(redis, room, pb)}"
 
 
+async def test_a_grace_period_longer_than_the_room_ttl_keeps_the_room(gateway_factory, redis):
+    """SIGNAL_RESUME_MS may be longer than the room keys' TTL (10 min,
+    renewed only by a node holding a connection in the room): entering the
+    grace period makes the room's keys and the peer's buffer outlive it. (A
+    lone peer lost for more than about 7 minutes used to find its room gone
+    and its resume refused.)"""
+    resume_ms = 900000
+    room_ttl_ms = 600000
+    g1, g2 = gateway_factory(2, env=dict(RESUME_ENV, SIGNAL_RESUME_MS=resume_ms))
+    room, pa, pb = new_room(), new_peer(), new_peer()
+    async with Clients() as c:
+        b, a, _ = await bob_then_alice(c, g1, g2, room, pb, pa)
+        await lose(b, redis, room, pb)
+        await send_held(a, room, pa, pb, [1])
+        await a.leave(room, pa)
+        keys = [h.peers_key(room), f"room:{{{room}}}:seq", f"room:{{{room}}}:buf:{pb}"]
+        if redis("EXISTS", f"room:{{{room}}}:buckets"):  # (with rate limits on)
+            keys.append(f"room:{{{room}}}:buckets")
+        for k in keys:
+            assert redis("PTTL", k) > room_ttl_ms, (k, redis("PTTL", k))
+
+
 async def test_lone_peer_can_resume_for_the_whole_grace_period(gateway_factory, redis):
     lease_ms, resume_ms = 900, 6000  # room keys expire 2.7 s after the last write
     g1, g2 = gateway_factory(2, env=dict(RESUME_ENV, SIGNAL_RESUME_MS=resume_ms, SIGNAL_LEASE_MS=lease_ms))

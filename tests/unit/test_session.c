@@ -220,6 +220,48 @@ static void test_redis_away_answers_unavailable(void **state)
     assert_int_equal(fake_bus_refs(w->bus, "room:{r}:peer:" A), 0);
 }
 
+/* A connection that ends while Redis is away: its leave goes once Redis
+ * answers again, and one whose answer was lost goes again. */
+static void test_a_leave_redis_never_answered_goes_again(void **state)
+{
+    world *w = *state;
+    join_a(w);
+    fake_bus_set_available(w->bus, false);
+    sg_session_close(w->s, 1, SG_GONE_DISCONNECT);
+    w->conns[1].open = false;
+    assert_int_equal(fake_bus_pending(w->bus), 0);
+    sg_session_tick(w->s); /* nothing goes while Redis is away */
+    assert_int_equal(fake_bus_pending(w->bus), 0);
+    fake_bus_set_available(w->bus, true);
+    sg_session_tick(w->s);
+    fake_call *c;
+    while ((c = fake_bus_pop(w->bus)) && c->script != SG_FN_LEAVE)
+        world_lose(w, c);
+    assert_non_null(c);
+    assert_string_equal(c->argv[0], "r");
+    assert_string_equal(c->argv[1], A);
+    assert_string_equal(c->argv[3], "disconnect");
+    /* the connection that left, not another: "<instance>#1" */
+    assert_int_equal(strncmp(c->argv[2], "n1~", 3), 0);
+    assert_string_equal(c->argv[2] + strlen(c->argv[2]) - 2, "#1");
+    /* its answer lost with the connection: once more, then done */
+    world_lose(w, c);
+    sg_session_tick(w->s);
+    while ((c = fake_bus_pop(w->bus)) && c->script != SG_FN_LEAVE)
+        world_lose(w, c);
+    assert_non_null(c);
+    assert_string_equal(c->argv[1], A);
+    redisReply *r = REPLY("*1\r\n$4\r\nleft\r\n");
+    sg_session_on_reply(w->s, c->tag, r);
+    freeReplyObject(r);
+    fake_call_free(c);
+    sg_session_tick(w->s);
+    while ((c = fake_bus_pop(w->bus))) {
+        assert_int_not_equal(c->script, SG_FN_LEAVE);
+        world_lose(w, c);
+    }
+}
+
 /* ---- relays ------------------------------------------------------------- */
 
 static void test_a_relay_carries_the_frame_its_target_gets(void **state)
@@ -543,6 +585,15 @@ static void tick_at_least(world *w, int n)
         sg_session_tick(w->s);
 }
 
+/* Commands that take a room out of the instance's set. */
+static size_t count_srems(world *w)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < fake_bus_commands(w->bus); i++)
+        n += strncmp(fake_bus_command(w->bus, i), "SREM ", 5) == 0;
+    return n;
+}
+
 static void test_a_lost_connection_s_grace_period_is_watched_and_ended(void **state)
 {
     world *w = *state;
@@ -557,7 +608,7 @@ static void test_a_lost_connection_s_grace_period_is_watched_and_ended(void **st
     sg_session_on_reply(w->s, leave->tag, r);
     freeReplyObject(r);
     fake_call_free(leave);
-    size_t before = fake_bus_commands(w->bus);
+    size_t srems = count_srems(w);
     tick_at_least(w, 1);
     fake_call *c;
     while ((c = fake_bus_pop(w->bus)) && c->script != SG_FN_EXPIRE)
@@ -565,7 +616,7 @@ static void test_a_lost_connection_s_grace_period_is_watched_and_ended(void **st
     assert_non_null(c);
     assert_string_equal(c->argv[0], "r");
     assert_string_equal(c->argv[1], A);
-    assert_int_equal(fake_bus_commands(w->bus), before); /* still its room until the answer */
+    assert_int_equal(count_srems(w), srems); /* still its room until the answer */
     r = REPLY("$7\r\nexpired\r\n");
     sg_session_on_reply(w->s, c->tag, r);
     freeReplyObject(r);
@@ -932,6 +983,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_without_resumption_a_lost_connection_disconnects, setup_no_resume,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_redis_away_answers_unavailable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_leave_redis_never_answered_goes_again, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_relay_carries_the_frame_its_target_gets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_relay_needs_the_membership_and_its_own_peer_id, setup, teardown),
         cmocka_unit_test_setup_teardown(test_warnings_share_one_clock_for_local_and_redis_limits, setup, teardown),
