@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include "sg/conn.h"
+#include "sg/conns.h"
 #include "sg/http_upgrade.h"
-#include "sg/server.h"
 #include "sg/session.h"
 #include "sg/static_files.h"
 #include "sg/util.h"
 #include "sg/wire.h"
+#include "sg/ws_frame.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -14,12 +15,14 @@
 #include <openssl/err.h>
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+enum { SG_CONN_HANDSHAKE = 0, SG_CONN_HTTP_CLOSING, SG_CONN_OPEN, SG_CONN_CLOSING, SG_CONN_DEAD };
 enum { PHASE_HANDSHAKE = 1, PHASE_PING, PHASE_PONG, PHASE_CLOSE_WAIT, PHASE_SUB_CHECK };
 
 /* A handshake that passed every local check, held while Redis says whether
@@ -30,6 +33,46 @@ typedef struct sg_conn_held {
     sg_buf response; /* the 101 */
     size_t head_len;
 } sg_conn_held;
+
+typedef struct sg_bucket {
+    double tokens;
+    uint64_t last_ms;
+} sg_bucket;
+
+struct sg_conn {
+    /* Id, address, caps, deferred list and the connection's one timer: the
+     * table's row (conns.h). The timer is on the table's wheel rather than a
+     * libevent timer each: no event allocation per connection, and O(1)
+     * re-arming for the heartbeat that every idle connection runs. */
+    sg_conns_entry row;
+    const sg_conn_deps *d;
+    struct bufferevent *bev;
+    uint8_t state;
+    uint8_t timer_phase;   /* what the timer is waiting for */
+    bool tls;
+    bool close_rcvd;       /* the client's close frame arrived */
+    bool lost;             /* TCP dropped or heartbeat reaped: resumable */
+    bool ping_outstanding;
+    bool drop_message;     /* a frame of the message being received was over the local rate limit */
+    bool drop_control;     /* the control frame being received is over it */
+    bool half_closed;      /* our side ended (FIN sent) in a lingering close */
+    bool in_session;       /* the session knows it: sg_session_close is still owed */
+    uint16_t close_code;   /* the code we sent or received, for logs and leave reasons */
+    const char *leave_reason; /* peer_left reason when the connection goes */
+    sg_ws_parser ws;
+    uint32_t head_scanned; /* bytes of the upgrade head already scanned (sg_http_scan_head) */
+    uint32_t linger_bytes; /* input discarded since our close (LINGER_MAX_BYTES) */
+    uint64_t opened_ms, last_rx_ms, ping_sent_ms;
+    sg_bucket frames, bytes;
+    uint64_t over_since_ms, last_drop_ms;
+    char user[17];         /* keyed hash of sub for logs and spans */
+    /* A verified handshake waiting for the revocation check (PROTOCOL.md
+     * §9): its claims and its 101 response, until Redis answers. */
+    sg_conn_held *held;
+    sg_span_ctx trace_parent; /* from the handshake's traceparent header, if any */
+    sg_span_ctx span;         /* the connection's span (valid when tracing is on) */
+    uint64_t opened_us;       /* wall clock, for spans */
+};
 
 #define CLOSE_WAIT_MS 2000   /* how long we wait for the client's close frame */
 #define HTTP_LINGER_MS 1000  /* how long a refused handshake's response may take to flush */
@@ -42,7 +85,8 @@ typedef struct sg_conn_held {
 static void on_read(struct bufferevent *bev, void *arg);
 static void start_linger(sg_conn *c);
 static void on_event(struct bufferevent *bev, short what, void *arg);
-static void on_timer(evutil_socket_t fd, short what, void *arg);
+static void on_timer(sg_conns_entry *e);
+static void release(sg_conns_entry *e);
 
 static int ws_on_text(void *ud, const uint8_t *data, size_t len);
 static int ws_on_ping(void *ud, const uint8_t *data, size_t len);
@@ -55,120 +99,28 @@ static const sg_ws_callbacks WS_CB = {
     .on_close = ws_on_close, .on_frame = ws_on_frame,
 };
 
-/* ---- timer wheel ------------------------------------------------------ */
+const sg_conns_ops sg_conn_table_ops = {.release = release, .fire = on_timer};
 
-/* Every connection has one timer (handshake deadline, heartbeat, close
- * wait). One libevent timer per connection meant an allocated event each and
- * a heap operation per re-arm, twice per ping; this wheel is one libevent
- * timer ticking every WHEEL_TICK_MS while any connection is armed. A timer
- * fires at the first tick at or after its deadline (at most a tick late,
- * never early); deadlines beyond one turn wait in their slot for a later
- * turn. */
-#define WHEEL_TICK_MS 25
-#define WHEEL_SLOTS 1024 /* one turn: 25.6 s */
+/* ---- the connection's row -------------------------------------------- */
 
-typedef struct sg_conn_wheel {
-    struct event *tick;
-    uint64_t cursor; /* next tick number to process (ms / WHEEL_TICK_MS) */
-    size_t count;    /* armed connections */
-    sg_conn *firing; /* due ones of the tick being processed */
-    sg_conn *slot[WHEEL_SLOTS];
-} sg_conn_wheel;
+static sg_conn *conn_of(sg_conns_entry *e) { return (sg_conn *)((char *)e - offsetof(sg_conn, row)); }
 
-static void wheel_tick(evutil_socket_t fd, short what, void *arg);
-
-static void wheel_link(sg_conn **head, sg_conn *c)
+static sg_conn *conn_by_id(const sg_conn_deps *d, uint64_t id)
 {
-    c->wnext = *head;
-    if (*head)
-        (*head)->wpprev = &c->wnext;
-    *head = c;
-    c->wpprev = head;
+    sg_conns_entry *e = sg_conns_get(d->table, id);
+    return e ? conn_of(e) : NULL;
 }
 
-static void wheel_unlink(sg_conn *c)
-{
-    *c->wpprev = c->wnext;
-    if (c->wnext)
-        c->wnext->wpprev = c->wpprev;
-    c->wnext = NULL;
-    c->wpprev = NULL;
-}
-
-static void disarm(sg_conn *c)
-{
-    if (!c->wpprev)
-        return;
-    wheel_unlink(c);
-    sg_conn_wheel *w = c->srv->wheel;
-    if (--w->count == 0)
-        evtimer_del(w->tick);
-}
+static void disarm(sg_conn *c) { sg_conns_disarm(c->d->table, &c->row); }
 
 static void arm(sg_conn *c, int phase, int64_t ms)
 {
-    sg_server *s = c->srv;
-    if (ms < 0)
-        ms = 0;
     c->timer_phase = (uint8_t)phase;
-    disarm(c);
-    sg_conn_wheel *w = s->wheel;
-    if (!w) {
-        w = s->wheel = sg_xcalloc(1, sizeof *w);
-        w->tick = event_new(s->base, -1, EV_PERSIST, wheel_tick, s);
-    }
-    uint64_t now = sg_now_mono_ms();
-    if (w->count++ == 0) {
-        w->cursor = now / WHEEL_TICK_MS;
-        struct timeval tv = {0, WHEEL_TICK_MS * 1000};
-        evtimer_add(w->tick, &tv);
-    }
-    c->wdue_ms = now + (uint64_t)ms;
-    uint64_t t = (c->wdue_ms + WHEEL_TICK_MS - 1) / WHEEL_TICK_MS;
-    if (t < w->cursor)
-        t = w->cursor; /* never behind the cursor, or it would wait a turn */
-    wheel_link(&w->slot[t % WHEEL_SLOTS], c);
+    sg_conns_arm(c->d->table, &c->row, ms);
 }
 
-static void wheel_tick(evutil_socket_t fd, short what, void *arg)
-{
-    sg_server *s = arg;
-    sg_conn_wheel *w = s->wheel;
-    uint64_t now = sg_now_mono_ms();
-    uint64_t target = now / WHEEL_TICK_MS;
-    /* After a stall longer than a turn, one pass over every slot finds
-     * everything due; the cursor still moves one slot at a time, so what
-     * the callbacks arm lands ahead of it. */
-    if (target >= w->cursor && target - w->cursor >= WHEEL_SLOTS)
-        w->cursor = target - WHEEL_SLOTS + 1;
-    while (w->cursor <= target) {
-        sg_conn **head = &w->slot[w->cursor % WHEEL_SLOTS];
-        w->cursor++; /* what the callbacks arm goes to a later tick */
-        sg_conn *next;
-        for (sg_conn *c = *head; c; c = next) {
-            next = c->wnext;
-            if (c->wdue_ms <= now) {
-                wheel_unlink(c);
-                wheel_link(&w->firing, c);
-            }
-        }
-        /* One at a time: a callback may disarm (abort) others still here. */
-        sg_conn *c;
-        while ((c = w->firing)) {
-            disarm(c);
-            on_timer(-1, 0, c);
-        }
-    }
-}
-
-void sg_conn_wheel_free(sg_server *s)
-{
-    if (!s->wheel)
-        return;
-    event_free(s->wheel->tick);
-    free(s->wheel);
-    s->wheel = NULL;
-}
+/* Queues the connection for the deferred pass (release). */
+static void defer(sg_conn *c) { sg_conns_defer(c->d->table, &c->row); }
 
 static void refuse(sg_conn *c, int status, const char *code, const char *message, const char *extra);
 
@@ -191,66 +143,18 @@ static bool is_trusted_proxy(const sg_config *cfg, const char *ip)
     return false;
 }
 
-/* The connection caps, checked before a byte is read: a pending handshake
- * holds a descriptor and memory as an open connection does, so both caps
- * count every connection from accept until it is gone. A trusted proxy's
- * own address is exempt here: what it carries is counted per client once
- * the head says who the client is (apply_forwarded_for, over_ip_cap).
- * Returns the cap tripped, or NULL. */
-static const char *cap_at_accept(const sg_server *s, const char *ip)
-{
-    const sg_config *cfg = s->cfg;
-    if (s->admitted >= (uint64_t)cfg->max_connections)
-        return "max_connections";
-    if (cfg->max_connections_per_ip && !is_trusted_proxy(cfg, ip)) {
-        uintptr_t n = (uintptr_t)sg_map_get(&s->ip_counts, ip, strlen(ip));
-        if (n >= (uintptr_t)cfg->max_connections_per_ip)
-            return "max_connections_per_ip";
-    }
-    return NULL;
-}
-
-static void admit(sg_conn *c)
-{
-    sg_server *s = c->srv;
-    c->admitted = true;
-    s->admitted++;
-    if (s->cfg->max_connections_per_ip) {
-        uintptr_t n = (uintptr_t)sg_map_get(&s->ip_counts, c->ip, strlen(c->ip));
-        sg_map_put(&s->ip_counts, c->ip, strlen(c->ip), (void *)(n + 1));
-    }
-}
-
-static void unadmit(sg_conn *c)
-{
-    sg_server *s = c->srv;
-    if (!c->admitted)
-        return;
-    c->admitted = false;
-    s->admitted--;
-    if (s->cfg->max_connections_per_ip) {
-        uintptr_t n = (uintptr_t)sg_map_get(&s->ip_counts, c->ip, strlen(c->ip));
-        if (n <= 1)
-            sg_map_del(&s->ip_counts, c->ip, strlen(c->ip));
-        else
-            sg_map_put(&s->ip_counts, c->ip, strlen(c->ip), (void *)(n - 1));
-    }
-}
-
-void sg_conn_accept(sg_server *s, int fd, const char *ip)
+void sg_conn_accept(const sg_conn_deps *d, int fd, const char *ip)
 {
     sg_conn *c = sg_xcalloc(1, sizeof *c);
-    c->srv = s;
-    c->id = ++s->next_conn_id;
-    sg_strlcpy(c->ip, ip, sizeof c->ip);
+    c->d = d;
     c->opened_ms = sg_now_mono_ms();
-    if (s->ssl) {
-        SSL *ssl = SSL_new(s->ssl);
-        c->bev = bufferevent_openssl_socket_new(s->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+    if (d->ssl) {
+        SSL *ssl = SSL_new(d->ssl);
+        c->bev = bufferevent_openssl_socket_new(d->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                                 BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
         c->tls = true;
     } else {
-        c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        c->bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     }
     if (!c->bev) {
         evutil_closesocket(fd);
@@ -259,43 +163,47 @@ void sg_conn_accept(sg_server *s, int fd, const char *ip)
     }
     bufferevent_setcb(c->bev, on_read, NULL, on_event, c);
     /* Never read more of a handshake than the cap allows (+1 to see it overrun). */
-    bufferevent_setwatermark(c->bev, EV_READ, 0, (size_t)s->cfg->max_header_bytes + 1);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, (size_t)d->cfg->max_header_bytes + 1);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    sg_map_put_u64(&s->conns, c->id, c);
-    const char *cap = cap_at_accept(s, c->ip);
+    sg_conns_add(d->table, &c->row, ip);
+    /* The caps, checked before a byte is read. A trusted proxy's own address
+     * is exempt from the per-IP one: what it carries is counted per client
+     * once the head says who the client is (apply_forwarded_for). */
+    const char *cap = sg_conns_cap_at_accept(d->table, c->row.ip,
+                                             d->cfg->max_connections_per_ip && is_trusted_proxy(d->cfg, c->row.ip));
     if (cap) {
         /* A 503 without reading the head, then the lingering close: the
          * client reads why instead of a reset. */
-        sg_metrics_inc(&s->metrics.caps, cap);
+        sg_metrics_inc(&d->metrics->caps, cap);
         bool node = strcmp(cap, "max_connections") == 0;
         refuse(c, 503, "unavailable",
                node ? "node is at its connection cap" : "too many connections from this address",
                node ? "Retry-After: 1\r\n" : "Retry-After: 5\r\n");
         return;
     }
-    admit(c);
-    arm(c, PHASE_HANDSHAKE, s->cfg->handshake_timeout_ms);
+    sg_conns_admit(d->table, &c->row);
+    arm(c, PHASE_HANDSHAKE, d->cfg->handshake_timeout_ms);
 }
 
 static void log_close(sg_conn *c, const char *why)
 {
-    sg_server *s = c->srv;
+    const sg_conn_deps *d = c->d;
     if (c->state < SG_CONN_OPEN)
         return;
-    if (s->tracer && c->span.valid) {
-        sg_span_attr a[] = {{"ws.conn_id", NULL, (int64_t)c->id},
+    if (d->tracer && c->span.valid) {
+        sg_span_attr a[] = {{"ws.conn_id", NULL, (int64_t)c->row.id},
                             {"ws.close_code", NULL, c->close_code ? c->close_code : SG_WS_CLOSE_ABNORMAL},
                             {"ws.close_reason", why, 0},
                             {"enduser.hash", c->user, 0}};
-        sg_tracer_record(s->tracer, "ws.connection", SG_SPAN_SERVER, &c->span, &c->trace_parent,
+        sg_tracer_record(d->tracer, "ws.connection", SG_SPAN_SERVER, &c->span, &c->trace_parent,
                          c->opened_us, sg_now_wall_us(), a, 4, NULL);
     }
-    if (sg_log_begin(s->log, SG_LOG_INFO, "ws.close")) {
-        sg_log_int(s->log, "conn", (int64_t)c->id);
-        sg_log_int(s->log, "code", c->close_code ? c->close_code : SG_WS_CLOSE_ABNORMAL);
-        sg_log_str(s->log, "reason", why);
-        sg_log_int(s->log, "duration_ms", (int64_t)(sg_now_mono_ms() - c->opened_ms));
-        sg_log_end(s->log);
+    if (sg_log_begin(d->log, SG_LOG_INFO, "ws.close")) {
+        sg_log_int(d->log, "conn", (int64_t)c->row.id);
+        sg_log_int(d->log, "code", c->close_code ? c->close_code : SG_WS_CLOSE_ABNORMAL);
+        sg_log_str(d->log, "reason", why);
+        sg_log_int(d->log, "duration_ms", (int64_t)(sg_now_mono_ms() - c->opened_ms));
+        sg_log_end(d->log);
     }
     char code[8];
     snprintf(code, sizeof code, "%u", c->close_code ? c->close_code : SG_WS_CLOSE_ABNORMAL);
@@ -305,7 +213,7 @@ static void log_close(sg_conn *c, const char *why)
     for (size_t i = 0; i < sizeof known / sizeof *known; i++)
         if (strcmp(known[i], code) == 0)
             label = known[i];
-    sg_metrics_inc(&s->metrics.closes, label);
+    sg_metrics_inc(&d->metrics->closes, label);
 }
 
 /* Leaves the rooms once, when the connection stops being usable: from the
@@ -316,7 +224,7 @@ static void end_session(sg_conn *c)
         return;
     if (!c->leave_reason)
         c->leave_reason = "disconnect";
-    sg_server_defer(c->srv, c);
+    defer(c);
 }
 
 static sg_gone gone_reason(const sg_conn *c)
@@ -329,18 +237,20 @@ static sg_gone gone_reason(const sg_conn *c)
     return c->lost ? SG_GONE_LOST : SG_GONE_DISCONNECT;
 }
 
-bool sg_conn_release(sg_conn *c)
+/* The deferred pass's work for one connection: tells the session it went
+ * (once), and frees the struct when it is dead. */
+static void release(sg_conns_entry *e)
 {
+    sg_conn *c = conn_of(e);
     if (c->in_session) {
         c->in_session = false;
-        sg_session_close(c->srv->session, c->id, gone_reason(c));
+        sg_session_close(c->d->session, c->row.id, gone_reason(c));
     }
     if (c->state != SG_CONN_DEAD)
-        return false;
+        return;
     disarm(c);
     sg_ws_parser_reset(&c->ws);
     free(c);
-    return true;
 }
 
 static void drop_held(sg_conn *c)
@@ -353,31 +263,32 @@ static void drop_held(sg_conn *c)
     c->held = NULL;
 }
 
-void sg_conn_abort(sg_conn *c, const char *why)
+/* Ends the connection now (no close handshake), e.g. a dead peer. The
+ * struct stays valid until the deferred pass. */
+static void conn_abort(sg_conn *c, const char *why)
 {
     if (c->state == SG_CONN_DEAD)
         return;
-    sg_server *s = c->srv;
+    const sg_conn_deps *d = c->d;
     drop_held(c);
     end_session(c);
     log_close(c, why);
     if (c->state >= SG_CONN_OPEN)
-        s->metrics.ws_connections--;
+        d->metrics->ws_connections--;
     c->state = SG_CONN_DEAD;
     disarm(c);
     /* bufferevent_free is safe inside its own callbacks: libevent defers it. */
     bufferevent_free(c->bev);
     c->bev = NULL;
-    sg_map_del_u64(&s->conns, c->id);
-    unadmit(c);
-    sg_server_defer(s, c);
+    sg_conns_remove(d->table, &c->row); /* off the registry and the caps */
+    defer(c);
 }
 
 static void on_drained_abort(struct bufferevent *bev, void *arg)
 {
     sg_conn *c = arg;
     if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        sg_conn_abort(c, c->close_rcvd ? "closed" : "refused");
+        conn_abort(c, c->close_rcvd ? "closed" : "refused");
 }
 
 /* Writes data and ends the connection once it has left the buffer. */
@@ -386,19 +297,19 @@ static void flush_then_abort(sg_conn *c)
     bufferevent_disable(c->bev, EV_READ);
     bufferevent_setcb(c->bev, NULL, on_drained_abort, on_event, c);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-        sg_conn_abort(c, c->close_rcvd ? "closed" : "refused");
+        conn_abort(c, c->close_rcvd ? "closed" : "refused");
 }
 
 static bool write_frame(sg_conn *c, uint8_t opcode, const void *data, size_t len)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    if (evbuffer_get_length(out) > (size_t)c->srv->cfg->max_output_bytes) {
+    if (evbuffer_get_length(out) > (size_t)c->d->cfg->max_output_bytes) {
         /* A client that stops reading is cut loose rather than allowed to
          * grow this node's memory. */
-        c->srv->metrics.output_buffer_closes++;
-        sg_metrics_inc(&c->srv->metrics.caps, "output_buffer");
+        c->d->metrics->output_buffer_closes++;
+        sg_metrics_inc(&c->d->metrics->caps, "output_buffer");
         c->close_code = SG_WS_CLOSE_POLICY;
-        sg_conn_abort(c, "output buffer over its cap");
+        conn_abort(c, "output buffer over its cap");
         return false;
     }
     uint8_t hdr[10];
@@ -432,19 +343,24 @@ static bool write_frame(sg_conn *c, uint8_t opcode, const void *data, size_t len
     return true;
 }
 
-bool sg_conn_send_text(sg_conn *c, const char *data, size_t len)
+/* Sends one text message. Returns false when the connection takes no more
+ * frames: it is closing, or the output bound would be exceeded (then it is
+ * cut: marked dead, released by the deferred pass). */
+static bool send_text(sg_conn *c, const char *data, size_t len)
 {
     if (c->state != SG_CONN_OPEN)
         return false;
     return write_frame(c, SG_WS_OP_TEXT, data, len);
 }
 
-void sg_conn_close(sg_conn *c, uint16_t code, const char *reason)
+/* Sends a close frame with code and reason, then waits for the client's.
+ * The session hears of it from the deferred pass. */
+static void conn_close(sg_conn *c, uint16_t code, const char *reason)
 {
     if (c->state != SG_CONN_OPEN)
         return;
     if (!c->leave_reason)
-        c->leave_reason = code == SG_WS_CLOSE_GOING_AWAY && c->srv->draining ? "shutdown" : "disconnect";
+        c->leave_reason = code == SG_WS_CLOSE_GOING_AWAY && c->d->draining ? "shutdown" : "disconnect";
     end_session(c);
     uint8_t payload[125];
     size_t n = sg_ws_close_payload(payload, code, reason);
@@ -453,17 +369,66 @@ void sg_conn_close(sg_conn *c, uint16_t code, const char *reason)
     c->close_code = code;
     c->state = SG_CONN_CLOSING;
     int64_t wait = CLOSE_WAIT_MS;
-    if (c->srv->draining && c->srv->cfg->drain_ms < wait)
-        wait = c->srv->cfg->drain_ms;
+    if (c->d->draining && c->d->cfg->drain_ms < wait)
+        wait = c->d->cfg->drain_ms;
     arm(c, PHASE_CLOSE_WAIT, wait);
     start_linger(c);
 }
 
-void sg_conn_close_by_id(void *server, uint64_t conn_id, uint16_t code, const char *reason)
+bool sg_conn_send_by_id(void *deps, uint64_t conn_id, const char *data, size_t len)
 {
-    sg_conn *c = sg_server_conn(server, conn_id);
+    sg_conn *c = conn_by_id(deps, conn_id);
+    return c && send_text(c, data, len);
+}
+
+void sg_conn_close_by_id(void *deps, uint64_t conn_id, uint16_t code, const char *reason)
+{
+    sg_conn *c = conn_by_id(deps, conn_id);
     if (c)
-        sg_conn_close(c, code, reason);
+        conn_close(c, code, reason);
+}
+
+/* Collects the ids first: closing changes the registry. */
+static size_t all_ids(const sg_conn_deps *d, uint64_t **ids)
+{
+    size_t n = sg_conns_count(d->table);
+    *ids = sg_xmalloc((n ? n : 1) * sizeof **ids);
+    return sg_conns_ids(d->table, *ids, n);
+}
+
+void sg_conn_close_all(const sg_conn_deps *d)
+{
+    uint64_t *ids;
+    size_t n = all_ids(d, &ids);
+    for (size_t j = 0; j < n; j++) {
+        sg_conn *c = conn_by_id(d, ids[j]);
+        if (!c)
+            continue;
+        if (c->state == SG_CONN_OPEN) {
+            c->leave_reason = "shutdown";
+            conn_close(c, SG_WS_CLOSE_GOING_AWAY, "server shutting down");
+        } else if (c->state == SG_CONN_HANDSHAKE) {
+            conn_abort(c, "draining");
+        }
+    }
+    free(ids);
+}
+
+void sg_conn_abort_all(const sg_conn_deps *d)
+{
+    if (!d->table)
+        return;
+    uint64_t *ids;
+    size_t n = all_ids(d, &ids);
+    for (size_t j = 0; j < n; j++) {
+        sg_conn *c = conn_by_id(d, ids[j]);
+        if (!c)
+            continue;
+        c->leave_reason = "shutdown";
+        conn_abort(c, "exit");
+    }
+    free(ids);
+    sg_conns_run_deferred(d->table);
 }
 
 /* ---- lingering close ------------------------------------------------- */
@@ -518,7 +483,7 @@ static void start_linger(sg_conn *c)
 static bool linger_charge(sg_conn *c, size_t n)
 {
     if (n > LINGER_MAX_BYTES - c->linger_bytes) {
-        sg_conn_abort(c, "linger bound");
+        conn_abort(c, "linger bound");
         return false;
     }
     c->linger_bytes += (uint32_t)n;
@@ -537,7 +502,7 @@ static void discard_input(sg_conn *c)
 
 static void refuse(sg_conn *c, int status, const char *code, const char *message, const char *extra)
 {
-    sg_server *s = c->srv;
+    const sg_conn_deps *d = c->d;
     sg_buf b;
     sg_buf_init(&b);
     sg_http_error_response(&b, status, code, message, extra);
@@ -550,7 +515,7 @@ static void refuse(sg_conn *c, int status, const char *code, const char *message
     for (size_t i = 0; i < sizeof known / sizeof *known; i++)
         if (strcmp(known[i], label) == 0)
             l = known[i];
-    sg_metrics_inc(&s->metrics.handshakes, l);
+    sg_metrics_inc(&d->metrics->handshakes, l);
     c->state = SG_CONN_HTTP_CLOSING;
     arm(c, PHASE_CLOSE_WAIT, HTTP_LINGER_MS);
     start_linger(c);
@@ -558,12 +523,12 @@ static void refuse(sg_conn *c, int status, const char *code, const char *message
 
 static void auth_failure(sg_conn *c, const char *reason, const char *message, bool token_present)
 {
-    sg_server *s = c->srv;
-    sg_metrics_inc(&s->metrics.auth_failures, reason);
-    if (sg_log_begin(s->log, SG_LOG_INFO, "ws.auth_failure")) {
-        sg_log_int(s->log, "conn", (int64_t)c->id);
-        sg_log_str(s->log, "reason", reason);
-        sg_log_end(s->log);
+    const sg_conn_deps *d = c->d;
+    sg_metrics_inc(&d->metrics->auth_failures, reason);
+    if (sg_log_begin(d->log, SG_LOG_INFO, "ws.auth_failure")) {
+        sg_log_int(d->log, "conn", (int64_t)c->row.id);
+        sg_log_str(d->log, "reason", reason);
+        sg_log_end(d->log);
     }
     char extra[160];
     if (token_present) {
@@ -575,39 +540,20 @@ static void auth_failure(sg_conn *c, const char *reason, const char *message, bo
     refuse(c, 401, "unauthorized", message, extra);
 }
 
-static bool over_ip_cap(sg_conn *c)
-{
-    const sg_config *cfg = c->srv->cfg;
-    if (!cfg->max_connections_per_ip)
-        return false;
-    uintptr_t n = (uintptr_t)sg_map_get(&c->srv->ip_counts, c->ip, strlen(c->ip));
-    return n > (uintptr_t)cfg->max_connections_per_ip;
-}
-
 /* When the socket peer is a trusted proxy, the client address is the one
  * X-Forwarded-For gives behind our proxies (sg_forwarded_client): the
  * per-IP count moves to it. */
 static void apply_forwarded_for(sg_conn *c, const sg_http_request *req)
 {
-    const sg_config *cfg = c->srv->cfg;
+    const sg_config *cfg = c->d->cfg;
     if (!cfg->max_connections_per_ip || !cfg->trusted_proxies)
         return;
-    if (!sg_ip_in_list(c->ip, cfg->trusted_proxies))
+    if (!sg_ip_in_list(c->row.ip, cfg->trusted_proxies))
         return;
     char client[SG_IP_TEXT_MAX];
     if (!sg_forwarded_client(req, cfg->trusted_proxies, client))
         return;
-    sg_map *m = &c->srv->ip_counts;
-    size_t iplen = strlen(c->ip);
-    uintptr_t old = (uintptr_t)sg_map_get(m, c->ip, iplen);
-    if (old <= 1)
-        sg_map_del(m, c->ip, iplen);
-    else
-        sg_map_put(m, c->ip, iplen, (void *)(old - 1));
-    sg_strlcpy(c->ip, client, sizeof c->ip);
-    size_t len = strlen(c->ip);
-    uintptr_t cur = (uintptr_t)sg_map_get(m, c->ip, len);
-    sg_map_put(m, c->ip, len, (void *)(cur + 1));
+    sg_conns_move_ip(c->d->table, &c->row, client);
 }
 
 static void open_ws(sg_conn *c, const sg_buf *response, size_t head_len, sg_claims *claims);
@@ -628,11 +574,11 @@ static void sub_unavailable(sg_conn *c, const char *message)
  * the Redis timeout. */
 static void check_sub(sg_conn *c, const sg_upgrade *up, size_t head_len, sg_claims *claims)
 {
-    sg_server *s = c->srv;
+    const sg_conn_deps *d = c->d;
     sg_buf response;
     sg_buf_init(&response);
     sg_http_upgrade_response(&response, up); /* up points into the head: built now */
-    sg_sub_verdict v = sg_session_check_sub(s->session, c->id, claims->sub, on_sub_checked, s);
+    sg_sub_verdict v = sg_session_check_sub(d->session, c->row.id, claims->sub, on_sub_checked, (void *)d);
     if (v == SG_SUB_PENDING) {
         sg_conn_held *h = sg_xcalloc(1, sizeof *h);
         h->claims = *claims;
@@ -640,7 +586,7 @@ static void check_sub(sg_conn *c, const sg_upgrade *up, size_t head_len, sg_clai
         h->response = response;
         h->head_len = head_len;
         c->held = h;
-        arm(c, PHASE_SUB_CHECK, s->cfg->redis_timeout_ms);
+        arm(c, PHASE_SUB_CHECK, d->cfg->redis_timeout_ms);
         return;
     }
     if (v == SG_SUB_OK)
@@ -656,7 +602,7 @@ static void check_sub(sg_conn *c, const sg_upgrade *up, size_t head_len, sg_clai
 /* Redis answered a held handshake (from the session's reply handler). */
 static void on_sub_checked(void *ud, uint64_t conn_id, sg_sub_verdict v)
 {
-    sg_conn *c = sg_server_conn(ud, conn_id);
+    sg_conn *c = conn_by_id(ud, conn_id);
     if (!c || !c->held || c->state != SG_CONN_HANDSHAKE)
         return; /* gone, or it gave up waiting */
     sg_conn_held *h = c->held;
@@ -680,8 +626,8 @@ static void on_sub_checked(void *ud, uint64_t conn_id, sg_sub_verdict v)
 
 static void handle_handshake(sg_conn *c)
 {
-    sg_server *s = c->srv;
-    const sg_config *cfg = s->cfg;
+    const sg_conn_deps *d = c->d;
+    const sg_config *cfg = d->cfg;
     struct evbuffer *in = bufferevent_get_input(c->bev);
     size_t len = evbuffer_get_length(in);
     size_t cap = (size_t)cfg->max_header_bytes;
@@ -698,7 +644,7 @@ static void handle_handshake(sg_conn *c)
     if (rc == SG_HTTP_INCOMPLETE)
         return;
     if (rc == SG_HTTP_TOO_LARGE) {
-        sg_metrics_inc(&s->metrics.caps, "header_bytes");
+        sg_metrics_inc(&d->metrics->caps, "header_bytes");
         refuse(c, 400, "bad_request", "request head over the size cap", NULL);
         return;
     }
@@ -709,7 +655,7 @@ static void handle_handshake(sg_conn *c)
     size_t head_len = (size_t)rc;
     if (!(req.path.n == 3 && memcmp(req.path.p, "/ws", 3) == 0)) {
         if (cfg->static_dir && sg_static_serve(c->bev, cfg->static_dir, &req)) {
-            sg_metrics_inc(&s->metrics.handshakes, "static");
+            sg_metrics_inc(&d->metrics->handshakes, "static");
             c->state = SG_CONN_HTTP_CLOSING;
             arm(c, PHASE_CLOSE_WAIT, 10000);
             start_linger(c);
@@ -718,11 +664,11 @@ static void handle_handshake(sg_conn *c)
         refuse(c, 404, "not_found", "no such path; the WebSocket endpoint is /ws", NULL);
         return;
     }
-    if (s->draining) {
+    if (d->draining) {
         refuse(c, 503, "unavailable", "node is draining", "Retry-After: 1\r\n");
         return;
     }
-    if (!sg_bus_available(s->bus)) {
+    if (!sg_bus_available(d->bus)) {
         refuse(c, 503, "unavailable", "Redis is unreachable", "Retry-After: 1\r\n");
         return;
     }
@@ -739,9 +685,9 @@ static void handle_handshake(sg_conn *c)
         return;
     }
     apply_forwarded_for(c, &req);
-    if (over_ip_cap(c)) {
+    if (sg_conns_over_ip_cap(d->table, &c->row)) {
         free(token);
-        sg_metrics_inc(&s->metrics.caps, "max_connections_per_ip");
+        sg_metrics_inc(&d->metrics->caps, "max_connections_per_ip");
         refuse(c, 503, "unavailable", "too many connections from this address", "Retry-After: 5\r\n");
         return;
     }
@@ -760,7 +706,7 @@ static void handle_handshake(sg_conn *c)
     sg_auth_failure fail;
     sg_claims claims;
     int64_t now_s = (int64_t)(sg_now_wall_ms() / 1000);
-    if (sg_auth_verify(s->auth, token, up.token_len, now_s, &claims, &fail) < 0) {
+    if (sg_auth_verify(d->auth, token, up.token_len, now_s, &claims, &fail) < 0) {
         free(token);
         auth_failure(c, fail.reason, fail.message, true);
         return;
@@ -773,44 +719,44 @@ static void handle_handshake(sg_conn *c)
 
 static void open_ws(sg_conn *c, const sg_buf *response, size_t head_len, sg_claims *claims)
 {
-    sg_server *s = c->srv;
-    const sg_config *cfg = s->cfg;
+    const sg_conn_deps *d = c->d;
+    const sg_config *cfg = d->cfg;
     bufferevent_write(c->bev, response->data, response->len);
     evbuffer_drain(bufferevent_get_input(c->bev), head_len);
 
-    sg_log_hash(s->log, claims->sub, c->user);
+    sg_log_hash(d->log, claims->sub, c->user);
 
     c->state = SG_CONN_OPEN;
     uint64_t accepted_ms = c->opened_ms;
     c->opened_ms = c->last_rx_ms = sg_now_mono_ms();
     c->opened_us = sg_now_wall_us();
-    if (s->tracer) {
+    if (d->tracer) {
         /* The connection's span is a child of the client's trace when the
          * handshake carried a traceparent. */
         sg_span_start(&c->span, &c->trace_parent);
         sg_span_ctx hs;
         sg_span_start(&hs, &c->span);
-        sg_span_attr a[] = {{"ws.conn_id", NULL, (int64_t)c->id}, {"ws.tls", c->tls ? "true" : "false", 0}};
-        sg_tracer_record(s->tracer, "ws.handshake", SG_SPAN_SERVER, &hs, &c->span,
+        sg_span_attr a[] = {{"ws.conn_id", NULL, (int64_t)c->row.id}, {"ws.tls", c->tls ? "true" : "false", 0}};
+        sg_tracer_record(d->tracer, "ws.handshake", SG_SPAN_SERVER, &hs, &c->span,
                          c->opened_us - (c->opened_ms - accepted_ms) * 1000, c->opened_us, a, 2, NULL);
     }
     c->frames = (sg_bucket){cfg->rate_conn_frames.burst, c->opened_ms};
     c->bytes = (sg_bucket){cfg->rate_conn_bytes.burst, c->opened_ms};
     sg_ws_parser_init(&c->ws, &WS_CB, c, (size_t)cfg->max_message_bytes);
     bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
-    s->metrics.ws_connections++;
-    sg_metrics_inc(&s->metrics.handshakes, "101");
-    if (sg_log_begin(s->log, SG_LOG_INFO, "ws.connect")) {
-        sg_log_int(s->log, "conn", (int64_t)c->id);
-        sg_log_str(s->log, "tls", c->tls ? "true" : "false");
-        sg_log_end(s->log);
+    d->metrics->ws_connections++;
+    sg_metrics_inc(&d->metrics->handshakes, "101");
+    if (sg_log_begin(d->log, SG_LOG_INFO, "ws.connect")) {
+        sg_log_int(d->log, "conn", (int64_t)c->row.id);
+        sg_log_str(d->log, "tls", c->tls ? "true" : "false");
+        sg_log_end(d->log);
     }
-    if (sg_log_begin(s->log, SG_LOG_INFO, "ws.auth_success")) {
-        sg_log_int(s->log, "conn", (int64_t)c->id);
-        sg_log_str(s->log, "user", c->user);
-        sg_log_end(s->log);
+    if (sg_log_begin(d->log, SG_LOG_INFO, "ws.auth_success")) {
+        sg_log_int(d->log, "conn", (int64_t)c->row.id);
+        sg_log_str(d->log, "user", c->user);
+        sg_log_end(d->log);
     }
-    sg_session_open(s->session, c->id, claims, s->tracer ? &c->span : NULL); /* it owns the claims now */
+    sg_session_open(d->session, c->row.id, claims, d->tracer ? &c->span : NULL); /* it owns the claims now */
     c->in_session = true;
     int64_t first = cfg->ping_interval_ms;
     if (cfg->join_timeout_ms && cfg->join_timeout_ms < first)
@@ -833,7 +779,7 @@ static void refill(sg_bucket *b, const sg_rate *r, uint64_t now)
  * frame may pass. */
 static bool local_admit(sg_conn *c, uint64_t now, size_t len)
 {
-    const sg_config *cfg = c->srv->cfg;
+    const sg_config *cfg = c->d->cfg;
     bool ok = true;
     if (cfg->rate_conn_frames.rate > 0) {
         refill(&c->frames, &cfg->rate_conn_frames, now);
@@ -862,11 +808,11 @@ static bool local_admit(sg_conn *c, uint64_t now, size_t len)
 /* An error the transport itself sends (local limits, oversize messages). */
 static void send_error(sg_conn *c, const char *code, const char *message)
 {
-    sg_metrics_inc(&c->srv->metrics.errors, code);
+    sg_metrics_inc(&c->d->metrics->errors, code);
     sg_buf b;
     sg_buf_init(&b);
     sg_wire_error(&b, code, message, NULL, NULL);
-    sg_conn_send_text(c, b.data, b.len);
+    send_text(c, b.data, b.len);
     sg_buf_free(&b);
 }
 
@@ -874,7 +820,7 @@ static void rate_warning(sg_conn *c, const char *scope)
 {
     /* The session keeps the connection's one warning clock, shared with the
      * Redis-held buckets: at most one warning a second in all. */
-    sg_session_dropped(c->srv->session, c->id, scope);
+    sg_session_dropped(c->d->session, c->row.id, scope);
 }
 
 /* Every frame is charged at its header, control frames included: a message
@@ -899,8 +845,8 @@ static int ws_on_frame(void *ud, uint8_t opcode, uint64_t len)
     else
         c->drop_control = !ok;
     if (!ok && now - c->over_since_ms >= FLOOD_CLOSE_MS) {
-        sg_metrics_inc(&c->srv->metrics.caps, "flood");
-        sg_conn_close(c, SG_WS_CLOSE_POLICY, "message rate over the limit for too long");
+        sg_metrics_inc(&c->d->metrics->caps, "flood");
+        conn_close(c, SG_WS_CLOSE_POLICY, "message rate over the limit for too long");
         return 1;
     }
     return 0;
@@ -917,7 +863,7 @@ static int ws_on_text(void *ud, const uint8_t *data, size_t len)
         rate_warning(c, "connection");
         return c->state == SG_CONN_OPEN ? 0 : 1;
     }
-    sg_session_on_text(c->srv->session, c->id, (const char *)data, len, sg_now_wall_us());
+    sg_session_on_text(c->d->session, c->row.id, (const char *)data, len, sg_now_wall_us());
     return c->state == SG_CONN_OPEN ? 0 : 1;
 }
 
@@ -976,12 +922,12 @@ static void protocol_violation(sg_conn *c, int code)
         if (R[i].code == code)
             reason = R[i].reason;
     if (code == SG_WS_CLOSE_POLICY)
-        sg_metrics_inc(&c->srv->metrics.caps, "fragments");
+        sg_metrics_inc(&c->d->metrics->caps, "fragments");
     if (code == SG_WS_CLOSE_TOO_BIG) {
-        sg_metrics_inc(&c->srv->metrics.caps, "message_bytes");
+        sg_metrics_inc(&c->d->metrics->caps, "message_bytes");
         send_error(c, "payload_too_large", "message over the maximum size");
     }
-    sg_conn_close(c, (uint16_t)code, reason);
+    conn_close(c, (uint16_t)code, reason);
 }
 
 /* Feeds the input to the parser. After our close frame the parser still
@@ -1038,8 +984,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         if (c->state == SG_CONN_OPEN && !c->close_rcvd)
             c->lost = true;
         if (c->state == SG_CONN_HANDSHAKE && c->tls && (what & BEV_EVENT_ERROR))
-            sg_metrics_inc(&c->srv->metrics.handshakes, "tls_error");
-        sg_conn_abort(c, (what & BEV_EVENT_EOF) ? "eof" : "socket error");
+            sg_metrics_inc(&c->d->metrics->handshakes, "tls_error");
+        conn_abort(c, (what & BEV_EVENT_EOF) ? "eof" : "socket error");
     }
 }
 
@@ -1047,9 +993,9 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
  * ping due at `due`, or the join deadline if that comes first. */
 static int64_t next_wake(const sg_conn *c, uint64_t now, uint64_t due)
 {
-    const sg_config *cfg = c->srv->cfg;
+    const sg_config *cfg = c->d->cfg;
     int64_t ms = due > now ? (int64_t)(due - now) : 1;
-    if (cfg->join_timeout_ms && !sg_session_ever_joined(c->srv->session, c->id)) {
+    if (cfg->join_timeout_ms && !sg_session_ever_joined(c->d->session, c->row.id)) {
         uint64_t jd = c->opened_ms + (uint64_t)cfg->join_timeout_ms;
         int64_t jms = jd > now ? (int64_t)(jd - now) : 1;
         if (jms < ms)
@@ -1058,22 +1004,23 @@ static int64_t next_wake(const sg_conn *c, uint64_t now, uint64_t due)
     return ms > 0 ? ms : 1;
 }
 
-static void on_timer(evutil_socket_t fd, short what, void *arg)
+/* The connection's timer came due (the table's wheel). */
+static void on_timer(sg_conns_entry *e)
 {
-    sg_conn *c = arg;
-    sg_server *s = c->srv;
-    const sg_config *cfg = s->cfg;
+    sg_conn *c = conn_of(e);
+    const sg_conn_deps *d = c->d;
+    const sg_config *cfg = d->cfg;
     uint64_t now = sg_now_mono_ms();
     switch (c->timer_phase) {
     case PHASE_HANDSHAKE:
-        sg_metrics_inc(&s->metrics.caps, "handshake_timeout");
-        sg_conn_abort(c, "handshake timeout");
+        sg_metrics_inc(&d->metrics->caps, "handshake_timeout");
+        conn_abort(c, "handshake timeout");
         return;
     case PHASE_PING: {
-        if (cfg->join_timeout_ms && !sg_session_ever_joined(s->session, c->id) &&
+        if (cfg->join_timeout_ms && !sg_session_ever_joined(d->session, c->row.id) &&
             now - c->opened_ms >= (uint64_t)cfg->join_timeout_ms) {
-            sg_metrics_inc(&s->metrics.caps, "join_timeout");
-            sg_conn_close(c, SG_WS_CLOSE_POLICY, "no join in time");
+            sg_metrics_inc(&d->metrics->caps, "join_timeout");
+            conn_close(c, SG_WS_CLOSE_POLICY, "no join in time");
             return;
         }
         uint64_t due = (c->ping_sent_ms ? c->ping_sent_ms : c->opened_ms) + (uint64_t)cfg->ping_interval_ms;
@@ -1099,9 +1046,9 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         c->leave_reason = "timeout";
         c->lost = true;
         c->close_code = SG_WS_CLOSE_GOING_AWAY;
-        sg_metrics_inc(&s->metrics.caps, "pong_timeout");
+        sg_metrics_inc(&d->metrics->caps, "pong_timeout");
         end_session(c);
-        sg_conn_abort(c, "pong timeout");
+        conn_abort(c, "pong timeout");
         return;
     case PHASE_SUB_CHECK:
         /* Redis did not answer the revocation check in time. */
@@ -1110,7 +1057,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         return;
     case PHASE_CLOSE_WAIT:
     default:
-        sg_conn_abort(c, c->state == SG_CONN_HTTP_CLOSING ? "refused" : "close timeout");
+        conn_abort(c, c->state == SG_CONN_HTTP_CLOSING ? "refused" : "close timeout");
         return;
     }
 }

@@ -3,6 +3,7 @@
  * Everything else lives in the modules under gateway/. */
 #include "sg/auth.h"
 #include "sg/config.h"
+#include "sg/conns.h"
 #include "sg/control.h"
 #include "sg/log.h"
 #include "sg/server.h"
@@ -147,7 +148,7 @@ int main(int argc, char **argv)
     }
     event_base_dispatch(base);
     if (sg_log_begin(log, SG_LOG_INFO, "server.stop")) {
-        sg_log_int(log, "connections", (int64_t)srv->conns.count);
+        sg_log_int(log, "connections", (int64_t)sg_conns_count(srv->conns));
         sg_log_end(log);
     }
     sg_server_free(srv);

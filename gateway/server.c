@@ -2,6 +2,7 @@
 #include "sg/server.h"
 #include "sg/buf.h"
 #include "sg/conn.h"
+#include "sg/conns.h"
 #include "sg/util.h"
 
 #include <arpa/inet.h>
@@ -66,7 +67,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, ip, sizeof ip);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    sg_conn_accept(s, fd, ip);
+    sg_conn_accept(&s->conn, fd, ip);
 }
 
 /* ---- accept errors ---------------------------------------------------- */
@@ -202,7 +203,7 @@ static int64_t probe_age(const sg_server *s) { return sg_bus_probe_age(s->bus); 
 
 bool sg_server_ready(sg_server *s)
 {
-    if (s->draining || !sg_bus_available(s->bus))
+    if (s->conn.draining || !sg_bus_available(s->bus))
         return false;
     uint64_t now = sg_now_mono_ms();
     /* Just (re)connected: give the first probes time to come back. */
@@ -287,7 +288,7 @@ static void on_admin(struct evhttp_request *req, void *arg)
         int len = snprintf(body, sizeof body,
                            "{\"ready\":%s,\"redis\":%s,\"draining\":%s,\"probe_age_ms\":%lld}\n",
                            ready ? "true" : "false", redis ? "true" : "false",
-                           s->draining ? "true" : "false", (long long)probe_age(s));
+                           s->conn.draining ? "true" : "false", (long long)probe_age(s));
         reply_text(req, ready ? 200 : 503, ready ? "OK" : "Service Unavailable", "application/json",
                    body, (size_t)len);
         return;
@@ -295,32 +296,7 @@ static void on_admin(struct evhttp_request *req, void *arg)
     reply_text(req, 404, "Not Found", "text/plain", "not found\n", 10);
 }
 
-/* ---- deferred frees, leases, drain ----------------------------------- */
-
-/* The deferred pass: what a connection's end owes the session, and its
- * free, done at the top of the event loop where nobody holds them. */
-static void on_reaper(evutil_socket_t fd, short what, void *arg)
-{
-    sg_server *s = arg;
-    while (s->dead) {
-        sg_conn *c = s->dead;
-        s->dead = c->next_dead;
-        c->deferred = false;
-        sg_conn_release(c);
-    }
-}
-
-void sg_server_defer(sg_server *s, sg_conn *c)
-{
-    if (c->deferred)
-        return;
-    c->deferred = true;
-    c->next_dead = s->dead;
-    s->dead = c;
-    event_active(s->reaper, EV_TIMEOUT, 0);
-}
-
-sg_conn *sg_server_conn(sg_server *s, uint64_t id) { return sg_map_get_u64(&s->conns, id); }
+/* ---- leases, drain ---------------------------------------------------- */
 
 static void on_lease_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -334,7 +310,7 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
     /* Done when every client is gone and every leave has reached Redis
      * (and none is still owed by the deferred pass); then the instance
      * says goodbye, and that too reaches Redis. */
-    if (s->conns.count == 0 && !s->dead && !sg_bus_busy(s->bus)) {
+    if (sg_conns_count(s->conns) == 0 && !sg_conns_pending(s->conns) && !sg_bus_busy(s->bus)) {
         if (!s->said_goodbye && sg_bus_available(s->bus)) {
             s->said_goodbye = true;
             sg_session_goodbye(s->session);
@@ -348,7 +324,7 @@ static void on_drain_deadline(evutil_socket_t fd, short what, void *arg)
 {
     sg_server *s = arg;
     if (sg_log_begin(s->log, SG_LOG_WARN, "server.drain_timeout")) {
-        sg_log_int(s->log, "connections", (int64_t)s->conns.count);
+        sg_log_int(s->log, "connections", (int64_t)sg_conns_count(s->conns));
         sg_log_end(s->log);
     }
     event_base_loopexit(s->base, NULL);
@@ -356,32 +332,16 @@ static void on_drain_deadline(evutil_socket_t fd, short what, void *arg)
 
 void sg_server_drain(sg_server *s)
 {
-    if (s->draining)
+    if (s->conn.draining)
         return;
-    s->draining = true;
+    s->conn.draining = true;
     s->metrics.draining = 1;
     if (sg_log_begin(s->log, SG_LOG_INFO, "server.drain")) {
-        sg_log_int(s->log, "connections", (int64_t)s->conns.count);
+        sg_log_int(s->log, "connections", (int64_t)sg_conns_count(s->conns));
         sg_log_int(s->log, "drain_ms", s->cfg->drain_ms);
         sg_log_end(s->log);
     }
-    /* Collect ids first: closing changes the registry. */
-    size_t n = s->conns.count, k = 0, i;
-    uint64_t *ids = sg_xmalloc((n ? n : 1) * sizeof *ids);
-    for (sg_map_entry *e = sg_map_first(&s->conns, &i); e && k < n; e = sg_map_next(&s->conns, &i, e))
-        ids[k++] = ((sg_conn *)e->value)->id;
-    for (size_t j = 0; j < k; j++) {
-        sg_conn *c = sg_server_conn(s, ids[j]);
-        if (!c)
-            continue;
-        if (c->state == SG_CONN_OPEN) {
-            c->leave_reason = "shutdown";
-            sg_conn_close(c, SG_WS_CLOSE_GOING_AWAY, "server shutting down");
-        } else if (c->state == SG_CONN_HANDSHAKE) {
-            sg_conn_abort(c, "draining");
-        }
-    }
-    free(ids);
+    sg_conn_close_all(&s->conn);
     struct timeval dl = {s->cfg->drain_ms / 1000, (s->cfg->drain_ms % 1000) * 1000};
     event_add(s->drain_timer, &dl);
     struct event *tick = event_new(s->base, -1, EV_PERSIST, on_drain_tick, s);
@@ -404,8 +364,8 @@ static void reload_tls(sg_server *s)
     char err[512] = "";
     SSL_CTX *ctx = make_ssl(s->cfg, err, sizeof err);
     if (ctx) {
-        SSL_CTX_free(s->ssl);
-        s->ssl = ctx;
+        SSL_CTX_free(s->conn.ssl);
+        s->conn.ssl = ctx;
         note_certificate(s);
     }
     if (sg_log_begin(s->log, ctx ? SG_LOG_INFO : SG_LOG_ERROR, ctx ? "tls.reload" : "tls.reload_failed")) {
@@ -427,15 +387,15 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         char err[256] = "";
         sg_auth *a = sg_server_load_auth(s->cfg, err, sizeof err);
         if (a) {
-            sg_auth_free(s->auth);
-            s->auth = a;
+            sg_auth_free(s->conn.auth);
+            s->conn.auth = a;
         }
         if (sg_log_begin(s->log, a ? SG_LOG_INFO : SG_LOG_ERROR, a ? "auth.reload" : "auth.reload_failed")) {
             if (!a)
                 sg_log_str(s->log, "error", err);
             sg_log_end(s->log);
         }
-        if (s->ssl)
+        if (s->conn.ssl)
             reload_tls(s);
         return;
     }
@@ -462,13 +422,6 @@ static void on_bus_subscribed(void *ud, const char *channel, size_t chlen)
 {
     sg_server *s = ud;
     sg_session_on_subscribed(s->session, channel, chlen);
-}
-
-/* The session's way out: never frees anything (see conn.h). */
-static bool send_to_conn(void *ud, uint64_t conn_id, const char *data, size_t len)
-{
-    sg_conn *c = sg_server_conn(ud, conn_id);
-    return c && sg_conn_send_text(c, data, len);
 }
 
 /* ---- lifecycle ------------------------------------------------------- */
@@ -514,7 +467,7 @@ fail:
 /* The certificate's notAfter as Unix time, for the expiry gauge. */
 static void note_certificate(sg_server *s)
 {
-    X509 *x = s->ssl ? SSL_CTX_get0_certificate(s->ssl) : NULL;
+    X509 *x = s->conn.ssl ? SSL_CTX_get0_certificate(s->conn.ssl) : NULL;
     struct tm tm;
     if (x && ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1)
         s->metrics.tls_cert_not_after = (int64_t)timegm(&tm);
@@ -585,12 +538,14 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
     libevent_log = log;
     event_set_log_callback(on_libevent_log);
     sg_metrics_init(&s->metrics);
-    sg_map_init(&s->conns);
-    sg_map_init(&s->ip_counts);
-    s->auth = sg_server_load_auth(cfg, err, errlen);
-    if (!s->auth)
+    sg_conns_limits cl = {.max_connections = (uint64_t)cfg->max_connections,
+                          .max_per_ip = (uint64_t)cfg->max_connections_per_ip};
+    s->conns = sg_conns_new(base, &cl, &sg_conn_table_ops);
+    s->conn = (sg_conn_deps){.base = base, .cfg = cfg, .log = log, .metrics = &s->metrics, .table = s->conns};
+    s->conn.auth = sg_server_load_auth(cfg, err, errlen);
+    if (!s->conn.auth)
         goto fail;
-    if (cfg->tls_cert && !(s->ssl = make_ssl(cfg, err, errlen)))
+    if (cfg->tls_cert && !(s->conn.ssl = make_ssl(cfg, err, errlen)))
         goto fail;
     note_certificate(s);
     if (cfg->otlp_traces_url) {
@@ -646,9 +601,14 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
                          .on_subscribed = on_bus_subscribed, .on_channel_moved = on_bus_channel_moved,
                          .on_reply = on_bus_reply, .ud = s};
     s->bus = sg_bus_new(base, &bc, &h, log, &s->metrics);
+    /* The session reaches connections by id through conn.c; neither call
+     * frees anything (session.h). */
     sg_session_deps sd = {.cfg = cfg, .log = log, .metrics = &s->metrics, .tracer = s->tracer, .bus = s->bus,
-                          .io = {.send = send_to_conn, .close = sg_conn_close_by_id, .ud = s}};
+                          .io = {.send = sg_conn_send_by_id, .close = sg_conn_close_by_id, .ud = &s->conn}};
     s->session = sg_session_new(&sd);
+    s->conn.tracer = s->tracer;
+    s->conn.bus = s->bus;
+    s->conn.session = s->session;
     if (sg_bus_start(s->bus, err, errlen) < 0)
         goto fail;
 
@@ -656,7 +616,6 @@ sg_server *sg_server_new(struct event_base *base, const sg_config *cfg, sg_log *
     s->probe_timer = event_new(base, -1, EV_PERSIST, on_probe_tick, s);
     struct timeval pt = {PROBE_INTERVAL_MS / 1000, (PROBE_INTERVAL_MS % 1000) * 1000};
     event_add(s->probe_timer, &pt);
-    s->reaper = event_new(base, -1, 0, on_reaper, s);
     s->lease_timer = event_new(base, -1, EV_PERSIST, on_lease_tick, s);
     struct timeval lt = {0, SG_SESSION_TICK_MS * 1000};
     event_add(s->lease_timer, &lt);
@@ -677,18 +636,11 @@ void sg_server_free(sg_server *s)
 {
     if (!s)
         return;
-    size_t i;
-    /* Remaining connections (drain timed out): drop them without a word. */
-    for (;;) {
-        sg_map_entry *e = sg_map_first(&s->conns, &i);
-        if (!e)
-            break;
-        sg_conn *c = e->value;
-        c->leave_reason = "shutdown";
-        sg_conn_abort(c, "exit");
-    }
-    on_reaper(-1, 0, s);
-    sg_conn_wheel_free(s);
+    /* Remaining connections (drain timed out): drop them without a word,
+     * and release them while the session is still there to hear it. */
+    sg_conn_abort_all(&s->conn);
+    sg_conns_free(s->conns);
+    s->conn.table = s->conns = NULL;
     unguard_listeners(s);
     if (libevent_log == s->log)
         libevent_log = NULL;
@@ -700,17 +652,15 @@ void sg_server_free(sg_server *s)
      * session frees their contexts. */
     sg_bus_free(s->bus);
     sg_session_free(s->session);
-    sg_map_free(&s->conns);
-    sg_map_free(&s->ip_counts);
-    struct event *evs[] = {s->reaper, s->lease_timer, s->drain_timer, s->drain_tick, s->probe_timer,
+    struct event *evs[] = {s->lease_timer, s->drain_timer, s->drain_tick, s->probe_timer,
                            s->sig_term, s->sig_int, s->sig_hup};
     for (size_t k = 0; k < sizeof evs / sizeof *evs; k++)
         if (evs[k])
             event_free(evs[k]);
-    if (s->ssl)
-        SSL_CTX_free(s->ssl);
+    if (s->conn.ssl)
+        SSL_CTX_free(s->conn.ssl);
     if (s->tracer)
         sg_tracer_free(s->tracer, 1000); /* after the loop returned: one last bounded flush */
-    sg_auth_free(s->auth);
+    sg_auth_free(s->conn.auth);
     free(s);
 }

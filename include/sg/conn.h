@@ -2,98 +2,82 @@
 /* conn: one client connection's transport: the bounded HTTP upgrade, the
  * RFC 6455 frame layer, heartbeats, local rate limits and the output bound.
  * It is the only user of the connection's bufferevent. Messages that pass
- * go to session.h, which writes back through sg_conn_send_text.
+ * go to session.h, which writes back through the sg_session_io below
+ * (sg_conn_send_by_id, sg_conn_close_by_id).
+ *
+ * A connection's bookkeeping (id, registry, caps, deferred list, timer) is
+ * a row of the connection table (conns.h); what else it needs it finds in
+ * sg_conn_deps, which its creator (the server) owns and keeps current.
  *
  * Nothing here frees a connection, or tells the session it went, inside a
- * call that may come from the session: sg_conn_send_text over the output
- * bound and sg_conn_close only mark the connection; its memberships are
- * released (sg_session_close) and the struct freed by the server's deferred
- * pass, at the top of the event loop. */
+ * call that may come from the session: a send over the output bound and a
+ * close only mark the connection; its memberships are released
+ * (sg_session_close) and the struct freed by the table's deferred pass, at
+ * the top of the event loop. */
 #ifndef SG_CONN_H
 #define SG_CONN_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <openssl/ssl.h>
 
 #include "sg/auth.h"
-#include "sg/proto.h"
+#include "sg/bus.h"
+#include "sg/config.h"
+#include "sg/conns.h"
+#include "sg/log.h"
+#include "sg/metrics.h"
+#include "sg/session.h"
 #include "sg/trace.h"
-#include "sg/ws_frame.h"
 
-struct bufferevent;
-struct event;
-struct sg_server;
-struct sg_conn_held;
+struct event_base;
+typedef struct sg_conn sg_conn;
 
-enum { SG_CONN_HANDSHAKE = 0, SG_CONN_HTTP_CLOSING, SG_CONN_OPEN, SG_CONN_CLOSING, SG_CONN_DEAD };
+/* What every connection shares, owned by whoever creates the connections
+ * (none of it is freed here). Connections read it at the moment they need
+ * it, so what the owner swaps (auth and ssl on SIGHUP, draining) applies to
+ * every handshake from then on; a connection already accepted or admitted
+ * keeps its SSL (which holds its own reference to its SSL_CTX) and its
+ * claims. */
+typedef struct sg_conn_deps {
+    struct event_base *base;
+    const sg_config *cfg;
+    sg_log *log;
+    sg_metrics *metrics;
+    sg_tracer *tracer;    /* NULL: tracing off */
+    sg_bus *bus;          /* read only: whether Redis is reachable */
+    sg_session *session;
+    sg_conns *table;      /* the connection table: one row per connection */
+    sg_auth *auth;        /* the JWT verifier for new handshakes */
+    SSL_CTX *ssl;         /* NULL: plain ws:// */
+    bool draining;        /* new handshakes refused; closes say "shutdown" */
+} sg_conn_deps;
 
-typedef struct sg_bucket {
-    double tokens;
-    uint64_t last_ms;
-} sg_bucket;
+/* The table's callbacks for connections (sg_conns_new): the deferred pass
+ * tells the session a connection went and frees a dead one; the timer
+ * runs the connection's handshake deadline, heartbeat and close wait. */
+extern const sg_conns_ops sg_conn_table_ops;
 
-typedef struct sg_conn {
-    uint64_t id;
-    struct sg_server *srv;
-    struct sg_conn *next_dead;
-    struct bufferevent *bev;
-    /* The connection's one timer, on the server's wheel (conn.c) rather than
-     * a libevent timer each: no event allocation per connection, and O(1)
-     * re-arming for the heartbeat that every idle connection runs. */
-    struct sg_conn *wnext, **wpprev; /* wpprev NULL: not armed */
-    uint64_t wdue_ms;
-    uint8_t state;
-    uint8_t timer_phase;   /* what the timer is waiting for */
-    bool tls;
-    bool close_rcvd;       /* the client's close frame arrived */
-    bool lost;             /* TCP dropped or heartbeat reaped: resumable */
-    bool ping_outstanding;
-    bool drop_message;     /* a frame of the message being received was over the local rate limit */
-    bool drop_control;     /* the control frame being received is over it */
-    bool half_closed;      /* our side ended (FIN sent) in a lingering close */
-    bool admitted;         /* counted against the connection caps (not refused at accept) */
-    uint16_t close_code;   /* the code we sent or received, for logs and leave reasons */
-    const char *leave_reason; /* peer_left reason when the connection goes */
-    sg_ws_parser ws;
-    uint32_t head_scanned; /* bytes of the upgrade head already scanned (sg_http_scan_head) */
-    uint32_t linger_bytes; /* input discarded since our close (conn.c's LINGER_MAX_BYTES) */
-    uint64_t opened_ms, last_rx_ms, ping_sent_ms;
-    sg_bucket frames, bytes;
-    uint64_t over_since_ms, last_drop_ms;
-    bool in_session;       /* the session knows it: sg_session_close is still owed */
-    bool deferred;         /* on the server's deferred list */
-    char user[17];         /* keyed hash of sub for logs and spans */
-    char ip[46];           /* INET6_ADDRSTRLEN; for the per-IP cap only; never logged */
-    /* A verified handshake waiting for the revocation check (PROTOCOL.md
-     * §9): its claims and its 101 response, until Redis answers. */
-    struct sg_conn_held *held;
-    sg_span_ctx trace_parent; /* from the handshake's traceparent header, if any */
-    sg_span_ctx span;         /* the connection's span (valid when tracing is on) */
-    uint64_t opened_us;       /* wall clock, for spans */
-} sg_conn;
+/* Accepts a socket (plain or TLS as d->ssl says). d must outlive the
+ * connection. */
+void sg_conn_accept(const sg_conn_deps *d, int fd, const char *ip);
 
-/* Accepts a socket (plain or TLS per server config). */
-void sg_conn_accept(struct sg_server *s, int fd, const char *ip);
+/* The session's io (sg_session_io), ud = the sg_conn_deps. Neither frees a
+ * connection nor calls into the session.
+ * send: one text message. False when the connection is gone or takes no
+ * more frames: it is closing, or the output bound would be exceeded (then it
+ * is cut: marked dead, released by the deferred pass).
+ * close: a close frame with code and reason, then the wait for the
+ * client's (a connection that is gone or not open is left alone). */
+bool sg_conn_send_by_id(void *deps, uint64_t conn_id, const char *data, size_t len);
+void sg_conn_close_by_id(void *deps, uint64_t conn_id, uint16_t code, const char *reason);
 
-/* Sends one text message. Returns false when the connection takes no more
- * frames: it is closing, or the output bound would be exceeded (then it is
- * cut: marked dead, released by the deferred pass). */
-bool sg_conn_send_text(sg_conn *c, const char *data, size_t len);
-/* Sends a close frame with code and reason, then waits for the client's.
- * The session hears of it from the deferred pass. */
-void sg_conn_close(sg_conn *c, uint16_t code, const char *reason);
-/* sg_conn_close by id (the session's io.close, for a revoked user's
- * connections); server is the sg_server. A connection that is gone or not
- * open is left alone. */
-void sg_conn_close_by_id(void *server, uint64_t conn_id, uint16_t code, const char *reason);
-/* Ends the connection now (no close handshake), e.g. a dead peer. The
- * struct stays valid until the deferred pass. */
-void sg_conn_abort(sg_conn *c, const char *why);
-/* The deferred pass's work for one connection: tells the session it went
- * (once), and frees the struct when it is dead. Returns true when freed. */
-bool sg_conn_release(sg_conn *c);
-/* Frees the server's timer wheel, once every connection is freed. */
-void sg_conn_wheel_free(struct sg_server *s);
+/* The drain (d->draining set by the caller): open connections get close
+ * 1001, handshakes in progress are dropped. */
+void sg_conn_close_all(const sg_conn_deps *d);
+/* At exit: ends every connection now, without a word, and runs the
+ * deferred pass so that each is released and freed. */
+void sg_conn_abort_all(const sg_conn_deps *d);
 
 #endif
