@@ -124,25 +124,6 @@ static void defer(sg_conn *c) { sg_conns_defer(c->d->table, &c->row); }
 
 static void refuse(sg_conn *c, int status, const char *code, const char *message, const char *extra);
 
-/* Whether ip is one of SIGNAL_TRUSTED_PROXIES (whose clients are counted by
- * their X-Forwarded-For address once the request head is read). */
-static bool is_trusted_proxy(const sg_config *cfg, const char *ip)
-{
-    size_t iplen = strlen(ip);
-    for (const char *p = cfg->trusted_proxies; p && *p;) {
-        const char *e = strchr(p, ',');
-        size_t n = e ? (size_t)(e - p) : strlen(p);
-        while (n && *p == ' ') { p++; n--; }
-        while (n && p[n - 1] == ' ') n--;
-        if (n == iplen && memcmp(p, ip, n) == 0)
-            return true;
-        if (!e)
-            break;
-        p = e + 1;
-    }
-    return false;
-}
-
 void sg_conn_accept(const sg_conn_deps *d, int fd, const char *ip)
 {
     sg_conn *c = sg_xcalloc(1, sizeof *c);
@@ -170,7 +151,7 @@ void sg_conn_accept(const sg_conn_deps *d, int fd, const char *ip)
      * is exempt from the per-IP one: what it carries is counted per client
      * once the head says who the client is (apply_forwarded_for). */
     const char *cap = sg_conns_cap_at_accept(d->table, c->row.ip,
-                                             d->cfg->max_connections_per_ip && is_trusted_proxy(d->cfg, c->row.ip));
+                                             d->cfg->max_connections_per_ip && sg_ip_in_list(c->row.ip, d->cfg->trusted_proxies));
     if (cap) {
         /* A 503 without reading the head, then the lingering close: the
          * client reads why instead of a reset. */

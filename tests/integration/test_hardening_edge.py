@@ -12,6 +12,7 @@ from outside against a real gateway:
 tests/unit/test_static_files.c.)
 """
 
+import socket
 import time
 
 import sg_helpers as h
@@ -60,6 +61,30 @@ def test_forwarded_for_proxy_line_decides_not_the_clients(gateway_factory):
     finally:
         for w in held:
             w.close()
+
+
+def test_a_proxy_written_in_another_form_is_trusted_at_accept_too(gateway_factory):
+    """SIGNAL_TRUSTED_PROXIES names the proxy as ::ffff:127.0.0.1, the same
+    address the socket shows as 127.0.0.1. The proxy's connections must not
+    be counted against its own address while their heads are on their way
+    (accept compared the text exactly, the header check as addresses: two
+    handshakes in progress through the proxy filled a cap of 2 and a third
+    client was refused)."""
+    gw = gateway_factory.start(env={"SIGNAL_MAX_CONNECTIONS_PER_IP": "2",
+                                    "SIGNAL_TRUSTED_PROXIES": "::ffff:127.0.0.1"})
+    pending = [socket.create_connection((gw.host, gw.port), timeout=5) for _ in range(2)]
+    held = []
+    try:
+        # the two heads not sent yet are the proxy's, not a client's: a
+        # third connection through it is admitted and counted for its client
+        held.append(h.RawWS.connect(gw, tok("a"), headers=via_proxy("", "10.4.4.1")))
+        held.append(h.RawWS.connect(gw, tok("a"), headers=via_proxy("", "10.4.4.1")))
+        _assert_503(handshake(gw, token=tok("a"), headers=via_proxy("", "10.4.4.1")))
+    finally:
+        for w in held:
+            w.close()
+        for sock in pending:
+            sock.close()
 
 
 def test_forwarded_for_invalid_last_entry_keeps_the_proxy_address(gateway_factory):
