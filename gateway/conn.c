@@ -150,8 +150,8 @@ void sg_conn_accept(const sg_conn_deps *d, int fd, const char *ip)
     /* The caps, checked before a byte is read. A trusted proxy's own address
      * is exempt from the per-IP one: what it carries is counted per client
      * once the head says who the client is (apply_forwarded_for). */
-    const char *cap = sg_conns_cap_at_accept(d->table, c->row.ip,
-                                             d->cfg->max_connections_per_ip && sg_ip_in_list(c->row.ip, d->cfg->trusted_proxies));
+    bool proxy = d->cfg->max_connections_per_ip && sg_ip_in_list(c->row.ip, d->cfg->trusted_proxies);
+    const char *cap = sg_conns_cap_at_accept(d->table, c->row.ip, proxy);
     if (cap) {
         /* A 503 without reading the head, then the lingering close: the
          * client reads why instead of a reset. */
