@@ -1356,6 +1356,7 @@ static void report(void)
         json_num("gateway_cpu_s", gc, true);
         json_num("gateway_cpu_util", gc >= 0 ? gc / hold : -1, true);
         double rc = r_cpu0 >= 0 && r_cpu1 >= 0 && hold > 0 ? (r_cpu1 - r_cpu0) : -1;
+        json_num("redis_cpu_s", rc, true); /* the util rounds an idle Redis to 0.001 of a core */
         json_num("redis_cpu_util", rc >= 0 ? rc / hold : -1, true);
         json_num("machine_cpu_util", m_cpu0 >= 0 && m_cpu1 >= 0 && hold > 0 ? (m_cpu1 - m_cpu0) / hold : -1, true);
         printf("\"pings\":%" PRIu64 ",\"pongs\":%" PRIu64 ",", pings_rx, pongs_tx);
