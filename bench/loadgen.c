@@ -20,6 +20,14 @@
  * Every relayed message carries "lgt=<16-digit µs monotonic time> lgs=<seq>"
  * inside its candidate string or SDP; the receiver computes latency from it
  * and checks per-direction order. Output: exactly one JSON line on stdout.
+ *
+ * --proto peerjs speaks the PeerJS server's protocol (npm `peer`) instead,
+ * for a side-by-side comparison: WebSocket GET <path>?key=K&id=<peer>&token=T,
+ * no JWT; the server's {"type":"OPEN"} stands for "joined"; a message
+ * {"type":"CANDIDATE"|"OFFER","payload":{...},"dst":<peer>} arrives as
+ * {"type":...,"src":...,"dst":...,"payload":...}; EXPIRE (a message queued for
+ * a peer that never came) counts as a relay error of the sender. Pairs,
+ * rooms, stamps, order checks and the output are the same.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -61,12 +69,16 @@
 
 enum { MODE_CLOSED, MODE_OPEN, MODE_CONN };
 enum { KIND_CANDIDATE, KIND_OFFER };
+enum { PROTO_SIGNAL, PROTO_PEERJS };
 
 static struct {
     int mode;
+    int proto;
     bool tls;
     char host[64];
     int port;
+    char path[128];         /* of the upgrade request */
+    const char *peerjs_key;
     const char *secret;
     const char *issuer, *audience;
     int pairs;
@@ -91,7 +103,7 @@ static struct {
     const char *dump;       /* latency samples as "<ms since start> <latency µs>" lines */
     bool verbose;
 } O = {
-    .mode = MODE_CLOSED, .host = "127.0.0.1", .port = 8443, .pairs = 50, .window = 1,
+    .mode = MODE_CLOSED, .proto = PROTO_SIGNAL, .peerjs_key = "peerjs", .host = "127.0.0.1", .port = 8443, .pairs = 50, .window = 1,
     .rate = 1000, .poisson = true, .kind = KIND_CANDIDATE, .size = 0, .duration = 5,
     .warmup = 1, .drain = 2, .setup_timeout = 120, .concurrency = 128, .conns = 1000,
     .hold = 10, .settle = 1, .msg_timeout = 2,
@@ -437,9 +449,9 @@ struct pair {
 static struct event_base *base;
 static SSL_CTX *ssl_ctx;
 static struct sockaddr_in dst;
+static char runid[16];
 static pair *pairs;
 static int npairs;
-static char runid[16];
 
 static int n_setup_active, n_ready, n_failed, next_setup;
 static uint64_t t_begin_setup, t_all_ready;
@@ -552,7 +564,26 @@ static void build_template(pair *pr, int side)
     size_t target = (size_t)O.size;
     char head[512], tail[256];
     int hl, tl;
-    if (O.kind == KIND_CANDIDATE) {
+    if (O.proto == PROTO_PEERJS && O.kind == KIND_CANDIDATE) {
+        /* What the PeerJS client sends (its negotiator's candidate message). */
+        hl = snprintf(head, sizeof head,
+                      "{\"type\":\"CANDIDATE\",\"payload\":{\"candidate\":{\"candidate\":"
+                      "\"candidate:1 1 udp 2122260223 192.0.2.7 %u typ host lgt=",
+                      50000 + pr->idx % 10000);
+        tl = snprintf(tail, sizeof tail,
+                      "\",\"sdpMid\":\"0\",\"sdpMLineIndex\":0},\"type\":\"media\",\"connectionId\":"
+                      "\"mc_lg%u\"},\"dst\":\"%s\"}",
+                      pr->idx, to);
+    } else if (O.proto == PROTO_PEERJS) {
+        hl = snprintf(head, sizeof head,
+                      "{\"type\":\"OFFER\",\"payload\":{\"sdp\":{\"type\":\"offer\",\"sdp\":"
+                      "\"v=0\\r\\no=- 4611731400430051336 2 IN IP4 127.0.0.1\\r\\ns=-\\r\\nt=0 0\\r\\n"
+                      "a=group:BUNDLE 0 1\\r\\na=msid-semantic: WMS\\r\\na=x-lg:lgt=");
+        tl = snprintf(tail, sizeof tail,
+                      "\\r\\n\"},\"type\":\"media\",\"connectionId\":\"mc_lg%u\",\"browser\":\"chrome\"},"
+                      "\"dst\":\"%s\"}",
+                      pr->idx, to);
+    } else if (O.kind == KIND_CANDIDATE) {
         hl = snprintf(head, sizeof head,
                       "{\"type\":\"candidate\",\"roomId\":\"%s\",\"from\":\"%s\",\"to\":\"%s\",\"candidate\":"
                       "{\"candidate\":\"candidate:1 1 udp 2122260223 192.0.2.7 %u typ host lgt=",
@@ -674,7 +705,38 @@ static void pair_ready(pair *pr)
     start_more_setups();
 }
 
-/* A message from the gateway. */
+/* What a server message is, whichever protocol: its "type". */
+enum { MSG_OTHER, MSG_RELAY, MSG_ERROR, MSG_JOINED, MSG_EXPIRED };
+
+static bool type_is(const char *t, size_t rest, const char *name)
+{
+    size_t n = strlen(name);
+    return rest > n && memcmp(t, name, n) == 0 && t[n] == '"';
+}
+
+static int classify(const char *t, size_t rest)
+{
+    if (O.proto == PROTO_PEERJS) {
+        if (type_is(t, rest, "CANDIDATE") || type_is(t, rest, "OFFER") || type_is(t, rest, "ANSWER"))
+            return MSG_RELAY;
+        if (type_is(t, rest, "OPEN"))
+            return MSG_JOINED;
+        if (type_is(t, rest, "EXPIRE"))
+            return MSG_EXPIRED;
+        if (type_is(t, rest, "ERROR") || type_is(t, rest, "ID-TAKEN"))
+            return MSG_ERROR;
+        return MSG_OTHER; /* LEAVE, HEARTBEAT */
+    }
+    if (type_is(t, rest, "relay"))
+        return MSG_RELAY;
+    if (type_is(t, rest, "error"))
+        return MSG_ERROR;
+    if (type_is(t, rest, "joined"))
+        return MSG_JOINED;
+    return MSG_OTHER; /* peer_joined, peer_left, left */
+}
+
+/* A message from the server. */
 static void on_text(conn *c, const uint8_t *m, size_t n)
 {
     uint64_t now = now_us();
@@ -688,7 +750,8 @@ static void on_text(conn *c, const uint8_t *m, size_t n)
     t += 8;
     size_t rest = n - (size_t)(t - s);
     pair *pr = c->pr;
-    if (rest >= 6 && memcmp(t, "relay\"", 6) == 0) {
+    int what = classify(t, rest);
+    if (what == MSG_RELAY) {
         const char *mk = memmem(t, rest, "lgt=", 4);
         if (!mk || (size_t)(s + n - mk) < 4 + 16 + 5 + 10) {
             count_errs("foreign_relay");
@@ -724,9 +787,12 @@ static void on_text(conn *c, const uint8_t *m, size_t n)
                 send_relay(d, now_us());
         return;
     }
-    if (rest >= 6 && memcmp(t, "error\"", 6) == 0) {
-        const char *k = memmem(t, rest, "\"code\":\"", 8);
-        if (k) {
+    if (what == MSG_ERROR || what == MSG_EXPIRED) {
+        const char *k = O.proto == PROTO_SIGNAL ? memmem(t, rest, "\"code\":\"", 8) : NULL;
+        if (O.proto == PROTO_PEERJS) {
+            count_errs(what == MSG_EXPIRED ? "peerjs_expire" : type_is(t, rest, "ERROR") ? "peerjs_error"
+                                                                                          : "peerjs_id_taken");
+        } else if (k) {
             k += 8;
             const char *e = memchr(k, '"', (size_t)(s + n - k));
             count_err(k, e ? (size_t)(e - k) : 0);
@@ -747,7 +813,7 @@ static void on_text(conn *c, const uint8_t *m, size_t n)
         }
         return;
     }
-    if (rest >= 7 && memcmp(t, "joined\"", 7) == 0) {
+    if (what == MSG_JOINED) {
         if (c->state != C_JOINING)
             return;
         c->state = C_READY;
@@ -757,7 +823,6 @@ static void on_text(conn *c, const uint8_t *m, size_t n)
             pair_ready(pr);
         return;
     }
-    /* peer_joined, peer_left, left: nothing to do */
 }
 
 static int handle_frames(conn *c)
@@ -878,7 +943,10 @@ static void on_read(struct bufferevent *bev, void *arg)
             return;
         }
         evbuffer_drain(in, hl);
-        send_join(c);
+        if (O.proto == PROTO_PEERJS)
+            c->state = C_JOINING; /* registered: the server's OPEN is the "joined" */
+        else
+            send_join(c);
     }
     if (c->state >= C_JOINING && c->state != C_DEAD)
         handle_frames(c);
@@ -911,11 +979,20 @@ static void send_upgrade(conn *c)
     }
     b64std(c->key, raw, 16);
     pair *pr = c->pr;
-    evbuffer_add_printf(bufferevent_get_output(c->bev),
-                        "GET /ws HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                        "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
-                        "Authorization: Bearer %s\r\n\r\n",
-                        O.host, O.port, c->key, pr->token[c->side]);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (O.proto == PROTO_PEERJS)
+        /* PeerJS: the peer id and a client-chosen token in the query, no credentials. */
+        evbuffer_add_printf(out, "GET %s?key=%s&id=%s&token=lg%s%u HTTP/1.1\r\n", O.path, O.peerjs_key,
+                            pr->peer[c->side], runid, pr->idx);
+    else
+        evbuffer_add_printf(out, "GET %s HTTP/1.1\r\n", O.path);
+    evbuffer_add_printf(out,
+                        "Host: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n",
+                        O.host, O.port, c->key);
+    if (O.proto == PROTO_SIGNAL)
+        evbuffer_add_printf(out, "Authorization: Bearer %s\r\n", pr->token[c->side]);
+    evbuffer_add(out, "\r\n", 2);
 }
 
 static void on_connected(evutil_socket_t fd, short what, void *arg)
@@ -1261,7 +1338,8 @@ static void report(void)
     if (O.label)
         printf("\"label\":\"%s\",", O.label);
     static const char *modes[] = {"closed", "open", "conn"};
-    printf("\"mode\":\"%s\",\"transport\":\"%s\",", modes[O.mode], O.tls ? "wss" : "ws");
+    printf("\"mode\":\"%s\",\"proto\":\"%s\",\"transport\":\"%s\",", modes[O.mode],
+           O.proto == PROTO_PEERJS ? "peerjs" : "signal", O.tls ? "wss" : "ws");
     printf("\"setup_s\":%.3f,", t_all_ready ? (t_all_ready - t_begin_setup) / 1e6 : -1.0);
     if (O.mode == MODE_CONN) {
         long target = (long)npairs * 2;
@@ -1279,6 +1357,7 @@ static void report(void)
         json_num("gateway_cpu_s", gc, true);
         json_num("gateway_cpu_util", gc >= 0 ? gc / hold : -1, true);
         double rc = r_cpu0 >= 0 && r_cpu1 >= 0 && hold > 0 ? (r_cpu1 - r_cpu0) : -1;
+        json_num("redis_cpu_s", rc, true); /* the util rounds an idle Redis to 0.001 of a core */
         json_num("redis_cpu_util", rc >= 0 ? rc / hold : -1, true);
         json_num("machine_cpu_util", m_cpu0 >= 0 && m_cpu1 >= 0 && hold > 0 ? (m_cpu1 - m_cpu0) / hold : -1, true);
         printf("\"pings\":%" PRIu64 ",\"pongs\":%" PRIu64 ",", pings_rx, pongs_tx);
@@ -1367,6 +1446,9 @@ static void usage(void)
     fprintf(stderr,
             "usage: loadgen --url ws[s]://HOST:PORT/ws --secret S [options]\n"
             "  --mode closed|open|conn   (default closed)\n"
+            "  --proto signal|peerjs     the gateway's protocol (default) or the PeerJS server's\n"
+            "                            (--url ws://HOST:PORT/peerjs, --peerjs-key K, default peerjs;\n"
+            "                            --secret is not needed)\n"
             "  --pairs P                 client pairs, one room each (default 50)\n"
             "  --window W                closed loop: messages in flight per direction (default 1)\n"
             "  --rate R                  open loop: total messages per second (default 1000)\n"
@@ -1413,6 +1495,11 @@ static void parse_url(const char *u)
     O.port = atoi(colon + 1);
     if (O.port <= 0 || O.port > 65535)
         die("--url: bad port");
+    const char *path = strchr(colon, '/');
+    if (path && strlen(path) >= sizeof O.path)
+        die("--url: path too long");
+    /* The gateway's path unless the URL names one (PeerJS: /peerjs). */
+    snprintf(O.path, sizeof O.path, "%s", path && path[1] ? path : O.proto == PROTO_PEERJS ? "/peerjs" : "/ws");
 }
 
 static void parse_src_ips(const char *s)
@@ -1438,7 +1525,8 @@ int main(int argc, char **argv)
         {"setup-timeout", 1, 0, 'T'}, {"gateway-pid", 1, 0, 'g'}, {"redis-pid", 1, 0, 'R'},
         {"iss", 1, 0, 'i'},        {"aud", 1, 0, 'A'},        {"label", 1, 0, 'l'},
         {"seed", 1, 0, 'e'},       {"verbose", 0, 0, 'v'},    {"settle", 1, 0, 'L'},
-        {"dump", 1, 0, 'P'},       {"admin", 1, 0, 'M'},      {"msg-timeout", 1, 0, 'O'},       {"help", 0, 0, 'h'},       {0, 0, 0, 0},
+        {"dump", 1, 0, 'P'},       {"admin", 1, 0, 'M'},      {"msg-timeout", 1, 0, 'O'},
+        {"proto", 1, 0, 'o'},      {"peerjs-key", 1, 0, 'J'},       {"help", 0, 0, 'h'},       {0, 0, 0, 0},
     };
     const char *url = NULL;
     uint64_t seed = 0;
@@ -1498,9 +1586,17 @@ int main(int argc, char **argv)
         case 'P': O.dump = optarg; break;
         case 'M': O.admin = optarg; break;
         case 'O': O.msg_timeout = atof(optarg); break;
+        case 'o':
+            if (strcmp(optarg, "signal") == 0) O.proto = PROTO_SIGNAL;
+            else if (strcmp(optarg, "peerjs") == 0) O.proto = PROTO_PEERJS;
+            else die("--proto: signal or peerjs");
+            break;
+        case 'J': O.peerjs_key = optarg; break;
         default: usage();
         }
     }
+    if (O.proto == PROTO_PEERJS && !O.secret)
+        O.secret = "unused"; /* PeerJS has no tokens to mint */
     if (!url || !O.secret)
         usage();
     parse_url(url);
