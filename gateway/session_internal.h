@@ -176,6 +176,7 @@ struct sg_session {
     sg_map rooms;        /* room id -> sg_local_room */
     sg_map waiters;      /* channel -> sg_waitlist: joins waiting for their subscription */
     size_t renew_cursor; /* bucket of rooms where the incremental TTL renewal goes on */
+    uint64_t renew_ms;   /* the last renewal pass (monotonic) */
     uint64_t heartbeat_ms;  /* last heartbeat sent (monotonic) */
     bool heartbeat_ok;   /* one came back: a "reaped" answer means it */
     bool reasserted;     /* a silent re-assert went since the last heartbeat reply */

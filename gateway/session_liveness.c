@@ -428,13 +428,18 @@ void reassert(sg_session *s, bool silent)
 }
 
 /* The keys of a room live SG_ROOM_TTL_MS; each is renewed once a third of
- * that, a slice of the rooms per tick so there is no burst. */
+ * that, a slice of the rooms per pass so there is no burst. A pass every
+ * RENEW_PASS_MS, not every tick: with few rooms a tick's slice is one room,
+ * and a call per room costs Redis more than the rooms in it (32 to a call
+ * otherwise); being up to a pass late is nothing against the TTL. */
+#define RENEW_PASS_MS 10000
 static void renew_ttls(sg_session *s, uint64_t now)
 {
     size_t total = s->rooms.count;
-    if (!total)
+    if (!total || now - s->renew_ms < RENEW_PASS_MS)
         return;
-    const uint64_t period = SG_ROOM_TTL_MS / 3, tick = SG_SESSION_TICK_MS;
+    s->renew_ms = now;
+    const uint64_t period = SG_ROOM_TTL_MS / 3, tick = RENEW_PASS_MS;
     size_t per_tick = (size_t)(total * tick / period) + 1, done = 0;
     reassert_batch b = {.silent = false};
     sg_buf_init(&b.arena);

@@ -211,9 +211,18 @@ local function buffer_relay(room, peer, frame, max_count, max_bytes, ttl_ms)
 end
 
 -- The buffered relays after last_seq, as {seq, frame, seq, frame...}.
+-- The entries' seqs are consecutive up to the peer's current one (the
+-- oldest trimmed first), so the ones after last_seq are the newest
+-- cur - last_seq: read only those, never the whole buffer.
 local function buffered_after(room, peer, last_seq)
   local out = {}
-  for _, e in ipairs(redis.call('XRANGE', rkey(room, 'buf:' .. peer), '-', '+')) do
+  local want = tonumber(redis.call('HGET', room.seq, peer) or '0') - last_seq
+  if want <= 0 then
+    return out
+  end
+  local newest = redis.call('XREVRANGE', rkey(room, 'buf:' .. peer), '+', '-', 'COUNT', want)
+  for i = #newest, 1, -1 do
+    local e = newest[i]
     local seq = tonumber(string.match(e[1], '%-(%d+)$'))
     if seq > last_seq then
       out[#out + 1] = tostring(seq)
