@@ -122,11 +122,8 @@ def test_kick_of_a_peer_in_its_grace_period_ends_its_resumption(gateway_factory,
 
     async def main():
         async with Clients() as c:
-            a = await c.connect(g1.ws_url, tok("alice"), name="a")
-            b = await c.connect(g2.ws_url, tok("bob"), name="b")
-            await a.join(room, pa)
-            token = (await b.join(room, pb))["resumeToken"]
-            await a.recv_type("peer_joined", peerId=pb)
+            a, b = await c.pair(g1, g2, room, pa, pb)
+            token = b.joined[room]["resumeToken"]
             await b.send(h.offer(room, pb, pa))
             await a.recv_type("relay")
             await a.send(h.offer(room, pa, pb))  # buffered for b
@@ -376,10 +373,7 @@ def test_the_documented_calls_work_as_plain_fcall(gateway_factory, redis):
 
     async def main():
         async with Clients() as c:
-            a = await c.connect(g1.ws_url, tok("alice"), name="a")
-            b = await c.connect(g1.ws_url, tok("bob"), name="b")
-            await a.join(room, pa)
-            await b.join(room, pb)
+            a, b = await c.pair(g1, g1, room, pa, pb)
             assert redis("FCALL", "signal_kick", 3, *k, room, pb, "") == 1
             m = await b.expect_error("kicked", room=room)
             assert m["message"] == "removed from the room by the application"
@@ -413,11 +407,7 @@ def test_the_limited_acl_user_can_control_and_nothing_else(gateway_factory, redi
 
     async def main():
         async with Clients() as c:
-            a = await c.connect(g1.ws_url, tok("alice"), name="a")
-            b = await c.connect(g1.ws_url, tok("bob"), name="b")
-            await a.join(room, pa)
-            await b.join(room, pb)
-            await a.recv_type("peer_joined", peerId=pb)
+            a, b = await c.pair(g1, g1, room, pa, pb)
             rc, out, err = await asyncio.to_thread(control, url, "kick", "--room", room, "--peer", pb)
             assert rc == 0, (rc, out, err)
             await b.expect_error("kicked", room=room)
