@@ -185,10 +185,12 @@ def rt_hash(i, gen=0):
 
 
 def gcra(rate, burst):
-    """gateway/ops.c gcra(): interval and tolerance in ms, "%.17g"."""
-    iv = 1000.0 / rate if rate > 0 else 0.0
-    tol = iv * (burst - 1) if rate > 0 and burst > 1 else 0.0
-    return "%.17g" % iv, "%.17g" % tol
+    """gateway/ops.c gcra(): interval and tolerance in whole microseconds."""
+    if rate <= 0:
+        return "0", "0"
+    iv = max(1, int(1e6 / rate + 0.5))
+    tol = iv * int(burst - 1) if burst > 1 else 0
+    return "%d" % iv, "%d" % tol
 
 
 class New:

@@ -16,14 +16,21 @@ const char *const sg_fn_names[SG_FN_COUNT] = {
 
 #define NODES_KEY "signal:nodes"
 
-/* A token bucket of RATE/BURST as a GCRA cell: one arrival every 1000/RATE
- * ms, BURST-1 of them early at most (lua/relay.lua). */
+/* A token bucket of RATE/BURST as a GCRA cell: one arrival every 1e6/RATE
+ * µs, BURST-1 of them early at most (lua/relay.lua). Whole microseconds:
+ * the function then parses and writes integers only (a 17-digit fraction
+ * costs Redis a strtod and a %.17g per bucket per relay). A rate over 1e6/s
+ * is one arrival per µs, i.e. no limit in practice. */
 static void gcra(char interval[32], char tolerance[32], const sg_rate *r)
 {
-    double iv = r->rate > 0 ? 1000.0 / r->rate : 0;
-    double tol = r->rate > 0 && r->burst > 1 ? iv * (r->burst - 1) : 0;
-    snprintf(interval, 32, "%.17g", iv);
-    snprintf(tolerance, 32, "%.17g", tol);
+    long long iv = 0, tol = 0;
+    if (r->rate > 0) {
+        double us = 1e6 / r->rate;
+        iv = us < 1 ? 1 : (long long)(us + 0.5);
+        tol = r->burst > 1 ? iv * (long long)(r->burst - 1) : 0;
+    }
+    snprintf(interval, 32, "%lld", iv);
+    snprintf(tolerance, 32, "%lld", tol);
 }
 
 void sg_ops_init(sg_ops *o, sg_bus *bus, const sg_config *cfg)

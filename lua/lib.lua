@@ -70,6 +70,12 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Microseconds (2^53 is far: exact in a Lua number).
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
 local function envelope(holder, kind, frame, meta)
   return holder .. '\t' .. kind .. '\t0\t' .. (meta or '-') .. '\t0\n' .. frame
 end

@@ -6,9 +6,10 @@
 --   ARGV: room from to holder kind ts_us traceparent frame
 --         peer_interval peer_tolerance cand_interval cand_tolerance
 --         room_interval room_tolerance resume_ms buf_max buf_bytes ttl_ms
--- Buckets are GCRA cells (one number each): a bucket of RATE/BURST has an
--- interval of 1000/RATE ms and a tolerance of (BURST-1) intervals; an
--- interval of 0 turns it off.
+-- Buckets are GCRA cells (one integer each, the theoretical arrival time in
+-- µs): a bucket of RATE/BURST has an interval of 1e6/RATE µs and a
+-- tolerance of (BURST-1) intervals; an interval of 0 turns it off. Cells
+-- are written as integers ('%d'): no fraction to format or parse.
 -- Returns {"ok", "delivered"|"buffered", seq} or {"error", code} or
 -- {"rate_limited", scope}.
 register('relay', function(keys, args)
@@ -36,7 +37,7 @@ register('relay', function(keys, args)
   end
   local ttl_ms = tonumber(args[18])
   if #fields > 0 then
-    local now = now_ms()
+    local now = now_us()
     local tats = redis.call('HMGET', room.buckets, unpack(fields))
     local set, fresh = {}, true
     for i = 1, #fields do
@@ -44,7 +45,7 @@ register('relay', function(keys, args)
       fresh = fresh and not tats[i]
       if tat < now then tat = now end
       if tat - now > tolerances[i] then return {'rate_limited', scopes[i]} end
-      set[2 * i - 1], set[2 * i] = fields[i], tat + intervals[i]
+      set[2 * i - 1], set[2 * i] = fields[i], string.format('%d', tat + intervals[i])
     end
     redis.call('HSET', room.buckets, unpack(set))
     if fresh then redis.call('PEXPIRE', room.buckets, ttl_ms) end
