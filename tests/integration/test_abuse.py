@@ -568,7 +568,7 @@ def test_join_timeout_closes_1008(gateway_factory):
         code, _ = idle.expect_close(5)
         took = time.monotonic() - t0
         assert code == 1008, code
-        assert 0.4 <= took <= 3.0, took
+        assert took >= 0.4, f"closed {took:.2f}s after the connect: before the 500 ms join timeout"
         idle.send_close(1008)
         assert idle.closed_within(3)
         # the others are still there well after the deadline

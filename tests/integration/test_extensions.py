@@ -801,7 +801,8 @@ def test_probe_catches_a_wedged_subscription_and_renews_it(gateway_factory, redi
         t0 = time.monotonic()
         _wait_ready(gw, 503, 10)
         took = time.monotonic() - t0
-        assert 3.5 <= took <= 10, f"503 after {took:.1f}s"
+        # not before the probe went stale (5 s after the last one came back)
+        assert took >= 3.5, f"503 after {took:.1f}s"
         status, body = _readyz(gw)
         assert body["probe_age_ms"] >= 4000 and body["redis"] is True, body
         assert _probe_age(gw) >= 4000
@@ -824,8 +825,7 @@ def test_probe_readyz_503_while_pubsub_is_broken_and_200_when_it_stops(gateway_f
         gw = gateway_factory.start(env={"SIGNAL_REDIS_URL": proxy.url})
         _wait_first_probe(gw)
         proxy.wedged.set()  # every subscriber connection, present and future
-        took = _wait_ready(gw, 503, 10)
-        assert took <= 10
+        _wait_ready(gw, 503, 10)
         # stays unready while the breakage lasts
         for _ in range(10):
             assert _readyz(gw)[0] == 503
