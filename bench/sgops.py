@@ -233,14 +233,13 @@ class New:
         else:
             rates = ["0", "0"] * 3
         return self._fcall("relay", self.keys(room), [room, frm, to, holder, "candidate", "1764000000000000", tp,
-                                                      frame, *rates, resume_ms, self.buf_max, self.buf_bytes,
-                                                      self.ttl_ms])
+                                                      frame, self.settings(resume_ms, rates)])
 
     def floor(self, room, frm, to, holder, frame):
         # Same arguments as the relay: only the work differs.
         return ["FCALL", "sgfloor_relay", 3, *self.keys(room),
                 room, frm, to, holder, "candidate", "1764000000000000", "-", frame,
-                "0", "0", "0", "0", "0", "0", 0, self.buf_max, self.buf_bytes, self.ttl_ms]
+                self.settings(0)]
 
     FLOOR_LIB = (b"#!lua name=sgfloor\n"
                  b"redis.register_function('sgfloor_relay', function(keys, args)\n"
@@ -261,10 +260,15 @@ class New:
 
     def resume(self, room, peer, holder, rt_old, rt_new, last_seq):
         return self._fcall("resume", self.keys(room, True), [room, peer, holder, NODE, SUB, rt_old, rt_new,
-                                                             last_seq, "1", SUBJECT, self.ttl_ms])
+                                                             last_seq, "1", SUBJECT, self.ttl_ms,
+                                                             self.settings(self.resume_ms)])
 
     def catchup(self, room, peer, last_seq):
-        return self._fcall("catchup", self.keys(room), [room, peer, last_seq])
+        return self._fcall("catchup", self.keys(room), [room, peer, last_seq, self.settings(self.resume_ms)])
+
+    def settings(self, resume_ms, rates=("0",) * 6):
+        """gateway/ops.c's relay_settings argument."""
+        return " ".join(map(str, [*rates, resume_ms, self.buf_max, self.buf_bytes, self.ttl_ms]))
 
     def renew(self, rooms):
         """The periodic renewal of rooms this instance holds: reassert, not silent.

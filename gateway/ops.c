@@ -55,8 +55,13 @@ void sg_ops_init(sg_ops *o, sg_bus *bus, const sg_config *cfg)
     FMT(ghost_ms, cfg->lease_ms + SG_BUS_BACKOFF_MAX_MS);
 #undef FMT
     const sg_rate *rs[3] = {&cfg->rate_peer, &cfg->rate_candidate, &cfg->rate_room};
+    char rate[3][2][32];
     for (int i = 0; i < 3; i++)
-        gcra(o->rate[i][0], o->rate[i][1], rs[i]);
+        gcra(rate[i][0], rate[i][1], rs[i]);
+    /* One argument, the same on every call: the function parses it once per
+     * value (relay_settings in lua/lib.lua), not ten numbers per relay. */
+    snprintf(o->relay_settings, sizeof o->relay_settings, "%s %s %s %s %s %s %s %s %s %s", rate[0][0], rate[0][1],
+             rate[1][0], rate[1][1], rate[2][0], rate[2][1], o->resume_ms, o->buf_max, o->buf_bytes, o->ttl_ms);
 }
 
 void sg_room_keys_of(sg_room_keys *k, const char *room)
@@ -100,8 +105,7 @@ int sg_ops_leave(const sg_ops *o, const sg_leave_args *a, uint64_t tag)
 int sg_ops_relay(const sg_ops *o, const sg_relay_args *a, uint64_t tag)
 {
     const char *argv[] = {a->room, a->from, a->to, a->holder, a->kind, a->ts_us, a->traceparent, a->frame,
-                          o->rate[0][0], o->rate[0][1], o->rate[1][0], o->rate[1][1], o->rate[2][0], o->rate[2][1],
-                          o->resume_ms, o->buf_max, o->buf_bytes, o->ttl_ms};
+                          o->relay_settings};
     size_t lens[NARGS(argv)];
     for (int i = 0; i < NARGS(argv); i++)
         lens[i] = i == 3 ? a->holder_len : i == 7 ? a->frame_len : strlen(argv[i]);
@@ -114,7 +118,7 @@ int sg_ops_resume(const sg_ops *o, const sg_resume_args *a, uint64_t tag)
     char last[24];
     snprintf(last, sizeof last, "%llu", (unsigned long long)a->last_seq);
     const char *argv[] = {a->room, a->peer, a->holder, o->node, a->subhash, a->rt_old, a->rt_new, last,
-                          a->claim_ok ? "1" : "0", a->sub, o->ttl_ms};
+                          a->claim_ok ? "1" : "0", a->sub, o->ttl_ms, o->relay_settings};
     return room_call(o, SG_FN_RESUME, a->room, true, NARGS(argv), argv, NULL, tag);
 }
 
@@ -123,7 +127,7 @@ int sg_ops_catchup(const sg_ops *o, const char *room, const char *peer, uint64_t
 {
     char last[24];
     snprintf(last, sizeof last, "%llu", (unsigned long long)last_seq);
-    const char *argv[] = {room, peer, last};
+    const char *argv[] = {room, peer, last, o->relay_settings};
     return room_call(o, SG_FN_CATCHUP, room, false, NARGS(argv), argv, NULL, tag);
 }
 

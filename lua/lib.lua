@@ -76,6 +76,33 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
+-- The relay's settings (lua/relay.lua), one argument per deployment,
+-- parsed once per distinct value: a tonumber costs Redis two strtod calls,
+-- and the relay would make ten per call. Gateways with other settings get
+-- their own entry; a handful at most, so the table is simply reset past 16.
+local settings_cache, settings_count = {}, 0
+local function relay_settings(text)
+  local s = settings_cache[text]
+  if s then return s end
+  local v = {}
+  for d in string.gmatch(text, '%d+') do v[#v + 1] = tonumber(d) end
+  if #v ~= 10 then error('relay settings: 10 integers expected, got "' .. text .. '"') end
+  s = {resume_ms = v[7], buf_max = v[8], buf_bytes = v[9], ttl_ms = v[10], buckets = {}, candidate_buckets = {}}
+  local function add(field, per_peer, interval, tolerance, scope, candidate_only)
+    if interval > 0 then
+      local b = {field = field, per_peer = per_peer, interval = interval, tolerance = tolerance, scope = scope}
+      if not candidate_only then s.buckets[#s.buckets + 1] = b end
+      s.candidate_buckets[#s.candidate_buckets + 1] = b
+    end
+  end
+  add('r', false, v[5], v[6], 'room')
+  add('p:', true, v[1], v[2], 'peer')
+  add('c:', true, v[3], v[4], 'candidate', true)
+  if settings_count >= 16 then settings_cache, settings_count = {}, 0 end
+  settings_cache[text], settings_count = s, settings_count + 1
+  return s
+end
+
 local function envelope(holder, kind, frame, meta)
   return holder .. '\t' .. kind .. '\t0\t' .. (meta or '-') .. '\t0\n' .. frame
 end
@@ -185,57 +212,70 @@ local function enter_grace(room, peer, rec, inst, now, resume_ms)
   return rec.grace
 end
 
--- The buffer of relays to `peer` (§9): the relay's frame gets its seq, the
--- entry goes in, and the oldest entries past either cap go out. Entry ids
--- are "<start>-<seq>", start being the byte offset of the entry in
--- everything ever buffered for the peer (b:<peer> is the end offset), so
--- the byte cap is one XTRIM MINID and the count cap the XADD's MAXLEN: no
--- read of the old entries, one append and O(1) trimming per relay. The
--- newest entry is always kept, even alone over the byte cap.
+-- The buffer of relays to `peer` (§9): the relay's frame gets its seq and
+-- the entry goes in. Entry ids are "<start>-<seq>", start being the byte
+-- offset of the entry in everything ever buffered for the peer (b:<peer> is
+-- the end offset). Trimming is amortised and the caps are exact where they
+-- are seen, at replay (buffered_after): the count cap is the XADD's
+-- `MAXLEN ~` (whole stream nodes, ~100 entries, go at once: an exact trim
+-- rewrites the head node on every relay), the byte cap one XTRIM MINID
+-- every TRIM_EVERY relays, or at once for a frame over 1/TRIM_EVERY of the
+-- cap, so Redis holds less than twice the byte cap. The newest entry is
+-- always kept, even alone over the byte cap.
+local TRIM_EVERY = 8
 local function buffer_relay(room, peer, frame, max_count, max_bytes, ttl_ms)
-  local seq = redis.call('HINCRBY', room.seq, peer, 1)
+  local seq = redis.call('HINCRBY', room.seq, peer, '1')
+  local seq_text = string.format('%d', seq)
   -- The gateway's frame always starts with {"type":"relay", (16 bytes).
-  frame = '{"type":"relay","seq":' .. seq .. ',' .. string.sub(frame, 17)
-  local stop = redis.call('HINCRBY', room.seq, 'b:' .. peer, #frame)
-  local start = stop - #frame
+  frame = '{"type":"relay","seq":' .. seq_text .. ',' .. string.sub(frame, 17)
+  local size = #frame
+  local stop = redis.call('HINCRBY', room.seq, 'b:' .. peer, string.format('%d', size))
+  local start = stop - size
   local buf = rkey(room, 'buf:' .. peer)
   if seq == 1 then
     redis.call('DEL', buf) -- numbering starts again: nothing older can be replayed
   end
-  redis.call('XADD', buf, 'MAXLEN', max_count, start .. '-' .. seq, 'f', frame)
-  if stop > max_bytes then
+  redis.call('XADD', buf, 'MAXLEN', '~', max_count, string.format('%d-', start) .. seq_text, 'f', frame)
+  if stop > max_bytes and (seq % TRIM_EVERY == 0 or size * TRIM_EVERY > max_bytes) then
     local floor = stop - max_bytes
     if floor > start then floor = start end
-    redis.call('XTRIM', buf, 'MINID', floor)
+    redis.call('XTRIM', buf, 'MINID', string.format('%d', floor))
   end
   if seq == 1 then
     -- Created by this relay: its TTL once; the room's nodes renew it.
     redis.call('PEXPIRE', buf, ttl_ms)
     redis.call('PEXPIRE', room.seq, ttl_ms)
   end
-  return frame, seq
+  return frame, seq, seq_text
 end
 
--- The buffered relays after last_seq, as {seq, frame, seq, frame...}.
--- The entries' seqs are consecutive up to the peer's current one (the
--- oldest trimmed first), so the ones after last_seq are the newest
--- cur - last_seq: read only those, never the whole buffer.
-local function buffered_after(room, peer, last_seq)
+-- The buffered relays after last_seq within the caps of settings `s`, as
+-- {seq, frame, seq, frame...}, and the peer's last seq. Entries' seqs are
+-- consecutive up to the peer's current one, so the ones after last_seq
+-- are the newest cur - last_seq (at most buf_max of them): read only
+-- those, never the whole buffer. Of those, the entries an exact byte trim
+-- would have dropped (starting before the end offset minus buf_bytes) are
+-- left out, the newest never.
+local function buffered_after(room, peer, last_seq, s)
   local out = {}
-  local want = tonumber(redis.call('HGET', room.seq, peer) or '0') - last_seq
+  local cs = redis.call('HMGET', room.seq, peer, 'b:' .. peer)
+  local cur, stop = tonumber(cs[1] or '0'), tonumber(cs[2] or '0')
+  local want = cur - last_seq
+  if want > s.buf_max then want = s.buf_max end
   if want <= 0 then
-    return out
+    return out, cur
   end
   local newest = redis.call('XREVRANGE', rkey(room, 'buf:' .. peer), '+', '-', 'COUNT', want)
+  local floor = stop - s.buf_bytes
   for i = #newest, 1, -1 do
     local e = newest[i]
-    local seq = tonumber(string.match(e[1], '%-(%d+)$'))
-    if seq > last_seq then
-      out[#out + 1] = tostring(seq)
+    local start, seq = string.match(e[1], '^(%d+)%-(%d+)$')
+    if tonumber(seq) > last_seq and (i == 1 or tonumber(start) >= floor) then
+      out[#out + 1] = seq
       out[#out + 1] = e[2][2]
     end
   end
-  return out
+  return out, cur
 end
 
 -- The token's rooms claim, or the application's acl set, must allow the room.

@@ -2,6 +2,7 @@
 -- resume (gateway/ops.c sg_ops_resume)
 --   KEYS: peers buckets seq acl
 --   ARGV: room peer holder node subhash rt_old rt_new last_seq claim_ok sub ttl_ms
+--         settings (lua/relay.lua's: the buffer's caps)
 -- A new connection of the same user takes its membership back, silently,
 -- and gets every buffered relay after last_seq. It must be authorized for
 -- the room as a join would be.
@@ -44,6 +45,6 @@ register('resume', function(keys, args)
   rec.conn, rec.node, rec.inst, rec.rt, rec.grace = holder, node, inst_of(holder), rt_new, nil
   redis.call('HSET', room.peers, peer, cjson.encode(rec))
   touch(room, tonumber(args[11]))
-  return {'resumed', member_list(room, peer), buffered_after(room, peer, last_seq),
-          tonumber(redis.call('HGET', room.seq, peer) or '0')}
+  local replay, cur = buffered_after(room, peer, last_seq, relay_settings(args[12]))
+  return {'resumed', member_list(room, peer), replay, cur}
 end)

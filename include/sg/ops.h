@@ -31,7 +31,10 @@ typedef struct sg_ops {
     const char *node;     /* SIGNAL_NODE_ID */
     char inst[96];        /* this run of the gateway: "<node>~<random>" */
     char max_peers[24], lease_ms[24], ttl_ms[24], resume_ms[24], buf_max[24], buf_bytes[24], ghost_ms[24];
-    char rate[3][2][32];  /* peer, candidate, room: GCRA interval and tolerance, ms ("0": off) */
+    /* lua/relay.lua's settings argument: GCRA interval and tolerance in µs
+     * ("0": off) for peer, candidate and room, then resume_ms buf_max
+     * buf_bytes ttl_ms; resume and catch-up read the buffer caps from it. */
+    char relay_settings[320];
     char node_rooms[128]; /* signal:node:{<inst>}:rooms */
 } sg_ops;
 

@@ -52,6 +52,20 @@ def buffered(redis, room, peer):
     return out
 
 
+def replayable(redis, room, peer, max_count, max_bytes):
+    """The part of a peer's buffer a resume replays (lua/lib.lua
+    buffered_after): Redis trims lazily (whole stream nodes, the byte cap
+    every few relays), the caps hold exactly at replay: the newest
+    max_count entries, of those the ones starting at or after the end
+    offset minus max_bytes, the newest always. Same shape as buffered()."""
+    ids = [e[0] for e in redis("XRANGE", buf_key(room, peer), "-", "+")]
+    entries = buffered(redis, room, peer)[-max_count:]
+    starts = [int(i.split("-")[0]) for i in ids][-max_count:]
+    stop = int(redis("HGET", seq_key(room), "b:" + peer) or 0)
+    keep = [e for e, st in zip(entries, starts) if st >= stop - max_bytes]
+    return keep or entries[-1:]
+
+
 def buffered_bytes_accounted(redis, room, peer):
     """The bytes the buffer's byte count says it holds: the end offset
     (b:<peer>) minus the offset of its oldest entry."""

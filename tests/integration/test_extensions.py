@@ -400,7 +400,10 @@ async def test_buffer_count_cap_drops_oldest_and_resume_shows_the_gap(gateway_fa
         await recv_candidate_relays(b, room, pa, pb, 1, 3)
         await lose(b, redis, room, pb)
         await send_held(a, room, pa, pb, range(3, 28))  # 25 while away
-        buf = x.buffered(redis, room, pb)
+        # Redis trims whole stream nodes (~100 entries): it may hold more,
+        # never more than a node over the cap; a resume sees the cap.
+        assert 10 <= len(x.buffered(redis, room, pb)) <= 10 + 100
+        buf = x.replayable(redis, room, pb, 10, 262144)
         assert [s for s, _, _ in buf] == list(range(19, 29)), buf
 
         b2, r = await resume_works(c, g2, "b2", room, pb, token, 3, replayed=10)
@@ -448,6 +451,37 @@ async def test_buffer_byte_cap_drops_oldest_and_keeps_the_newest_even_if_larger(
         b3, _ = await resume_works(c, g1, "b3", room, pb, r["resumeToken"], 25, replayed=1)
         m = await b3.recv_type("relay")
         assert m["seq"] == 26 and m["inner"]["sdp"] == big, m
+
+
+async def test_byte_cap_trimmed_lazily_in_redis_holds_exactly_at_replay(gateway_factory, redis):
+    """Small frames: Redis trims the byte cap every few relays (lua/lib.lua
+    TRIM_EVERY), so between trims it holds a little more than the cap, but
+    never twice the cap; a resume replays exactly what an exact trim keeps:
+    the newest entries within the cap, and no more."""
+    cap = 4096
+    g1, g2 = gateway_factory(2, env=dict(RESUME_ENV, SIGNAL_RESUME_BUFFER_BYTES=cap))
+    room, pa, pb = new_room(), new_peer(), new_peer()
+
+    async with Clients() as c:
+        b, a, token = await bob_then_alice(c, g1, g2, room, pb, pa)
+        await lose(b, redis, room, pb)
+        n = 45  # not a multiple of the trim period: the last relays are untrimmed
+        await send_held(a, room, pa, pb, range(n))
+        held = x.buffered(redis, room, pb)
+        sizes_held = [size for _, _, size in held]
+        assert max(sizes_held) * 8 <= cap, "frames this test means to be small are not"
+        assert sum(sizes_held) < 2 * cap, sizes_held
+        assert sum(sizes_held) > cap, "nothing over the cap held: the lazy trim is not exercised"
+        buf = x.replayable(redis, room, pb, 256, cap)
+        sizes = [size for _, _, size in buf]
+        assert sum(sizes) <= cap < sum(sizes) + sizes_held[-len(buf) - 1], sizes
+        assert [s for s, _, _ in buf] == list(range(n + 1 - len(buf), n + 1))
+
+        b2, _ = await resume_works(c, g2, "b2", room, pb, token, 0, replayed=len(buf))
+        got = [await b2.recv_type("relay") for _ in range(len(buf))]
+        await b2.expect_no_message(0.3)
+        check_candidate_relays(got, room, pa, pb, n + 1 - len(buf))
+        assert [m for _, m, _ in buf] == got
 
 
 async def test_resume_with_wrong_token_or_another_users_token_fails(gateway_factory, redis):
