@@ -77,10 +77,12 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Microseconds (2^53 is far: exact in a Lua number).
+-- Microseconds (2^53 is far: exact in a Lua number). Arithmetic converts
+-- a decimal string once; tonumber converts it twice (Lua 5.1 checks, then
+-- converts): on the relay's path that is a strtod per number saved.
 local function now_us()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+  return t[1] * 1000000 + t[2]
 end
 
 -- The relay's settings (lua/relay.lua), one argument per deployment,

@@ -39,7 +39,7 @@ register('relay', function(keys, args)
       local b, tat = buckets[i], tats[i]
       if tat then
         fresh = false
-        tat = tonumber(tat)
+        tat = tat + 0 -- one conversion (tonumber makes two: now_us)
         if tat < now then tat = now end
       else
         tat = now
