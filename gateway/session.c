@@ -140,6 +140,13 @@ bool send_frame(sg_session *s, sg_sconn *c, const char *data, size_t len)
 
 bool send_out(sg_session *s, sg_sconn *c) { return send_frame(s, c, s->out.data, s->out.len); }
 
+bool send_relay(sg_session *s, sg_sconn *c, uint64_t seq, const char *frame, size_t len)
+{
+    sg_buf_reset(&s->out);
+    sg_wire_relay_seq(&s->out, frame, len, seq);
+    return send_out(s, c);
+}
+
 void send_error(sg_session *s, sg_sconn *c, const char *code, const char *message, const char *cid,
                 const char *room)
 {

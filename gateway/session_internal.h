@@ -202,6 +202,9 @@ sg_sconn *sess_conn(const sg_session *s, uint64_t id);
 /* Sends out's content (or data) to c; false when c takes no more frames. */
 bool send_frame(sg_session *s, sg_sconn *c, const char *data, size_t len);
 bool send_out(sg_session *s, sg_sconn *c);
+/* A relay out of Redis (published, held or replayed) with its seq put in
+ * (sg_wire_relay_seq); seq 0 and other frames go as they are. */
+bool send_relay(sg_session *s, sg_sconn *c, uint64_t seq, const char *frame, size_t len);
 void send_error(sg_session *s, sg_sconn *c, const char *code, const char *message, const char *cid,
                 const char *room);
 size_t holder_of(const sg_session *s, uint64_t conn_id, char out[SG_WIRE_HOLDER_MAX]);

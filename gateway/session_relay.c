@@ -232,7 +232,11 @@ void deliver(sg_session *s, const char *channel, size_t chlen, const char *paylo
     if (m && e.kind == 'r' && e.seq && e.seq <= m->last_seq)
         return;
     uint64_t t0 = s->tracer ? sg_now_wall_us() : 0;
-    if (!send_frame(s, c, e.frame.p, e.frame.n) || e.kind != 'r')
+    if (e.kind != 'r') {
+        send_frame(s, c, e.frame.p, e.frame.n);
+        return;
+    }
+    if (!send_relay(s, c, e.seq, e.frame.p, e.frame.n))
         return;
     if (m && e.seq)
         m->last_seq = e.seq; /* in order on the channel; it restarts at 1 after an empty Redis restart */

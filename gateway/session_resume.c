@@ -36,7 +36,8 @@ void flush_held(sg_session *s, sg_sconn *c, sg_membership *m)
     while (m->held) {
         sg_held *h = m->held;
         m->held = h->next;
-        if ((h->seq == 0 || h->seq > m->last_seq) && send_frame(s, c, h->frame, h->len) && h->seq > m->last_seq)
+        if ((h->seq == 0 || h->seq > m->last_seq) && send_relay(s, c, h->seq, h->frame, h->len) &&
+            h->seq > m->last_seq)
             m->last_seq = h->seq;
         free(h);
     }
@@ -54,7 +55,7 @@ static size_t replay(sg_session *s, sg_sconn *c, sg_membership *m, const redisRe
         uint64_t seq = strtoull(sq->str, NULL, 10);
         if (seq <= m->last_seq)
             continue;
-        if (!send_frame(s, c, f->str, f->len))
+        if (!send_relay(s, c, seq, f->str, f->len))
             break; /* cut: the rest would go nowhere */
         m->last_seq = seq;
         n++;

@@ -119,6 +119,19 @@ void sg_wire_relay(sg_buf *out, const char *inner, size_t inner_len, const char 
     sg_buf_puts(out, "\"}");
 }
 
+void sg_wire_relay_seq(sg_buf *out, const char *frame, size_t len, uint64_t seq)
+{
+    static const char prefix[] = SG_WIRE_RELAY_PREFIX, numbered[] = SG_WIRE_RELAY_PREFIX "\"seq\":";
+    const size_t pn = sizeof prefix - 1, nn = sizeof numbered - 1;
+    if (seq == 0 || len < pn || memcmp(frame, prefix, pn) != 0 || (len >= nn && memcmp(frame, numbered, nn) == 0)) {
+        sg_buf_append(out, frame, len);
+        return;
+    }
+    sg_buf_append(out, frame, pn);
+    sg_buf_printf(out, "\"seq\":%llu,", (unsigned long long)seq);
+    sg_buf_append(out, frame + pn, len - pn);
+}
+
 void sg_wire_kicked(sg_buf *out, const char *room, const char *text, size_t n)
 {
     /* The text comes from the application's backend through Redis: it is

@@ -106,11 +106,11 @@ register('close_room', function(keys, args)
     if conn ~= '' then
       publish(channel(room, all[i]), envelope(conn, 'k', reason, 'close_room'))
     end
-    redis.call('DEL', rkey(room, 'buf:' .. all[i]))
+    redis.call('DEL', buf_key(room, all[i]))
   end
   for _, f in ipairs(redis.call('HKEYS', room.seq)) do
     if string.sub(f, 1, 2) ~= 'b:' then
-      redis.call('DEL', rkey(room, 'buf:' .. f))
+      redis.call('DEL', buf_key(room, f))
     end
   end
   redis.call('DEL', room.peers, room.buckets, room.seq)

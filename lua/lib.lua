@@ -16,7 +16,9 @@
 --   room:{R}:seq      HASH <peer> -> last relay seq to it, b:<peer> -> bytes
 --                     ever buffered for it (the end offset of its buffer)
 --   room:{R}:buf:<peer> STREAM of relays to <peer>, entry id
---                     "<start offset>-<seq>", field f = the frame
+--                     "<start offset>-<seq>", field f = the frame as the
+--                     sender's node built it (no "seq": the target's node
+--                     puts it in)
 --   room:{R}:acl      SET of subs (the application's; never written)
 -- Node liveness (not per room, so idle rooms cost nothing):
 --   signal:nodes      ZSET instance -> last heartbeat (ms, Redis clock)
@@ -61,8 +63,13 @@ local function rkey(room, suffix)
   return 'room:{' .. room.id .. '}:' .. suffix
 end
 
+-- One concatenation each (Redis hashes every byte of every Lua string made).
 local function channel(room, peer)
-  return rkey(room, 'peer:' .. peer)
+  return 'room:{' .. room.id .. '}:peer:' .. peer
+end
+
+local function buf_key(room, peer)
+  return 'room:{' .. room.id .. '}:buf:' .. peer
 end
 
 local function now_ms()
@@ -70,10 +77,12 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Microseconds (2^53 is far: exact in a Lua number).
+-- Microseconds (2^53 is far: exact in a Lua number). Arithmetic converts
+-- a decimal string once; tonumber converts it twice (Lua 5.1 checks, then
+-- converts): on the relay's path that is a strtod per number saved.
 local function now_us()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+  return t[1] * 1000000 + t[2]
 end
 
 -- The relay's settings (lua/relay.lua), one argument per deployment,
@@ -180,7 +189,7 @@ end
 
 -- Forgets a peer's relay buffer and sequence (a fresh join starts at 1).
 local function drop_buffer(room, peer)
-  redis.call('DEL', rkey(room, 'buf:' .. peer))
+  redis.call('DEL', buf_key(room, peer))
   redis.call('HDEL', room.seq, peer, 'b:' .. peer)
 end
 
@@ -208,30 +217,31 @@ local function enter_grace(room, peer, rec, inst, now, resume_ms)
   redis.call('HSET', room.peers, peer, cjson.encode(rec))
   local keep = resume_ms + 60000
   touch(room, keep)
-  extend(rkey(room, 'buf:' .. peer), keep)
+  extend(buf_key(room, peer), keep)
   return rec.grace
 end
 
--- The buffer of relays to `peer` (§9): the relay's frame gets its seq and
--- the entry goes in. Entry ids are "<start>-<seq>", start being the byte
--- offset of the entry in everything ever buffered for the peer (b:<peer> is
--- the end offset). Trimming is amortised and the caps are exact where they
--- are seen, at replay (buffered_after): the count cap is the XADD's
--- `MAXLEN ~` (whole stream nodes, ~100 entries, go at once: an exact trim
--- rewrites the head node on every relay), the byte cap one XTRIM MINID
--- every TRIM_EVERY relays, or at once for a frame over 1/TRIM_EVERY of the
--- cap, so Redis holds less than twice the byte cap. The newest entry is
--- always kept, even alone over the byte cap.
+-- The buffer of relays to `peer` (§9): the relay gets its seq and goes in
+-- as the sender's node built it (the target's node puts "seq" into the
+-- frame, include/sg/wire.h: a Lua string costs Redis a hash of every byte,
+-- so the frame is never copied here). Entry ids are "<start>-<seq>", start
+-- being the byte offset of the entry in everything ever buffered for the
+-- peer (b:<peer> is the end offset). Trimming is amortised and the caps are
+-- exact where they are seen, at replay (buffered_after): the count cap is
+-- the XADD's `MAXLEN ~` (whole stream nodes, ~100 entries, go at once: an
+-- exact trim rewrites the head node on every relay), the byte cap one XTRIM
+-- MINID every TRIM_EVERY relays, or at once for a frame over 1/TRIM_EVERY
+-- of the cap, so Redis holds less than twice the byte cap. The newest entry
+-- is always kept, even alone over the byte cap. Returns the seq, as a
+-- number and as text.
 local TRIM_EVERY = 8
 local function buffer_relay(room, peer, frame, max_count, max_bytes, ttl_ms)
   local seq = redis.call('HINCRBY', room.seq, peer, '1')
   local seq_text = string.format('%d', seq)
-  -- The gateway's frame always starts with {"type":"relay", (16 bytes).
-  frame = '{"type":"relay","seq":' .. seq_text .. ',' .. string.sub(frame, 17)
   local size = #frame
   local stop = redis.call('HINCRBY', room.seq, 'b:' .. peer, string.format('%d', size))
   local start = stop - size
-  local buf = rkey(room, 'buf:' .. peer)
+  local buf = buf_key(room, peer)
   if seq == 1 then
     redis.call('DEL', buf) -- numbering starts again: nothing older can be replayed
   end
@@ -246,7 +256,7 @@ local function buffer_relay(room, peer, frame, max_count, max_bytes, ttl_ms)
     redis.call('PEXPIRE', buf, ttl_ms)
     redis.call('PEXPIRE', room.seq, ttl_ms)
   end
-  return frame, seq, seq_text
+  return seq, seq_text
 end
 
 -- The buffered relays after last_seq within the caps of settings `s`, as
@@ -265,7 +275,7 @@ local function buffered_after(room, peer, last_seq, s)
   if want <= 0 then
     return out, cur
   end
-  local newest = redis.call('XREVRANGE', rkey(room, 'buf:' .. peer), '+', '-', 'COUNT', want)
+  local newest = redis.call('XREVRANGE', buf_key(room, peer), '+', '-', 'COUNT', want)
   local floor = stop - s.buf_bytes
   for i = #newest, 1, -1 do
     local e = newest[i]

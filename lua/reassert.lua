@@ -50,7 +50,7 @@ register('reassert', function(keys, args)
           redis.call('HSET', room.peers, peer, cjson.encode(new))
           if not silent and not rec then broadcast(room, peer, peer_joined_frame(room, peer), subhash) end
         end
-        extend(rkey(room, 'buf:' .. peer), ttl_ms)
+        extend(buf_key(room, peer), ttl_ms)
       else
         lost[#lost + 1] = peer
       end

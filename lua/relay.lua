@@ -39,7 +39,7 @@ register('relay', function(keys, args)
       local b, tat = buckets[i], tats[i]
       if tat then
         fresh = false
-        tat = tonumber(tat)
+        tat = tat + 0 -- one conversion (tonumber makes two: now_us)
         if tat < now then tat = now end
       else
         tat = now
@@ -53,7 +53,7 @@ register('relay', function(keys, args)
   local room = {id = args[1], seq = keys[3]}
   local frame, seq, seq_text = args[8], 0, '0'
   if s.resume_ms > 0 then
-    frame, seq, seq_text = buffer_relay(room, to, frame, s.buf_max, s.buf_bytes, s.ttl_ms + s.resume_ms)
+    seq, seq_text = buffer_relay(room, to, frame, s.buf_max, s.buf_bytes, s.ttl_ms + s.resume_ms)
   end
   local tconn = conn_of(both[2])
   if tconn == '' then

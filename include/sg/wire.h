@@ -20,8 +20,9 @@
  *     relay's sequence number (0 when resumption is off);
  *   - peer_joined / peer_left frames (lib.lua peer_joined_frame /
  *     peer_left_frame), byte for byte what sg_wire_peer_event writes;
- *   - relay frames with "seq" put in after {"type":"relay", (lib.lua
- *     buffer_relay), which sg_wire_relay's layout allows.
+ *   - relay frames as the sender's node built them (sg_wire_relay), in the
+ *     envelope and in the peer's buffer: the target's node puts "seq" in
+ *     (sg_wire_relay_seq), so Redis never copies a frame to number it.
  */
 #ifndef SG_WIRE_H
 #define SG_WIRE_H
@@ -58,10 +59,16 @@ void sg_wire_ack(sg_buf *out, const char *cid, const char *status);
  * cid and room may be NULL or "". */
 void sg_wire_error(sg_buf *out, const char *code, const char *message, const char *cid, const char *room);
 /* The frame a relay's target gets, built once on the sender's node:
- * {"type":"relay","inner":<inner>,"correlationId":"<cid>"}. The scripts put
- * "seq" in after the first 16 bytes. */
+ * {"type":"relay","inner":<inner>,"correlationId":"<cid>"}. The target's
+ * node puts "seq" in after the first 16 bytes (sg_wire_relay_seq). */
 void sg_wire_relay(sg_buf *out, const char *inner, size_t inner_len, const char *cid);
 #define SG_WIRE_RELAY_PREFIX "{\"type\":\"relay\","
+
+/* Appends frame (a relay out of Redis: published, held or replayed) with
+ * "seq":<seq>, put in after SG_WIRE_RELAY_PREFIX. Copied unchanged when seq
+ * is 0 (resumption off), when it is no relay frame, or when it has a "seq"
+ * already. */
+void sg_wire_relay_seq(sg_buf *out, const char *frame, size_t len, uint64_t seq);
 
 /* {"type":"error","code":"kicked","message":<text>,"roomId":room}
  * (PROTOCOL.md §9 "Backend control"). text is the application's reason as

@@ -44,11 +44,15 @@ async def wait_in_grace(redis, room, peer, timeout=5.0):
 
 def buffered(redis, room, peer):
     """[(seq, frame dict, frame bytes)] of a peer's resumption buffer (entry
-    ids are "<byte offset>-<seq>", lua/lib.lua)."""
+    ids are "<byte offset>-<seq>", lua/lib.lua). The stored frame has no
+    "seq" (the target's gateway puts it in): the dict gets it from the id,
+    as the client would see it; the size is the stored one."""
     out = []
     for entry_id, fields in redis("XRANGE", buf_key(room, peer), "-", "+"):
         d = dict(zip(fields[0::2], fields[1::2]))
-        out.append((int(entry_id.split("-")[1]), json.loads(d["f"]), len(d["f"].encode())))
+        seq, frame = int(entry_id.split("-")[1]), json.loads(d["f"])
+        assert "seq" not in frame, f"a buffered frame with a seq: {d['f']}"
+        out.append((seq, dict(frame, seq=seq), len(d["f"].encode())))
     return out
 
 

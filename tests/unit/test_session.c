@@ -423,6 +423,26 @@ static void test_a_resume_replays_then_sends_what_it_held_once_in_order(void **s
     assert_int_equal(w->metrics.room_members, 1);
 }
 
+/* Redis keeps and publishes relay frames without their seq: the target's
+ * node puts it in, live, held during a replay and replayed alike. */
+#define RELAY_F(cid) "{\"type\":\"relay\",\"inner\":{},\"correlationId\":\"" cid "\"}"
+#define RELAY_N(seq, cid) "{\"type\":\"relay\",\"seq\":" seq ",\"inner\":{},\"correlationId\":\"" cid "\"}"
+static void test_the_target_node_numbers_relays(void **state)
+{
+    world *w = *state;
+    world_open(w, 1, "alice", "*");
+    resume(w, 1, "tok", 1);
+    world_deliver(w, "r", A, 1, 'r', 3, RELAY_F("c3")); /* live, held while the replay is out */
+    free_call(world_answer(w, resumed_with("*2\r\n$1\r\n2\r\n$48\r\n" RELAY_F("c2") "\r\n")));
+    assert_int_equal(world_count(w, 1), 3);
+    assert_string_equal(world_frame(w, 1, 1), RELAY_N("2", "c2"));
+    assert_string_equal(world_frame(w, 1, 2), RELAY_N("3", "c3"));
+    world_deliver(w, "r", A, 1, 'r', 4, RELAY_F("c4"));
+    assert_string_equal(world_last(w, 1), RELAY_N("4", "c4"));
+    world_deliver(w, "r", A, 1, 'r', 5, RELAY_N("5", "c5")); /* numbered already: once */
+    assert_string_equal(world_last(w, 1), RELAY_N("5", "c5"));
+}
+
 /* A member kicked while it was away: its resume is answered "kicked" with
  * the application's reason (lua/resume.lua), not resume_failed, and the
  * room is forgotten here as after a kick: no membership, no subscription,
@@ -992,6 +1012,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_resume_keeps_only_the_hash_of_any_token_length, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_resume_replays_then_sends_what_it_held_once_in_order, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_the_target_node_numbers_relays, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_resume_after_a_kick_while_away_says_kicked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_resumed_frame_refused_frees_nothing_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_resume_for_a_gone_connection_goes_back_into_grace, setup, teardown),

@@ -91,9 +91,25 @@ static void test_relay_frame_leaves_room_for_seq(void **state)
     static const char inner[] = "{\"type\":\"offer\"}";
     sg_wire_relay(b, inner, sizeof inner - 1, "c1");
     assert_string_equal(b->data, "{\"type\":\"relay\",\"inner\":{\"type\":\"offer\"},\"correlationId\":\"c1\"}");
-    /* lib.lua's buffer_relay keeps the first 16 bytes and puts seq after them */
-    assert_int_equal(strlen(SG_WIRE_RELAY_PREFIX), 16);
-    assert_memory_equal(b->data, SG_WIRE_RELAY_PREFIX, 16);
+    assert_memory_equal(b->data, SG_WIRE_RELAY_PREFIX, strlen(SG_WIRE_RELAY_PREFIX));
+}
+
+/* The target's node numbers a relay out of Redis: after the prefix, once. */
+static void test_relay_seq_is_put_in_by_the_target(void **state)
+{
+    sg_buf *b = &((fx *)*state)->b;
+    static const char frame[] = "{\"type\":\"relay\",\"inner\":{},\"correlationId\":\"c1\"}";
+    sg_wire_relay_seq(b, frame, sizeof frame - 1, 18446744073709551615ull);
+    assert_string_equal(b->data,
+                        "{\"type\":\"relay\",\"seq\":18446744073709551615,\"inner\":{},\"correlationId\":\"c1\"}");
+    /* unchanged: resumption off (seq 0), numbered already, not a relay, short */
+    static const char numbered[] = "{\"type\":\"relay\",\"seq\":3,\"inner\":{}}";
+    static const char *const same[] = {frame, numbered, "{\"type\":\"peer_joined\"}", "{\"type\":\"relay\"", ""};
+    for (size_t i = 0; i < sizeof same / sizeof *same; i++) {
+        sg_buf_reset(b);
+        sg_wire_relay_seq(b, same[i], strlen(same[i]), i == 0 ? 0 : 7);
+        assert_string_equal(b->data, same[i]);
+    }
 }
 
 static void test_peer_events_round_trip(void **state)
@@ -258,6 +274,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_joined_and_resumed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_left_ack_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_relay_frame_leaves_room_for_seq, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_relay_seq_is_put_in_by_the_target, setup, teardown),
         cmocka_unit_test_setup_teardown(test_peer_events_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_envelope_round_trip_and_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_channels_and_holders, setup, teardown),
