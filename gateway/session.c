@@ -142,6 +142,8 @@ bool send_out(sg_session *s, sg_sconn *c) { return send_frame(s, c, s->out.data,
 
 bool send_relay(sg_session *s, sg_sconn *c, uint64_t seq, const char *frame, size_t len)
 {
+    if (seq == 0) /* resumption off, or an event: nothing to put in, no copy */
+        return send_frame(s, c, frame, len);
     sg_buf_reset(&s->out);
     sg_wire_relay_seq(&s->out, frame, len, seq);
     return send_out(s, c);

@@ -224,8 +224,10 @@ void start_catch_ups(sg_session *s)
     }
 }
 
-/* A channel is subscribed again: its membership's catch-up can go. */
-void catch_up_on_subscribed(sg_session *s, const char *room, const char *peer, size_t plen)
+/* Calls fn for each membership this node holds of peer (plen bytes) in room:
+ * one, or briefly two during a takeover. */
+static void each_membership_of(sg_session *s, const char *room, const char *peer, size_t plen,
+                               void (*fn)(sg_session *, sg_sconn *, sg_membership *))
 {
     sg_local_room *lr = sg_map_get(&s->rooms, room, strlen(room));
     for (size_t j = 0; lr && j < lr->n; j++) {
@@ -233,24 +235,36 @@ void catch_up_on_subscribed(sg_session *s, const char *room, const char *peer, s
             continue;
         sg_sconn *c = sess_conn(s, lr->m[j].conn);
         sg_membership *m = c ? find_room(c, room) : NULL;
-        if (m && m->catch_up == CATCHUP_WAITING)
-            send_catch_up(s, c, m);
+        if (m)
+            fn(s, c, m);
     }
+}
+
+static void catch_up_if_waiting(sg_session *s, sg_sconn *c, sg_membership *m)
+{
+    if (m->catch_up == CATCHUP_WAITING)
+        send_catch_up(s, c, m);
+}
+
+/* A channel is subscribed again: its membership's catch-up can go. */
+void catch_up_on_subscribed(sg_session *s, const char *room, const char *peer, size_t plen)
+{
+    each_membership_of(s, room, peer, plen, catch_up_if_waiting);
+}
+
+static void wait_for_catch_up(sg_session *s, sg_sconn *c, sg_membership *m)
+{
+    (void)s;
+    (void)c;
+    if (m->state == MEM_JOINED && m->catch_up == CATCHUP_NONE)
+        m->catch_up = CATCHUP_WAITING; /* live relays are held meanwhile */
 }
 
 /* The channel left its shard (a slot moved): relays published until it is
  * subscribed again on the new owner are fetched then. */
 void catch_up_after_move(sg_session *s, const char *room, const char *peer, size_t plen)
 {
-    sg_local_room *lr = sg_map_get(&s->rooms, room, strlen(room));
-    for (size_t j = 0; lr && j < lr->n; j++) {
-        if (strlen(lr->m[j].peer) != plen || memcmp(lr->m[j].peer, peer, plen) != 0)
-            continue;
-        sg_sconn *c = sess_conn(s, lr->m[j].conn);
-        sg_membership *m = c ? find_room(c, room) : NULL;
-        if (m && m->state == MEM_JOINED && m->catch_up == CATCHUP_NONE)
-            m->catch_up = CATCHUP_WAITING; /* live relays are held meanwhile */
-    }
+    each_membership_of(s, room, peer, plen, wait_for_catch_up);
 }
 
 void on_catch_up_reply(sg_session *s, sg_op *op, redisReply *r)
