@@ -75,7 +75,8 @@ struct sg_conn {
 };
 
 #define CLOSE_WAIT_MS 2000   /* how long we wait for the client's close frame */
-#define HTTP_LINGER_MS 1000  /* how long a refused handshake's response may take to flush */
+#define HTTP_LINGER_MS 1000  /* how long a refused handshake's response may take to flush,
+                                and how long we linger after giving up on a close frame */
 /* Input read and discarded after a close we started, before we stop waiting
  * for the client's end of the stream (nginx's lingering_close reads up to
  * lingering_time/lingering_timeout; a byte bound is cheaper to reason about). */
@@ -83,7 +84,8 @@ struct sg_conn {
 #define FLOOD_CLOSE_MS 10000 /* continuous excess before close 1008 (docs/protocol.md §5) */
 
 static void on_read(struct bufferevent *bev, void *arg);
-static void start_linger(sg_conn *c);
+static void start_linger(sg_conn *c, bool end_ours);
+static void half_close(sg_conn *c);
 static void on_event(struct bufferevent *bev, short what, void *arg);
 static void on_timer(sg_conns_entry *e);
 static void release(sg_conns_entry *e);
@@ -265,11 +267,15 @@ static void conn_abort(sg_conn *c, const char *why)
     defer(c);
 }
 
+/* The closing handshake is complete once our last frame has left: TCP ends
+ * with a FIN (close_notify first under TLS), as after any close. */
 static void on_drained_abort(struct bufferevent *bev, void *arg)
 {
     sg_conn *c = arg;
-    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+        half_close(c);
         conn_abort(c, c->close_rcvd ? "closed" : "refused");
+    }
 }
 
 /* Writes data and ends the connection once it has left the buffer. */
@@ -278,7 +284,7 @@ static void flush_then_abort(sg_conn *c)
     bufferevent_disable(c->bev, EV_READ);
     bufferevent_setcb(c->bev, NULL, on_drained_abort, on_event, c);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-        conn_abort(c, c->close_rcvd ? "closed" : "refused");
+        on_drained_abort(c->bev, c);
 }
 
 static bool write_frame(sg_conn *c, uint8_t opcode, const void *data, size_t len)
@@ -335,8 +341,11 @@ static bool send_text(sg_conn *c, const char *data, size_t len)
 }
 
 /* Sends a close frame with code and reason, then waits for the client's.
- * The session hears of it from the deferred pass. */
-static void conn_close(sg_conn *c, uint16_t code, const char *reason)
+ * The session hears of it from the deferred pass. parser_failed: the input
+ * can no longer be read as frames (a protocol violation), so the client's
+ * close frame would never be recognised: our side ends at once instead
+ * (RFC 6455 §7.1.7, failing the connection). */
+static void close_with(sg_conn *c, uint16_t code, const char *reason, bool parser_failed)
 {
     if (c->state != SG_CONN_OPEN)
         return;
@@ -353,7 +362,17 @@ static void conn_close(sg_conn *c, uint16_t code, const char *reason)
     if (c->d->draining && c->d->cfg->drain_ms < wait)
         wait = c->d->cfg->drain_ms;
     arm(c, PHASE_CLOSE_WAIT, wait);
-    start_linger(c);
+    /* Otherwise our side stays open until the client's close frame (RFC 6455
+     * §7.1.1: the server ends TCP once the handshake is complete). A FIN
+     * right behind our close frame made haproxy tear the whole tunnel down:
+     * the client's close frame never arrived, and a client still sending got
+     * a reset that destroyed our close frame before it was read (1006). */
+    start_linger(c, parser_failed);
+}
+
+static void conn_close(sg_conn *c, uint16_t code, const char *reason)
+{
+    close_with(c, code, reason, false);
 }
 
 bool sg_conn_send_by_id(void *deps, uint64_t conn_id, const char *data, size_t len)
@@ -444,18 +463,20 @@ static void on_linger_drained(struct bufferevent *bev, void *arg)
  * still be sending: closing a socket with unread input makes the kernel answer
  * with a reset, which fails the client's pending send and discards whatever
  * it had not read yet, our last frames included; the client then sees 1006.
- * So, as nginx's lingering_close: our side ends once the output has left, and
- * the input goes on being read (a close frame still counts) and discarded
- * until the client ends its side (EOF), LINGER_MAX_BYTES were discarded, or
- * the connection's close timer fires. Input already buffered stays where it
- * is: the parser may be reading it right now. */
-static void start_linger(sg_conn *c)
+ * So, as nginx's lingering_close: the input goes on being read (a close frame
+ * still counts) and discarded until the client ends its side (EOF),
+ * LINGER_MAX_BYTES were discarded, or the connection's close timer fires.
+ * With end_ours our side ends (FIN) as soon as the output has left: a refused
+ * handshake has nothing more to say. A close frame waits for the client's
+ * (conn_close). Input already buffered stays where it is: the parser may be
+ * reading it right now. */
+static void start_linger(sg_conn *c, bool end_ours)
 {
     c->linger_bytes = 0;
     bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
-    bufferevent_setcb(c->bev, on_read, on_linger_drained, on_event, c);
+    bufferevent_setcb(c->bev, on_read, end_ours ? on_linger_drained : NULL, on_event, c);
     bufferevent_enable(c->bev, EV_READ);
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+    if (end_ours && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
         half_close(c);
 }
 
@@ -499,7 +520,7 @@ static void refuse(sg_conn *c, int status, const char *code, const char *message
     sg_metrics_inc(&d->metrics->handshakes, l);
     c->state = SG_CONN_HTTP_CLOSING;
     arm(c, PHASE_CLOSE_WAIT, HTTP_LINGER_MS);
-    start_linger(c);
+    start_linger(c, true);
 }
 
 static void auth_failure(sg_conn *c, const char *reason, const char *message, bool token_present)
@@ -639,7 +660,7 @@ static void handle_handshake(sg_conn *c)
             sg_metrics_inc(&d->metrics->handshakes, "static");
             c->state = SG_CONN_HTTP_CLOSING;
             arm(c, PHASE_CLOSE_WAIT, 10000);
-            start_linger(c);
+            start_linger(c, true);
             return;
         }
         refuse(c, 404, "not_found", "no such path; the WebSocket endpoint is /ws", NULL);
@@ -908,7 +929,7 @@ static void protocol_violation(sg_conn *c, int code)
         sg_metrics_inc(&c->d->metrics->caps, "message_bytes");
         send_error(c, "payload_too_large", "message over the maximum size");
     }
-    conn_close(c, (uint16_t)code, reason);
+    close_with(c, (uint16_t)code, reason, true);
 }
 
 /* Feeds the input to the parser. After our close frame the parser still
@@ -1038,6 +1059,14 @@ static void on_timer(sg_conns_entry *e)
         return;
     case PHASE_CLOSE_WAIT:
     default:
+        if (c->state == SG_CONN_CLOSING && !c->half_closed) {
+            /* No close frame came back: end our side now and linger a little
+             * for the client's EOF, so the input it may still be sending does
+             * not turn our close() into a reset. */
+            start_linger(c, true);
+            arm(c, PHASE_CLOSE_WAIT, HTTP_LINGER_MS);
+            return;
+        }
         conn_abort(c, c->state == SG_CONN_HTTP_CLOSING ? "refused" : "close timeout");
         return;
     }

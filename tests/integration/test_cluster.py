@@ -213,6 +213,45 @@ async def test_rolling_restart_through_the_load_balancer(cluster):
 # ---------------------------------------------------------------- SIGKILL
 
 
+def test_a_client_still_sending_when_its_node_drains_gets_the_close_behind_haproxy(cluster):
+    """A node drains (SIGTERM) while a client behind haproxy is still sending:
+    the client reads the 1001 close frame, goes on sending for a moment (it
+    has not read the close yet), then answers it; its close frame reaches
+    the node (ws.close "closed") and TCP ends without a reset on the way.
+    The node used to end TCP right behind its close frame: haproxy then tore
+    the tunnel down at once, so the client's close frame never arrived (the
+    node logged "eof") and a client still sending got a reset that destroyed
+    the close frame it had not read yet (the soak test saw websockets'
+    1006, "no close frame received or sent", about once in eleven runs)."""
+    cluster.start_redis()
+    g, = cluster.add_nodes(1, env={"SIGNAL_DRAIN_MS": 5000})
+    lb = cluster.start_lb()
+    raw = h.RawWS.connect(lb, tok())
+    try:
+        raw.send_frame(h.OP_PING, b"up")  # through haproxy to the node and back
+        assert raw.recv_frame(5).opcode == h.OP_PONG
+        g.terminate()
+        f = raw.recv_frame(5)
+        assert f.opcode == h.OP_CLOSE and f.close_code == 1001, f
+        ended = "eof"
+        try:
+            for _ in range(3):
+                raw.send_frame(h.OP_TEXT, b'{"type":"ping"}')
+            time.sleep(0.3)
+            raw.send_frame(h.OP_CLOSE, (1001).to_bytes(2, "big"))
+            raw.sock.settimeout(5)
+            while raw.sock.recv(65536):
+                pass
+        except OSError as e:
+            ended = f"reset: {e!r}"
+    finally:
+        raw.close()
+    assert g.wait(10) == 0
+    closes = [json.loads(ln) for ln in g.log_text().splitlines() if '"event":"ws.close"' in ln]
+    assert ended == "eof" and [(c["code"], c["reason"]) for c in closes] == [(1001, "closed")], (ended, closes)
+
+
+
 @pytest.mark.async_timeout(60)
 async def test_sigkill_of_a_node_peers_time_out_and_keys_expire(cluster):
     """A node dies without a word (SIGKILL): its peers' room-mates get
