@@ -232,8 +232,10 @@ class New:
             rates = [iv, tol] * 3
         else:
             rates = ["0", "0"] * 3
-        return self._fcall("relay", self.keys(room), [room, frm, to, holder, "candidate", "1764000000000000", tp,
-                                                      frame, self.settings(resume_ms, rates)])
+        # One relay per call (lua/relay.lua takes up to 16): its reply is a
+        # list of one result.
+        return self._fcall("relay", self.keys(room), [room, frm, to, holder, self.settings(resume_ms, rates),
+                                                      "candidate", "1764000000000000", tp, frame])
 
     def floor(self, room, frm, to, holder, frame):
         # Same arguments as the relay: only the work differs.

@@ -59,6 +59,7 @@ typedef struct req {
     uint8_t kind;           /* REQ_* */
     bool asked, moved;      /* already sent again after an ASK / a MOVED */
     uint16_t slot;
+    uint16_t extra;         /* its weight less one (sg_bus_fcall_weighted) */
     sg_link *at;            /* where it is in flight */
     size_t len;
     char *bytes;            /* cluster: the encoded command (heap) */
@@ -75,6 +76,7 @@ struct sg_bus {
     /* The URL's endpoint: where (single) and as whom. In a cluster, the
      * first seed's scheme and credentials, which every master shares. */
     sg_link_target target;
+    size_t extra_pending; /* the weights less one of the requests in flight */
     sg_redis_targets targets; /* the URL, the sentinels, the seeds as the settings say */
     char *tls_ca_file, *tls_cert_file, *tls_key_file;
     SSL_CTX *tls;             /* built at start when any endpoint is rediss:// */
@@ -200,6 +202,8 @@ static req *req_new(sg_bus *b, uint8_t kind, uint64_t tag, uint16_t slot)
 
 static void req_free(sg_bus *b, req *q)
 {
+    b->extra_pending -= q->extra;
+    q->extra = 0;
     free(q->bytes);
     q->bytes = NULL;
     q->next = b->req_free;
@@ -237,12 +241,15 @@ static int send_encoded(sg_bus *b, node *nd, req *q)
     return 0;
 }
 
-static int route(sg_bus *b, uint16_t slot, int argc, const char **argv, const size_t *lens, uint64_t tag)
+static int route(sg_bus *b, uint16_t slot, int argc, const char **argv, const size_t *lens, uint64_t tag,
+                 unsigned weight)
 {
     node *nd = owner(b, slot);
     if (!nd || !sg_link_up(nd->l))
         return -1;
     req *q = req_new(b, REQ_USER, tag, slot);
+    q->extra = weight > 1 ? (uint16_t)(weight < UINT16_MAX ? weight - 1 : UINT16_MAX - 1) : 0;
+    b->extra_pending += q->extra;
     if (b->mode != MODE_CLUSTER) {
         if (sg_link_send(nd->l, argc, argv, lens, (uint64_t)(uintptr_t)q) < 0) {
             req_free(b, q);
@@ -1214,18 +1221,26 @@ bool sg_bus_busy(const sg_bus *b)
     return b->held != NULL;
 }
 
-bool sg_bus_overloaded(const sg_bus *b)
+bool sg_bus_overloaded(const sg_bus *b, unsigned more)
 {
+    /* The weights are counted once for all links: exact with one Redis,
+     * cautious in a cluster. */
     for (size_t i = 0; i < b->nnodes; i++)
-        if (sg_link_pending(b->nodes[i].l) >= SG_BUS_MAX_PENDING)
+        if (sg_link_pending(b->nodes[i].l) + b->extra_pending + more >= SG_BUS_MAX_PENDING)
             return true;
     return false;
 }
 
-#define STACK_ARGS 64
+#define STACK_ARGS 80 /* a relay batch: FCALL, name, 3 keys, 5 + 4 x 16 arguments */
 
 int sg_bus_fcall(sg_bus *b, sg_fn fn, int nkeys, const char *const *keys, int argc, const char **argv,
                  const size_t *lens, uint64_t tag)
+{
+    return sg_bus_fcall_weighted(b, fn, nkeys, keys, argc, argv, lens, tag, 1);
+}
+
+int sg_bus_fcall_weighted(sg_bus *b, sg_fn fn, int nkeys, const char *const *keys, int argc, const char **argv,
+                          const size_t *lens, uint64_t tag, unsigned weight)
 {
     if (!b->available || argc < 0 || nkeys < 0 || (unsigned)fn >= SG_FN_COUNT)
         return -1;
@@ -1252,7 +1267,7 @@ int sg_bus_fcall(sg_bus *b, sg_fn fn, int nkeys, const char *const *keys, int ar
         al[n++] = lens ? lens[i] : strlen(argv[i]);
     }
     uint16_t slot = nkeys && b->mode == MODE_CLUSTER ? sg_key_slot(keys[0], strlen(keys[0])) : 0;
-    int rc = route(b, slot, n, av, al, tag);
+    int rc = route(b, slot, n, av, al, tag, weight);
     if (av != av_stack) {
         free(av);
         free(al);
@@ -1265,7 +1280,7 @@ int sg_bus_command(sg_bus *b, int argc, const char **argv, const size_t *lens, u
     if (!b->available || argc < 2)
         return -1;
     uint16_t slot = b->mode == MODE_CLUSTER ? sg_key_slot(argv[1], lens ? lens[1] : strlen(argv[1])) : 0;
-    return route(b, slot, argc, argv, lens, tag);
+    return route(b, slot, argc, argv, lens, tag, 1);
 }
 
 /* ---- lifecycle ----------------------------------------------------------- */

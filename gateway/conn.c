@@ -936,9 +936,8 @@ static void protocol_violation(sg_conn *c, int code)
  * looks for the client's close, and everything read counts against the
  * linger bound; once it failed or stopped it returns at once, so the rest is
  * just discarded. */
-static void read_frames(sg_conn *c)
+static void read_frames_in(sg_conn *c, struct evbuffer *in)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
     while ((c->state == SG_CONN_OPEN || c->state == SG_CONN_CLOSING) && evbuffer_get_length(in)) {
         if (c->close_rcvd)
             return; /* flush_then_abort ends it; reading is off */
@@ -954,6 +953,16 @@ static void read_frames(sg_conn *c)
         if (rc > 0 && c->state == SG_CONN_OPEN)
             protocol_violation(c, rc);
     }
+}
+
+static void read_frames(sg_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    sg_session *session = c->d->session;
+    /* What this read brings goes to Redis in as few calls as it can. */
+    sg_session_read_begin(session);
+    read_frames_in(c, in);
+    sg_session_read_end(session);
 }
 
 static void on_read(struct bufferevent *bev, void *arg)

@@ -104,12 +104,27 @@ int sg_ops_leave(const sg_ops *o, const sg_leave_args *a, uint64_t tag)
  * not measured again. */
 int sg_ops_relay(const sg_ops *o, const sg_relay_args *a, uint64_t tag)
 {
-    const char *argv[] = {a->room, a->from, a->to, a->holder, a->kind, a->ts_us, a->traceparent, a->frame,
-                          o->relay_settings};
-    size_t lens[NARGS(argv)];
-    for (int i = 0; i < NARGS(argv); i++)
-        lens[i] = i == 3 ? a->holder_len : i == 7 ? a->frame_len : strlen(argv[i]);
-    return room_call(o, SG_FN_RELAY, a->room, false, NARGS(argv), argv, lens, tag);
+    enum { FIXED = 5, PER = 4 };
+    if (a->n < 1 || a->n > SG_RELAY_BATCH_MAX)
+        return -1;
+    const char *argv[FIXED + PER * SG_RELAY_BATCH_MAX] = {a->room, a->from, a->to, a->holder, o->relay_settings};
+    size_t lens[FIXED + PER * SG_RELAY_BATCH_MAX];
+    for (int i = 0; i < FIXED; i++)
+        lens[i] = i == 3 ? a->holder_len : strlen(argv[i]);
+    for (int i = 0; i < a->n; i++) {
+        const sg_relay_item *it = &a->item[i];
+        const char **v = argv + FIXED + PER * i;
+        size_t *l = lens + FIXED + PER * i;
+        v[0] = it->kind, l[0] = strlen(it->kind);
+        v[1] = it->ts_us, l[1] = strlen(it->ts_us);
+        v[2] = it->traceparent, l[2] = strlen(it->traceparent);
+        v[3] = it->frame, l[3] = it->frame_len;
+    }
+    sg_room_keys k;
+    sg_room_keys_of(&k, a->room);
+    const char *keys[] = {k.peers, k.buckets, k.seq};
+    return sg_bus_fcall_weighted(o->bus, SG_FN_RELAY, NARGS(keys), keys, FIXED + PER * a->n, argv, lens, tag,
+                                 (unsigned)a->n);
 }
 
 /* lua/resume.lua */

@@ -74,6 +74,7 @@ void sg_session_free(sg_session *s)
     sg_msg_clear(&s->msg);
     sg_buf_free(&s->msg.inner);
     sg_buf_free(&s->out);
+    sg_buf_free(&s->batch.frames);
     free(s);
 }
 
@@ -223,8 +224,8 @@ void op_trace(sg_session *s, sg_op *op, const sg_sconn *c)
     sg_span_start(&op->span, &c->span);
 }
 
-/* Records an operation's span when its reply comes; a refusal is its error. */
-static void op_span_end(sg_session *s, sg_op *op, const redisReply *r)
+/* A refusal is the span's error. */
+void op_span_end(sg_session *s, sg_op *op, const redisReply *r)
 {
     if (!s->tracer || !op->span.valid)
         return;
@@ -255,7 +256,8 @@ void sg_session_on_reply(sg_session *s, uint64_t tag, redisReply *r)
     if (!tag)
         return; /* fire-and-forget commands (the delivery probe) */
     sg_op *op = (sg_op *)(uintptr_t)tag;
-    op_span_end(s, op, r);
+    if (op->kind != OP_RELAY) /* a relay call answers for several: on_relay_reply ends each one's span */
+        op_span_end(s, op, r);
     switch (op->kind) {
     case OP_JOIN: on_join_reply(s, op, r); break;
     case OP_LEAVE: on_leave_reply(s, op, r); break;
@@ -314,6 +316,14 @@ void sg_session_goodbye(sg_session *s)
 
 /* ---- client messages ----------------------------------------------------- */
 
+void sg_session_read_begin(sg_session *s) { s->reading = true; }
+
+void sg_session_read_end(sg_session *s)
+{
+    s->reading = false;
+    relay_flush(s);
+}
+
 void sg_session_on_text(sg_session *s, uint64_t conn_id, const char *text, size_t len, uint64_t arrival_us)
 {
     sg_sconn *c = sess_conn(s, conn_id);
@@ -327,12 +337,16 @@ void sg_session_on_text(sg_session *s, uint64_t conn_id, const char *text, size_
         return;
     }
     sg_metrics_inc(&s->metrics->messages, sg_msg_type_name(msg->type));
+    bool relay = msg->type == SG_MSG_OFFER || msg->type == SG_MSG_ANSWER || msg->type == SG_MSG_CANDIDATE;
+    if (!relay)
+        relay_flush(s); /* what the connection sent before goes to Redis first */
     const char *cid = msg->has_cid ? msg->cid : NULL;
     if (!sg_bus_available(s->bus)) {
         send_error(s, c, "unavailable", "Redis is unreachable; try again shortly", cid, msg->room);
         return;
     }
-    if (sg_bus_overloaded(s->bus) && msg->type != SG_MSG_LEAVE) {
+    /* The relays waiting in the batch count: they go with the next call. */
+    if (sg_bus_overloaded(s->bus, (unsigned)s->batch.n) && msg->type != SG_MSG_LEAVE) {
         /* Leaves still go: they shrink the work. */
         send_error(s, c, "unavailable", "Redis is overloaded; try again shortly", cid, msg->room);
         return;

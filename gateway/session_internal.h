@@ -137,6 +137,7 @@ typedef struct sg_op {
     uint64_t until;         /* OP_EXPIRE: the deadline */
     uint64_t conn_id;
     uint64_t t0_us;
+    struct sg_op *batch_next; /* OP_RELAY: the next relay of the same call (its reply's next result) */
     sg_span_ctx span, parent; /* when tracing is on */
     char *rooms;            /* OP_REASSERT: the batch's room ids, NUL-separated; OP_DEAD_ROOMS,
                              * OP_REAP: the dead instance (heap) */
@@ -164,6 +165,20 @@ typedef struct sg_unsure_leave {
 /* Sent again per tick, so a long list does not arrive in one burst. */
 #define SG_SESSION_UNSURE_LEAVES_PER_TICK 1000
 
+/* Relays waiting to go to Redis in one call (session_relay.c): those one
+ * connection sends one target within one read of its socket. Empty outside
+ * sg_session_read_begin/end; each op is owned here until the call goes, then
+ * by the call (the first op's tag). */
+#define SG_RELAY_BATCH_BYTES 65536 /* of frames: a bigger one goes alone */
+typedef struct sg_relay_batch {
+    int n;
+    sg_op *op[SG_RELAY_BATCH_MAX];
+    size_t off[SG_RELAY_BATCH_MAX], len[SG_RELAY_BATCH_MAX]; /* of each frame in frames */
+    char ts[SG_RELAY_BATCH_MAX][24];
+    char tp[SG_RELAY_BATCH_MAX][SG_TRACEPARENT_LEN + 1];
+    sg_buf frames;
+} sg_relay_batch;
+
 struct sg_session {
     const sg_config *cfg;
     sg_log *log;
@@ -186,6 +201,8 @@ struct sg_session {
     sg_op *op_free;
     sg_msg msg;          /* the message being handled (reused: no allocation per message) */
     sg_buf out;          /* frame being built */
+    bool reading;        /* inside sg_session_read_begin/end: relays wait in batch */
+    sg_relay_batch batch;
     char cid_prefix[24]; /* prefix of server-made correlationIds */
     uint64_t cid_counter;
     sg_map revoked;      /* SHA-1 of a revoked sub -> end (uint64_t ms, heap), as this node heard */
@@ -211,6 +228,8 @@ size_t holder_of(const sg_session *s, uint64_t conn_id, char out[SG_WIRE_HOLDER_
 sg_op *op_new(sg_session *s, uint8_t kind, uint64_t conn_id);
 void op_free(sg_session *s, sg_op *op);
 void op_trace(sg_session *s, sg_op *op, const sg_sconn *c);
+/* Records an operation's span when its reply (r: its own result) came. */
+void op_span_end(sg_session *s, sg_op *op, const redisReply *r);
 uint64_t op_tag(const sg_op *op);
 /* The members' ids in a script's reply list of {peer, subhash} pairs from
  * index `from` (rooms hold up to 10,000 members: on the heap past a few). */
@@ -247,6 +266,8 @@ void session_fields(sg_session *s, sg_sconn *c, sg_membership *m, sg_wire_sessio
 
 /* session_relay.c */
 void handle_relay(sg_session *s, sg_sconn *c, const sg_msg *msg, uint64_t arrival_us);
+/* Sends the relays waiting in s->batch, if any, in one call. */
+void relay_flush(sg_session *s);
 void on_relay_reply(sg_session *s, sg_op *op, redisReply *r);
 void deliver(sg_session *s, const char *channel, size_t chlen, const char *payload, size_t len);
 

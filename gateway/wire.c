@@ -233,7 +233,7 @@ bool sg_wire_parse_envelope(const char *payload, size_t len, sg_wire_envelope *e
     if (!take_u64(&p, tab, &e->conn) || p != tab)
         return false;
     p = tab + 1;
-    if (p + 1 >= nl || (p[0] != 'r' && p[0] != 'e' && p[0] != 'x' && p[0] != 'k'))
+    if (p + 1 >= nl || (p[0] != 'r' && p[0] != 'b' && p[0] != 'e' && p[0] != 'x' && p[0] != 'k'))
         return false;
     e->kind = p[0];
     p++;
@@ -249,6 +249,20 @@ bool sg_wire_parse_envelope(const char *payload, size_t len, sg_wire_envelope *e
     return true;
 }
 
+/* "<ts_us>\t<traceparent>\t<n>\n<frame>": the tail of an envelope (n: its
+ * seq) and a relay of a b envelope (n: the frame's length). */
+static void put_record(sg_buf *out, uint64_t ts_us, const char *traceparent, uint64_t n, const char *frame,
+                       size_t flen)
+{
+    put_u64(out, ts_us);
+    sg_buf_putc(out, '\t');
+    sg_buf_puts(out, traceparent && *traceparent ? traceparent : "-");
+    sg_buf_putc(out, '\t');
+    put_u64(out, n);
+    sg_buf_putc(out, '\n');
+    sg_buf_append(out, frame, flen);
+}
+
 void sg_wire_write_envelope(sg_buf *out, const char *node, uint64_t conn, char kind, uint64_t ts_us,
                       const char *traceparent, uint64_t seq, const char *frame, size_t flen)
 {
@@ -258,13 +272,32 @@ void sg_wire_write_envelope(sg_buf *out, const char *node, uint64_t conn, char k
     sg_buf_putc(out, '\t');
     sg_buf_putc(out, kind);
     sg_buf_putc(out, '\t');
-    put_u64(out, ts_us);
-    sg_buf_putc(out, '\t');
-    sg_buf_puts(out, traceparent && *traceparent ? traceparent : "-");
-    sg_buf_putc(out, '\t');
-    put_u64(out, seq);
-    sg_buf_putc(out, '\n');
-    sg_buf_append(out, frame, flen);
+    put_record(out, ts_us, traceparent, seq, frame, flen);
+}
+
+bool sg_wire_next_batched(sg_wire_str *rest, sg_wire_batched *b)
+{
+    const char *p = rest->p, *end = rest->p + rest->n;
+    size_t head = rest->n < SG_WIRE_ENVELOPE_HEAD_MAX ? rest->n : SG_WIRE_ENVELOPE_HEAD_MAX;
+    const char *nl = rest->n ? memchr(p, '\n', head) : NULL;
+    if (!nl || !take_u64(&p, nl, &b->ts_us) || !take_tab(&p, nl))
+        return false;
+    const char *tp = p;
+    while (p < nl && *p != '\t')
+        p++;
+    b->traceparent = (sg_wire_str){tp, (size_t)(p - tp)};
+    uint64_t flen;
+    if (!take_tab(&p, nl) || !take_u64(&p, nl, &flen) || p != nl || flen > (uint64_t)(end - (nl + 1)))
+        return false;
+    b->frame = (sg_wire_str){nl + 1, (size_t)flen};
+    rest->p = nl + 1 + flen;
+    rest->n = (size_t)(end - rest->p);
+    return true;
+}
+
+void sg_wire_write_batched(sg_buf *out, uint64_t ts_us, const char *traceparent, const char *frame, size_t flen)
+{
+    put_record(out, ts_us, traceparent, flen, frame, flen);
 }
 
 size_t sg_wire_holder(char out[SG_WIRE_HOLDER_MAX], const char *node, uint64_t conn)

@@ -41,7 +41,8 @@
 -- it over meanwhile.
 --
 -- Channel messages are "<holder>\t<kind>\t<ts_us>\t<meta>\t<seq>\n<frame>"
--- (include/sg/wire.h): kind r (relay; meta = traceparent), e (membership
+-- (include/sg/wire.h): kind r (relay; meta = traceparent), b (several
+-- relays of one sender, lua/relay.lua), e (membership
 -- event; meta = the joiner's sub hash for peer_joined, else "-"), x (the
 -- holder lost its peerId; frame = the error to send).
 
@@ -104,6 +105,8 @@ local function relay_settings(text)
       s.candidate_buckets[#s.candidate_buckets + 1] = b
     end
   end
+  -- Candidate-only buckets come last: s.buckets is a prefix of
+  -- s.candidate_buckets (relay.lua's take_tokens relies on it).
   add('r', false, v[5], v[6], 'room')
   add('p:', true, v[1], v[2], 'peer')
   add('c:', true, v[3], v[4], 'candidate', true)
@@ -219,44 +222,6 @@ local function enter_grace(room, peer, rec, inst, now, resume_ms)
   touch(room, keep)
   extend(buf_key(room, peer), keep)
   return rec.grace
-end
-
--- The buffer of relays to `peer` (§9): the relay gets its seq and goes in
--- as the sender's node built it (the target's node puts "seq" into the
--- frame, include/sg/wire.h: a Lua string costs Redis a hash of every byte,
--- so the frame is never copied here). Entry ids are "<start>-<seq>", start
--- being the byte offset of the entry in everything ever buffered for the
--- peer (b:<peer> is the end offset). Trimming is amortised and the caps are
--- exact where they are seen, at replay (buffered_after): the count cap is
--- the XADD's `MAXLEN ~` (whole stream nodes, ~100 entries, go at once: an
--- exact trim rewrites the head node on every relay), the byte cap one XTRIM
--- MINID every TRIM_EVERY relays, or at once for a frame over 1/TRIM_EVERY
--- of the cap, so Redis holds less than twice the byte cap. The newest entry
--- is always kept, even alone over the byte cap. Returns the seq, as a
--- number and as text.
-local TRIM_EVERY = 8
-local function buffer_relay(room, peer, frame, max_count, max_bytes, ttl_ms)
-  local seq = redis.call('HINCRBY', room.seq, peer, '1')
-  local seq_text = string.format('%d', seq)
-  local size = #frame
-  local stop = redis.call('HINCRBY', room.seq, 'b:' .. peer, string.format('%d', size))
-  local start = stop - size
-  local buf = buf_key(room, peer)
-  if seq == 1 then
-    redis.call('DEL', buf) -- numbering starts again: nothing older can be replayed
-  end
-  redis.call('XADD', buf, 'MAXLEN', '~', max_count, string.format('%d-', start) .. seq_text, 'f', frame)
-  if stop > max_bytes and (seq % TRIM_EVERY == 0 or size * TRIM_EVERY > max_bytes) then
-    local floor = stop - max_bytes
-    if floor > start then floor = start end
-    redis.call('XTRIM', buf, 'MINID', string.format('%d', floor))
-  end
-  if seq == 1 then
-    -- Created by this relay: its TTL once; the room's nodes renew it.
-    redis.call('PEXPIRE', buf, ttl_ms)
-    redis.call('PEXPIRE', room.seq, ttl_ms)
-  end
-  return seq, seq_text
 end
 
 -- The buffered relays after last_seq within the caps of settings `s`, as

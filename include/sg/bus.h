@@ -29,7 +29,8 @@
 /* Reconnect backoff: capped exponential with jitter, at most this long. */
 #define SG_BUS_BACKOFF_MAX_MS 5000
 
-/* Commands in flight past which client messages are refused (about half a second
+/* Commands in flight (a batch of relays counting as its relays, see
+ * sg_bus_fcall_weighted) past which client messages are refused (about half a second
  * of Redis work): an overloaded Redis answers late, and a prompt
  * "unavailable" serves the client better than a relay seconds old. Internal
  * work (re-asserts after a reconnect, heartbeats) is never refused. */
@@ -84,8 +85,9 @@ bool sg_bus_available(const sg_bus *b);
 bool sg_bus_clustered(const sg_bus *b);
 /* Commands are still unanswered. */
 bool sg_bus_busy(const sg_bus *b);
-/* SG_BUS_MAX_PENDING commands or more await their replies on some link. */
-bool sg_bus_overloaded(const sg_bus *b);
+/* SG_BUS_MAX_PENDING commands or more (by weight) await their replies,
+ * counting `more` about to be sent. */
+bool sg_bus_overloaded(const sg_bus *b, unsigned more);
 
 /* FCALL of one of the library's functions (scripts.h) with nkeys keys,
  * then argv (lens NULL: NUL-terminated). Routed by keys[0] in a cluster
@@ -94,6 +96,10 @@ bool sg_bus_overloaded(const sg_bus *b);
  * for tag. */
 int sg_bus_fcall(sg_bus *b, sg_fn fn, int nkeys, const char *const *keys, int argc, const char **argv,
                  const size_t *lens, uint64_t tag);
+/* The same for a call that does the work of `weight` client messages (a
+ * batch of relays): it counts that many towards SG_BUS_MAX_PENDING. */
+int sg_bus_fcall_weighted(sg_bus *b, sg_fn fn, int nkeys, const char *const *keys, int argc, const char **argv,
+                          const size_t *lens, uint64_t tag, unsigned weight);
 /* A plain command whose key is argv[1] (SADD, SREM, SMEMBERS, ZREM, DEL,
  * PEXPIRE, SPUBLISH...); the same contract. tag 0: the reply is dropped. */
 int sg_bus_command(sg_bus *b, int argc, const char **argv, const size_t *lens, uint64_t tag);

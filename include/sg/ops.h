@@ -59,14 +59,21 @@ typedef struct sg_leave_args {
 } sg_leave_args;
 int sg_ops_leave(const sg_ops *o, const sg_leave_args *a, uint64_t tag);
 
-typedef struct sg_relay_args {
-    const char *room, *from, *to, *holder;
-    size_t holder_len;
+/* The relays one connection sent one target in one read, in order: one call
+ * (lua/relay.lua) carries up to SG_RELAY_BATCH_MAX of them. */
+#define SG_RELAY_BATCH_MAX 16
+typedef struct sg_relay_item {
     const char *kind;        /* offer | answer | candidate */
     const char *ts_us;       /* arrival at the sender's gateway, µs (wall) */
     const char *traceparent; /* "-" when tracing is off */
     const char *frame;       /* the relay frame the target gets (wire.h) */
     size_t frame_len;
+} sg_relay_item;
+typedef struct sg_relay_args {
+    const char *room, *from, *to, *holder;
+    size_t holder_len;
+    int n; /* 1..SG_RELAY_BATCH_MAX */
+    sg_relay_item item[SG_RELAY_BATCH_MAX];
 } sg_relay_args;
 int sg_ops_relay(const sg_ops *o, const sg_relay_args *a, uint64_t tag);
 

@@ -75,6 +75,12 @@ typedef enum {
 /* The connection is going: leave its rooms and forget it. Idempotent. */
 void sg_session_close(sg_session *s, uint64_t conn_id, sg_gone why);
 
+/* One read of a connection's socket: the relays it sends one target between
+ * begin and end go to Redis in one call (lua/relay.lua), sent at end (or
+ * before anything else the connection sends). Outside, each goes at once. */
+void sg_session_read_begin(sg_session *s);
+void sg_session_read_end(sg_session *s);
+
 /* A complete text message from an open connection. */
 void sg_session_on_text(sg_session *s, uint64_t conn_id, const char *text, size_t len, uint64_t arrival_us);
 

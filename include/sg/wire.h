@@ -11,13 +11,19 @@
  * The scripts' side (lua/lib.lua) writes three things the gateway reads:
  *   - the channel envelope "<holder>\t<kind>\t<ts_us>\t<traceparent>\t<seq>\n<frame>"
  *     (lib.lua envelope(); relay.lua writes the relay one inline), where
- *     holder is "<instance>#<connection id>" (instance: "<node id>~<8 hex>"), kind is r (relay), e (membership
+ *     holder is "<instance>#<connection id>" (instance: "<node id>~<8 hex>"), kind is r (relay), b (several
+ *     relays, below), e (membership
  *     event), x (the holder lost its peerId: frame is the error to send) or
  *     k (the application removed the holder's peer, lua/control.lua: the
  *     traceparent field carries the action, "kick" or "close_room", and
  *     frame is the application's reason text, raw), ts_us the sender's
  *     arrival time (0 for events), traceparent "-" when absent, seq the
  *     relay's sequence number (0 when resumption is off);
+ *   - several relays of one sender to one target (lua/relay.lua) as one
+ *     envelope of kind b: ts_us is their count, traceparent "-", seq the
+ *     first one's (the others follow it; all 0 when resumption is off), and
+ *     the frame part holds, per relay, "<ts_us>\t<traceparent>\t<frame
+ *     length>\n<frame>" (sg_wire_next_batched);
  *   - peer_joined / peer_left frames (lib.lua peer_joined_frame /
  *     peer_left_frame), byte for byte what sg_wire_peer_event writes;
  *   - relay frames as the sender's node built them (sg_wire_relay), in the
@@ -94,7 +100,7 @@ bool sg_wire_parse_event(const char *frame, size_t len, sg_wire_event *ev);
 typedef struct sg_wire_envelope {
     sg_wire_str node;   /* the holder's node id */
     uint64_t conn;      /* the holder's connection id on that node */
-    char kind;          /* 'r', 'e', 'x' or 'k' */
+    char kind;          /* 'r', 'b', 'e', 'x' or 'k' */
     uint64_t ts_us;
     sg_wire_str traceparent; /* "-" when absent */
     uint64_t seq;
@@ -109,6 +115,18 @@ bool sg_wire_parse_envelope(const char *payload, size_t len, sg_wire_envelope *e
 /* Writes one (the scripts do it in Redis; tests and the fuzzer use this). */
 void sg_wire_write_envelope(sg_buf *out, const char *node, uint64_t conn, char kind, uint64_t ts_us,
                       const char *traceparent, uint64_t seq, const char *frame, size_t flen);
+
+/* One relay of a b envelope. */
+typedef struct sg_wire_batched {
+    uint64_t ts_us;
+    sg_wire_str traceparent;
+    sg_wire_str frame;
+} sg_wire_batched;
+/* Takes the next relay off the front of rest (a b envelope's frame part);
+ * false when rest is empty or malformed (a length is never trusted). */
+bool sg_wire_next_batched(sg_wire_str *rest, sg_wire_batched *b);
+/* Writes one (lua/relay.lua does it in Redis; tests and the fuzzer use this). */
+void sg_wire_write_batched(sg_buf *out, uint64_t ts_us, const char *traceparent, const char *frame, size_t flen);
 
 /* "<node>#<conn>" into out; returns its length (out holds SG_WIRE_HOLDER_MAX). */
 #define SG_WIRE_HOLDER_MAX 96

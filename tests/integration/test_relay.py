@@ -350,3 +350,88 @@ async def test_payload_too_large_closes_1009(gateway_factory):
         m = await b.recv_type("peer_left", peerId=pa)
         assert m["roomId"] == room
         await b.expect_no_message()
+
+
+def _monitor(redis):
+    """A socket in Redis' MONITOR mode: every command Redis runs, one line each."""
+    s = h.open_socket("127.0.0.1", redis.port)
+    s.sendall(b"MONITOR\r\n")
+    buf = b""
+    while not buf.endswith(b"+OK\r\n"):
+        chunk = s.recv(4096)
+        assert chunk, "Redis closed the MONITOR connection"
+        buf += chunk
+    return s
+
+
+def _relay_calls(sock, relays):
+    """The relay function calls MONITOR shows, read until they carried
+    `relays` relays (each call has one kind argument per relay)."""
+    buf, calls = b"", []
+    while sum(c.count(' "candidate" ') for c in calls) < relays:
+        chunk = sock.recv(65536)
+        assert chunk, "Redis closed the MONITOR connection"
+        buf += chunk
+        *lines, buf = buf.split(b"\r\n")
+        calls += [l.decode() for l in lines if b'"FCALL"' in l and b'_relay" ' in l]
+    return calls
+
+
+async def _bob_then_raw_alice(c, g_bob, g_alice, redis, room, pb, pa):
+    """Bob joins on g_bob, then alice on g_alice over a raw socket (so a test
+    can send several frames in one write), then a MONITOR of Redis starts."""
+    b = await c.connect(g_bob.ws_url, tok("bob"))
+    await b.join(room, pb)
+    raw = await asyncio.to_thread(h.RawWS.connect, g_alice, tok("alice"))
+    await asyncio.to_thread(raw.join, room, pa)
+    return b, raw, await asyncio.to_thread(_monitor, redis)
+
+
+@pytest.mark.parametrize("resume", [True, False])
+async def test_relays_one_read_brings_go_in_one_redis_call_in_order(gateway_factory, redis, resume):
+    """Relays a connection sends one target in one TCP write reach Redis as
+    one call of the relay function (one membership check, one publish:
+    lua/relay.lua), and the target, on another node, gets each of them in
+    order (with its own seq when resumption is on); the sender gets each
+    receipt."""
+    g1, g2 = gateway_factory(2, env={"SIGNAL_RESUME_MS": "30000" if resume else "0"})
+    room, pa, pb = new_room(), new_peer(), new_peer()
+    async with Clients() as c:
+        b, raw, mon = await _bob_then_raw_alice(c, g2, g1, redis, room, pb, pa)
+        sent = [dict(h.candidate(room, pa, pb, h.ice(i), cid=f"k{i}"), ack=True) for i in range(5)]
+        raw.send_raw(b"".join(h.encode_frame(h.OP_TEXT, json.dumps(m).encode()) for m in sent))
+        for i, m in enumerate(sent):
+            got = await b.recv_type("relay")
+            check_relay(got, m, f"k{i}")
+            assert got.get("seq") == (i + 1 if resume else None), got
+        acks = [await asyncio.to_thread(raw.recv_json) for _ in sent]
+        assert acks == [{"type": "ack", "correlationId": f"k{i}", "status": "delivered"} for i in range(5)]
+        calls = await asyncio.to_thread(_relay_calls, mon, len(sent))
+        mon.close()
+        raw.close()
+        assert len(calls) == 1, calls
+
+
+async def test_relays_of_one_call_take_their_tokens_one_after_the_other(gateway_factory, redis):
+    """In one call (one TCP write) each relay takes its own tokens, in order,
+    from the buckets of its kind: the fourth candidate is over a burst of 3
+    and dropped, the offer after it is not a candidate and goes."""
+    g, = gateway_factory(1, env={"SIGNAL_RATE_CANDIDATE": "0.1/3", "SIGNAL_RATE_PEER": "0.1/10",
+                                 "SIGNAL_RATE_ROOM": "0"})
+    room, pa, pb = new_room(), new_peer(), new_peer()
+    async with Clients() as c:
+        b, raw, mon = await _bob_then_raw_alice(c, g, g, redis, room, pb, pa)
+        sent = [dict(h.candidate(room, pa, pb, h.ice(i), cid=f"k{i}"), ack=True) for i in range(4)]
+        sent.append(dict(h.offer(room, pa, pb, cid="k4"), ack=True))
+        raw.send_raw(b"".join(h.encode_frame(h.OP_TEXT, json.dumps(m).encode()) for m in sent))
+        acks = [await asyncio.to_thread(raw.recv_json) for _ in sent]
+        assert [a.get("status") for a in acks] == ["delivered"] * 3 + ["dropped", "delivered"], acks
+        assert [a["correlationId"] for a in acks] == [f"k{i}" for i in range(5)]
+        for i in (0, 1, 2, 4):
+            check_relay(await b.recv_type("relay"), sent[i], f"k{i}")
+        await b.recv_type("peer_joined")
+        await b.expect_no_message(0.3)
+        calls = await asyncio.to_thread(_relay_calls, mon, 4)
+        mon.close()
+        raw.close()
+        assert len(calls) == 1 and calls[0].count(' "offer" ') == 1, calls

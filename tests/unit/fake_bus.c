@@ -74,7 +74,11 @@ void sg_bus_free(sg_bus *b)
 
 bool sg_bus_available(const sg_bus *b) { return b->available; }
 bool sg_bus_busy(const sg_bus *b) { return b->pending > 0; }
-bool sg_bus_overloaded(const sg_bus *b) { return b->overloaded; }
+bool sg_bus_overloaded(const sg_bus *b, unsigned more)
+{
+    (void)more;
+    return b->overloaded;
+}
 bool sg_bus_clustered(const sg_bus *b) { return false; }
 void sg_bus_probe(sg_bus *b) {}
 int64_t sg_bus_probe_age(const sg_bus *b) { return 0; }
@@ -129,6 +133,13 @@ static int record(sg_bus *b, int script, const char *const *keys, int nkeys, int
 int sg_bus_fcall(sg_bus *b, sg_fn fn, int nkeys, const char *const *keys, int argc, const char **argv,
                  const size_t *lens, uint64_t tag)
 {
+    return record(b, (int)fn, keys, nkeys, argc, argv, lens, tag);
+}
+
+int sg_bus_fcall_weighted(sg_bus *b, sg_fn fn, int nkeys, const char *const *keys, int argc, const char **argv,
+                          const size_t *lens, uint64_t tag, unsigned weight)
+{
+    (void)weight; /* fake_bus_set_overloaded decides */
     return record(b, (int)fn, keys, nkeys, argc, argv, lens, tag);
 }
 

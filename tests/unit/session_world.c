@@ -156,6 +156,23 @@ void world_deliver(world *w, const char *room, const char *peer, uint64_t id, ch
     sg_buf_free(&b);
 }
 
+void world_deliver_batch(world *w, const char *room, const char *peer, uint64_t id, uint64_t first_seq,
+                         const char *const *frames)
+{
+    char ch[SG_WIRE_CHANNEL_MAX];
+    size_t chlen = sg_wire_channel(ch, room, peer);
+    sg_buf items, b;
+    sg_buf_init(&items);
+    sg_buf_init(&b);
+    uint64_t n = 0;
+    for (; frames[n]; n++)
+        sg_wire_write_batched(&items, 1000 + n, "-", frames[n], strlen(frames[n]));
+    sg_wire_write_envelope(&b, sg_session_instance(w->s), id, 'b', n, "-", first_seq, items.data, items.len);
+    sg_session_on_message(w->s, ch, chlen, b.data, b.len);
+    sg_buf_free(&items);
+    sg_buf_free(&b);
+}
+
 void world_deliver_meta(world *w, const char *room, const char *peer, uint64_t id, char kind, const char *meta,
                         const char *frame)
 {

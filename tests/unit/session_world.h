@@ -64,6 +64,10 @@ void world_confirm_all(world *w);
 /* A channel message for connection id of this node: an envelope around frame. */
 void world_deliver(world *w, const char *room, const char *peer, uint64_t id, char kind, uint64_t seq,
                    const char *frame);
+/* Several relays for connection id as one b envelope (lua/relay.lua),
+ * numbered from first_seq on; frames NULL-terminated. */
+void world_deliver_batch(world *w, const char *room, const char *peer, uint64_t id, uint64_t first_seq,
+                         const char *const *frames);
 /* A channel message for connection id with meta in the traceparent field
  * (kind k carries the action there). */
 void world_deliver_meta(world *w, const char *room, const char *peer, uint64_t id, char kind, const char *meta,

@@ -273,10 +273,11 @@ static void test_a_relay_carries_the_frame_its_target_gets(void **state)
                      "\"correlationId\":\"o1\",\"ack\":true}");
     fake_call *c = fake_bus_peek(w->bus, 0);
     assert_int_equal(c->script, SG_FN_RELAY);
-    assert_string_equal(c->argv[4], "offer");
-    assert_string_equal(c->argv[7], "{\"type\":\"relay\",\"inner\":{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" A
+    assert_int_equal(c->argc, 9); /* room from to holder settings, then kind ts traceparent frame */
+    assert_string_equal(c->argv[5], "offer");
+    assert_string_equal(c->argv[8], "{\"type\":\"relay\",\"inner\":{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" A
                                     "\",\"to\":\"" B "\",\"sdp\":\"v=0\\r\\n\"},\"correlationId\":\"o1\"}");
-    free_call(world_answer(w, "*3\r\n$2\r\nok\r\n$8\r\nbuffered\r\n:1\r\n"));
+    free_call(world_answer(w, "*3\r\n$2\r\nok\r\n$8\r\nbuffered\r\n:1\r\n")); /* one relay: its result */
     assert_int_equal(world_count(w, 1), before + 1);
     assert_string_equal(world_last(w, 1), "{\"type\":\"ack\",\"correlationId\":\"o1\",\"status\":\"buffered\"}");
 }
@@ -441,6 +442,141 @@ static void test_the_target_node_numbers_relays(void **state)
     assert_string_equal(world_last(w, 1), RELAY_N("4", "c4"));
     world_deliver(w, "r", A, 1, 'r', 5, RELAY_N("5", "c5")); /* numbered already: once */
     assert_string_equal(world_last(w, 1), RELAY_N("5", "c5"));
+}
+
+#define CAND(to, cid) "{\"type\":\"candidate\",\"roomId\":\"r\",\"from\":\"" A "\",\"to\":\"" to "\"," \
+                      "\"candidate\":{\"candidate\":\"\"},\"correlationId\":\"" cid "\",\"ack\":true}"
+#define ACK(cid, status) "{\"type\":\"ack\",\"correlationId\":\"" cid "\",\"status\":\"" status "\"}"
+
+/* What one read brings for one target goes to Redis in one call (one
+ * membership check, one publish), each relay answered in order with its
+ * own result. */
+static void test_relays_of_one_read_go_in_one_call_answered_in_order(void **state)
+{
+    world *w = *state;
+    join_a(w);
+    size_t n = world_count(w, 1);
+    sg_session_read_begin(w->s);
+    world_text(w, 1, CAND(B, "k1"));
+    world_text(w, 1, CAND(B, "k2"));
+    world_text(w, 1, "{\"type\":\"offer\",\"roomId\":\"r\",\"from\":\"" A "\",\"to\":\"" B "\",\"sdp\":\"v=0\","
+                     "\"correlationId\":\"k3\",\"ack\":true}");
+    assert_int_equal(fake_bus_pending(w->bus), 0); /* not before the read ends */
+    sg_session_read_end(w->s);
+    assert_int_equal(fake_bus_pending(w->bus), 1);
+    fake_call *c = fake_bus_peek(w->bus, 0);
+    assert_int_equal(c->script, SG_FN_RELAY);
+    assert_int_equal(c->argc, 5 + 3 * 4);
+    assert_string_equal(c->argv[5], "candidate");
+    assert_string_equal(c->argv[9], "candidate");
+    assert_string_equal(c->argv[13], "offer");
+    assert_contains(c->argv[8], "\"correlationId\":\"k1\"");
+    assert_contains(c->argv[12], "\"correlationId\":\"k2\"");
+    assert_contains(c->argv[16], "\"correlationId\":\"k3\"");
+    free_call(world_answer(w, "*3\r\n*3\r\n$2\r\nok\r\n$9\r\ndelivered\r\n:1\r\n"
+                              "*2\r\n$12\r\nrate_limited\r\n$9\r\ncandidate\r\n"
+                              "*3\r\n$2\r\nok\r\n$8\r\nbuffered\r\n:2\r\n"));
+    assert_int_equal(world_count(w, 1), n + 3);
+    assert_string_equal(world_frame(w, 1, n), ACK("k1", "delivered"));
+    assert_string_equal(world_frame(w, 1, n + 1), ACK("k2", "dropped"));
+    assert_string_equal(world_frame(w, 1, n + 2), ACK("k3", "buffered"));
+    /* outside a read each relay goes at once */
+    world_text(w, 1, CAND(B, "k4"));
+    assert_int_equal(fake_bus_pending(w->bus), 1);
+    free_call(world_answer(w, "*2\r\n$5\r\nerror\r\n$14\r\npeer_not_found\r\n"));
+    assert_contains(world_last(w, 1), "\"code\":\"peer_not_found\"");
+    assert_contains(world_last(w, 1), "\"correlationId\":\"k4\"");
+}
+
+/* Another target or any other message ends the batch first: Redis sees
+ * what the connection sent in the order it sent it. */
+static void test_another_target_or_message_ends_a_batch_in_order(void **state)
+{
+    world *w = *state;
+    join_a(w);
+    sg_session_read_begin(w->s);
+    world_text(w, 1, CAND(B, "k1"));
+    world_text(w, 1, CAND(C, "k2"));
+    world_text(w, 1, CAND(C, "k3"));
+    world_text(w, 1, "{\"type\":\"leave\",\"roomId\":\"r\",\"peerId\":\"" A "\"}");
+    assert_int_equal(fake_bus_pending(w->bus), 3);
+    sg_session_read_end(w->s);
+    assert_int_equal(fake_bus_pending(w->bus), 3);
+    fake_call *c = fake_bus_peek(w->bus, 0);
+    assert_int_equal(c->script, SG_FN_RELAY);
+    assert_int_equal(c->argc, 9);
+    assert_string_equal(c->argv[2], B);
+    c = fake_bus_peek(w->bus, 1);
+    assert_int_equal(c->script, SG_FN_RELAY);
+    assert_int_equal(c->argc, 13);
+    assert_string_equal(c->argv[2], C);
+    assert_int_equal(fake_bus_peek(w->bus, 2)->script, SG_FN_LEAVE);
+    free_call(world_answer(w, NULL));
+    size_t n = world_count(w, 1);
+    /* one result for a whole call (lua/relay.lua refuses them all so) is each relay's */
+    free_call(world_answer(w, "*2\r\n$5\r\nerror\r\n$14\r\npeer_not_found\r\n"));
+    assert_int_equal(world_count(w, 1), n + 2);
+    assert_contains(world_frame(w, 1, n), "\"correlationId\":\"k2\"");
+    assert_contains(world_frame(w, 1, n), "\"code\":\"peer_not_found\"");
+    assert_contains(world_frame(w, 1, n + 1), "\"correlationId\":\"k3\"");
+    assert_contains(world_frame(w, 1, n + 1), "\"code\":\"peer_not_found\"");
+    free_call(world_answer(w, NULL));
+}
+
+static void test_a_batch_is_capped_and_its_lost_reply_answers_each(void **state)
+{
+    world *w = *state;
+    join_a(w);
+    size_t n = world_count(w, 1);
+    sg_session_read_begin(w->s);
+    char cid[8];
+    for (int i = 0; i < SG_RELAY_BATCH_MAX + 1; i++) {
+        char msg[256];
+        snprintf(cid, sizeof cid, "c%d", i);
+        snprintf(msg, sizeof msg, CAND(B, "%s"), cid);
+        world_text(w, 1, msg);
+    }
+    sg_session_read_end(w->s);
+    assert_int_equal(fake_bus_pending(w->bus), 2);
+    assert_int_equal(fake_bus_peek(w->bus, 0)->argc, 5 + 4 * SG_RELAY_BATCH_MAX);
+    assert_int_equal(fake_bus_peek(w->bus, 1)->argc, 9);
+    free_call(world_answer(w, NULL)); /* Redis went away with the call */
+    assert_int_equal(world_count(w, 1), n + SG_RELAY_BATCH_MAX);
+    for (int i = 0; i < SG_RELAY_BATCH_MAX; i++) {
+        snprintf(cid, sizeof cid, "c%d", i);
+        assert_contains(world_frame(w, 1, n + (size_t)i), "\"code\":\"unavailable\"");
+        assert_contains(world_frame(w, 1, n + (size_t)i), cid);
+    }
+    free_call(world_answer(w, "-ERR boom\r\n")); /* a script error is the relay's */
+    assert_contains(world_last(w, 1), "\"code\":\"internal\"");
+}
+
+/* Several relays in one channel message: each numbered from the first
+ * seq, sent in order, the ones already sent left out, a malformed rest
+ * ignored. */
+static void test_a_batch_envelope_delivers_each_relay_in_order(void **state)
+{
+    world *w = *state;
+    join_a(w);
+    size_t n = world_count(w, 1);
+    const char *first[] = {RELAY_F("d1"), RELAY_F("d2"), RELAY_F("d3"), NULL};
+    world_deliver_batch(w, "r", A, 1, 4, first);
+    assert_int_equal(world_count(w, 1), n + 3);
+    assert_string_equal(world_frame(w, 1, n), RELAY_N("4", "d1"));
+    assert_string_equal(world_frame(w, 1, n + 1), RELAY_N("5", "d2"));
+    assert_string_equal(world_frame(w, 1, n + 2), RELAY_N("6", "d3"));
+    assert_int_equal(w->metrics.relays_delivered, 3);
+    const char *again[] = {RELAY_F("d3"), RELAY_F("d4"), NULL};
+    world_deliver_batch(w, "r", A, 1, 6, again);
+    assert_int_equal(world_count(w, 1), n + 4);
+    assert_string_equal(world_last(w, 1), RELAY_N("7", "d4"));
+    /* a length past the end: nothing of it is sent */
+    char ch[] = "room:{r}:peer:" A;
+    char bad[256];
+    int bl = snprintf(bad, sizeof bad, "%s#1\tb\t2\t-\t8\n1\t-\t2\nf81\t-\t999\nf9", sg_session_instance(w->s));
+    sg_session_on_message(w->s, ch, strlen(ch), bad, (size_t)bl);
+    assert_int_equal(world_count(w, 1), n + 5);
+    assert_string_equal(world_last(w, 1), "f8");
 }
 
 /* A member kicked while it was away: its resume is answered "kicked" with
@@ -1013,6 +1149,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_a_resume_replays_then_sends_what_it_held_once_in_order, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_the_target_node_numbers_relays, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_relays_of_one_read_go_in_one_call_answered_in_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_another_target_or_message_ends_a_batch_in_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_batch_is_capped_and_its_lost_reply_answers_each, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_batch_envelope_delivers_each_relay_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_resume_after_a_kick_while_away_says_kicked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_resumed_frame_refused_frees_nothing_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_resume_for_a_gone_connection_goes_back_into_grace, setup, teardown),

@@ -135,6 +135,53 @@ static void test_peer_events_round_trip(void **state)
         assert_false(sg_wire_parse_event(not_events[i], strlen(not_events[i]), &ev));
 }
 
+/* What lua/relay.lua writes for several relays: a b envelope whose frame
+ * part is read one relay at a time, never past its end. */
+static void test_batched_relays_round_trip_and_refusals(void **state)
+{
+    sg_buf *b = &((fx *)*state)->b;
+    sg_buf items;
+    sg_buf_init(&items);
+    sg_wire_write_batched(&items, 11, "00-ab-cd-01", "{\"a\":1}", 7);
+    sg_wire_write_batched(&items, 12, NULL, "\n\t", 2); /* frames may hold anything */
+    assert_int_equal(items.len, strlen("11\t00-ab-cd-01\t7\n{\"a\":1}12\t-\t2\n\n\t"));
+    sg_wire_write_envelope(b, "n", 3, 'b', 2, "-", 40, items.data, items.len);
+    sg_wire_envelope e;
+    assert_true(sg_wire_parse_envelope(b->data, b->len, &e));
+    assert_int_equal(e.kind, 'b');
+    assert_int_equal(e.ts_us, 2);
+    assert_int_equal(e.seq, 40);
+    sg_wire_str rest = e.frame;
+    sg_wire_batched one;
+    assert_true(sg_wire_next_batched(&rest, &one));
+    assert_int_equal(one.ts_us, 11);
+    assert_int_equal(one.traceparent.n, 11);
+    assert_memory_equal(one.frame.p, "{\"a\":1}", 7);
+    assert_int_equal(one.frame.n, 7);
+    assert_true(sg_wire_next_batched(&rest, &one));
+    assert_int_equal(one.ts_us, 12);
+    assert_memory_equal(one.traceparent.p, "-", 1);
+    assert_int_equal(one.frame.n, 2);
+    assert_memory_equal(one.frame.p, "\n\t", 2);
+    assert_int_equal(rest.n, 0);
+    assert_false(sg_wire_next_batched(&rest, &one));
+    sg_buf_free(&items);
+    static const char *bad[] = {
+        "",                       /* nothing */
+        "1\t-\t3\nab",            /* a length past the end */
+        "1\t-\t18446744073709551615\nab", /* a huge one */
+        "1\t-\t99999999999999999999\nab", /* an overflow */
+        "1\t-\nab",               /* a field missing */
+        "x\t-\t2\nab",            /* not a number */
+        "1\t-\t2",                /* no newline */
+        "1\t-\t2x\nab",           /* junk after the length */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        sg_wire_str r = {bad[i], strlen(bad[i])};
+        assert_false(sg_wire_next_batched(&r, &one));
+    }
+}
+
 static void test_envelope_round_trip_and_refusals(void **state)
 {
     sg_buf *b = &((fx *)*state)->b;
@@ -277,6 +324,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_relay_seq_is_put_in_by_the_target, setup, teardown),
         cmocka_unit_test_setup_teardown(test_peer_events_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_envelope_round_trip_and_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batched_relays_round_trip_and_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_channels_and_holders, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kick_envelope_and_kicked_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_revocations_on_the_control_channel, setup, teardown),
