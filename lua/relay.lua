@@ -104,7 +104,9 @@ local function take_tokens(keys, args, s, from, n)
   end
   local now = now_us()
   local tats = redis.call('HMGET', keys[2], unpack(fields))
-  local fresh = true
+  -- One relay (the common case) is checked as its cells are read, and
+  -- moved as they are written; several go one after the other in between.
+  local single, fresh = n == 1, true
   for j = 1, m do
     local tat = tats[j]
     if tat then
@@ -114,26 +116,29 @@ local function take_tokens(keys, args, s, from, n)
     else
       tat = now
     end
+    if single and tat - now > all[j].tolerance then return {all[j].scope} end
     tats[j] = tat
   end
-  local limited, touched
-  for i = 1, n do
-    local mine = args[4 * i + 2] == 'candidate' and m or #s.buckets
-    local j = 1
-    while j <= mine and tats[j] - now <= all[j].tolerance do j = j + 1 end
-    if j <= mine then
-      limited = limited or {}
-      limited[i] = all[j].scope
-    else
-      for j = 1, mine do tats[j] = tats[j] + all[j].interval end
-      touched = true
+  local limited, touched = nil, single
+  if not single then
+    for i = 1, n do
+      local mine = args[4 * i + 2] == 'candidate' and m or #s.buckets
+      local j = 1
+      while j <= mine and tats[j] - now <= all[j].tolerance do j = j + 1 end
+      if j <= mine then
+        limited = limited or {}
+        limited[i] = all[j].scope
+      else
+        for j = 1, mine do tats[j] = tats[j] + all[j].interval end
+        touched = true
+      end
     end
   end
   if touched then
     -- A cell no relay moved is written as it reads: now or later, the same.
     local set = {}
     for j = 1, m do
-      set[2 * j - 1], set[2 * j] = fields[j], string.format('%d', tats[j])
+      set[2 * j - 1], set[2 * j] = fields[j], string.format('%d', single and tats[j] + all[j].interval or tats[j])
     end
     redis.call('HSET', keys[2], unpack(set))
     if fresh then redis.call('PEXPIRE', keys[2], s.ttl_ms) end
