@@ -226,16 +226,16 @@ class New:
     def _fcall(self, op, keys, argv):
         return ["FCALL", self.prefix + op, len(keys), *keys, *argv]
 
-    def relay(self, room, frm, to, holder, frame, limits, resume_ms, tp="-"):
+    def relay(self, room, frm, to, holder, frame, limits, resume_ms, tp="-", count=1):
         if limits:
             iv, tol = gcra(1e9, 1e9)  # evaluated, never refusing
             rates = [iv, tol] * 3
         else:
             rates = ["0", "0"] * 3
-        # One relay per call (lua/relay.lua takes up to 16): its reply is a
-        # list of one result.
-        return self._fcall("relay", self.keys(room), [room, frm, to, holder, self.settings(resume_ms, rates),
-                                                      "candidate", "1764000000000000", tp, frame])
+        # count relays of one sender to one target in one call (lua/relay.lua
+        # takes up to 16, as the gateway sends those of one read).
+        return self._fcall("relay", self.keys(room), [room, frm, to, holder, self.settings(resume_ms, rates)]
+                           + ["candidate", "1764000000000000", tp, frame] * count)
 
     def floor(self, room, frm, to, holder, frame):
         # Same arguments as the relay: only the work differs.
@@ -330,7 +330,8 @@ class Old:
             keys += self.keys(room)
         return ["EVALSHA", self.sha[op], len(keys), *keys, *argv]
 
-    def relay(self, room, frm, to, holder, frame, limits, resume_ms, tp="-"):
+    def relay(self, room, frm, to, holder, frame, limits, resume_ms, tp="-", count=1):
+        # The old scripts take one relay per call (count is the new design's).
         # session.c formats rate and burst with "%.6g".
         rates = ["%.6g" % 1e9, "%.6g" % 1e9] * 3 if limits else ["0", "0"] * 3
         return self._eval("relay", [room], [room, frm, to, holder, "candidate", "1764000000000000", tp, frame,

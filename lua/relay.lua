@@ -185,9 +185,12 @@ register('relay', function(keys, args)
   local s = relay_settings(args[5])
   local limited = #s.candidate_buckets > 0 and take_tokens(keys, args, s, from, n) or nil
   if limited and n == 1 then return {'rate_limited', limited[1]} end
-  local k, last = 0, 0
-  for i = 1, n do
-    if not (limited and limited[i]) then k, last = k + 1, i end
+  local k, last = n, n
+  if limited then
+    k, last = 0, 0
+    for i = 1, n do
+      if not limited[i] then k, last = k + 1, i end
+    end
   end
   local first, first_text, status = 0, '0', 'delivered'
   if k > 0 then
