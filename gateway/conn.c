@@ -20,7 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 
 enum { SG_CONN_HANDSHAKE = 0, SG_CONN_HTTP_CLOSING, SG_CONN_OPEN, SG_CONN_CLOSING, SG_CONN_DEAD };
 enum { PHASE_HANDSHAKE = 1, PHASE_PING, PHASE_PONG, PHASE_CLOSE_WAIT, PHASE_SUB_CHECK };
@@ -85,6 +84,8 @@ struct sg_conn {
 
 static void on_read(struct bufferevent *bev, void *arg);
 static void start_linger(sg_conn *c, bool end_ours);
+static void end_our_side(sg_conn *c);
+static void write_by_bufferevent(sg_conn *c);
 static void half_close(sg_conn *c);
 static void on_event(struct bufferevent *bev, short what, void *arg);
 static void on_timer(sg_conns_entry *e);
@@ -101,7 +102,9 @@ static const sg_ws_callbacks WS_CB = {
     .on_close = ws_on_close, .on_frame = ws_on_frame,
 };
 
-const sg_conns_ops sg_conn_table_ops = {.release = release, .fire = on_timer};
+static void flush(sg_conns_entry *e);
+
+const sg_conns_ops sg_conn_table_ops = {.release = release, .fire = on_timer, .flush = flush};
 
 /* ---- the connection's row -------------------------------------------- */
 
@@ -260,6 +263,7 @@ static void conn_abort(sg_conn *c, const char *why)
         d->metrics->ws_connections--;
     c->state = SG_CONN_DEAD;
     disarm(c);
+    sg_conns_cancel_flush(d->table, &c->row); /* what was not sent is dropped with the socket */
     /* bufferevent_free is safe inside its own callbacks: libevent defers it. */
     bufferevent_free(c->bev);
     c->bev = NULL;
@@ -281,16 +285,62 @@ static void on_drained_abort(struct bufferevent *bev, void *arg)
 /* Writes data and ends the connection once it has left the buffer. */
 static void flush_then_abort(sg_conn *c)
 {
+    write_by_bufferevent(c);
     bufferevent_disable(c->bev, EV_READ);
     bufferevent_setcb(c->bev, NULL, on_drained_abort, on_event, c);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
         on_drained_abort(c->bev, c);
 }
 
+/* Whether this connection's frames are sent by the flush pass rather than
+ * by the bufferevent: an open plain-ws connection. The bufferevent writes
+ * only what the socket did not take (EV_WRITE on until it is gone), and
+ * everything once the connection closes: its drained callbacks end it. */
+static bool flushes_itself(const sg_conn *c) { return !c->tls && c->state == SG_CONN_OPEN; }
+
+/* From here on the bufferevent writes the output, whatever the flush pass
+ * had still to send included (a close, or what the socket refused). */
+static void write_by_bufferevent(sg_conn *c)
+{
+    sg_conns_cancel_flush(c->d->table, &c->row);
+    if (!(bufferevent_get_enabled(c->bev) & EV_WRITE))
+        bufferevent_enable(c->bev, EV_WRITE);
+}
+
+/* The flush pass: what the callbacks of this pass of the loop wrote to the
+ * connection leaves in one writev. Writing every frame at once cost a
+ * writev each (under load a client gets several per pass), and writing
+ * through the bufferevent cost an epoll_ctl to watch for writability and
+ * another to stop, per pass, on top of the writev: two thirds of the
+ * syscalls of a relay. What the socket does not take (EAGAIN), or an error,
+ * is left to the bufferevent, which writes the rest or reports the error
+ * (on_event), as before. */
+static void flush(sg_conns_entry *e)
+{
+    sg_conn *c = conn_of(e);
+    if (!c->bev)
+        return;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (!flushes_itself(c) || (bufferevent_get_enabled(c->bev) & EV_WRITE)) {
+        write_by_bufferevent(c);
+        return;
+    }
+    if (evbuffer_get_length(out) == 0)
+        return;
+    /* The bufferevent keeps its output's start frozen so that only it
+     * drains it; it unfreezes around its own writes, as here. */
+    evbuffer_unfreeze(out, 1);
+    evbuffer_write(out, bufferevent_getfd(c->bev));
+    evbuffer_freeze(out, 1);
+    if (evbuffer_get_length(out))
+        write_by_bufferevent(c);
+}
+
 static bool write_frame(sg_conn *c, uint8_t opcode, const void *data, size_t len)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    if (evbuffer_get_length(out) > (size_t)c->d->cfg->max_output_bytes) {
+    size_t queued = evbuffer_get_length(out);
+    if (queued > (size_t)c->d->cfg->max_output_bytes) {
         /* A client that stops reading is cut loose rather than allowed to
          * grow this node's memory. */
         c->d->metrics->output_buffer_closes++;
@@ -299,34 +349,18 @@ static bool write_frame(sg_conn *c, uint8_t opcode, const void *data, size_t len
         conn_abort(c, "output buffer over its cap");
         return false;
     }
+    if (flushes_itself(c) && queued == 0 && (bufferevent_get_enabled(c->bev) & EV_WRITE)) {
+        /* The bufferevent wrote the last of what the socket refused: the
+         * flush pass writes again (its write event is already off, so this
+         * costs no syscall). */
+        bufferevent_disable(c->bev, EV_WRITE);
+    }
     uint8_t hdr[10];
     size_t hl = sg_ws_frame_header(hdr, opcode, len);
-    size_t sent = 0;
-    if (!c->tls && (opcode == SG_WS_OP_PING || opcode == SG_WS_OP_PONG) &&
-        evbuffer_get_length(out) == 0) {
-        /* A heartbeat with nothing queued goes straight to the socket:
-         * through the evbuffer it cost an epoll_ctl to watch for
-         * writability, a writev on the next loop iteration and another
-         * epoll_ctl to stop watching, which was most of what an idle
-         * connection costs. Data frames still go through the evbuffer: under
-         * load the frames of one loop iteration leave in one writev, and
-         * sending each at once cost more CPU here and in the client.
-         * What the socket does not take now (EAGAIN, or an error the
-         * bufferevent then reports) is queued. */
-        struct iovec iov[2] = {{hdr, hl}, {(void *)data, len}};
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = len ? 2 : 1};
-        ssize_t n = sendmsg(bufferevent_getfd(c->bev), &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (n > 0)
-            sent = (size_t)n;
-        if (sent == hl + len)
-            return true;
-    }
-    if (sent < hl) {
-        evbuffer_add(out, hdr + sent, hl - sent);
-        evbuffer_add(out, data, len);
-    } else {
-        evbuffer_add(out, (const uint8_t *)data + (sent - hl), len - (sent - hl));
-    }
+    evbuffer_add(out, hdr, hl);
+    evbuffer_add(out, data, len);
+    if (flushes_itself(c) && !(bufferevent_get_enabled(c->bev) & EV_WRITE))
+        sg_conns_want_flush(c->d->table, &c->row);
     return true;
 }
 
@@ -472,11 +506,21 @@ static void on_linger_drained(struct bufferevent *bev, void *arg)
  * reading it right now. */
 static void start_linger(sg_conn *c, bool end_ours)
 {
+    write_by_bufferevent(c);
     c->linger_bytes = 0;
     bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
-    bufferevent_setcb(c->bev, on_read, end_ours ? on_linger_drained : NULL, on_event, c);
+    bufferevent_setcb(c->bev, on_read, NULL, on_event, c);
     bufferevent_enable(c->bev, EV_READ);
-    if (end_ours && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+    if (end_ours)
+        end_our_side(c);
+}
+
+/* Our side ends (FIN) as soon as the output has left; the linger goes on,
+ * its byte count with it. */
+static void end_our_side(sg_conn *c)
+{
+    bufferevent_setcb(c->bev, on_read, on_linger_drained, on_event, c);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
         half_close(c);
 }
 
@@ -1070,9 +1114,10 @@ static void on_timer(sg_conns_entry *e)
     default:
         if (c->state == SG_CONN_CLOSING && !c->half_closed) {
             /* No close frame came back: end our side now and linger a little
-             * for the client's EOF, so the input it may still be sending does
-             * not turn our close() into a reset. */
-            start_linger(c, true);
+             * more for the client's EOF, so the input it may still be sending
+             * does not turn our close() into a reset. What it sent since our
+             * close frame still counts against the linger bound. */
+            end_our_side(c);
             arm(c, PHASE_CLOSE_WAIT, HTTP_LINGER_MS);
             return;
         }

@@ -34,11 +34,14 @@ struct sg_conns {
     uint64_t next_id;
     sg_conns_entry *deferred; /* LIFO; the pass runs until it is empty */
     struct event *reaper;   /* the deferred pass, made active by sg_conns_defer */
+    sg_conns_entry *flushes; /* the flush list */
+    struct event *flusher;  /* the flush pass, made active by sg_conns_want_flush */
     sg_conns_wheel wheel;
 };
 
 static void on_reaper(evutil_socket_t fd, short what, void *arg);
 static void on_wheel_tick(evutil_socket_t fd, short what, void *arg);
+static void on_flusher(evutil_socket_t fd, short what, void *arg);
 
 sg_conns *sg_conns_new(struct event_base *base, const sg_conns_limits *limits, const sg_conns_ops *ops)
 {
@@ -49,6 +52,7 @@ sg_conns *sg_conns_new(struct event_base *base, const sg_conns_limits *limits, c
     sg_map_init(&t->ip_counts);
     t->reaper = event_new(base, -1, 0, on_reaper, t);
     t->wheel.tick = event_new(base, -1, EV_PERSIST, on_wheel_tick, t);
+    t->flusher = event_new(base, -1, 0, on_flusher, t);
     return t;
 }
 
@@ -60,6 +64,7 @@ void sg_conns_free(sg_conns *t)
     sg_map_free(&t->ip_counts);
     event_free(t->reaper);
     event_free(t->wheel.tick);
+    event_free(t->flusher);
     free(t);
 }
 
@@ -187,6 +192,45 @@ void sg_conns_defer(sg_conns *t, sg_conns_entry *e)
 bool sg_conns_pending(const sg_conns *t) { return t->deferred != NULL; }
 
 void sg_conns_run_deferred(sg_conns *t) { on_reaper(-1, 0, t); }
+
+/* ---- flush pass ------------------------------------------------------------ */
+
+/* Runs after the callbacks that were active when the first entry was queued
+ * (an event made active joins the end of the loop's active queue): what
+ * one pass over the ready sockets wrote to a connection leaves in one send. */
+static void on_flusher(evutil_socket_t fd, short what, void *arg)
+{
+    sg_conns *t = arg;
+    while (t->flushes) {
+        sg_conns_entry *e = t->flushes;
+        sg_conns_cancel_flush(t, e);
+        t->ops.flush(e);
+    }
+}
+
+void sg_conns_want_flush(sg_conns *t, sg_conns_entry *e)
+{
+    if (e->fpprev)
+        return;
+    e->fnext = t->flushes;
+    if (t->flushes)
+        t->flushes->fpprev = &e->fnext;
+    e->fpprev = &t->flushes;
+    t->flushes = e;
+    event_active(t->flusher, EV_TIMEOUT, 0);
+}
+
+void sg_conns_cancel_flush(sg_conns *t, sg_conns_entry *e)
+{
+    (void)t;
+    if (!e->fpprev)
+        return;
+    *e->fpprev = e->fnext;
+    if (e->fnext)
+        e->fnext->fpprev = e->fpprev;
+    e->fnext = NULL;
+    e->fpprev = NULL;
+}
 
 /* ---- timers ------------------------------------------------------------------ */
 

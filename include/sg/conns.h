@@ -14,7 +14,7 @@
  * deferred pass, which runs from its own event at the top of the loop, so
  * a connection cut inside a callback stays valid until that callback
  * returns. An entry must be removed (sg_conns_remove) and disarmed before
- * it is freed. */
+ * it is freed, and taken off the flush list (sg_conns_cancel_flush). */
 #ifndef SG_CONNS_H
 #define SG_CONNS_H
 
@@ -34,6 +34,8 @@ typedef struct sg_conns_entry {
     bool admitted;         /* counted against the caps (not refused at accept) */
     bool deferred;         /* on the deferred list */
     struct sg_conns_entry *next_deferred;
+    /* On the flush list: fpprev NULL when not. */
+    struct sg_conns_entry *fnext, **fpprev;
     /* The timer: wpprev NULL when not armed. */
     struct sg_conns_entry *wnext, **wpprev;
     uint64_t wdue_ms;
@@ -52,6 +54,10 @@ typedef struct sg_conns_ops {
     /* The entry's timer came due; it is disarmed already and may be armed
      * again, removed or deferred, as may others. */
     void (*fire)(sg_conns_entry *e);
+    /* The flush pass's work for one entry queued by sg_conns_want_flush
+     * (it is off the list by then and may be queued again). It may defer
+     * entries but must not free any: freeing is release's. */
+    void (*flush)(sg_conns_entry *e);
 } sg_conns_ops;
 
 sg_conns *sg_conns_new(struct event_base *base, const sg_conns_limits *limits, const sg_conns_ops *ops);
@@ -101,6 +107,17 @@ void sg_conns_defer(sg_conns *t, sg_conns_entry *e);
 bool sg_conns_pending(const sg_conns *t);
 /* Runs the deferred pass now, until nothing is queued (at exit). */
 void sg_conns_run_deferred(sg_conns *t);
+
+/* ---- flush pass ------------------------------------------------------------ */
+
+/* Queues e for ops.flush after the current callback chain returns (once,
+ * however often it is queued before then). A connection's frames written
+ * during one pass of the loop leave in one send there, without the
+ * writability watch (two epoll_ctl) a write through the bufferevent costs. */
+void sg_conns_want_flush(sg_conns *t, sg_conns_entry *e);
+/* Takes e off the flush list (before it is freed, or when its output is
+ * handed to the bufferevent). Idempotent. */
+void sg_conns_cancel_flush(sg_conns *t, sg_conns_entry *e);
 
 /* ---- timers ------------------------------------------------------------------ */
 

@@ -122,6 +122,41 @@ def test_refused_oversize_head_in_flight_gets_400_and_a_clean_end(gateway):
     assert not problems, problems
 
 
+def test_the_close_wait_timer_does_not_renew_the_linger_bound(gateway_factory):
+    """After our close frame (here the join timeout's) a client that never
+    answers it and goes on sending is read and discarded up to 256 KiB in
+    all (LINGER_MAX_BYTES, gateway/conn.c). The close-wait timer then ends
+    our side (FIN) and lingers a little more, but the count goes on: 150 KiB
+    before our FIN and 150 KiB after it end the connection at the bound
+    ("linger bound"), not at the timer's second deadline ("close timeout").
+    Regression: the timer started the count again, so twice the bound could
+    be read."""
+    gw = gateway_factory.start(env={"SIGNAL_JOIN_TIMEOUT_MS": "300"})
+    raw = RawWS.connect(gw, tok())
+    try:
+        assert _read_until_close(raw, 10) == 1008
+        junk = encode_frame(OP_TEXT, b"x" * 1000) * 50  # ~50 KiB of frames
+        for _ in range(3):
+            raw.send_raw(junk)
+        # Our FIN: the close-wait timer (2 s after the close frame) fired.
+        raw.sock.settimeout(10)
+        assert raw.sock.recv(65536) == b""
+        try:
+            for _ in range(3):
+                raw.send_raw(junk)
+        except OSError:
+            pass  # the bound was passed: the server closed with input unread (a reset)
+        deadline = time.monotonic() + 10
+        while True:
+            closes = ah.log_events(gw, "ws.close")
+            if closes or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert [e.get("reason") for e in closes] == ["linger bound"], closes
+    finally:
+        raw.close()
+
+
 # =========================================================================
 # finding 4: frames and bytes charged at frame-header time; the fragments cap
 

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+import abuse_helpers as ah
 import sg_helpers as h
 from sg_helpers import Clients, new_peer, new_room, tok
 
@@ -435,3 +436,48 @@ async def test_relays_of_one_call_take_their_tokens_one_after_the_other(gateway_
         mon.close()
         raw.close()
         assert len(calls) == 1 and calls[0].count(' "offer" ') == 1, calls
+
+
+async def _delivered(gw, at_least, timeout=20.0):
+    """Waits until gw's relays_delivered_total reaches at_least (every one
+    of them written to its target's connection: in the socket or queued)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        n = ah.metric(await asyncio.to_thread(ah.metrics, gw), "relays_delivered_total")
+        if n >= at_least:
+            return n
+        assert asyncio.get_running_loop().time() < deadline, f"{n} of {at_least} relays delivered"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.async_timeout(60)
+async def test_a_receiver_that_pauses_reading_gets_every_relay_in_order(gateway_factory):
+    """A node writes a connection's frames itself, once per pass of its loop,
+    and leaves to the bufferevent only what the socket does not take. A
+    receiver that reads nothing while 6 MB of offers are relayed to it
+    (far more than its socket takes, under SIGNAL_MAX_OUTPUT_BYTES) stays
+    open, gets every one in order once it reads again, and then the relays
+    after the backlog (written by the node's own pass again) too."""
+    g, = gateway_factory(1, env=dict(h.NO_RATE_LIMITS, SIGNAL_MAX_OUTPUT_BYTES=str(8 << 20)))
+    room, pa, pb = new_room(), new_peer(), new_peer()
+    pad = "a=pad:" + "p" * 40000 + "\r\n"
+    async with Clients() as c:
+        a = await c.member(g, "alice", room, pa)
+        raw = await c.raw_member(g, "bob", room, pb, rcvbuf=4096)
+        await a.recv_type("peer_joined", peerId=pb)
+        base = await _delivered(g, 0)
+        n = 150
+        for i in range(n):
+            await a.send(h.offer(room, pa, pb, sdp=h.SDP + pad, cid=f"o{i}"))
+        await _delivered(g, base + n)
+        # Nothing was read so far: most of it waits in the node's output.
+        for i in range(n):
+            m = await asyncio.to_thread(raw.recv_json, 20)
+            assert m.get("type") == "relay" and m.get("correlationId") == f"o{i}", (i, m)
+            assert m["inner"]["sdp"] == h.SDP + pad
+        for i in range(5):
+            cand = h.candidate(room, pa, pb, h.ice(i), cid=f"c{i}")
+            await a.send(cand)
+            m = await asyncio.to_thread(raw.recv_json, 10)
+            check_relay(m, cand, f"c{i}")
+        assert a.is_open and not raw.eof

@@ -6,7 +6,8 @@
  * done in the same pass, nothing freed before it runs); the timer wheel
  * (never early, disarm, re-arm from the callback, a callback disarming
  * another due in the same tick, the wheel's libevent timer gone once
- * nothing is armed). Entries are embedded in a test struct, as conn.c
+ * nothing is armed); the flush pass (once per queueing, cancel, queued
+ * during the pass). Entries are embedded in a test struct, as conn.c
  * embeds them in sg_conn. The timer tests run a real event loop and assert
  * on what fired and on the monotonic clock's order, never on durations. */
 #include <stdarg.h>
@@ -26,6 +27,8 @@ typedef struct item {
     sg_conns_entry row;
     int released;     /* ops.release calls */
     int fired;        /* ops.fire calls */
+    int flushed;      /* ops.flush calls */
+    struct item *flush_on_flush;   /* flush: queue this one too */
     uint64_t armed_ms, due_ms, fired_ms;
     int rearm;        /* fire: arm again this many more times */
     struct item *defer_on_release; /* release: queue this one too */
@@ -61,7 +64,17 @@ static void on_fire(sg_conns_entry *e)
     }
 }
 
-static const sg_conns_ops OPS = {.release = on_release, .fire = on_fire};
+static void on_flush(sg_conns_entry *e)
+{
+    item *it = item_of(e);
+    it->flushed++;
+    if (it->flush_on_flush) {
+        sg_conns_want_flush(current, &it->flush_on_flush->row);
+        it->flush_on_flush = NULL;
+    }
+}
+
+static const sg_conns_ops OPS = {.release = on_release, .fire = on_fire, .flush = on_flush};
 
 typedef struct fixture {
     struct event_base *base;
@@ -249,6 +262,43 @@ static void test_move_ip(void **state)
     done(&f);
 }
 
+/* ---- flush pass ------------------------------------------------------------- */
+
+/* Queued twice, flushed once, from the loop (never inside the call that
+ * queued it); a cancelled entry (the middle one of three, and the first
+ * one: the list is relinked both ways) is not flushed; one queued during
+ * the pass is flushed in the same pass. */
+static void test_flush_pass(void **state)
+{
+    fixture f = make(100, 0);
+    item a = {0}, b = {0}, c = {0}, d = {0};
+    sg_conns_want_flush(f.t, &a.row);
+    sg_conns_want_flush(f.t, &b.row);
+    sg_conns_want_flush(f.t, &c.row);
+    sg_conns_want_flush(f.t, &a.row);
+    assert_int_equal(a.flushed, 0);
+    sg_conns_cancel_flush(f.t, &b.row);
+    sg_conns_cancel_flush(f.t, &b.row); /* idempotent */
+    sg_conns_cancel_flush(f.t, &d.row); /* never queued */
+    event_base_loop(f.base, EVLOOP_NONBLOCK);
+    assert_int_equal(a.flushed, 1);
+    assert_int_equal(b.flushed, 0);
+    assert_int_equal(c.flushed, 1);
+    assert_int_equal(d.flushed, 0);
+    /* Off the list after its flush: queued again, flushed again. */
+    a.flush_on_flush = &d;
+    sg_conns_want_flush(f.t, &a.row);
+    sg_conns_want_flush(f.t, &c.row);
+    sg_conns_cancel_flush(f.t, &c.row); /* the head */
+    event_base_loop(f.base, EVLOOP_NONBLOCK);
+    assert_int_equal(a.flushed, 2);
+    assert_int_equal(c.flushed, 1);
+    assert_int_equal(d.flushed, 1);
+    assert_null(a.row.fpprev);
+    assert_null(d.row.fpprev);
+    done(&f);
+}
+
 /* ---- deferred pass ------------------------------------------------------------ */
 
 static void test_defer_once(void **state)
@@ -395,6 +445,7 @@ int main(void)
         cmocka_unit_test(test_node_cap_first),
         cmocka_unit_test(test_per_ip_off_keeps_no_counts),
         cmocka_unit_test(test_move_ip),
+        cmocka_unit_test(test_flush_pass),
         cmocka_unit_test(test_defer_once),
         cmocka_unit_test(test_defer_during_pass),
         cmocka_unit_test(test_timer_never_early),
