@@ -311,8 +311,8 @@ static void write_by_bufferevent(sg_conn *c)
  * connection leaves in one writev. Writing every frame at once cost a
  * writev each (under load a client gets several per pass), and writing
  * through the bufferevent cost an epoll_ctl to watch for writability and
- * another to stop, per pass, on top of the writev: two thirds of the
- * syscalls of a relay. What the socket does not take (EAGAIN), or an error,
+ * another to stop, per pass, on top of the writev: two of the three
+ * system calls each delivered relay cost. What the socket does not take (EAGAIN), or an error,
  * is left to the bufferevent, which writes the rest or reports the error
  * (on_event), as before. */
 static void flush(sg_conns_entry *e)

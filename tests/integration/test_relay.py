@@ -455,7 +455,8 @@ async def test_a_receiver_that_pauses_reading_gets_every_relay_in_order(gateway_
     """A node writes a connection's frames itself, once per pass of its loop,
     and leaves to the bufferevent only what the socket does not take. A
     receiver that reads nothing while 6 MB of offers are relayed to it
-    (far more than its socket takes, under SIGNAL_MAX_OUTPUT_BYTES) stays
+    (more than its socket takes: loopback's send buffer grows to 4 MiB;
+    under SIGNAL_MAX_OUTPUT_BYTES) stays
     open, gets every one in order once it reads again, and then the relays
     after the backlog (written by the node's own pass again) too."""
     g, = gateway_factory(1, env=dict(h.NO_RATE_LIMITS, SIGNAL_MAX_OUTPUT_BYTES=str(8 << 20)))
