@@ -104,6 +104,10 @@ struct sg_bus {
     sg_map chans;
     req *req_free;
     uint64_t probes_sent, probes_received;
+    /* Masters a new map dropped while commands were in flight there: kept
+     * until they answered them (each ran, or comes back MOVED), then closed. */
+    node *draining;
+    size_t ndraining;
     sg_link **dead_links;     /* dropped from the map, freed by the reaper */
     size_t ndead;
     struct event *reaper;
@@ -129,6 +133,21 @@ static node *node_of(const sg_bus *b, const sg_link *l)
         if (b->nodes[i].l == l)
             return &b->nodes[i];
     return NULL;
+}
+
+static node *draining_of(const sg_bus *b, const sg_link *l)
+{
+    for (size_t i = 0; l && i < b->ndraining; i++)
+        if (b->draining[i].l == l)
+            return &b->draining[i];
+    return NULL;
+}
+
+/* The node a command was sent to: a master of the map, or one draining. */
+static node *sender_of(const sg_bus *b, const sg_link *l)
+{
+    node *nd = node_of(b, l);
+    return nd ? nd : draining_of(b, l);
 }
 
 static node *node_at(const sg_bus *b, const char *host, int port)
@@ -170,7 +189,6 @@ static void set_available(sg_bus *b)
     bool fresh = now && b->was_available;
     if (now) {
         b->was_available = true;
-        b->attempts = 0;
         const sg_link_target *t = sg_link_target_of(b->nodes[0].l);
         if (sg_log_begin(b->log, SG_LOG_INFO, "redis.connect")) {
             sg_log_str(b->log, "host", t->host);
@@ -323,16 +341,29 @@ static void release_slot(sg_bus *b, uint16_t slot)
     fix_held_tail(b);
 }
 
+static bool holds_moved(const sg_bus *b, uint16_t slot)
+{
+    for (const req *q = b->held; q; q = q->next)
+        if (q->slot == slot && q->moved)
+            return true;
+    return false;
+}
+
 /* A slot being moved is released once its old owner has nothing of it in
- * flight and the map names a new owner that is up. */
+ * flight and the map names a new owner that is up. When a new map names
+ * the old owner again, what waits goes there at once, behind its own
+ * commands (in order on one connection), unless that server already sent
+ * some back (MOVED): the map is older than its word then. */
 static void try_release(sg_bus *b, uint16_t slot)
 {
     sg_link *from = b->holding[slot];
     if (!from)
         return;
-    node *old = node_of(b, from);
+    node *old = sender_of(b, from);
     node *nd = owner(b, slot);
-    if ((!old || !old->inflight[slot]) && nd && nd->l != from && sg_link_up(nd->l))
+    if (!nd || !sg_link_up(nd->l))
+        return;
+    if (nd->l == from ? !holds_moved(b, slot) : !old || !old->inflight[slot])
         release_slot(b, slot);
 }
 
@@ -362,23 +393,25 @@ static void hold_moved(sg_bus *b, req *q, sg_link *from)
     fix_held_tail(b);
 }
 
-/* MOVED or ASK: true when the request went out again (its reply will be
- * the next one's business). */
-static bool redirect(sg_bus *b, req *q, node *from, const redisReply *r)
+/* MOVED or ASK: 1 when the request went out again or waits to (its reply
+ * will be the next one's business), 0 when r is no redirection, -1 when it
+ * is one not followed (a second MOVED, say, while the cluster changes):
+ * the command did not run. */
+static int redirect(sg_bus *b, req *q, node *from, const redisReply *r)
 {
     sg_redirect d;
     if (b->mode != MODE_CLUSTER || q->kind != REQ_USER || r->type != REDIS_REPLY_ERROR ||
         !sg_redirect_parse(r->str, r->len, &d) || d.slot != q->slot)
-        return false;
+        return 0;
     node *to = node_at(b, d.host, d.port);
     if (d.ask) {
         /* ASKING holds for the next command on that connection only: one
          * retry there, the map unchanged. */
         const char *asking[] = {"ASKING"};
         if (q->asked || !to || !send_internal(b, to, REQ_IGNORE, 1, asking, NULL))
-            return false;
+            return -1;
         q->asked = true;
-        return send_encoded(b, to, q) == 0;
+        return send_encoded(b, to, q) == 0 ? 1 : -1;
     }
     /* MOVED: the slot has a new owner. Its later commands wait until the
      * old owner answered all it had (each MOVED, sent again in order), so
@@ -386,18 +419,18 @@ static bool redirect(sg_bus *b, req *q, node *from, const redisReply *r)
      * (a promoted replica) gets them once the refreshed map brings it. */
     refresh_map(b);
     if (q->moved || !from)
-        return false;
+        return -1;
     if (!to || !sg_link_up(to->l) || b->holding[q->slot]) {
         hold_moved(b, q, from->l);
-        return true;
+        return 1;
     }
     b->map->owner[q->slot] = (int16_t)(to - b->nodes);
     q->moved = true;
     if (send_encoded(b, to, q) < 0)
-        return false;
+        return -1;
     if (from->inflight[q->slot])
         b->holding[q->slot] = from->l;
-    return true;
+    return 1;
 }
 
 static void load_functions(sg_bus *b, node *nd);
@@ -407,7 +440,17 @@ static void on_internal_reply(sg_bus *b, req *q, node *nd, redisReply *r)
 {
     switch (q->kind) {
     case REQ_LOAD:
-        if (r && r->type == REDIS_REPLY_ERROR && !strstr(r->str, "already exists") && nd) {
+        if (!r || !nd)
+            break;
+        if (r->type != REDIS_REPLY_ERROR || strstr(r->str, "already exists")) {
+            /* Only a server that takes our library ends the backoff: one
+             * that accepts connections and refuses it (a replica, Redis 6)
+             * must not be reconnected to in a tight loop. */
+            b->attempts = 0;
+        } else if (strncmp(r->str, "READONLY", 8) == 0) {
+            /* A replica (a stale address or cluster map), not an old Redis. */
+            sg_link_close(nd->l, "server is a replica now");
+        } else {
             /* Redis before 7.0 has no functions: say so, and keep trying
              * (an upgrade fixes it without a restart of the gateway). */
             if (sg_log_begin(b->log, SG_LOG_ERROR, "redis.function_load_failed")) {
@@ -467,6 +510,14 @@ static void on_internal_reply(sg_bus *b, req *q, node *nd, redisReply *r)
     }
 }
 
+/* A master the map dropped goes once it has answered all it had (after a
+ * NULL reply it is going down already). */
+static void close_if_drained(sg_bus *b, sg_link *l, const redisReply *r)
+{
+    if (r && !sg_link_pending(l) && draining_of(b, l))
+        sg_link_close(l, "no longer a master");
+}
+
 static bool unavailable_error(const redisReply *r)
 {
     static const char *const E[] = {"CLUSTERDOWN", "LOADING", "MASTERDOWN", "TRYAGAIN"};
@@ -480,10 +531,11 @@ static void on_link_reply(void *ud, sg_link *l, uint64_t tag, redisReply *r)
 {
     sg_bus *b = ud;
     req *q = (req *)(uintptr_t)tag;
-    node *nd = node_of(b, q->at);
+    node *nd = sender_of(b, q->at);
     if (q->kind != REQ_USER) {
         on_internal_reply(b, q, nd, r);
         req_free(b, q);
+        close_if_drained(b, l, r);
         return;
     }
     uint16_t slot = q->slot;
@@ -500,23 +552,29 @@ static void on_link_reply(void *ud, sg_link *l, uint64_t tag, redisReply *r)
         req_done(b, q, NULL);
         if (down && nd)
             sg_link_close(nd->l, r->str);
-    } else if (!(r && redirect(b, q, nd, r))) {
-        if (r && r->type == REDIS_REPLY_ERROR && nd) {
-            /* A demoted master answers writes with READONLY: find the new one. */
-            if (strncmp(r->str, "READONLY", 8) == 0) {
-                if (b->mode == MODE_CLUSTER)
-                    refresh_map(b);
-                else
-                    sg_link_close(nd->l, "server is a replica now");
-            } else if (strstr(r->str, "Function not found")) {
-                /* FUNCTION FLUSH, or an empty shard, under a live gateway. */
-                load_functions(b, nd);
+    } else {
+        int redirected = r ? redirect(b, q, nd, r) : 0;
+        if (redirected < 0) {
+            req_done(b, q, NULL); /* it did not run: unavailable, not an error */
+        } else if (!redirected) {
+            if (r && r->type == REDIS_REPLY_ERROR && nd) {
+                /* A demoted master answers writes with READONLY: find the new one. */
+                if (strncmp(r->str, "READONLY", 8) == 0) {
+                    if (b->mode == MODE_CLUSTER)
+                        refresh_map(b);
+                    else
+                        sg_link_close(nd->l, "server is a replica now");
+                } else if (strstr(r->str, "Function not found")) {
+                    /* FUNCTION FLUSH, or an empty shard, under a live gateway. */
+                    load_functions(b, nd);
+                }
             }
+            req_done(b, q, r);
         }
-        req_done(b, q, r);
     }
     if (drain_check && b->holding[slot] == l)
         try_release(b, slot);
+    close_if_drained(b, l, r);
 }
 
 /* FUNCTION LOAD (not REPLACE: another gateway of this version may have
@@ -742,12 +800,39 @@ static void probe_channel_of(sg_bus *b, node *nd)
         snprintf(nd->probe_channel, sizeof nd->probe_channel, "signal:probe:%s", b->node_id);
 }
 
+/* A link on the reaper's list, freed from the top of the loop: this may run
+ * inside that very link's callbacks. */
+static void bury_link(sg_bus *b, sg_link *l)
+{
+    b->dead_links = sg_xrealloc(b->dead_links, (b->ndead + 1) * sizeof *b->dead_links);
+    b->dead_links[b->ndead++] = l;
+    event_active(b->reaper, EV_TIMEOUT, 0);
+}
+
+/* A draining link went down (it answered everything, or was lost): what
+ * waited behind it goes to the slots' owners. */
+static void retire_draining(sg_bus *b, sg_link *l)
+{
+    node *nd = draining_of(b, l);
+    if (!nd)
+        return;
+    free(nd->inflight);
+    *nd = b->draining[--b->ndraining];
+    bury_link(b, l);
+    for (size_t s = 0; s < SG_SLOTS; s++)
+        if (b->holding[s] == l)
+            try_release(b, (uint16_t)s);
+}
+
 static void on_link_state(void *ud, sg_link *l, bool up, const char *why)
 {
     sg_bus *b = ud;
     node *nd = node_of(b, l);
-    if (!nd)
+    if (!nd) {
+        if (!up)
+            retire_draining(b, l);
         return; /* a link being dropped from the map */
+    }
     nd->connecting = false;
     nd->role_ok = false;
     const sg_link_target *t = sg_link_target_of(l);
@@ -819,9 +904,11 @@ static void connect_node(sg_bus *b, node *nd)
 /* ---- Redis Cluster: the slot map --------------------------------------- */
 
 /* The shards as CLUSTER SHARDS lists them become the nodes, in the map's
- * order: a link to a master that stays is kept (and its subscriptions);
- * one no longer a master is dropped (its commands in flight are answered
- * NULL); a new master gets a link. */
+ * order: a link to a master that stays is kept (and its subscriptions), and
+ * so is one still draining; one no longer a master is closed, or, while
+ * commands are in flight there, drains first (the server ran each or
+ * answers MOVED: answering them NULL, unavailable, would be wrong for those
+ * it ran, and the map may be stale); a new master gets a link. */
 static void apply_map(sg_bus *b, const redisReply *r, const char *asked_from)
 {
     char err[128];
@@ -849,6 +936,11 @@ static void apply_map(sg_bus *b, const redisReply *r, const char *asked_from)
                 old[k].l = NULL;
                 break;
             }
+        for (size_t k = 0; !fresh[i].l && k < b->ndraining; k++)
+            if (sg_link_is(b->draining[k].l, m->shard[i].host, m->shard[i].port)) {
+                fresh[i] = b->draining[k];
+                b->draining[k] = b->draining[--b->ndraining];
+            }
     }
     /* Swap first: a link dropped below answers its commands through
      * on_link_reply, which must no longer find it. */
@@ -871,18 +963,27 @@ static void apply_map(sg_bus *b, const redisReply *r, const char *asked_from)
         sg_link_set_target(b->nodes[i].l, &t);
         b->nodes[i].inflight = sg_xcalloc(SG_SLOTS, sizeof *b->nodes[i].inflight);
     }
-    for (size_t k = 0; k < nold; k++)
-        if (old[k].l) {
-            /* Not a master any more. This may run inside that very link's
-             * reply callback (the map came from it): close it now, free it
-             * from the top of the loop. */
-            forget_chans_of(b, old[k].l);
-            sg_link_close(old[k].l, "no longer a master");
-            b->dead_links = sg_xrealloc(b->dead_links, (b->ndead + 1) * sizeof *b->dead_links);
-            b->dead_links[b->ndead++] = old[k].l;
-            event_active(b->reaper, EV_TIMEOUT, 0);
-            free(old[k].inflight);
+    for (size_t k = 0; k < nold; k++) {
+        sg_link *l = old[k].l;
+        if (!l)
+            continue;
+        /* Not a master any more: its channels go to the new owners. */
+        forget_chans_of(b, l);
+        if (sg_link_up(l) && sg_link_pending(l)) {
+            /* Later commands of its slots wait for its answers (redirect). */
+            for (size_t s = 0; s < SG_SLOTS; s++)
+                if (old[k].inflight[s] && !b->holding[s])
+                    b->holding[s] = l;
+            b->draining = sg_xrealloc(b->draining, (b->ndraining + 1) * sizeof *b->draining);
+            b->draining[b->ndraining++] = old[k];
+            continue;
         }
+        /* This may run inside that very link's reply callback (the map
+         * came from it): close it now, free it from the top of the loop. */
+        sg_link_close(l, "no longer a master");
+        bury_link(b, l);
+        free(old[k].inflight);
+    }
     free(old);
     /* Slots being moved may have their new owner now. */
     for (size_t s = 0; s < SG_SLOTS; s++)
@@ -992,16 +1093,22 @@ static void refresh_map(sg_bus *b)
         b->refresh_again = true;
         return;
     }
-    const char *argv[] = {"CLUSTER", "SHARDS"};
+    /* From the master with the fewest commands waiting: one that holds
+     * them (a planned failover pauses the old master's writes) would answer
+     * only after them. */
+    node *best = NULL;
     for (size_t i = 0; i < b->nnodes; i++)
-        if (sg_link_up(b->nodes[i].l) && send_internal(b, &b->nodes[i], REQ_SHARDS, 2, argv, NULL)) {
-            b->refreshing = true;
-            if (sg_log_begin(b->log, SG_LOG_DEBUG, "redis.cluster_refresh")) {
-                sg_log_int(b->log, "port", sg_link_target_of(b->nodes[i].l)->port);
-                sg_log_end(b->log);
-            }
-            return;
+        if (sg_link_up(b->nodes[i].l) && (!best || sg_link_pending(b->nodes[i].l) < sg_link_pending(best->l)))
+            best = &b->nodes[i];
+    const char *argv[] = {"CLUSTER", "SHARDS"};
+    if (best && send_internal(b, best, REQ_SHARDS, 2, argv, NULL)) {
+        b->refreshing = true;
+        if (sg_log_begin(b->log, SG_LOG_DEBUG, "redis.cluster_refresh")) {
+            sg_log_int(b->log, "port", sg_link_target_of(best->l)->port);
+            sg_log_end(b->log);
         }
+        return;
+    }
     const sg_redis_endpoint *ep = current_seed(b);
     if (!ep || connect_endpoint(b, b->seed, ep) < 0) {
         b->seed_idx++;
@@ -1379,16 +1486,18 @@ void sg_bus_free(sg_bus *b)
     sg_rconn_free(b->seed);
     /* Links: their commands in flight are answered NULL, which must find
      * no node any more. */
-    node *nodes = b->nodes;
-    size_t n = b->nnodes;
-    b->nodes = NULL;
-    b->nnodes = 0;
+    node *nodes = b->nodes, *draining = b->draining;
+    size_t n = b->nnodes, ndr = b->ndraining;
+    b->nodes = b->draining = NULL;
+    b->nnodes = b->ndraining = 0;
     fail_held(b);
-    for (size_t i = 0; i < n; i++) {
-        sg_link_free(nodes[i].l);
-        free(nodes[i].inflight);
+    for (size_t i = 0; i < n + ndr; i++) {
+        node *x = i < n ? &nodes[i] : &draining[i - n];
+        sg_link_free(x->l);
+        free(x->inflight);
     }
     free(nodes);
+    free(draining);
     while (b->req_free) {
         req *q = b->req_free;
         b->req_free = q->next;

@@ -331,3 +331,38 @@ async def test_past_the_in_flight_bound_messages_get_unavailable_and_nothing_is_
         assert "redis.disconnect" not in g.log_text()
         await a.leave(room, pa)
         await b.leave(room, pb)
+
+
+# ---------------------------------------------------------------- a replica as the Redis
+
+
+def test_a_gateway_pointed_at_a_replica_says_so_and_backs_off(gateway_factory, redis):
+    """Regression: a server that takes connections but refuses the function
+    library (a replica answers FUNCTION LOAD with READONLY; Redis 6 has no
+    functions) was reconnected to at once, again and again: 32,570
+    connections in 3 s, each logged as a failed function load asking for
+    Redis 7. Only a library loaded ends the backoff now."""
+    redis("REPLICAOF", h.HOST, str(h.free_port()))  # a master that is not there: read-only
+    assert redis("ROLE")[0] == "slave"
+
+    def connections():
+        return int(dict(line.split(":", 1) for line in redis("INFO", "stats").splitlines()
+                        if ":" in line)["total_connections_received"])
+
+    before = connections()
+    proc, log_path, _ = gateway_factory.spawn()
+
+    def disconnects():
+        return h.log_events(log_path.read_text(errors="replace"), "redis.disconnect")
+
+    h.wait_until(lambda: len(disconnects()) >= 3, 10, what="three tries")
+    time.sleep(1.5)
+    assert proc.poll() is None
+    seen = disconnects()
+    assert {e["reason"] for e in seen} == {"server is a replica now"}, seen
+    assert not h.log_events(log_path.read_text(errors="replace"), "redis.function_load_failed")
+    # backoff (100 ms doubling, jittered): a handful of tries, not thousands;
+    # a slower machine makes fewer
+    assert len(seen) <= 20, len(seen)
+    assert connections() - before <= 2 * len(seen) + 4, (connections() - before, len(seen))
+

@@ -97,6 +97,15 @@ class Flow:
         return outcome
 
 
+def shard_of(cluster, room):
+    """The room's slot, its master and that master's replica."""
+    slot = cluster.keyslot(f"room:{{{room}}}:peers")
+    master = cluster.master_of_slot(slot)
+    replica = next(n for n in cluster.nodes if n.role() == "slave" and
+                   n.info("replication").get("master_port") == str(master.port))
+    return slot, master, replica
+
+
 def no_membership_changes(*clients):
     for c in clients:
         seen = [m for m in c.messages + c.pending if m.get("type") in ("peer_left", "peer_joined")]
@@ -190,10 +199,7 @@ def test_a_live_rooms_slot_migrates_mid_call(gateway_factory, cluster):
 def test_a_master_fails_over_and_the_gateways_follow(gateway_factory, cluster, how):
     g1, g2 = gateway_factory(2, env=cluster_env(cluster))
     room = f"failover-{how}"
-    slot = cluster.keyslot(f"room:{{{room}}}:peers")
-    master = cluster.master_of_slot(slot)
-    replica = next(n for n in cluster.nodes if n.role() == "slave" and
-                   n.info("replication").get("master_port") == str(master.port))
+    slot, master, replica = shard_of(cluster, room)
 
     async def main():
         async with Clients() as cs:
@@ -223,13 +229,72 @@ def test_a_master_fails_over_and_the_gateways_follow(gateway_factory, cluster, h
     arun(main(), 120)
 
 
+def gateway_clients(node):
+    """The gateways' command connections to node (CLIENT LIST lines)."""
+    return [line for line in node("CLIENT", "LIST").splitlines() if " name=signal-gateway-cmd " in line]
+
+
+@pytest.mark.parametrize("back", [False, True], ids=["moved", "moved-back"])
+def test_a_relay_in_flight_on_a_master_that_loses_its_slot_is_answered_by_what_redis_did(gateway_factory,
+                                                                                        cluster, back):
+    """Regression: a map without the master a relay waits on made the
+    gateway close that link and answer the relay unavailable, though the old
+    master still holds the call and runs it or sends it on (MOVED). Here the
+    relay waits in a paused master while its replica takes over and both
+    gateways apply the new map; once the old master serves again, the relay
+    gets MOVED, goes to the new master, and is delivered in order. With
+    moved-back the old master takes the slot back before it serves again
+    (what a gateway also sees when a map it was given is stale): it runs
+    the relay itself."""
+    g1, g2 = gateway_factory(2, env=cluster_env(cluster, SIGNAL_REDIS_TIMEOUT_MS="20000"))
+    room = "in-flight"
+    slot, master, replica = shard_of(cluster, room)
+
+    async def main():
+        async with Clients() as cs:
+            a, pa, b, pb, _ = await pair(cs, g1, g2, room)
+            h.wait_until(lambda: replica.read_replica("HLEN", f"room:{{{room}}}:peers") == 2, 5, what="replicated")
+            assert not gateway_clients(replica)
+            master("CLIENT", "PAUSE", "30000", "WRITE")
+            try:
+                await a.send(dict(h.candidate(room, pa, pb, h.ice(1), cid="x"), ack=True))
+                await h.async_wait_until(lambda: any(" cmd=fcall " in c and " flags=b " in c
+                                                     for c in gateway_clients(master)), 5,
+                                         what="the relay waiting in the paused master")
+                held_by = [c.split()[0] for c in gateway_clients(master) if " flags=b " in c]
+                replica("CLUSTER", "FAILOVER", "TAKEOVER")
+                await h.async_wait_until(lambda: master.role() == "slave", 10, what="the old master demoted")
+                # both gateways applied a map with the new master (they link to it)
+                await h.async_wait_until(lambda: len(gateway_clients(replica)) == 2, 10,
+                                         what="both gateways linked to the new master")
+                assert any(" cmd=fcall " in c for c in gateway_clients(master)), \
+                    "the gateway dropped the old master's link with the relay in it"
+                if back:
+                    master("CLUSTER", "FAILOVER", "TAKEOVER")
+                    await h.async_wait_until(lambda: master.role() == "master", 10, what="the slot back")
+                    await h.async_wait_until(lambda: not gateway_clients(replica), 10,
+                                             what="both gateways on the old master again")
+                await a.send(dict(h.candidate(room, pa, pb, h.ice(2), cid="y"), ack=True))
+            finally:
+                master("CLIENT", "UNPAUSE")
+            assert (await a.recv_type("ack", correlationId="x", timeout=10))["status"] == "delivered"
+            assert (await a.recv_type("ack", correlationId="y", timeout=10))["status"] == "delivered"
+            assert [(await b.recv_type("relay", timeout=10))["correlationId"] for _ in range(2)] == ["x", "y"]
+            if back:
+                # g1 went on with the link x waited in (y behind x on it)
+                assert held_by[0] in [c.split()[0] for c in gateway_clients(master)]
+            now_master, former = (master, replica) if back else (replica, master)
+            assert cluster.master_of_slot(slot) is now_master
+            # the drained links went: no gateway talks to the replica
+            await h.async_wait_until(lambda: not gateway_clients(former), 10, what="links to the replica closed")
+            no_membership_changes(a, b)
+    arun(main(), 90)
+
+
 def test_a_shard_restarted_empty_gets_its_memberships_back(gateway_factory, cluster):
     g1, g2 = gateway_factory(2, env=cluster_env(cluster))
     room = "empty-shard"
-    slot = cluster.keyslot(f"room:{{{room}}}:peers")
-    master = cluster.master_of_slot(slot)
-    replica = next(n for n in cluster.nodes if n.role() == "slave" and
-                   n.info("replication").get("master_port") == str(master.port))
+    slot, master, replica = shard_of(cluster, room)
 
     async def main():
         async with Clients() as cs:
