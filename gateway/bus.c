@@ -349,6 +349,17 @@ static bool holds_moved(const sg_bus *b, uint16_t slot)
     return false;
 }
 
+/* Commands sent back MOVED wait for a map that names another owner. */
+static bool stale_for_held(const sg_bus *b)
+{
+    for (const req *q = b->held; q; q = q->next) {
+        node *nd = q->moved ? owner(b, q->slot) : NULL;
+        if (nd && nd->l == b->holding[q->slot])
+            return true;
+    }
+    return false;
+}
+
 /* A slot being moved is released once its old owner has nothing of it in
  * flight and the map names a new owner that is up. When a new map names
  * the old owner again, what waits goes there at once, behind its own
@@ -1004,8 +1015,12 @@ static void apply_map(sg_bus *b, const redisReply *r, const char *asked_from)
         }
     }
     set_available(b);
-    /* A failover under way: a shard has no master yet. Ask again soon. */
-    if (!sg_slot_map_complete(m))
+    /* A failover under way: a shard has no master yet; or the map is older
+     * than a server's word (it still names the master that sent commands
+     * back MOVED: read from a master that has not heard of the failover),
+     * and nothing of that slot goes out to bring another MOVED. Ask again
+     * soon. */
+    if (!sg_slot_map_complete(m) || stale_for_held(b))
         schedule_connect(b);
 }
 
