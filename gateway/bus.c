@@ -522,10 +522,11 @@ static void on_internal_reply(sg_bus *b, req *q, node *nd, redisReply *r)
 }
 
 /* A master the map dropped goes once it has answered all it had (after a
- * NULL reply it is going down already). */
+ * NULL reply it is going down already). Every reply passes here: nothing
+ * draining is the one test it costs. */
 static void close_if_drained(sg_bus *b, sg_link *l, const redisReply *r)
 {
-    if (r && !sg_link_pending(l) && draining_of(b, l))
+    if (b->ndraining && r && !sg_link_pending(l) && draining_of(b, l))
         sg_link_close(l, "no longer a master");
 }
 
